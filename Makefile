@@ -1,0 +1,91 @@
+# portman: build the C core (portman/core.so), test, bench, install.
+# Variables follow LuaRocks' conventions so `luarocks make` can drive it too.
+
+LUA_VERSION ?= 5.4
+LUA         ?= lua$(LUA_VERSION)
+PKG_CONFIG  ?= pkg-config
+PREFIX      ?= /usr/local
+DESTDIR     ?=
+INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+INST_BINDIR ?= $(PREFIX)/bin
+LIBFLAG     ?= -shared
+CFLAGS      ?= -O2
+BUSTED      ?= busted
+
+# The libraries the core builds against; libnatpmp ships no .pc file.
+PKGS        := lua$(LUA_VERSION) libuv libcares miniupnpc libcrypto
+PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS)) -I/usr/include/lua$(LUA_VERSION)/luv
+# A Lua module never links liblua: the interpreter provides its symbols.
+PKG_LIBS     = $(shell $(PKG_CONFIG) --libs libcares miniupnpc libcrypto) -lnatpmp -lresolv -lpthread
+STRICT      := -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -D_GNU_SOURCE
+SAN_FLAGS   := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+SRCS    := $(wildcard csrc/*.c)
+HDRS    := $(wildcard csrc/*.h)
+LUASRC  := $(wildcard lua/portman/*.lua)
+OBJS    := $(SRCS:csrc/%.c=build/obj/%.o)
+SANOBJS := $(SRCS:csrc/%.c=build-asan/obj/%.o)
+
+.PHONY: all deps test check lint spec spec-asan rock-smoke bench run install clean fuzz
+
+all: build/portman/core.so
+
+build/obj/%.o: csrc/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(STRICT) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+build/portman/core.so: $(OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(LIBFLAG) $(CFLAGS) -o $@ $(OBJS) $(PKG_LIBS)
+
+build-asan/obj/%.o: csrc/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(STRICT) $(SAN_FLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+build-asan/portman/core.so: $(SANOBJS)
+	@mkdir -p $(@D)
+	$(CC) $(LIBFLAG) $(SAN_FLAGS) -o $@ $(SANOBJS) $(PKG_LIBS)
+
+deps:
+	@scripts/deps
+
+lint:
+	luacheck -q lua spec examples bench bin
+
+spec: build/portman/core.so
+	scripts/run-specs plain
+
+# The sanitizer runtimes must come first in the process, so they are
+# preloaded into lua5.4; leaks are reported at exit (LeakSanitizer).
+spec-asan: build-asan/portman/core.so
+	scripts/run-specs asan
+
+rock-smoke:
+	scripts/rock-smoke
+
+test: deps
+	$(MAKE) all build-asan/portman/core.so
+	$(MAKE) lint
+	scripts/run-specs all
+	$(MAKE) rock-smoke
+
+bench: deps all
+	$(MAKE) -C bench
+	scripts/bench
+
+run: deps all
+	bin/portman run examples/default.lua
+
+fuzz: deps
+	$(MAKE) -C fuzz
+
+install: all
+	install -d $(DESTDIR)$(INST_LIBDIR)/portman $(DESTDIR)$(INST_LUADIR)/portman $(DESTDIR)$(INST_BINDIR)
+	install -m 0755 build/portman/core.so $(DESTDIR)$(INST_LIBDIR)/portman/core.so
+	install -m 0644 $(LUASRC) $(DESTDIR)$(INST_LUADIR)/portman/
+	install -m 0755 bin/portman $(DESTDIR)$(INST_BINDIR)/portman
+
+clean:
+	rm -rf build build-asan
+	-$(MAKE) -C bench clean

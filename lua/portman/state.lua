@@ -1,0 +1,36 @@
+--- The state file: one JSON document, replaced atomically (DESIGN.md).
+local cjson = require "cjson"
+local core = require "portman.core"
+local check = require "portman.check"
+
+local M = {}
+
+--- Writes tbl to path durably (temp file, fsync, rename, fsync dir).
+-- @return[1] true
+-- @return[2] nil, msg, code (an errno name)
+function M.save(path, tbl)
+  if type(path) ~= "string" then check.argerror("save", 1, "string expected, got " .. type(path)) end
+  check.table("save", 2, tbl)
+  return core.atomic_write(path, cjson.encode(tbl))
+end
+
+--- Reads path back. A missing file is an empty state ({}), not an error.
+-- @return[1] the table
+-- @return[2] nil, "protocol: ...", "protocol" when the file is not a JSON object
+function M.load(path)
+  local f, err, errno = io.open(path, "rb")
+  if not f then
+    if errno == 2 then return {} end -- ENOENT: nothing saved yet
+    local code = errno == 13 and "denied" or "EIO"
+    return nil, code .. ": " .. err, code
+  end
+  local text = f:read("a")
+  f:close()
+  local ok, doc = pcall(cjson.decode, text)
+  if not ok or type(doc) ~= "table" then
+    return nil, ("protocol: %s is not a JSON state document"):format(path), "protocol"
+  end
+  return doc
+end
+
+return M
