@@ -99,7 +99,9 @@ end
 function M.restore(snap)
   check.table("restore", 1, snap)
   for k in pairs(snap) do
-    if not SNAPSHOT[k] then check.argerror("restore", 1, "corrupt snapshot: unknown field " .. tostring(k)) end
+    if not SNAPSHOT[k] then
+      check.argerror("restore", 1, "corrupt snapshot: unknown field " .. tostring(k))
+    end
   end
   if snap.version ~= 1 then check.argerror("restore", 1, "corrupt snapshot: version") end
   if type(snap.bitmap) ~= "string" then check.argerror("restore", 1, "corrupt snapshot: bitmap") end
@@ -116,5 +118,30 @@ function M.restore(snap)
   a:_cursor(cursor)
   return a
 end
+
+--- `portman alloc --range LO-HI [--strategy S] [--node-id ID] [--count N] [--json]`
+M.cli = {alloc = {
+  usage = "portman alloc --range LO-HI [--strategy sequential|random|hash] [--node-id ID] "
+    .. "[--count N] [--allow-privileged] [--json]",
+  flags = {range = "string", strategy = "string", ["node-id"] = "string",
+           count = "int", ["allow-privileged"] = "bool", json = "bool"},
+  run = function(opts)
+    local cli = require "portman.cli"
+    if not opts.range then cli.usage_error("--range is required") end
+    local lo, hi = cli.range("range", opts.range)
+    local count = opts.count or 1
+    if count < 1 then cli.usage_error("--count: at least 1") end
+    local a = M.new{range = {lo, hi}, strategy = opts.strategy, node_id = opts.node_id,
+                    allow_privileged = opts.allow_privileged}
+    local ports = {}
+    for i = 1, count do
+      local p, err, code = a:allocate()
+      if not p then return nil, err, code end
+      ports[i] = p
+    end
+    return {json = {ports = ports, range = {lo, hi}, strategy = a:strategy()},
+            text = table.concat(ports, "\n")}
+  end,
+}}
 
 return M
