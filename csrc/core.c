@@ -1,6 +1,6 @@
 /* portman.core: the C core as one Lua module. Each part adds its own
  * functions; only luaopen_portman_core is exported. */
-#include "lutil.h"
+#include "lua_util.h"
 
 typedef int (*opener)(lua_State *L);
 

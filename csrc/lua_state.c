@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "lutil.h"
+#include "lua_util.h"
 
 static int write_all(int fd, const char *p, size_t len)
 {

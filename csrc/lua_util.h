@@ -1,6 +1,6 @@
 /* Helpers shared by the Lua bindings of the C core. */
-#ifndef PORTMAN_LUTIL_H
-#define PORTMAN_LUTIL_H
+#ifndef PORTMAN_LUA_UTIL_H
+#define PORTMAN_LUA_UTIL_H
 
 #include <lauxlib.h>
 #include <lua.h>

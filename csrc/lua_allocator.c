@@ -8,7 +8,7 @@
 #include <sys/random.h>
 
 #include "bitmap.h"
-#include "lutil.h"
+#include "lua_util.h"
 
 #define ALLOCATOR "portman.allocator"
 

@@ -1,4 +1,4 @@
-#include "lutil.h"
+#include "lua_util.h"
 
 #include <errno.h>
 #include <stdarg.h>
