@@ -38,7 +38,7 @@ end
 
 --- An integer port in 1-65535 (an integral float is accepted); returns it.
 function M.port(fname, n, value, what)
-  local p = math.tointeger(value)
+  local p = type(value) == "number" and math.tointeger(value)
   if not p then
     M.argerror(fname, n, ("%s: integer port expected, got %s"):format(what,
       math.type(value) == "float" and tostring(value) or type(value)))
