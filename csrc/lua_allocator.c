@@ -2,78 +2,57 @@
  * C so that allocate and release are one C call each from Lua. Option
  * checking lives in lua/portman/allocator.lua; this file trusts its caller
  * only for what that file checks (range and strategy), and checks ports. */
-#include <errno.h>
 #include <stdint.h>
-#include <string.h>
-#include <sys/random.h>
 
-#include "bitmap.h"
+#include "pool.h"
 #include "lua_util.h"
 
 #define ALLOCATOR "portman.allocator"
 
-enum { SEQUENTIAL, RANDOM, HASH };
 static const char *const strategies[] = {"sequential", "random", "hash", NULL};
 
-typedef struct {
-    int strategy;
-    uint32_t cursor; /* where the next sequential search starts */
-    uint64_t bm_storage[]; /* the pm_bitmap lives here, 8-byte aligned */
-} allocator;
+typedef pm_pool allocator;
 
-static pm_bitmap *bitmap_of(allocator *a) { return (pm_bitmap *)a->bm_storage; }
+static pm_bitmap *bitmap_of(allocator *a) { return pm_pool_bitmap(a); }
 
+/* luaL_checkudata looks the metatable up in the registry by name; allocate
+ * and release are hot enough (tens of ns) that the methods carry the
+ * metatable as an upvalue instead. */
 static allocator *check_allocator(lua_State *L)
 {
-    return luaL_checkudata(L, 1, ALLOCATOR);
-}
-
-/* An unpredictable 64-bit value (RFC 6056 wants ports an attacker cannot
- * guess): getrandom, buffered so a syscall serves many picks. */
-static uint64_t random64(void)
-{
-    static _Thread_local uint64_t buf[32];
-    static _Thread_local unsigned left;
-    if (left == 0) {
-        size_t got = 0;
-        while (got < sizeof(buf)) {
-            ssize_t n = getrandom((char *)buf + got, sizeof(buf) - got, 0);
-            if (n > 0)
-                got += (size_t)n;
-            /* EINTR: try again; getrandom cannot otherwise fail for this size */
-        }
-        left = 32;
+    allocator *a = lua_touserdata(L, 1);
+    if (a && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same)
+            return a;
     }
-    return buf[--left];
+    luaL_typeerror(L, 1, ALLOCATOR);
+    return NULL;
 }
 
-/* Uniform in [0, n) by rejection: no modulo bias. */
-static uint32_t uniform(uint32_t n)
+static void check_range(lua_State *L, lua_Integer lo, lua_Integer hi)
 {
-    uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t r;
-    do
-        r = random64();
-    while (r >= limit);
-    return (uint32_t)(r % n);
+    luaL_argcheck(L, lo >= PM_PORT_MIN && lo <= PM_PORT_MAX, 1, "port out of range 1-65535");
+    luaL_argcheck(L, hi >= lo && hi <= PM_PORT_MAX, 2, "port out of range");
 }
 
-/* core.allocator_new(lo, hi, strategy, start): start is where the sequential
- * cursor begins (the hash strategy's stable start). */
+/* core.allocator_new(lo, hi, strategy, node_id): the hash strategy starts at
+ * node_id's hash, the others at lo. */
 static int l_new(lua_State *L)
 {
     lua_Integer lo = luaL_checkinteger(L, 1);
     lua_Integer hi = luaL_checkinteger(L, 2);
     int strategy = luaL_checkoption(L, 3, NULL, strategies);
-    lua_Integer start = luaL_optinteger(L, 4, lo);
-    luaL_argcheck(L, lo >= PM_PORT_MIN && lo <= PM_PORT_MAX, 1, "port out of range 1-65535");
-    luaL_argcheck(L, hi >= lo && hi <= PM_PORT_MAX, 2, "port out of range");
-    luaL_argcheck(L, start >= lo && start <= hi, 4, "start outside the range");
-    size_t size = sizeof(allocator) + pm_bitmap_size((uint32_t)lo, (uint32_t)hi);
-    allocator *a = lua_newuserdatauv(L, size, 0);
-    a->strategy = strategy;
-    a->cursor = (uint32_t)start;
-    pm_bitmap_init(bitmap_of(a), (uint32_t)lo, (uint32_t)hi);
+    check_range(L, lo, hi);
+    uint32_t start = (uint32_t)lo;
+    if (strategy == PM_HASH) {
+        size_t len;
+        const char *id = luaL_checklstring(L, 4, &len);
+        start = pm_hash_start(id, len, (uint32_t)lo, (uint32_t)hi);
+    }
+    allocator *a = lua_newuserdatauv(L, pm_pool_size((uint32_t)lo, (uint32_t)hi), 0);
+    pm_pool_init(a, (uint32_t)lo, (uint32_t)hi, strategy, start);
     luaL_setmetatable(L, ALLOCATOR);
     return 1;
 }
@@ -94,17 +73,11 @@ static uint32_t check_port(lua_State *L, int arg, const pm_bitmap *bm)
 static int l_allocate(lua_State *L)
 {
     allocator *a = check_allocator(L);
-    pm_bitmap *bm = bitmap_of(a);
-    uint32_t p;
-    if (bm->nfree == 0)
+    uint32_t p = pm_pool_allocate(a);
+    if (!p) {
+        pm_bitmap *bm = bitmap_of(a);
         return pm_fail(L, "exhausted", "no free port in %d-%d", (int)bm->lo, (int)bm->hi);
-    if (a->strategy == RANDOM) {
-        p = pm_bitmap_nth_free(bm, uniform(bm->nfree));
-    } else {
-        p = pm_bitmap_next_free(bm, a->cursor);
-        a->cursor = p < bm->hi ? p + 1 : bm->lo;
     }
-    pm_bitmap_set(bm, p);
     lua_pushinteger(L, p);
     return 1;
 }
@@ -198,7 +171,8 @@ static int ports_next(lua_State *L)
 static int l_ports(lua_State *L)
 {
     pm_bitmap *bm = bitmap_of(check_allocator(L));
-    lua_pushcfunction(L, ports_next);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, ports_next, 1);
     lua_pushvalue(L, 1);
     lua_pushinteger(L, (lua_Integer)bm->lo - 1);
     return 3;
@@ -224,6 +198,25 @@ static int l_load(lua_State *L)
     if (pm_bitmap_load(bm, text, len) < 0)
         luaL_argerror(L, 2, "corrupt allocator bitmap");
     return 0;
+}
+
+/* core.hash_start(node_id, lo, hi) */
+static int l_hash_start(lua_State *L)
+{
+    size_t len;
+    const char *id = luaL_checklstring(L, 1, &len);
+    lua_Integer lo = luaL_checkinteger(L, 2), hi = luaL_checkinteger(L, 3);
+    check_range(L, lo, hi);
+    lua_pushinteger(L, pm_hash_start(id, len, (uint32_t)lo, (uint32_t)hi));
+    return 1;
+}
+
+static int l_fnv1a32(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    lua_pushinteger(L, pm_fnv1a32(s, len));
+    return 1;
 }
 
 static int l_tostring(lua_State *L)
@@ -261,9 +254,20 @@ static const luaL_Reg meta[] = {
 
 int pm_open_allocator(lua_State *L)
 {
-    pm_newclass(L, ALLOCATOR, methods, meta);
+    luaL_newmetatable(L, ALLOCATOR);
+    lua_pushvalue(L, -1);
+    luaL_setfuncs(L, meta, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -2);
+    luaL_setfuncs(L, methods, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "allocator_new");
+    lua_pushcfunction(L, l_hash_start);
+    lua_setfield(L, -2, "hash_start");
+    lua_pushcfunction(L, l_fnv1a32);
+    lua_setfield(L, -2, "fnv1a32");
     /* The Lua layer adds its own methods (snapshot) to the same __index. */
     luaL_getmetatable(L, ALLOCATOR);
     lua_getfield(L, -1, "__index");

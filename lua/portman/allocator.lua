@@ -20,19 +20,12 @@ local SNAPSHOT = {version = true, range = true, strategy = true, node_id = true,
 -- Options not held in C (node_id, allow_privileged), for snapshots.
 local extra = setmetatable({}, {__mode = "k"})
 
---- FNV-1a, 32 bits, of a string: the hash strategy's documented start.
-function M.fnv1a32(s)
-  local h = 0x811c9dc5
-  for i = 1, #s do
-    h = ((h ~ s:byte(i)) * 0x01000193) & 0xffffffff
-  end
-  return h
-end
+--- FNV-1a, 32 bits, of a string's bytes.
+M.fnv1a32 = core.fnv1a32
 
---- The first port the hash strategy tries for node_id in lo..hi.
-function M.hash_start(node_id, lo, hi)
-  return lo + M.fnv1a32(node_id) % (hi - lo + 1)
-end
+--- The first port the hash strategy tries for node_id in lo..hi:
+-- `lo + fnv1a32(node_id) % (hi - lo + 1)`.
+M.hash_start = core.hash_start
 
 local function check_range(fname, range)
   if type(range) ~= "table" then
@@ -62,8 +55,7 @@ local function build(fname, opts)
   if strategy == "hash" and not node_id then
     check.argerror(fname, 1, "strategy 'hash' needs node_id")
   end
-  local start = strategy == "hash" and M.hash_start(node_id, lo, hi) or lo
-  local a = core.allocator_new(lo, hi, strategy, start)
+  local a = core.allocator_new(lo, hi, strategy, node_id)
   extra[a] = {node_id = node_id, allow_privileged = opts.allow_privileged and true or nil}
   return a
 end

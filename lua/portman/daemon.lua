@@ -111,7 +111,23 @@ function M.snapshot(d)
   return {services = d.services, pools = pools}
 end
 
---- Runs policy_path until SIGINT/SIGTERM; returns the exit status.
+-- Stops the loop on SIGINT or SIGTERM after on_stop(signal name). Set up
+-- before the daemon reports anything, so no early signal kills it outright.
+local function on_signals(on_stop)
+  local signals = {}
+  for _, name in ipairs({"sigint", "sigterm"}) do
+    local s = uv.new_signal()
+    s:start(name, async.safe(function()
+      on_stop(name)
+      for _, h in ipairs(signals) do h:close() end
+    end, "signal"))
+    signals[#signals + 1] = s
+  end
+end
+
+--- Runs policy_path until SIGINT/SIGTERM.
+-- @return[1] true after a clean stop
+-- @return[2] nil, msg, code when the policy or the state cannot be used
 function M.run(policy_path, opts, out)
   local policy, err, code = M.load_policy(policy_path)
   if not policy then return nil, err, code end
@@ -124,28 +140,21 @@ function M.run(policy_path, opts, out)
   local d
   d, err, code = M.start(policy, saved)
   if not d then return nil, err, code end
-  for _, s in ipairs(d.services) do
-    out:write(("%-20s %-12s %d\n"):format(s.name, s.pool, s.port))
-  end
-  out:flush()
   local function save()
     if not state_path then return end
     local ok, serr = state.save(state_path, M.snapshot(d))
     if not ok then log.error("state_save_failed", {error = serr}) end
   end
-  save()
-  log.info("daemon_started", {policy = policy_path, services = #d.services})
-  local signals = {}
-  local function stop(signame)
+  on_signals(function(signame)
     log.info("daemon_stopping", {signal = signame})
     save()
-    for _, s in ipairs(signals) do s:close() end
+  end)
+  save()
+  log.info("daemon_started", {policy = policy_path, services = #d.services})
+  for _, s in ipairs(d.services) do
+    out:write(("%-20s %-12s %d\n"):format(s.name, s.pool, s.port))
   end
-  for _, name in ipairs({"sigint", "sigterm"}) do
-    local s = uv.new_signal()
-    s:start(name, async.safe(function() stop(name) end, "signal"))
-    signals[#signals + 1] = s
-  end
+  out:flush()
   uv.run()
   log.info("daemon_stopped", {})
   return true
