@@ -202,8 +202,8 @@ describe("portman.allocator", function()
     it("gives the same start in two separate processes", function()
       local code = [[local a = require("portman.allocator").new{range = {30000, 39999},
         strategy = "hash", node_id = "node-42"} print(a:allocate())]]
-      local cmd = ("cd %s && LUA_PATH='lua/?.lua;;' LUA_CPATH='%s/?.so;;' lua5.4 -e '%s'")
-        :format(helpers.root, os.getenv("PORTMAN_BUILD") or "build", code)
+      local cmd = ("cd %s && LUA_PATH='lua/?.lua;;' LUA_CPATH='%s/?.so;;' %s -e '%s'")
+        :format(helpers.root, os.getenv("PORTMAN_BUILD") or "build", helpers.lua, code)
       local function run()
         local p = io.popen(cmd)
         local out = p:read("a")

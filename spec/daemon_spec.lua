@@ -21,12 +21,12 @@ local function run_daemon(args, n, signal)
   local stdout, stderr = uv.new_pipe(), uv.new_pipe()
   local out, err, code = {}, {}, nil
   local env = {"PATH=" .. os.getenv("PATH")}
-  for _, k in ipairs({"LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "PORTMAN_BUILD"}) do
+  for _, k in ipairs({"ASAN_OPTIONS", "UBSAN_OPTIONS", "PORTMAN_BUILD"}) do
     if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
   end
   local proc
   local guard = uv.new_timer() -- a hung daemon fails the spec instead of hanging it
-  proc = uv.spawn(helpers.root .. "/bin/portman", {args = {"run", table.unpack(args)},
+  proc = uv.spawn(helpers.lua, {args = {helpers.root .. "/bin/portman", "run", table.unpack(args)},
     stdio = {nil, stdout, stderr}, env = env}, function(c)
       code = c
       proc:close()

@@ -4,6 +4,10 @@ local M = {}
 --- Paths of the checkout, whichever folder busted runs from.
 M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers%.lua$")) or "."
 
+--- The Lua interpreter to start portman's own child processes with: the
+-- sanitizer run sets PORTMAN_LUA to its instrumented interpreter.
+M.lua = os.getenv("PORTMAN_LUA") or "lua5.4"
+
 --- The number of open fds of this process.
 function M.fd_count()
   local n = 0
@@ -32,7 +36,7 @@ end
 -- @return exit status, stdout, stderr
 function M.portman(args, env)
   local out, err = os.tmpname(), os.tmpname()
-  local cmd = ("%s %s/bin/portman %s >%s 2>%s"):format(env or "", M.root, args, out, err)
+  local cmd = ("%s %s %s/bin/portman %s >%s 2>%s"):format(env or "", M.lua, M.root, args, out, err)
   local _, _, status = os.execute(cmd)
   local function slurp(path)
     local f = assert(io.open(path))
