@@ -41,6 +41,8 @@ build = {
     ["portman.cli"] = "lua/portman/cli.lua",
     ["portman.daemon"] = "lua/portman/daemon.lua",
     ["portman.log"] = "lua/portman/log.lua",
+    ["portman.netaddr"] = "lua/portman/netaddr.lua",
+    ["portman.registry"] = "lua/portman/registry.lua",
     ["portman.state"] = "lua/portman/state.lua",
   },
   install = {bin = {portman = "bin/portman"}},

@@ -1,0 +1,110 @@
+--- Address helpers: textual IPv4/IPv6 forms, wildcards, the kernel's
+-- /proc/net tables of bound sockets.
+local M = {}
+
+local function expand6(addr)
+  local head, tail = addr:match("^(.-)::(.*)$")
+  local groups = {}
+  local function add(part)
+    for g in part:gmatch("[^:]+") do groups[#groups + 1] = g end
+  end
+  if head then
+    if tail:find("::", 1, true) then return nil end
+    add(head)
+    local rest = {}
+    for g in tail:gmatch("[^:]+") do rest[#rest + 1] = g end
+    for _ = 1, 8 - #groups - #rest do groups[#groups + 1] = "0" end
+    for _, g in ipairs(rest) do groups[#groups + 1] = g end
+  else
+    add(addr)
+  end
+  if #groups ~= 8 then return nil end
+  for i, g in ipairs(groups) do
+    local n = #g <= 4 and tonumber(g, 16)
+    if not n then return nil end
+    groups[i] = n
+  end
+  return groups
+end
+
+--- A canonical text for an IP address (IPv6 with its longest zero run
+-- as "::", lower case), or nil when addr is not an IP address.
+function M.normalize(addr)
+  if type(addr) ~= "string" then return nil end
+  local a, b, c, d = addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then
+    for _, x in ipairs({a, b, c, d}) do
+      if tonumber(x) > 255 then return nil end
+    end
+    return ("%d.%d.%d.%d"):format(a, b, c, d)
+  end
+  local groups = addr:find(":", 1, true) and expand6(addr:lower())
+  if not groups then return nil end
+  -- RFC 5952: compress the longest run of two or more zero groups
+  local best, best_len, run, run_len = nil, 1, nil, 0
+  for i = 1, 9 do
+    if groups[i] == 0 then
+      if not run then run, run_len = i, 0 end
+      run_len = run_len + 1
+    else
+      if run and run_len > best_len then best, best_len = run, run_len end
+      run = nil
+    end
+  end
+  local parts = {}
+  for i, g in ipairs(groups) do parts[i] = ("%x"):format(g) end
+  if not best then return table.concat(parts, ":") end
+  return table.concat(parts, ":", 1, best - 1) .. "::" .. table.concat(parts, ":", best + best_len, 8)
+end
+
+--- 4 or 6.
+function M.family(addr)
+  return addr:find(":", 1, true) and 6 or 4
+end
+
+--- Do two bind addresses (normalized) take a common address? "::" is
+-- dual-stack by default, so it overlaps IPv4 addresses too.
+function M.overlap(a, b)
+  if a == b or a == "::" or b == "::" then return true end
+  if a == "0.0.0.0" then return M.family(b) == 4 end
+  if b == "0.0.0.0" then return M.family(a) == 4 end
+  return false
+end
+
+-- The kernel prints addresses as 32-bit words in host (little-endian) order.
+local function proc_addr(hex)
+  if #hex == 8 then
+    local n = tonumber(hex, 16)
+    return ("%d.%d.%d.%d"):format(n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, n >> 24)
+  end
+  local groups = {}
+  for w = 0, 3 do
+    local n = tonumber(hex:sub(w * 8 + 1, w * 8 + 8), 16)
+    local le = ((n & 0xff) << 24) | (((n >> 8) & 0xff) << 16) | (((n >> 16) & 0xff) << 8) | (n >> 24)
+    groups[#groups + 1] = ("%x:%x"):format(le >> 16, le & 0xffff)
+  end
+  return M.normalize(table.concat(groups, ":"))
+end
+
+--- The sockets bound on this host for proto ("tcp": listening sockets,
+-- "udp": every bound socket), from /proc/net/{proto,proto6}.
+-- @return a list of {address, port}
+function M.bound(proto)
+  local found = {}
+  for _, file in ipairs({"/proc/net/" .. proto, "/proc/net/" .. proto .. "6"}) do
+    local f = io.open(file)
+    if f then
+      f:read("l") -- the header
+      for line in f:lines() do
+        local addr, port, state = line:match("^%s*%d+: (%x+):(%x+) %x+:%x+ (%x%x)")
+        if addr and (proto ~= "tcp" or state == "0A") then
+          found[#found + 1] = {address = proc_addr(addr), port = tonumber(port, 16)}
+        end
+      end
+      f:close()
+    end
+  end
+  return found
+end
+
+return M

@@ -1,0 +1,176 @@
+--- The service registry: which service owns which port.
+-- A service is {name, type, proto, address, port, metadata}. Registering
+-- checks for conflicts with other registrations and with sockets already
+-- bound on the host (/proc/net/tcp, tcp6, udp, udp6).
+local cjson = require "cjson"
+local check = require "portman.check"
+local netaddr = require "portman.netaddr"
+
+local M = {}
+local mt = {__index = M}
+
+--- Well-known service types and their default ports.
+M.TYPES = {database = 5432, cluster = 5433, replication = 5434, admin = 8080, api = 8081}
+
+local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, port = true, metadata = true}
+local NEW_KEYS = {check_host = true}
+
+--- Creates a registry.
+-- @tparam[opt] table opts `check_host` (default true): also refuse ports
+--   that a socket on this host already holds.
+-- @raise on an unknown option
+function M.new(opts)
+  opts = opts or {}
+  check.table("new", 1, opts)
+  check.known("new", 1, opts, NEW_KEYS)
+  return setmetatable({_services = {}, _check_host = opts.check_host ~= false}, mt)
+end
+
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local c = {}
+  for k, v in pairs(t) do c[k] = copy(v) end
+  return c
+end
+
+-- Checks a service table and fills its defaults; raises naming the field.
+local function normalize(fname, s)
+  check.table(fname, 1, s)
+  check.known(fname, 1, s, SERVICE_KEYS)
+  if type(s.name) ~= "string" or s.name == "" then
+    check.argerror(fname, 1, "name: non-empty string expected")
+  end
+  local stype = s.type or "custom"
+  if type(stype) ~= "string" then check.argerror(fname, 1, "type: string expected") end
+  local port = s.port or M.TYPES[stype]
+  if port == nil then check.argerror(fname, 1, ("port: required for type '%s'"):format(stype)) end
+  port = check.port(fname, 1, port, "port")
+  local proto = check.oneof(fname, 1, s.proto or "tcp", {"tcp", "udp"}, "proto")
+  local address = netaddr.normalize(s.address or "0.0.0.0")
+  if not address then
+    check.argerror(fname, 1, "address: IP address expected, got " .. tostring(s.address))
+  end
+  if s.metadata ~= nil and type(s.metadata) ~= "table" then
+    check.argerror(fname, 1, "metadata: table expected")
+  end
+  return {name = s.name, type = stype, proto = proto, address = address, port = port,
+          metadata = copy(s.metadata or {})}
+end
+
+-- The reason s cannot be registered, or nil.
+local function conflict(self, s)
+  if self._services[s.name] then
+    return ("conflict: service '%s' is already registered"):format(s.name)
+  end
+  for _, o in pairs(self._services) do
+    if o.proto == s.proto and o.port == s.port and netaddr.overlap(o.address, s.address) then
+      return ("conflict: port %d/%s is registered to '%s'"):format(s.port, s.proto, o.name)
+    end
+  end
+  if self._check_host then
+    for _, b in ipairs(netaddr.bound(s.proto)) do
+      if b.port == s.port and netaddr.overlap(b.address, s.address) then
+        return ("conflict: port %d/%s is already bound on this host (%s)"):format(s.port, s.proto, b.address)
+      end
+    end
+  end
+end
+
+--- Registers a service.
+-- @tparam table s `name`, `type` (one of registry.TYPES or any other
+--   word; "custom" by default), `proto` ("tcp" or "udp"), `address`
+--   ("0.0.0.0" by default), `port` (the type's default port when omitted),
+--   `metadata` (a table).
+-- @return[1] a copy of the registered entry
+-- @return[2] nil, "conflict: ...", "conflict"
+-- @raise on a bad or unknown field
+function M:register(s)
+  s = normalize("register", s)
+  local why = conflict(self, s)
+  if why then return nil, why, "conflict" end
+  self._services[s.name] = s
+  return copy(s)
+end
+
+--- Removes a service; true if it was registered.
+function M:unregister(name)
+  if type(name) ~= "string" then check.argerror("unregister", 1, "string expected, got " .. type(name)) end
+  local had = self._services[name] ~= nil
+  self._services[name] = nil
+  return had
+end
+
+--- A copy of one entry, or nil.
+function M:get(name)
+  return copy(self._services[name])
+end
+
+--- Copies of every entry, sorted by name.
+function M:list()
+  local out = {}
+  for _, s in pairs(self._services) do out[#out + 1] = copy(s) end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+--- The number of registered services.
+function M:count()
+  local n = 0
+  for _ in pairs(self._services) do n = n + 1 end
+  return n
+end
+
+--- The registry as a JSON-safe table (for the state file).
+function M:snapshot()
+  return {version = 1, services = self:list()}
+end
+
+--- The registry as a JSON document.
+function M:export()
+  return cjson.encode(self:snapshot())
+end
+
+-- Adds every entry of a snapshot or none: checks all first.
+local function add_all(self, snap, check_host)
+  if type(snap) ~= "table" or snap.version ~= 1 or type(snap.services) ~= "table" then
+    return nil, "protocol: not a portman registry document", "protocol"
+  end
+  local entries, staged = {}, M.new{check_host = check_host}
+  for name, s in pairs(self._services) do staged._services[name] = s end
+  for i, s in ipairs(snap.services) do
+    local ok, entry = pcall(normalize, "import", s)
+    if not ok then
+      local why = tostring(entry):match("%((.*)%)$") or entry
+      return nil, ("protocol: services[%d]: %s"):format(i, why), "protocol"
+    end
+    local why = conflict(staged, entry)
+    if why then return nil, why, "conflict" end
+    staged._services[entry.name] = entry
+    entries[#entries + 1] = entry
+  end
+  for _, e in ipairs(entries) do self._services[e.name] = e end
+  return #entries
+end
+
+--- Adds the services of an `export()` document, all or none.
+-- @return[1] the number of services added
+-- @return[2] nil, "protocol: ...", "protocol" for a malformed document;
+--   nil, "conflict: ...", "conflict" when one would conflict
+function M:import(json)
+  local ok, doc = pcall(cjson.decode, json)
+  if not ok then return nil, "protocol: registry document is not JSON", "protocol" end
+  return add_all(self, doc, self._check_host)
+end
+
+--- Rebuilds a registry from `snapshot()` (a restart: the host's sockets
+-- are not checked, since the services' own listeners may hold them).
+-- @return[1] a registry
+-- @return[2] nil, msg, code
+function M.restore(snap, opts)
+  local reg = M.new(opts)
+  local ok, err, code = add_all(reg, snap, false)
+  if not ok then return nil, err, code end
+  return reg
+end
+
+return M
