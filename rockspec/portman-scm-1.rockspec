@@ -40,6 +40,7 @@ build = {
     ["portman.check"] = "lua/portman/check.lua",
     ["portman.cli"] = "lua/portman/cli.lua",
     ["portman.daemon"] = "lua/portman/daemon.lua",
+    ["portman.health"] = "lua/portman/health.lua",
     ["portman.log"] = "lua/portman/log.lua",
     ["portman.netaddr"] = "lua/portman/netaddr.lua",
     ["portman.registry"] = "lua/portman/registry.lua",

@@ -55,4 +55,16 @@ function M.raises(fn, ...)
   return tostring(err)
 end
 
+--- Runs the luv loop until pred() is true or ms (5000) pass; returns pred().
+function M.run_until(pred, ms)
+  local uv = require "luv"
+  local expired = false
+  local t = uv.new_timer()
+  t:start(ms or 5000, 0, function() expired = true end)
+  while not pred() and not expired do uv.run("once") end
+  t:close()
+  uv.run("nowait")
+  return pred()
+end
+
 return M

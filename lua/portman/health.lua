@@ -1,0 +1,354 @@
+--- Health checks on a schedule, and an exhaustion monitor for pools.
+-- A check has a kind: "tcp" (connect), "udp" (send a datagram, wait for a
+-- reply or an ICMP error), "bind" (can the port still be bound) or "lua"
+-- (a function). Each result is a success or a failure with a status word;
+-- the check's status moves to "healthy" after `rise` successes in a row
+-- and to the failure's status after `fall` failures in a row (HAProxy's
+-- rise/fall), so a flapping target does not flap the status.
+-- Statuses: healthy, in_use, bind_error, unreachable, permission_denied, unknown.
+local uv = require "luv"
+local check = require "portman.check"
+local async = require "portman.async"
+
+local M = {}
+local mt = {__index = M}
+
+M.HISTORY = 100
+local KINDS = {"tcp", "udp", "bind", "lua"}
+local CHECK_KEYS = {name = true, kind = true, host = true, port = true, proto = true, fn = true,
+                    payload = true, expect_reply = true, interval = true, unhealthy_interval = true,
+                    timeout = true, rise = true, fall = true, initial_delay = true, jitter = true}
+local NEW_KEYS = {concurrency = true, on_event = true}
+
+local function now_ms() return uv.hrtime() / 1e6 end
+
+--- Creates a scheduler.
+-- @tparam[opt] table opts `concurrency` (checks running at once, 256 by
+--   default), `on_event` (a function called with each event table)
+function M.new(opts)
+  opts = opts or {}
+  check.table("new", 1, opts)
+  check.known("new", 1, opts, NEW_KEYS)
+  local self = setmetatable({_checks = {}, _pools = {}, _queue = {}, _running = 0, _listeners = {},
+    _concurrency = opts.concurrency or 256, _started = false}, mt)
+  if opts.on_event then self:on(opts.on_event) end
+  return self
+end
+
+--- Adds a listener for events: {event = "status", check, from, to, msg}
+-- and {event = "exhaustion", pool, level, utilization}.
+function M:on(fn)
+  if type(fn) ~= "function" then check.argerror("on", 1, "function expected, got " .. type(fn)) end
+  self._listeners[#self._listeners + 1] = fn
+end
+
+function M:_emit(ev)
+  for _, fn in ipairs(self._listeners) do
+    async.safe(fn, "health event")(ev)
+  end
+end
+
+local function positive(fname, opts, key, default)
+  local v = opts[key]
+  if v == nil then return default end
+  if type(v) ~= "number" or v < 0 then check.argerror(fname, 1, key .. ": non-negative number expected") end
+  return v
+end
+
+local function check_spec(opts)
+  check.table("add", 1, opts)
+  check.known("add", 1, opts, CHECK_KEYS)
+  if type(opts.name) ~= "string" then check.argerror("add", 1, "name: string expected") end
+  local kind = check.oneof("add", 1, opts.kind, KINDS, "kind")
+  if kind == "lua" then
+    if type(opts.fn) ~= "function" then check.argerror("add", 1, "fn: function expected") end
+  else
+    check.port("add", 1, opts.port, "port")
+  end
+  local interval = positive("add", opts, "interval", 5000)
+  return {
+    name = opts.name, kind = kind, host = opts.host or "127.0.0.1", port = opts.port,
+    proto = check.oneof("add", 1, opts.proto or "tcp", {"tcp", "udp"}, "proto"),
+    fn = opts.fn, payload = opts.payload or "\0", expect_reply = opts.expect_reply ~= false,
+    interval = interval,
+    unhealthy_interval = positive("add", opts, "unhealthy_interval", interval),
+    timeout = positive("add", opts, "timeout", 1000),
+    rise = math.max(1, positive("add", opts, "rise", 2)),
+    fall = math.max(1, positive("add", opts, "fall", 3)),
+    initial_delay = positive("add", opts, "initial_delay", 0),
+    jitter = positive("add", opts, "jitter", interval * 0.1),
+    status = "unknown", successes = 0, failures = 0, history = {}, hist_next = 1,
+  }
+end
+
+--- Adds a check (started at once if the scheduler runs).
+-- @tparam table opts `name`, `kind`, `host` ("127.0.0.1"), `port`, `proto`
+--   (bind checks: "tcp" or "udp"), `fn` (lua checks: `fn(done)`, calling
+--   `done(true)` or `done(false, status, msg)`), `payload`, `expect_reply`
+--   (udp: false counts silence as success), `interval` (ms, 5000),
+--   `unhealthy_interval` (ms, the interval), `timeout` (ms, 1000), `rise` (2),
+--   `fall` (3), `initial_delay` (ms, 0), `jitter` (ms, a tenth of the interval)
+-- @raise on a bad option, or a name already in use
+function M:add(opts)
+  local c = check_spec(opts)
+  if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
+  self._checks[c.name] = c
+  if self._started then self:_arm(c, c.initial_delay + math.random() * c.jitter) end
+  return c.name
+end
+
+local function disarm(c)
+  if c.timer then
+    c.timer:close()
+    c.timer = nil
+  end
+end
+
+--- Removes a check; true if it existed.
+function M:remove(name)
+  local c = self._checks[name]
+  if not c then return false end
+  disarm(c)
+  c.removed = true
+  self._checks[name] = nil
+  return true
+end
+
+function M:_arm(c, delay)
+  c.timer = c.timer or uv.new_timer()
+  c.due = now_ms() + delay
+  -- at least 1 ms: libuv 1.44 runs a 0 ms timer restarted from a timer
+  -- callback again in the same pass, forever
+  local fire = async.safe(function() self:_enqueue(c) end, "health timer")
+  c.timer:start(math.max(1, math.floor(delay)), 0, fire)
+end
+
+function M:_enqueue(c)
+  if self._running < self._concurrency then
+    self:_run(c)
+  else
+    self._queue[#self._queue + 1] = c
+  end
+end
+
+function M:_record(c, ok, status, msg, started)
+  local t = now_ms()
+  c.history[c.hist_next] = {ok = ok, status = ok and "healthy" or status, msg = msg,
+                            at = t, ms = t - started, lag = started - c.due}
+  c.hist_next = c.hist_next % M.HISTORY + 1
+  if ok then
+    c.successes, c.failures = c.successes + 1, 0
+  else
+    c.failures, c.successes = c.failures + 1, 0
+  end
+  local new = c.status
+  if ok and c.successes >= c.rise then new = "healthy" end
+  if not ok and c.failures >= c.fall then new = status end
+  if new ~= c.status then
+    local old = c.status
+    c.status = new
+    self:_emit({event = "status", check = c.name, from = old, to = new, msg = msg})
+  end
+end
+
+function M:_run(c)
+  self._running = self._running + 1
+  local started = now_ms()
+  local finished = false
+  local ok, err = pcall(M.probe, c, function(ok, status, msg)
+    finished = true
+    self._running = self._running - 1
+    if not c.removed then
+      self:_record(c, ok, status, msg, started)
+      if self._started then
+        self:_arm(c, c.status == "healthy" and c.interval or c.unhealthy_interval)
+      end
+    end
+    local nxt = table.remove(self._queue, 1)
+    if nxt and not nxt.removed then self:_run(nxt) end
+  end)
+  -- a probe that raised before finishing still gives back its slot
+  if not ok and not finished then
+    self._running = self._running - 1
+    self:_record(c, false, "unknown", tostring(err), started)
+    if self._started then self:_arm(c, c.unhealthy_interval) end
+  end
+end
+
+--- Starts every check: the first runs after its initial delay plus a random
+-- part of its jitter, so that many checks do not fire together. Idempotent.
+function M:start()
+  if self._started then return end
+  self._started = true
+  for _, c in pairs(self._checks) do self:_arm(c, c.initial_delay + math.random() * c.jitter) end
+  for _, p in pairs(self._pools) do p.timer:start(0, p.interval, p.tick) end
+end
+
+--- Stops every check and monitor (running probes finish). Idempotent.
+function M:stop()
+  if not self._started then return end
+  self._started = false
+  for _, c in pairs(self._checks) do disarm(c) end
+  for _, p in pairs(self._pools) do p.timer:stop() end
+  self._queue = {}
+end
+
+--- Stops and frees every handle.
+function M:close()
+  self:stop()
+  for _, p in pairs(self._pools) do p.timer:close() end
+  self._pools = {}
+end
+
+--- {status, successes, failures, last} of a check, or nil.
+function M:status(name)
+  local c = self._checks[name]
+  if not c then return nil end
+  local h = self:history(name)
+  return {status = c.status, successes = c.successes, failures = c.failures, last = h[#h]}
+end
+
+--- The last results of a check (at most health.HISTORY), oldest first.
+function M:history(name)
+  local c = self._checks[name]
+  if not c then return nil end
+  local out, n = {}, #c.history
+  local first = n < M.HISTORY and 1 or c.hist_next
+  for i = 0, n - 1 do out[#out + 1] = c.history[(first - 1 + i) % n + 1] end
+  return out
+end
+
+--- Names of the checks.
+function M:names()
+  local out = {}
+  for name in pairs(self._checks) do out[#out + 1] = name end
+  table.sort(out)
+  return out
+end
+
+-- ---- the probes: each calls done(ok, status, msg) exactly once ----
+
+local function once(done)
+  local called = false
+  return function(...)
+    if called then return end
+    called = true
+    done(...)
+  end
+end
+
+local function errno_status(err)
+  if err == "EACCES" or err == "EPERM" then return "permission_denied" end
+  return "unreachable"
+end
+
+local function with_timeout(ms, handle, done)
+  local t = uv.new_timer()
+  local finish = once(function(...)
+    t:close()
+    if not handle:is_closing() then handle:close() end
+    done(...)
+  end)
+  t:start(ms, 0, function() finish(false, "unreachable", "timeout") end)
+  return finish
+end
+
+local function probe_tcp(c, done)
+  local tcp = uv.new_tcp()
+  local finish = with_timeout(c.timeout, tcp, done)
+  local ok, err = pcall(tcp.connect, tcp, c.host, c.port, function(cerr)
+    if cerr then
+      finish(false, errno_status(cerr:match("^(%u+)")), cerr)
+    else
+      finish(true)
+    end
+  end)
+  if not ok then finish(false, "unknown", tostring(err)) end
+end
+
+local function probe_udp(c, done)
+  local udp = uv.new_udp()
+  local finish = with_timeout(c.timeout, udp, function(ok, status, msg)
+    if not ok and msg == "timeout" and not c.expect_reply then return done(true) end
+    done(ok, status, msg)
+  end)
+  local ok, err = udp:connect(c.host, c.port)
+  if not ok then return finish(false, errno_status(err), err) end
+  udp:recv_start(function(rerr, data)
+    if rerr then
+      finish(false, errno_status(rerr:match("^(%u+)")), rerr)
+    elseif data then
+      finish(true)
+    end
+  end)
+  udp:send(c.payload, nil, nil, function(serr) -- connected: no address
+    if serr then finish(false, errno_status(serr:match("^(%u+)")), serr) end
+  end)
+end
+
+local BIND_STATUS = {EADDRINUSE = "in_use", EACCES = "permission_denied", EPERM = "permission_denied"}
+
+local function probe_bind(c, done)
+  local h = c.proto == "udp" and uv.new_udp() or uv.new_tcp()
+  local ok, err, code = h:bind(c.host, c.port)
+  if ok and c.proto == "tcp" then
+    ok, err, code = h:listen(1, function() end) -- libuv reports EADDRINUSE at listen
+  end
+  h:close()
+  if ok then return done(true) end
+  done(false, BIND_STATUS[code] or "bind_error", err)
+end
+
+local function probe_lua(c, done)
+  local finish = once(done)
+  local ok, err = xpcall(c.fn, debug.traceback, function(success, status, msg)
+    if success then finish(true) else finish(false, status or "unknown", msg) end
+  end)
+  if not ok then finish(false, "unknown", err) end
+end
+
+local PROBES = {tcp = probe_tcp, udp = probe_udp, bind = probe_bind, lua = probe_lua}
+
+--- Runs one check once: done(ok, status, msg). Exposed for the manager.
+function M.probe(c, done)
+  PROBES[c.kind](c, done)
+end
+
+-- ---- exhaustion monitor ----
+
+--- Watches a pool's utilization every `interval` ms and emits
+-- {event = "exhaustion", pool, level, utilization} when it crosses
+-- `warning` or `critical` (percent; 80 and 95 by default), and level "ok"
+-- when it falls back below warning.
+function M:watch_pool(name, pool, opts)
+  opts = opts or {}
+  check.table("watch_pool", 3, opts)
+  check.known("watch_pool", 3, opts, {warning = true, critical = true, interval = true})
+  local p = {pool = pool, warning = opts.warning or 80, critical = opts.critical or 95,
+             interval = opts.interval or 1000, level = "ok", timer = uv.new_timer()}
+  if p.warning > p.critical then check.argerror("watch_pool", 3, "warning above critical") end
+  p.tick = async.safe(function() self:_check_pool(name, p) end, "pool monitor")
+  if self._pools[name] then self._pools[name].timer:close() end
+  self._pools[name] = p
+  if self._started then p.timer:start(0, p.interval, p.tick) end
+end
+
+--- Stops watching a pool.
+function M:unwatch_pool(name)
+  local p = self._pools[name]
+  if p then
+    p.timer:close()
+    self._pools[name] = nil
+  end
+end
+
+function M:_check_pool(name, p)
+  local u = p.pool:utilization()
+  local level = u >= p.critical and "critical" or u >= p.warning and "warning" or "ok"
+  if level ~= p.level then
+    p.level = level
+    self:_emit({event = "exhaustion", pool = name, level = level, utilization = u})
+  end
+end
+
+return M

@@ -1,0 +1,218 @@
+local helpers = require "helpers"
+local uv = require "luv"
+
+describe("portman.health", function()
+  local health, allocator
+  local h, events
+
+  setup(function()
+    local before = helpers.globals()
+    health = require "portman.health"
+    allocator = require "portman.allocator"
+    for k in pairs(_G) do assert.is_true(before[k], "new global " .. tostring(k)) end
+  end)
+
+  before_each(function()
+    events = {}
+    h = health.new{on_event = function(ev) events[#events + 1] = ev end}
+  end)
+  after_each(function()
+    h:close()
+    for _, name in ipairs(h:names()) do h:remove(name) end
+    uv.run("nowait")
+  end)
+
+  local function tcp_server()
+    local s = uv.new_tcp()
+    assert(s:bind("127.0.0.1", 0))
+    assert(s:listen(16, function()
+      local c = uv.new_tcp()
+      s:accept(c)
+      c:close()
+    end))
+    return s, s:getsockname().port
+  end
+
+  local function free_port()
+    local t = uv.new_tcp()
+    t:bind("127.0.0.1", 0)
+    local port = t:getsockname().port
+    t:close()
+    uv.run("nowait")
+    return port
+  end
+
+  local function runs(name) return #(h:history(name) or {}) end
+
+  it("marks a listening TCP target healthy after rise successes", function()
+    local server, port = tcp_server()
+    h:add{name = "web", kind = "tcp", port = port, interval = 5, jitter = 0, rise = 2}
+    h:start()
+    assert.is_true(helpers.run_until(function() return h:status("web").status == "healthy" end))
+    assert.equal(2, runs("web"))
+    assert.same({event = "status", check = "web", from = "unknown", to = "healthy"}, events[1])
+    server:close()
+  end)
+
+  it("marks a closed port unreachable after fall failures", function()
+    h:add{name = "gone", kind = "tcp", port = free_port(), interval = 5, jitter = 0, fall = 3}
+    h:start()
+    assert.is_true(helpers.run_until(function() return h:status("gone").status == "unreachable" end))
+    assert.equal(3, runs("gone"))
+    assert.matches("ECONNREFUSED", h:status("gone").last.msg)
+  end)
+
+  it("does not flap with a flapping target", function()
+    local n = 0
+    h:add{name = "flappy", kind = "lua", interval = 1, jitter = 0, rise = 2, fall = 2,
+          fn = function(done) n = n + 1; done(n % 2 == 0, "unreachable") end}
+    h:start()
+    helpers.run_until(function() return runs("flappy") >= 40 end)
+    assert.equal("unknown", h:status("flappy").status)
+    assert.same({}, events)
+  end)
+
+  it("bounds the history at 100 results, oldest first", function()
+    h:add{name = "many", kind = "lua", interval = 0, jitter = 0, fn = function(done) done(true) end}
+    h:start()
+    helpers.run_until(function() return h:status("many").successes >= 150 end)
+    local hist = h:history("many")
+    assert.equal(100, #hist)
+    for i = 2, #hist do assert.is_true(hist[i].at >= hist[i - 1].at) end
+  end)
+
+  it("spreads the first runs over the jitter", function()
+    local first, t0 = {}, uv.hrtime()
+    for i = 1, 100 do
+      h:add{name = "c" .. i, kind = "lua", interval = 100000, jitter = 300,
+            fn = function(done) first[#first + 1] = (uv.hrtime() - t0) / 1e6; done(true) end}
+    end
+    h:start()
+    helpers.run_until(function() return #first == 100 end)
+    table.sort(first)
+    -- 100 uniform draws over 300 ms: all inside 150 ms has odds below 1e-27
+    assert.is_true(first[100] - first[1] > 150)
+    assert.is_true(first[100] <= 300 + 100) -- no run later than the jitter allows (plus slack for the loop)
+  end)
+
+  it("honours the initial delay", function()
+    local ran_at, t0 = nil, uv.hrtime()
+    h:add{name = "late", kind = "lua", initial_delay = 50, jitter = 0,
+          fn = function(done) ran_at = (uv.hrtime() - t0) / 1e6; done(true) end}
+    h:start()
+    helpers.run_until(function() return ran_at ~= nil end)
+    assert.is_true(ran_at >= 49)
+  end)
+
+  it("reports in_use for a bound port and healthy for a free one", function()
+    local server, port = tcp_server()
+    h:add{name = "taken", kind = "bind", port = port, interval = 5, jitter = 0, fall = 1}
+    h:add{name = "free", kind = "bind", port = free_port(), interval = 5, jitter = 0, rise = 1}
+    local u = uv.new_udp()
+    u:bind("127.0.0.1", 0)
+    h:add{name = "udp-taken", kind = "bind", proto = "udp", port = u:getsockname().port, interval = 5, jitter = 0, fall = 1}
+    h:start()
+    helpers.run_until(function()
+      return h:status("taken").status ~= "unknown" and h:status("free").status ~= "unknown"
+        and h:status("udp-taken").status ~= "unknown"
+    end)
+    assert.equal("in_use", h:status("taken").status)
+    assert.equal("healthy", h:status("free").status)
+    assert.equal("in_use", h:status("udp-taken").status)
+    server:close()
+    u:close()
+  end)
+
+  it("reports permission_denied for a privileged port when not allowed", function()
+    -- as root binding port 1 works, so this only means something unprivileged
+    local ok = pcall(function()
+      local t = uv.new_tcp()
+      local r = t:bind("127.0.0.1", 1)
+      t:close()
+      assert(not r)
+    end)
+    if not ok then return end -- root: covered by the status mapping below
+    h:add{name = "low", kind = "bind", port = 1, interval = 5, jitter = 0, fall = 1}
+    h:start()
+    helpers.run_until(function() return h:status("low").status ~= "unknown" end)
+    assert.equal("permission_denied", h:status("low").status)
+  end)
+
+  it("checks UDP: a reply is healthy, an ICMP port unreachable is not", function()
+    local echo = uv.new_udp()
+    echo:bind("127.0.0.1", 0)
+    echo:recv_start(function(_, data, addr) if data then echo:send(data, addr.ip, addr.port) end end)
+    local dead = uv.new_udp()
+    dead:bind("127.0.0.1", 0)
+    local dead_port = dead:getsockname().port
+    dead:close()
+    h:add{name = "echo", kind = "udp", port = echo:getsockname().port, interval = 5, jitter = 0, rise = 1}
+    h:add{name = "dead", kind = "udp", port = dead_port, interval = 5, jitter = 0, fall = 1}
+    h:start()
+    helpers.run_until(function()
+      return h:status("echo").status ~= "unknown" and h:status("dead").status ~= "unknown"
+    end)
+    assert.equal("healthy", h:status("echo").status)
+    assert.equal("unreachable", h:status("dead").status)
+    echo:close()
+  end)
+
+  it("turns a raising Lua check into a failure, not a crash", function()
+    h:add{name = "bad", kind = "lua", interval = 1, jitter = 0, fall = 1, fn = function() error("oops") end}
+    h:start()
+    helpers.run_until(function() return runs("bad") >= 1 end)
+    assert.matches("oops", h:status("bad").last.msg)
+    assert.equal("unknown", h:status("bad").status)
+  end)
+
+  it("starts and stops idempotently", function()
+    local n = 0
+    h:add{name = "x", kind = "lua", interval = 1, jitter = 0, fn = function(done) n = n + 1; done(true) end}
+    h:start(); h:start()
+    helpers.run_until(function() return n >= 3 end)
+    h:stop(); h:stop()
+    local at_stop = n
+    local t = uv.new_timer()
+    t:start(20, 0, function() t:close() end)
+    uv.run()
+    assert.equal(at_stop, n)
+  end)
+
+  it("fires exhaustion events as a pool fills and drains", function()
+    local pool = allocator.new{range = {20000, 20009}}
+    h:watch_pool("api", pool, {warning = 50, critical = 90, interval = 2})
+    h:start()
+    local function level() return events[#events] and events[#events].level end
+    for _ = 1, 5 do pool:allocate() end
+    assert.is_true(helpers.run_until(function() return level() == "warning" end))
+    for _ = 1, 4 do pool:allocate() end
+    assert.is_true(helpers.run_until(function() return level() == "critical" end))
+    for p = 20000, 20007 do pool:release(p) end
+    assert.is_true(helpers.run_until(function() return level() == "ok" end))
+    assert.same({"warning", "critical", "ok"}, {events[1].level, events[2].level, events[3].level})
+    assert.equal("api", events[1].pool)
+    assert.equal(50, events[1].utilization)
+  end)
+
+  describe("bad arguments", function()
+    local cases = {
+      {{kind = "tcp", port = 1}, "name: string expected"},
+      {{name = "a", kind = "icmp", port = 1}, "unknown kind 'icmp' (tcp, udp, bind, lua)"},
+      {{name = "a", kind = "tcp"}, "port: integer port expected, got nil"},
+      {{name = "a", kind = "lua"}, "fn: function expected"},
+      {{name = "a", kind = "tcp", port = 1, interval = -1}, "interval: non-negative number expected"},
+      {{name = "a", kind = "tcp", port = 1, intervl = 5}, "unknown option 'intervl'"},
+    }
+    for _, case in ipairs(cases) do
+      it("raises on " .. case[2], function()
+        assert.matches("health_spec.lua:%d+: bad argument #1 to 'add' %(" .. case[2]:gsub("%p", "%%%0") .. "%)",
+          helpers.raises(function() h:add(case[1]) end))
+      end)
+    end
+
+    it("raises on a duplicate name", function()
+      h:add{name = "a", kind = "lua", fn = function() end}
+      assert.matches("name: check 'a' exists", helpers.raises(function() h:add{name = "a", kind = "lua", fn = print} end))
+    end)
+  end)
+end)
