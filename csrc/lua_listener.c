@@ -365,6 +365,19 @@ static int l_socket_adopt(lua_State *L)
     return 1;
 }
 
+/* core.ip_family(s) -> "inet" | "inet6" | nil: is s an IP literal? */
+static int l_ip_family(lua_State *L)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int family = pm_addr_ip(luaL_checkstring(L, 1), 0, &ss, &len);
+    if (family)
+        lua_pushstring(L, family == AF_INET ? "inet" : "inet6");
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 static int l_sockopts(lua_State *L)
 {
     lua_createtable(L, 0, (int)pm_sockopt_count());
@@ -516,6 +529,7 @@ static const luaL_Reg functions[] = {
     {"socket_open", l_socket_open},
     {"socket_adopt", l_socket_adopt},
     {"sockopts", l_sockopts},
+    {"ip_family", l_ip_family},
     {"getsockopt", l_getsockopt},
     {"setsockopt", l_setsockopt},
     {"sockinfo", l_sockinfo},

@@ -51,4 +51,41 @@ function M.raises(fn, ...)
   return tostring(err)
 end
 
+--- Runs fn() as a portman task on the luv loop until the loop is idle, with
+-- a watchdog (seconds, 30 by default): when fn fails, hangs, or leaves luv
+-- handles open, every handle is closed (so the loop ends) and this raises.
+function M.loop(fn, watchdog)
+  local uv = require "luv"
+  local async = require "portman.async"
+  local result, left
+  local function close_all()
+    local n = 0
+    uv.walk(function(h)
+      if not h:is_closing() then
+        n = n + 1
+        h:close()
+      end
+    end)
+    return n
+  end
+  local dog = uv.new_timer()
+  dog:start(math.floor((watchdog or 30) * 1000), 0, function()
+    result = result or {false, "watchdog: the task did not finish"}
+    close_all()
+  end)
+  dog:unref() -- never what keeps the loop alive
+  async.spawn(function()
+    result = table.pack(xpcall(fn, debug.traceback))
+    dog:close()
+    left = close_all()
+  end)
+  uv.run()
+  if not dog:is_closing() then dog:close() end
+  uv.run("nowait")
+  if not result then error("loop: the task never finished (the loop went idle)", 2) end
+  if not result[1] then error(result[2], 0) end
+  if left > 0 then error(("loop: %d luv handle(s) left open"):format(left), 2) end
+  return table.unpack(result, 2, result.n)
+end
+
 return M

@@ -30,7 +30,41 @@ M.DEFAULT_BACKLOG = 511 -- nginx's default: the kernel caps it at net.core.somax
 
 local function family_of(proto, address)
   if proto == "unix" or proto == "unixgram" then return "unix" end
-  return address:find(":", 1, true) and "inet6" or "inet"
+  return core.ip_family(address)
+end
+
+local VALUE = { -- checks of a socket option's value, by kind: nil when fine
+  bool = function(v) return type(v) ~= "boolean" and "boolean expected" end,
+  int = function(v)
+    local n = math.tointeger(v)
+    return not (n and n >= 0 and n <= 0x7fffffff) and "integer 0-2147483647 expected"
+  end,
+  tos = function(v)
+    local n = math.tointeger(v)
+    return not (n and n >= 0 and n <= 255) and "integer 0-255 expected"
+  end,
+  linger = function(v)
+    local n = math.tointeger(v)
+    return v ~= false and not (n and n >= 0 and n <= 65535) and "integer 0-65535 or false expected"
+  end,
+  device = function(v)
+    return v ~= false and not (type(v) == "string" and #v > 0 and #v < 16 and not v:find("%z"))
+      and "interface name expected"
+  end,
+}
+
+local function check_value(fname, n, name, value)
+  local bad = VALUE[M.SOCKOPTS[name].kind](value)
+  if bad then
+    check.argerror(fname, n, ("option '%s': %s, got %s"):format(name, bad,
+      math.type(value) == "float" and "float" or type(value)))
+  end
+end
+
+local function check_name(fname, n, kind, name)
+  if type(name) ~= "string" or name == "" or #name > 106 or name:find("%z") then
+    check.argerror(fname, n, kind .. ": string of 1-106 bytes without NUL expected")
+  end
 end
 
 local function check_port(fname, port)
@@ -48,9 +82,11 @@ local function check_sockopts(fname, opts, family, proto)
   for name, info in pairs(M.SOCKOPTS) do
     if opts[name] ~= nil then
       if not (info[family] and info[TYPE[proto]]) then
+        local v4 = family == "inet" and info.inet6 and info[TYPE[proto]]
         check.argerror(fname, 1, ("option '%s' does not apply to %s listeners%s"):format(
-          name, proto, family == "inet" and info.inet6 and " on IPv4" or ""))
+          name, proto, v4 and " on IPv4" or ""))
       end
+      check_value(fname, 1, name, opts[name])
       options[name] = opts[name]
     end
   end
@@ -72,8 +108,9 @@ local function build_spec(fname, opts)
       check.argerror(fname, 1, "path, abstract and mode are for unix listeners")
     end
     local address = opts.address or "0.0.0.0"
-    if type(address) ~= "string" then
-      check.argerror(fname, 1, "address: IP address string expected, got " .. type(address))
+    if type(address) ~= "string" or not core.ip_family(address) then
+      check.argerror(fname, 1, "address: IP address expected, got " .. (type(address) == "string"
+        and "'" .. address .. "'" or type(address)))
     end
     spec.host, spec.port = address, check_port(fname, opts.port or 0)
     if spec.port == "auto" and not opts.allocator then
@@ -86,7 +123,16 @@ local function build_spec(fname, opts)
     if (opts.path == nil) == (opts.abstract == nil) then
       check.argerror(fname, 1, "unix listeners need exactly one of path, abstract")
     end
+    if opts.path ~= nil then check_name(fname, 1, "path", opts.path) end
+    if opts.abstract ~= nil then check_name(fname, 1, "abstract", opts.abstract) end
     spec.path, spec.abstract = opts.path, opts.abstract
+  end
+  local mode, backlog = opts.mode, opts.backlog
+  if mode ~= nil and not (math.tointeger(mode) and mode >= 0 and mode <= 4095) then
+    check.argerror(fname, 1, "mode: integer 0-4095 (0-07777) expected")
+  end
+  if backlog ~= nil and not (math.tointeger(backlog) and backlog >= 0 and backlog <= 0x7fffffff) then
+    check.argerror(fname, 1, "backlog: non-negative integer expected")
   end
   local family = family_of(proto, spec.host or "")
   spec.options = check_sockopts(fname, opts, family, proto)
@@ -185,8 +231,10 @@ function M.adopt(fd, opts)
   local sock, err, code = core.socket_adopt(fd)
   if not sock then return nil, err, code end
   local info = sock:info()
-  local want = family_of(proto, info.host or "")
-  if info.type ~= TYPE[proto] or info.family ~= want
+  local unix = proto == "unix" or proto == "unixgram"
+  local family_ok = unix and info.family == "unix"
+    or not unix and (info.family == "inet" or info.family == "inet6")
+  if info.type ~= TYPE[proto] or not family_ok
      or (TYPE[proto] == "stream" and not info.listening) then
     sock:close()
     return nil, ("protocol: fd %d is a %s %s socket%s, not a %s listener"):format(fd,
@@ -259,6 +307,7 @@ function Listener:setsockopt(name, value)
   if not M.SOCKOPTS[name] then
     check.argerror("setsockopt", 1, ("unknown socket option '%s'"):format(tostring(name)))
   end
+  check_value("setsockopt", 2, name, value)
   return core.setsockopt(self.fd, name, value)
 end
 
@@ -385,6 +434,7 @@ end
 -- Callback form `l:drain(grace_ms, cb)`, or in a task `local forced = l:drain(ms)`.
 -- @return the number of connections closed by force
 Listener.drain = async.adapt(function(self, grace_ms, cb)
+  if type(grace_ms) == "function" then grace_ms, cb = 0, grace_ms end
   check_open(self, "drain")
   if not math.tointeger(grace_ms) or grace_ms < 0 then
     check.argerror("drain", 1, "grace_ms: non-negative integer expected")
