@@ -72,9 +72,11 @@ describe("portman.listener", function()
       {{address = "localhost"}, "bad argument #1 to 'open' (address: IP address expected, got 'localhost')"},
       {{address = 7}, "bad argument #1 to 'open' (address: IP address expected, got number)"},
       {{nodelay = 1}, "bad argument #1 to 'open' (option 'nodelay': boolean expected, got number)"},
-      {{keepidle = -1}, "bad argument #1 to 'open' (option 'keepidle': integer 0-2147483647 expected, got number)"},
+      {{keepidle = -1},
+       "bad argument #1 to 'open' (option 'keepidle': integer 0-2147483647 expected, got number)"},
       {{tos = 256}, "bad argument #1 to 'open' (option 'tos': integer 0-255 expected, got number)"},
-      {{linger = true}, "bad argument #1 to 'open' (option 'linger': integer 0-65535 or false expected, got boolean)"},
+      {{linger = true},
+       "bad argument #1 to 'open' (option 'linger': integer 0-65535 or false expected, got boolean)"},
       {{bindtodevice = ("x"):rep(16)},
        "bad argument #1 to 'open' (option 'bindtodevice': interface name expected, got string)"},
       {{backlog = -1}, "bad argument #1 to 'open' (backlog: non-negative integer expected)"},
@@ -235,7 +237,8 @@ describe("portman.listener", function()
       assert.equal("conflict", code)
       assert.equal(("conflict: bind 127.0.0.1:%d: EADDRINUSE: Address already in use"):format(a.port), msg)
       -- reuseaddr alone does not let two TCP listeners share a port
-      b, _, code = listener.open{address = "127.0.0.1", port = a.port, reuseaddr = true}
+      b, msg, code = listener.open{address = "127.0.0.1", port = a.port, reuseaddr = true}
+      assert.matches("^conflict: ", msg)
       assert.is_nil(b)
       assert.equal("conflict", code)
       a:close()

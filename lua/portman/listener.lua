@@ -422,7 +422,7 @@ function Listener:stop_accepting()
 end
 
 --- Closes the listener now; accepted connections stay with their owner.
--- Idempotent; also the __close and __gc metamethod.
+-- Idempotent; also the __close metamethod.
 function Listener:close()
   if self.state == "closed" then return end
   self:stop_accepting()
@@ -468,8 +468,10 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
   timer:start(grace_ms, 0, async.safe(finish, "listener.drain"))
 end)
 
+-- No __gc: at lua_close luv may free its loop and handles first, and a
+-- finalizer touching them then crashes. The luv handle outlives a lost
+-- listener object anyway (luv anchors it until closed), as in luv itself.
 mt.__close = Listener.close
-mt.__gc = function(self) pcall(Listener.close, self) end
 mt.__tostring = function(self)
   return ("portman.listener %s %s (%s)"):format(self.proto, self.address, self.state)
 end

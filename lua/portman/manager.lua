@@ -31,7 +31,9 @@ function M.activation(getenv, pid)
   pid = pid or uv.os_getpid()
   local want, n = getenv("LISTEN_PID"), getenv("LISTEN_FDS")
   if not want or not n then return {} end
-  want, n = math.tointeger(tonumber(want)), math.tointeger(tonumber(n))
+  -- plain decimal only, as systemd writes them ("0x4d" is not a pid)
+  want = want:match("^%d+$") and math.tointeger(tonumber(want))
+  n = n:match("^%d+$") and math.tointeger(tonumber(n))
   if want ~= pid or not n or n < 1 or n > MAX_LISTEN_FDS then
     if want ~= pid then log.debug("activation_other_pid", {listen_pid = want}) end
     return {}
