@@ -176,6 +176,14 @@ describe("portman.listener", function()
       l:close()
     end)
 
+    it("sets the traffic class on IPv6 through the same 'tos' option", function()
+      local l = assert(listener.open{address = "::1", tos = 0x20, keepalive = true})
+      assert.equal(0x20, l:getsockopt("tos"))
+      assert.equal(0x20, core.getsockopt(l.fd, "tos"))
+      assert.is_true(l:getsockopt("v6only")) -- Linux makes a bind to ::1 v6-only
+      l:close()
+    end)
+
     it("defaults: no option set, not reused, linger off", function()
       local l = assert(listener.open{address = "127.0.0.1"})
       assert.is_false(l:getsockopt("reuseport"))

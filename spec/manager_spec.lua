@@ -231,9 +231,16 @@ describe("portman.manager", function()
       for _, e in ipairs(hostile) do
         assert.same({}, manager.activation(env(e), 77))
       end
-      -- names that do not match the count are dropped, the fds kept
-      assert.same({unknown = {3, 4}},
-        manager.activation(env{LISTEN_PID = "77", LISTEN_FDS = "2", LISTEN_FDNAMES = "a:b:c"}, 77))
+      -- names that do not match the count are dropped (with a warning), the fds kept
+      local log = require "portman.log"
+      local lines, out = {}, log.out
+      log.out = {write = function(_, ...) lines[#lines + 1] = table.concat{...} end, flush = function() end}
+      local ok, got = pcall(manager.activation,
+        env{LISTEN_PID = "77", LISTEN_FDS = "2", LISTEN_FDNAMES = "a:b:c"}, 77)
+      log.out = out
+      assert(ok, got)
+      assert.same({unknown = {3, 4}}, got)
+      assert.matches(" warn activation_names_mismatch fds=2 names=3\n$", lines[1])
     end)
 
     it("adopts an inherited fd by name instead of binding", function()

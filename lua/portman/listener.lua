@@ -14,6 +14,7 @@ local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
 local async = require "portman.async"
+local log = require "portman.log"
 
 local M = {}
 local Listener = {}
@@ -243,6 +244,7 @@ function M.adopt(fd, opts)
   local l, werr, wcode = wrap(sock, proto, opts)
   if not l then return nil, werr, wcode end
   l.activated = true
+  l._ino = nil -- the socket file belongs to whoever made it (systemd), not us
   return l
 end
 
@@ -344,7 +346,10 @@ end
 
 local function accept_stream(self, handler)
   return async.safe(function(err)
-    if err then return end
+    if err then
+      log.warn("accept_failed", {listener = self.name or self.address, error = err})
+      return
+    end
     local c = self.proto == "tcp" and uv.new_tcp() or uv.new_pipe(false)
     if not self.handle:accept(c) then
       c:close()
