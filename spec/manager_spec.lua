@@ -1,4 +1,6 @@
 local helpers = require "helpers"
+-- the interpreter for portman's own children (the sanitizer run may name one)
+local LUA = helpers.lua or os.getenv("PORTMAN_LUA") or "lua5.4"
 
 describe("portman.manager", function()
   local uv, core, manager, allocator, async, cjson
@@ -287,7 +289,7 @@ describe("portman.manager", function()
       end
       local status
       local child, child_pid = uv.spawn("sh", {
-        args = {"-c", ('LISTEN_PID=%s exec lua5.4 "$0"'):format(listen_pid),
+        args = {"-c", ('LISTEN_PID=%s exec %s "$0"'):format(listen_pid, LUA),
                 helpers.root .. "/spec/activation_child.lua"},
         stdio = {nil, out, 2, s:fd()}, env = vars, cwd = helpers.root,
       }, function(code) status = code end)

@@ -1,6 +1,7 @@
 -- EACCES becomes "denied". Root bypasses the checks that give EACCES, so a
 -- child drops the capabilities first (setpriv, util-linux): this needs root.
 local helpers = require "helpers"
+local LUA = helpers.lua or os.getenv("PORTMAN_LUA") or "lua5.4"
 
 describe("portman.listener without privileges #lab", function()
   local pid = helpers.pid()
@@ -19,7 +20,7 @@ describe("portman.listener without privileges #lab", function()
   local function unprivileged(chunk)
     local cmd = ("cd %s && LUA_PATH=%q LUA_CPATH=%q setpriv "
       .. "--bounding-set=-net_bind_service,-dac_override,-dac_read_search --inh-caps=-all "
-      .. "lua5.4 -e %q 2>&1"):format(helpers.root, package.path, package.cpath, chunk)
+      .. "%s -e %q 2>&1"):format(helpers.root, package.path, package.cpath, LUA, chunk)
     local p = assert(io.popen(cmd))
     local out = p:read("a")
     assert(p:close(), out)
