@@ -53,7 +53,9 @@ void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t s
 int pm_socket_open(const pm_sockspec *s, pm_sockerr *e);
 
 /* Is a process accepting (stream) or bound (dgram) on this Unix address?
- * Answers 1 also when unsure, so a caller never deletes a live socket. */
+ * Answers 1 also when unsure, so a caller never deletes a live socket.
+ * It asks by connecting: a live stream server sees one connection that
+ * closes at once (the price nginx and others pay too). */
 int pm_unix_in_use(const struct sockaddr *a, socklen_t len, int type);
 
 #endif

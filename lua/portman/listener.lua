@@ -167,7 +167,9 @@ local function wrap(sock, proto, opts)
     proto = proto, name = opts.name, handle = h, fd = sock:fd(),
     host = info.host, port = info.port, path = info.path, abstract = info.abstract,
     address = info.address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
-    state = "open", accepted = 0, _ino = info.ino, _conns = {},
+    -- weak: a connection closed and collected leaves by itself; luv anchors
+    -- the open ones, so none is lost from the count
+    state = "open", accepted = 0, _ino = info.ino, _conns = setmetatable({}, {__mode = "k"}),
   }, mt)
   if proto == "unixgram" then self._sock = sock else sock:release() end
   return self
@@ -250,7 +252,10 @@ end
 
 --- Opens `count` listeners on one port with SO_REUSEPORT: the kernel
 -- spreads connections (or datagrams) across them. Port 0 or "auto" picks
--- the port for the first; the others bind the same one.
+-- the port for the first; the others bind the same one. (Linux lets a
+-- socket join a group only of the same user, so another user's listener
+-- still makes "auto" move on; one of the same user's with SO_REUSEPORT set
+-- would be joined.)
 -- @return[1] an array of listeners
 -- @return[2] nil, msg, code (none is left open)
 -- @raise as `open`, or on a count below 1
@@ -357,6 +362,7 @@ local function accept_stream(self, handler)
     end
     self._conns[c] = true
     self.accepted = self.accepted + 1
+    if self.accepted % 256 == 0 then self:connections() end -- prune closed ones
     handler(c, self)
   end, "listener.accept")
 end
