@@ -301,6 +301,44 @@ describe("portman.listener", function()
     end)
   end)
 
+  describe("reuseport groups", function()
+    it("checks its count", function()
+      assert.equal("bad argument #1 to 'group' (count: positive integer expected)",
+        helpers.raises(listener.group, 0, {}))
+      assert.equal("bad argument #2 to 'group' (table expected, got nil)",
+        helpers.raises(listener.group, 2))
+    end)
+
+    it("shares one pool port and gives it back when the last member closes", function()
+      local a = allocator.new{range = {45000 + pid % 10000, 45000 + pid % 10000 + 20}}
+      local members = assert(listener.group(3, {proto = "udp", address = "127.0.0.1",
+                                                port = "auto", allocator = a}))
+      assert.equal(3, #members)
+      for _, l in ipairs(members) do
+        assert.equal(members[1].port, l.port)
+        assert.is_true(l:getsockopt("reuseport"))
+      end
+      assert.equal(1, a:allocated())
+      members[1]:close()
+      members[2]:close()
+      assert.is_true(a:is_allocated(members[3].port))
+      members[3]:close()
+      assert.equal(0, a:allocated())
+    end)
+
+    it("fails as a whole, leaving nothing open", function()
+      local before = helpers.fd_count()
+      local blocker = assert(listener.open{address = "127.0.0.1"}) -- without SO_REUSEPORT
+      local g, msg, code = listener.group(2, {address = "127.0.0.1", port = blocker.port})
+      assert.is_nil(g)
+      assert.equal("conflict", code)
+      assert.matches("^conflict: bind 127%.0%.0%.1:%d+: EADDRINUSE", msg)
+      blocker:close()
+      uv.run("nowait")
+      assert.equal(before, helpers.fd_count())
+    end)
+  end)
+
   describe("UDP", function()
     it("receives datagrams, with broadcast and buffers read back", function()
       helpers.loop(function()
