@@ -9,12 +9,14 @@ M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers%.lua$")) or ".
 M.lua = os.getenv("PORTMAN_LUA") or "lua5.4"
 
 --- The number of open fds of this process.
+-- Read in-process: a child listing /proc/PID/fd (popen) can run before the
+-- parent has closed popen's write end, and then counts one fd too many.
 function M.fd_count()
+  local uv = require "luv"
+  local req = assert(uv.fs_scandir("/proc/self/fd"))
   local n = 0
-  local p = io.popen("ls /proc/" .. M.pid() .. "/fd")
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n - 1 -- the pipe that ls writes into is ours while we count
+  while uv.fs_scandir_next(req) do n = n + 1 end
+  return n - 1 -- the directory fd that scandir held while reading
 end
 
 --- This process's pid (lua5.4 has no getpid; /proc/self is the reader's).
@@ -65,6 +67,43 @@ function M.run_until(pred, ms)
   t:close()
   uv.run("nowait")
   return pred()
+end
+
+--- Runs fn() as a portman task on the luv loop until the loop is idle, with
+-- a watchdog (seconds, 30 by default): when fn fails, hangs, or leaves luv
+-- handles open, every handle is closed (so the loop ends) and this raises.
+function M.loop(fn, watchdog)
+  local uv = require "luv"
+  local async = require "portman.async"
+  local result, left
+  local function close_all()
+    local n = 0
+    uv.walk(function(h)
+      if not h:is_closing() then
+        n = n + 1
+        h:close()
+      end
+    end)
+    return n
+  end
+  local dog = uv.new_timer()
+  dog:start(math.floor((watchdog or 30) * 1000), 0, function()
+    result = result or {false, "watchdog: the task did not finish"}
+    close_all()
+  end)
+  dog:unref() -- never what keeps the loop alive
+  async.spawn(function()
+    result = table.pack(xpcall(fn, debug.traceback))
+    dog:close()
+    left = close_all()
+  end)
+  uv.run()
+  if not dog:is_closing() then dog:close() end
+  uv.run("nowait")
+  if not result then error("loop: the task never finished (the loop went idle)", 2) end
+  if not result[1] then error(result[2], 0) end
+  if left > 0 then error(("loop: %d luv handle(s) left open"):format(left), 2) end
+  return table.unpack(result, 2, result.n)
 end
 
 return M

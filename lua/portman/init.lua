@@ -6,7 +6,8 @@ local M = {version = "0.1.0"}
 
 local SUBMODULES = {
   allocator = true, async = true, check = true, cli = true, daemon = true,
-  health = true, log = true, netaddr = true, registry = true, state = true,
+  health = true, listener = true, listeners = true, log = true, netaddr = true,
+  registry = true, state = true,
 }
 
 setmetatable(M, {__index = function(t, name)
