@@ -20,6 +20,7 @@ void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const
 /* Each part of the core adds its functions to the module table on top. */
 int pm_open_allocator(lua_State *L);
 int pm_open_state(lua_State *L);
+int pm_open_admin(lua_State *L);
 int pm_open_listener(lua_State *L);
 
 #endif

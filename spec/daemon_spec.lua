@@ -1,6 +1,6 @@
 local helpers = require "helpers"
 local uv = require "luv"
-local cjson = require "cjson"
+local json = require "portman.json"
 
 local function tmpdir()
   local p = io.popen("mktemp -d")
@@ -15,102 +15,249 @@ local function write(path, text)
   f:close()
 end
 
--- Starts `portman run` in a child, waits until it has printed n service
--- lines, sends signal, and returns the exit code, stdout and stderr.
-local function run_daemon(args, n, signal)
+local function count_lines(s)
+  return select(2, s:gsub("\n", ""))
+end
+
+-- Daemons a spec started: after_each kills any still running.
+local running = {}
+
+-- A daemon in a child process: `portman run` with its own state folder and
+-- admin socket. d.out and d.err collect its output; d.code its exit code.
+local function start(dir, policy, services)
+  local d = {out = "", err = "", sock = dir .. "/adm/admin.sock"}
+  running[#running + 1] = d
   local stdout, stderr = uv.new_pipe(), uv.new_pipe()
-  local out, err, code = {}, {}, nil
   local env = {"PATH=" .. os.getenv("PATH")}
   for _, k in ipairs({"ASAN_OPTIONS", "UBSAN_OPTIONS", "PORTMAN_BUILD"}) do
     if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
   end
-  local proc
-  local guard = uv.new_timer() -- a hung daemon fails the spec instead of hanging it
-  proc = uv.spawn(helpers.lua, {args = {helpers.root .. "/bin/portman", "run", table.unpack(args)},
-    stdio = {nil, stdout, stderr}, env = env}, function(c)
-      code = c
-      proc:close()
-      guard:close()
+  d.proc = uv.spawn(helpers.lua, {args = {helpers.root .. "/bin/portman", "run", policy,
+    "--state-dir", dir, "--admin-socket", d.sock}, stdio = {nil, stdout, stderr}, env = env},
+    function(code, signal)
+      d.code, d.signal = code, signal
+      d.proc:close()
     end)
-  guard:start(10000, 0, function() proc:kill("sigkill") end)
-  local signalled = false
-  stdout:read_start(function(_, data)
-    if data then
-      out[#out + 1] = data
-      local _, lines = table.concat(out):gsub("\n", "")
-      if lines >= n and not signalled then
-        signalled = true
-        proc:kill(signal)
-      end
-    else
-      stdout:close()
-    end
-  end)
-  stderr:read_start(function(_, data)
-    if data then err[#err + 1] = data else stderr:close() end
-  end)
-  uv.run()
-  return code, table.concat(out), table.concat(err)
+  stdout:read_start(function(_, data) if data then d.out = d.out .. data else stdout:close() end end)
+  stderr:read_start(function(_, data) if data then d.err = d.err .. data else stderr:close() end end)
+  function d.wait_exit()
+    helpers.run_until(function() return d.code ~= nil end, 15000)
+    helpers.run_until(function() return stdout:is_closing() and stderr:is_closing() end, 2000)
+    return d.code
+  end
+  helpers.run_until(function() return count_lines(d.out) >= services or d.code ~= nil end, 15000)
+  return d
+end
+
+local function ports(out)
+  local t = {}
+  for name, port in out:gmatch("(%S+)%s+%S+%s+%S+%s+(%d+)\n") do t[name] = tonumber(port) end
+  return t
+end
+
+local function status(d)
+  local code, out, err = helpers.portman("status --json --admin-socket " .. d.sock)
+  assert.equal(0, code, err)
+  return json.decode(out)
 end
 
 describe("portman run", function()
-  local dir
-  before_each(function() dir = tmpdir() end)
-  after_each(function() os.execute("rm -rf " .. dir) end)
-
-  it("places the example policy's services and stops cleanly on SIGINT", function()
-    local code, out, err = run_daemon({helpers.root .. "/examples/default.lua"}, 4, "sigint")
-    assert.equal(0, code, err)
-    assert.matches("web%s+api%s+20000\n", out)
-    assert.matches("admin%s+api%s+20001\n", out)
-    assert.matches("metrics%s+api%s+20090\n", out)
-    local allocator = require "portman.allocator"
-    assert.matches("postgres%s+db%s+" .. allocator.hash_start("db-7", 25000, 25999), out)
-    assert.matches("info daemon_started policy=", err)
-    assert.matches("info daemon_stopping signal=sigint", err)
-    assert.matches("%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ info service_placed pool=api port=20000 service=web", err)
+  local dir, policy
+  before_each(function()
+    dir = tmpdir()
+    policy = dir .. "/policy.lua"
+  end)
+  after_each(function()
+    for _, d in ipairs(running) do
+      if d.code == nil then
+        d.proc:kill("sigkill")
+        d.wait_exit()
+      end
+    end
+    running = {}
+    os.execute("rm -rf " .. dir)
   end)
 
-  it("keeps each service's port across a restart through the state file", function()
-    local policy = dir .. "/p.lua"
-    write(policy, [[return {pools = {p = {range = {21000, 21999}, strategy = "random"}},
-      services = {{name = "a", pool = "p"}, {name = "b", pool = "p"}}}]])
-    local args = {policy, "--state-dir", dir}
-    local code, first = run_daemon(args, 2, "sigterm")
+  it("runs the example policy: services listen, report healthy, stop on SIGINT", function()
+    local d = start(dir, helpers.root .. "/examples/default.lua", 4)
+    local p = ports(d.out)
+    assert.equal(20090, p.metrics)
+    local allocator = require "portman.allocator"
+    assert.equal(allocator.hash_start("db-7", 25000, 25999), p.postgres)
+    -- the listeners really accept
+    local c = uv.new_tcp()
+    local connected
+    c:connect("127.0.0.1", p.web, function(err) connected = err or true; c:close() end)
+    helpers.run_until(function() return connected ~= nil end)
+    assert.is_true(connected)
+    assert.is_true(helpers.run_until(function()
+      for _, s in ipairs(status(d).services) do if s.status ~= "healthy" then return false end end
+      return true
+    end, 10000))
+    d.proc:kill("sigint")
+    assert.equal(0, d.wait_exit())
+    assert.matches("info daemon_stopping signal=sigint", d.err)
+    assert.matches("%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ info service_started port=%d+ proto=tcp service=web", d.err)
+  end)
+
+  it("serves status as JSON and as text", function()
+    write(policy, [[return {pools = {p = {range = {21000, 21099}}},
+      services = {{name = "a", pool = "p"}, {name = "u", proto = "udp", pool = "p"}}}]])
+    local d = start(dir, policy, 2)
+    local doc = status(d)
+    assert.same({"a", "u"}, {doc.services[1].name, doc.services[2].name})
+    assert.same({name = "p", range = {21000, 21099}, strategy = "sequential", allocated = 2, size = 100,
+                 utilization = 2}, doc.pools[1])
+    assert.same({}, doc.mappings)
+    local code, out = helpers.portman("status --admin-socket " .. d.sock)
     assert.equal(0, code)
-    local saved = cjson.decode(assert(io.open(dir .. "/state.json")):read("a"))
-    assert.equal(2, #saved.services)
-    local code2, second = run_daemon(args, 2, "sigterm")
-    assert.equal(0, code2)
-    assert.equal(first, second)
+    assert.matches("a%s+custom%s+tcp%s+0%.0%.0%.0%s+21000", out)
+    assert.matches("pool p 21000%-21099: 2 of 100 allocated", out)
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
+  it("reloads on SIGHUP, keeping unchanged listeners", function()
+    write(policy, [[return {pools = {p = {range = {21100, 21199}}},
+      services = {{name = "keep", pool = "p"}, {name = "drop", pool = "p"}}}]])
+    local d = start(dir, policy, 2)
+    local before = ports(d.out)
+    -- a connection to "keep" stays open across the reload
+    local c, connected = uv.new_tcp(), nil
+    c:connect("127.0.0.1", before.keep, function(err) connected = err or true end)
+    helpers.run_until(function() return connected ~= nil end)
+    write(policy, [[return {pools = {p = {range = {21100, 21199}}},
+      services = {{name = "keep", pool = "p"}, {name = "new", pool = "p", port = 21150}}}]])
+    d.proc:kill("sighup")
+    assert.is_true(helpers.run_until(function() return d.err:find("info reloaded") ~= nil end))
+    local names = {}
+    for _, s in ipairs(status(d).services) do names[s.name] = s.port end
+    assert.same({keep = before.keep, new = 21150}, names)
+    assert.matches("service_stopped forced=0 service=drop", d.err)
+    assert.not_matches("service_stopped[^\n]*service=keep", d.err)
+    c:close()
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
+  it("keeps running when a reloaded policy is broken", function()
+    write(policy, [[return {services = {{name = "a", port = 21201}}}]])
+    local d = start(dir, policy, 1)
+    write(policy, "return {")
+    d.proc:kill("sighup")
+    assert.is_true(helpers.run_until(function() return d.err:find("error reload_failed") ~= nil end))
+    assert.equal(21201, status(d).services[1].port)
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
+  it("comes back after kill -9 with its state intact", function()
+    write(policy, [[return {pools = {p = {range = {21300, 21399}, strategy = "random"}},
+      services = {{name = "a", pool = "p"}, {name = "b", pool = "p"}}}]])
+    local d = start(dir, policy, 2)
+    local first = ports(d.out)
+    d.proc:kill("sigkill")
+    d.wait_exit()
+    assert.equal("sigkill", (d.signal == 9 or d.signal == "sigkill") and "sigkill" or tostring(d.signal))
+    local d2 = start(dir, policy, 2)
+    assert.same(first, ports(d2.out))
+    d2.proc:kill("sigterm")
+    assert.equal(0, d2.wait_exit())
+    -- and after a clean stop too
+    local d3 = start(dir, policy, 2)
+    assert.same(first, ports(d3.out))
+    d3.proc:kill("sigterm")
+    assert.equal(0, d3.wait_exit())
+  end)
+
+  it("keeps its admin socket private and refuses other users", function()
+    write(policy, [[return {services = {{name = "a", port = 21401}}}]])
+    local d = start(dir, policy, 1)
+    local st = uv.fs_stat(d.sock)
+    assert.equal("socket", st.type)
+    assert.equal(tonumber("600", 8), st.mode & tonumber("777", 8))
+    assert.equal(tonumber("700", 8), uv.fs_stat(dir .. "/adm").mode & tonumber("777", 8))
+    -- open the file modes up: the peer credential check must still refuse
+    uv.fs_chmod(dir, tonumber("755", 8))
+    uv.fs_chmod(dir .. "/adm", tonumber("755", 8))
+    uv.fs_chmod(d.sock, tonumber("666", 8))
+    local nobody = ("setpriv --reuid=65534 --regid=65534 --clear-groups %s %s/bin/portman status --admin-socket %s")
+      :format(helpers.lua, helpers.root, d.sock)
+    local p = io.popen(nobody .. " 2>&1; echo rc=$?")
+    local out = p:read("a")
+    p:close()
+    assert.matches("rc=1", out)
+    assert.matches("closed: the daemon sent no status", out)
+    assert.is_true(helpers.run_until(function() return d.err:find("warn admin_refused uid=65534") ~= nil end))
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
+  it("runs a REPL session through a pseudo-terminal", function()
+    write(policy, [[return {pools = {p = {range = {21500, 21599}}}, services = {{name = "a", pool = "p"}}}]])
+    local d = start(dir, policy, 1)
+    local input = dir .. "/input"
+    -- lines typed at the terminal: an expression, a multi-line chunk, a
+    -- line edited with Ctrl-A (readline), an error, then a change to the
+    -- running daemon, and .exit
+    write(input, table.concat({
+      "manager:names()",
+      "for i = 1, 2 do",
+      "print('line', i)",
+      "end",
+      "+ 1\1return 41 ",
+      "error('boom')",
+      "manager:add_service{name = 'added', pool = 'p'}.port",
+      ".exit",
+    }, "\r") .. "\r")
+    local cmd = ("TERM=xterm HOME=%s script -q -e -c '%s %s/bin/portman repl --admin-socket %s' /dev/null < %s")
+      :format(dir, helpers.lua, helpers.root, d.sock, input)
+    local p = io.popen(cmd .. " 2>&1; echo rc=$?")
+    -- without the terminal's control sequences (bracketed paste, redraws)
+    local out = p:read("a"):gsub("\r", ""):gsub("\27%[[%?%d;]*[%a@]", "")
+    p:close()
+    assert.matches("rc=0", out)
+    assert.matches("REPL: Lua inside the daemon", out)
+    assert.matches('{"a"}', out)
+    assert.matches(">> ", out)
+    assert.matches("line\t1\nline\t2", out)
+    assert.matches("\n42\n", out)
+    assert.matches("repl:1: boom", out)
+    assert.matches("\n215%d%d\n", out) -- the port of the service added from the REPL
+    -- the daemon survived the error and has the service added from the REPL
+    local names = {}
+    for _, s in ipairs(status(d).services) do names[#names + 1] = s.name end
+    assert.same({"a", "added"}, names)
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
   end)
 
   local broken = {
     {"a syntax error", "return {", "protocol: policy: .*unexpected symbol"},
     {"an unknown key", "return {pols = {}}", "protocol: policy: unknown key 'pols'"},
     {"a service with an unknown key", [[return {pools = {p = {range = {21000, 21010}}},
-      services = {{name = "a", pool = "p", prt = 1}}}]], "unknown key 'services%[1%]%.prt'"},
+      services = {{name = "a", pool = "p", prt = 1}}}]], "protocol: policy: service a: unknown option 'prt'"},
     {"a service in no pool", [[return {services = {{name = "a", pool = "x"}}}]],
      "services%[1%]%.pool: no pool 'x'"},
-    {"a bad pool", [[return {pools = {p = {range = {5, 1}}}}]], "pools%.p: %(range: lo 5 > hi 1%)"},
-    {"a fixed port outside its pool", [[return {pools = {p = {range = {21000, 21010}}},
-      services = {{name = "a", pool = "p", port = 22000}}}]], "service a: port 22000 outside its pool"},
+    {"two services of one name", [[return {services = {{name = "a", port = 21001}, {name = "a", port = 21002}}}]],
+     "services%[2%]: a second service 'a'"},
+    {"a bad pool", [[return {pools = {p = {range = {5, 1}}}}]], "pools%.p: range: lo 5 > hi 1"},
     {"two services on one fixed port", [[return {pools = {p = {range = {21000, 21010}}},
       services = {{name = "a", pool = "p", port = 21005}, {name = "b", pool = "p", port = 21005}}}]],
      "conflict: port 21005 is already allocated %(service b%)"},
   }
   for _, case in ipairs(broken) do
     it("exits 1 on a policy with " .. case[1], function()
-      write(dir .. "/p.lua", case[2])
-      local status, _, err = helpers.portman("run " .. dir .. "/p.lua")
-      assert.equal(1, status)
+      write(policy, case[2])
+      local status_code, _, err = helpers.portman(("run %s --admin-socket %s/adm/s"):format(policy, dir))
+      assert.equal(1, status_code)
       assert.matches(case[3], err)
     end)
   end
 
   it("exits 1 on a missing policy and 2 without one", function()
-    local status, _, err = helpers.portman("run " .. dir .. "/none.lua")
-    assert.equal(1, status)
+    local code, _, err = helpers.portman("run " .. dir .. "/none.lua")
+    assert.equal(1, code)
     assert.matches("not_found: policy", err)
     assert.equal(2, (helpers.portman("run")))
   end)

@@ -7,13 +7,15 @@
 -- name to a module whose `cli[name]` is `{usage, flags, positional, run}`.
 -- `run(opts, out, errout)` returns `{json = doc, text = human}` to print,
 -- true when it printed everything itself, or nil, msg, code on failure.
-local cjson = require "cjson"
+local json = require "portman.json"
 
 local M = {}
 
 M.COMMANDS = {
   alloc = "portman.allocator",
   run = "portman.daemon",
+  status = "portman.admin",
+  repl = "portman.admin",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}
@@ -107,6 +109,16 @@ local function as_usage(err)
   return msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
 end
 
+-- A peer that closes a socket while we write must give EPIPE, not kill the
+-- process (the default action of SIGPIPE): a luv handler, unref'd so it
+-- never keeps the loop alive.
+local function ignore_sigpipe()
+  local uv = require "luv"
+  local s = uv.new_signal()
+  s:start("sigpipe", function() end)
+  s:unref()
+end
+
 --- Runs one command; returns the exit status.
 -- @param argv the arguments after the program name
 -- @param out, errout files to write to (io.stdout, io.stderr by default)
@@ -122,6 +134,7 @@ function M.main(argv, out, errout)
     errout:write("portman: unknown command '", name, "'\n", usage_text(), "\n")
     return 2
   end
+  ignore_sigpipe()
   local cmd = require(modname).cli[name]
   local args = table.move(argv, 2, #argv, 1, {})
   if args[1] == "--help" then
@@ -155,7 +168,7 @@ function M.main(argv, out, errout)
   end
   if doc == true then return 0 end -- the command printed its own output
   if opts.json then
-    out:write(cjson.encode(doc.json), "\n")
+    out:write(json.encode(doc.json), "\n")
   else
     out:write(doc.text, "\n")
   end

@@ -5,8 +5,8 @@
 local M = {version = "0.1.0"}
 
 local SUBMODULES = {
-  allocator = true, async = true, check = true, cli = true, daemon = true,
-  health = true, listener = true, listeners = true, log = true, netaddr = true,
+  admin = true, allocator = true, async = true, check = true, cli = true, daemon = true,
+  health = true, json = true, listener = true, listeners = true, log = true, manager = true, netaddr = true,
   registry = true, state = true,
 }
 

@@ -340,11 +340,18 @@ function Listener:info()
   return core.sockinfo(self.fd)
 end
 
+-- luv frees a handle's memory once its close completes, and is_closing
+-- then raises "Expected uv_handle userdata": that handle is closed too.
+local function is_open(handle)
+  local ok, closing = pcall(handle.is_closing, handle)
+  return ok and not closing
+end
+
 --- Open connections accepted by `serve` and not closed yet.
 function Listener:connections()
   local n = 0
   for c in pairs(self._conns) do
-    if c:is_closing() then self._conns[c] = nil else n = n + 1 end
+    if is_open(c) then n = n + 1 else self._conns[c] = nil end
   end
   return n
 end
@@ -462,7 +469,7 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
     watch:close()
     local forced = 0
     for c in pairs(self._conns) do
-      if not c:is_closing() then
+      if is_open(c) then
         c:close()
         forced = forced + 1
       end

@@ -2,7 +2,7 @@
 -- A service is {name, type, proto, address, port, metadata}. Registering
 -- checks for conflicts with other registrations and with sockets already
 -- bound on the host (/proc/net/tcp, tcp6, udp, udp6).
-local cjson = require "cjson"
+local json = require "portman.json"
 local check = require "portman.check"
 local netaddr = require "portman.netaddr"
 
@@ -58,7 +58,7 @@ local function normalize(fname, s)
 end
 
 -- The reason s cannot be registered, or nil.
-local function conflict(self, s)
+local function conflict(self, s, check_host)
   if self._services[s.name] then
     return ("conflict: service '%s' is already registered"):format(s.name)
   end
@@ -67,7 +67,7 @@ local function conflict(self, s)
       return ("conflict: port %d/%s is registered to '%s'"):format(s.port, s.proto, o.name)
     end
   end
-  if self._check_host then
+  if check_host then
     for _, b in ipairs(netaddr.bound(s.proto)) do
       if b.port == s.port and netaddr.overlap(b.address, s.address) then
         return ("conflict: port %d/%s is already bound on this host (%s)"):format(s.port, s.proto, b.address)
@@ -81,12 +81,15 @@ end
 --   word; "custom" by default), `proto` ("tcp" or "udp"), `address`
 --   ("0.0.0.0" by default), `port` (the type's default port when omitted),
 --   `metadata` (a table).
+-- @tparam[opt] table opts `check_host = false` skips the host's sockets
+--   for this call (a caller that has just bound the port itself)
 -- @return[1] a copy of the registered entry
 -- @return[2] nil, "conflict: ...", "conflict"
 -- @raise on a bad or unknown field
-function M:register(s)
+function M:register(s, opts)
   s = normalize("register", s)
-  local why = conflict(self, s)
+  local check_host = self._check_host and not (opts and opts.check_host == false)
+  local why = conflict(self, s, check_host)
   if why then return nil, why, "conflict" end
   self._services[s.name] = s
   return copy(s)
@@ -122,12 +125,12 @@ end
 
 --- The registry as a JSON-safe table (for the state file).
 function M:snapshot()
-  return {version = 1, services = self:list()}
+  return {version = 1, services = json.array(self:list())}
 end
 
 --- The registry as a JSON document.
 function M:export()
-  return cjson.encode(self:snapshot())
+  return json.encode(self:snapshot())
 end
 
 -- Adds every entry of a snapshot or none: checks all first.
@@ -135,7 +138,7 @@ local function add_all(self, snap, check_host)
   if type(snap) ~= "table" or snap.version ~= 1 or type(snap.services) ~= "table" then
     return nil, "protocol: not a portman registry document", "protocol"
   end
-  local entries, staged = {}, M.new{check_host = check_host}
+  local entries, staged = {}, M.new()
   for name, s in pairs(self._services) do staged._services[name] = s end
   for i, s in ipairs(snap.services) do
     local ok, entry = pcall(normalize, "import", s)
@@ -143,7 +146,7 @@ local function add_all(self, snap, check_host)
       local why = tostring(entry):match("%((.*)%)$") or entry
       return nil, ("protocol: services[%d]: %s"):format(i, why), "protocol"
     end
-    local why = conflict(staged, entry)
+    local why = conflict(staged, entry, check_host)
     if why then return nil, why, "conflict" end
     staged._services[entry.name] = entry
     entries[#entries + 1] = entry
@@ -156,9 +159,9 @@ end
 -- @return[1] the number of services added
 -- @return[2] nil, "protocol: ...", "protocol" for a malformed document;
 --   nil, "conflict: ...", "conflict" when one would conflict
-function M:import(json)
-  local ok, doc = pcall(cjson.decode, json)
-  if not ok then return nil, "protocol: registry document is not JSON", "protocol" end
+function M:import(text)
+  local doc = json.decode(text)
+  if doc == nil then return nil, "protocol: registry document is not JSON", "protocol" end
   return add_all(self, doc, self._check_host)
 end
 

@@ -1,5 +1,5 @@
 --- The state file: one JSON document, replaced atomically (DESIGN.md).
-local cjson = require "cjson"
+local json = require "portman.json"
 local core = require "portman.core"
 local check = require "portman.check"
 
@@ -11,7 +11,7 @@ local M = {}
 function M.save(path, tbl)
   if type(path) ~= "string" then check.argerror("save", 1, "string expected, got " .. type(path)) end
   check.table("save", 2, tbl)
-  return core.atomic_write(path, cjson.encode(tbl))
+  return core.atomic_write(path, json.encode(tbl))
 end
 
 --- Reads path back. A missing file is an empty state ({}), not an error.
@@ -26,8 +26,8 @@ function M.load(path)
   end
   local text = f:read("a")
   f:close()
-  local ok, doc = pcall(cjson.decode, text)
-  if not ok or type(doc) ~= "table" then
+  local doc = json.decode(text)
+  if type(doc) ~= "table" then
     return nil, ("protocol: %s is not a JSON state document"):format(path), "protocol"
   end
   return doc
