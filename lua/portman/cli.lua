@@ -14,6 +14,8 @@ local M = {}
 M.COMMANDS = {
   alloc = "portman.allocator",
   run = "portman.daemon",
+  stun = "portman.stun",
+  ["nat-type"] = "portman.stun",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}

@@ -6,7 +6,7 @@ local M = {version = "0.1.0"}
 
 local SUBMODULES = {
   allocator = true, async = true, check = true, cli = true, daemon = true,
-  log = true, state = true,
+  log = true, state = true, stun = true,
 }
 
 setmetatable(M, {__index = function(t, name)
