@@ -17,7 +17,8 @@ end
 -- opts: drop (requests to ignore first), silent, spoof (send forged
 -- answers before the real one), alt_ip (RFC 5780: answer CHANGE-REQUEST
 -- from alt_ip and/or the alternate port, and send OTHER-ADDRESS),
--- error_code (answer with this error).
+-- error_code (answer with this error), ignore_change (drop CHANGE-REQUESTs,
+-- as a filtering NAT would drop their answers).
 function M.start(opts)
   opts = opts or {}
   local self = setmetatable({opts = opts, requests = 0, seen = {}, socks = {}}, M)
@@ -40,13 +41,17 @@ function M.start(opts)
     end
     assert(self.alt_port, "could not bind the alternate addresses")
   end
+  -- unreferenced: the loop runs while the client under test waits, and
+  -- stops when it is done, responders or not
   for name, sock in pairs(self.socks) do
+    sock:unref()
     sock:recv_start(function(err, data, addr)
       if err or not data then return end
       self:_on_request(name, data, addr)
     end)
   end
   self.spoofer = assert(bind(ip, 0))
+  self.spoofer:unref()
   return self
 end
 
@@ -83,7 +88,7 @@ function M:_on_request(name, data, addr)
   local sock = self.socks[name]
   local change = msg.change_request
   if change and (change.ip or change.port) then
-    if not self.alt_ip then return end
+    if not self.alt_ip or self.opts.ignore_change then return end
     local key = (name:sub(1, 1) == "p") == not change.ip and "p" or "a"
     key = key .. ((name:sub(2, 2) == "p") == not change.port and "p" or "a")
     sock = self.socks[key]

@@ -33,6 +33,7 @@ function M.parse_server(text)
   if type(text) ~= "string" or text == "" then return nil end
   local host, port = text:match("^%[([^%]]+)%]:(%d+)$")
   if not host then host = text:match("^%[([^%]]+)%]$") end
+  if not host and text:find("[", 1, true) then return nil end
   if not host then
     local colons = select(2, text:gsub(":", ""))
     if colons == 1 then host, port = text:match("^([^:]+):(%d+)$")
@@ -271,7 +272,7 @@ end
 M.query = async.adapt(function(opts, cb)
   local o = check_query(opts)
   local key = table.concat(o.servers, " ") .. "|" .. o.local_port
-  local hit = cache[key]
+  local hit = o.cache_ttl > 0 and cache[key]
   if hit and hit.expires > uv.now() then return cb(copy(hit.result)) end
   local i = 0
   local function next_server(_, err, code)
