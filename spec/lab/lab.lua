@@ -132,7 +132,7 @@ function M:wait_for(what, test, seconds)
     if test() then return end
     run("sleep 0.05")
   end
-  error("lab: timed out waiting for " .. what, 2)
+  error(("lab %s: timed out waiting for %s"):format(self.id, what), 2)
 end
 
 --- Is a UDP socket bound to ip:port in namespace ns?
