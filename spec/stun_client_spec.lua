@@ -257,11 +257,11 @@ describe("portman.stun client", function()
 
   describe("command line", function()
     -- Runs bin/portman without blocking the loop, so responders answer.
-    local function cli(args)
+    local function cli(args, env)
       local out, err = {}, {}
       local stdout, stderr = uv.new_pipe(), uv.new_pipe()
       local status
-      local env = {}
+      env = env or {}
       for _, k in ipairs{"PATH", "PORTMAN_BUILD", "LD_PRELOAD", "ASAN_OPTIONS", "LSAN_OPTIONS",
                          "UBSAN_OPTIONS"} do
         if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
@@ -309,10 +309,18 @@ describe("portman.stun client", function()
       assert.matches("^portman stun: timeout: no answer from", err)
     end)
 
+    it("portman stun without --server asks PORTMAN_STUN_SERVERS", function()
+      local r = start()
+      local status, out = cli({"stun", "--json"}, {"PORTMAN_STUN_SERVERS=127.0.0.1:" .. dead_port()
+        .. ", " .. r:server()})
+      assert.equal(0, status)
+      assert.equal(r:server(), cjson.decode(out).server)
+    end)
+
     it("exits 2 on bad usage", function()
-      local status, _, err = cli{"stun"}
+      local status, _, err = cli({"stun"}, {"PORTMAN_STUN_SERVERS=bad:name"})
       assert.equal(2, status)
-      assert.matches("%-%-server HOST:PORT is required", err)
+      assert.matches("%-%-server: HOST:PORT expected, got 'bad:name'", err)
       status, _, err = cli{"stun", "--server", "x:y"}
       assert.equal(2, status)
       assert.matches("%-%-server: HOST:PORT expected, got 'x:y'", err)

@@ -429,12 +429,27 @@ end)
 
 -- --- command line ---
 
-local function cli_servers(opts)
+--- The servers `portman stun` asks when no --server is given: the
+-- PORTMAN_STUN_SERVERS environment variable (names separated by spaces or
+-- commas), else these public ones.
+M.DEFAULT_SERVERS = {"stun.l.google.com:19302", "stun.cloudflare.com:3478"}
+
+local function default_servers()
+  local env = os.getenv("PORTMAN_STUN_SERVERS")
+  if not env or env:match("^[%s,]*$") then return M.DEFAULT_SERVERS end
+  local list = {}
+  for name in env:gmatch("[^%s,]+") do list[#list + 1] = name end
+  return list
+end
+
+local function cli_servers(opts, flag)
   local cli = require "portman.cli"
   local servers = opts.server or {}
-  if #servers == 0 then cli.usage_error("--server HOST:PORT is required") end
+  if #servers == 0 then servers = default_servers() end
   for _, s in ipairs(servers) do
-    if not M.parse_server(s) then cli.usage_error(("--server: HOST:PORT expected, got '%s'"):format(s)) end
+    if not M.parse_server(s) then
+      cli.usage_error(("%s: HOST:PORT expected, got '%s'"):format(flag, s))
+    end
   end
   return servers
 end
@@ -448,7 +463,7 @@ M.cli = {
     usage = "portman stun [--server HOST:PORT]... [--timeout MS] [--json]",
     flags = {server = "list", timeout = "int", json = "bool"},
     run = function(opts)
-      local servers = cli_servers(opts)
+      local servers = cli_servers(opts, "--server")
       if opts.timeout and opts.timeout < 1 then
         require("portman.cli").usage_error("--timeout: at least 1")
       end
@@ -463,7 +478,7 @@ M.cli = {
     flags = {server = "string", json = "bool"},
     run = function(opts)
       if not opts.server then require("portman.cli").usage_error("--server HOST:PORT is required") end
-      cli_servers({server = {opts.server}})
+      cli_servers({server = {opts.server}}, "--server")
       local r, err, code = run_sync(M.nat_type, {server = opts.server})
       if not r then return nil, err, code end
       return {json = r, text = ("mapping: %s\nfiltering: %s\nexternal ip: %s\nhairpinning: %s"):format(
