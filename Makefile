@@ -94,3 +94,4 @@ install: all
 clean:
 	rm -rf build build-asan
 	-$(MAKE) -C bench clean
+	-$(MAKE) -C fuzz clean

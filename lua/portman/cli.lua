@@ -16,6 +16,8 @@ M.COMMANDS = {
   run = "portman.daemon",
   status = "portman.admin",
   repl = "portman.admin",
+  stun = "portman.stun",
+  ["nat-type"] = "portman.stun",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}

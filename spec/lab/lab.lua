@@ -1,0 +1,250 @@
+--- The network-namespace lab (DESIGN.md): a LAN namespace (the client),
+-- an IGD namespace (the NAT) and a WAN namespace (the servers), joined
+-- only to each other by veth pairs. Nothing in the lab can reach the
+-- host's network. Needs root.
+--
+--     LAN eth0 192.168.77.2 --- lan0 192.168.77.1  IGD  wan0 11.22.33.1 --- eth0 WAN
+--                                                              11.22.33.10 and .11
+--
+-- The WAN /24 looks public (miniupnpd refuses private ones) and exists only
+-- in here. Names carry the pid and a counter, so runs never collide; close()
+-- kills every daemon started through the lab and deletes the namespaces.
+-- Later parts add their daemons with lab:daemon and their rules with
+-- lab:nft; `Lab.new{nat = false}` leaves the IGD without NAT rules for a
+-- caller that writes its own (miniupnpd wants its own inet filter table).
+local M = {}
+M.__index = M
+
+M.PREFIX = "pmlab-"
+M.LAN = {client = "192.168.77.2", gateway = "192.168.77.1", prefix = 24}
+M.WAN = {igd = "11.22.33.1", server = "11.22.33.10", server2 = "11.22.33.11", prefix = 24}
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- Runs a shell command; returns ok, output (stdout and stderr). The
+-- sanitizer runtime that the asan specs preload is kept away from the
+-- system's tools (ip, nft, daemons); M:portman hands it back to portman.
+local function run(cmd)
+  local p = io.popen("env -u LD_PRELOAD sh -c " .. q(cmd) .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  return ok == true, out
+end
+
+local function pid()
+  local f = assert(io.open("/proc/self/stat"))
+  local n = f:read("a"):match("^(%d+)")
+  f:close()
+  return n
+end
+
+local counter = 0
+
+--- Is this process root (the lab needs it)?
+function M.is_root()
+  local _, out = run("id -u")
+  return out:match("^0%s") ~= nil
+end
+
+--- Deletes namespaces that a lab of a dead process left behind (a crash,
+-- a kill -9): their name carries the pid.
+function M.sweep()
+  local _, out = run("ip netns list")
+  for name in out:gmatch("(" .. M.PREFIX:gsub("%-", "%%-") .. "[%w%-]+)") do
+    local owner = name:match("^" .. M.PREFIX:gsub("%-", "%%-") .. "(%d+)%-")
+    if owner and not io.open("/proc/" .. owner .. "/stat") then
+      run("ip netns pids " .. q(name) .. " | xargs -r kill -9")
+      run("ip netns del " .. q(name))
+    end
+  end
+end
+
+--- Runs cmd in namespace ns ("lan", "igd" or "wan"); raises on failure.
+-- @return its output
+function M:sh(ns, cmd)
+  local ok, out = self:try(ns, cmd)
+  if not ok then error(("lab: in %s: %s\n%s"):format(ns, cmd, out), 2) end
+  return out
+end
+
+--- Runs cmd in namespace ns; returns ok, output.
+function M:try(ns, cmd)
+  local name = assert(self.ns[ns], "no namespace " .. tostring(ns))
+  return run(("ip netns exec %s sh -c %s"):format(q(name), q(cmd)))
+end
+
+--- The command prefix that runs a program in namespace ns.
+function M:exec_prefix(ns)
+  return "ip netns exec " .. q(self.ns[ns]) .. " "
+end
+
+--- Runs the portman command line in namespace ns (with the build and the
+-- interpreter of this run: PORTMAN_LUA is the sanitizer run's); returns ok,
+-- stdout and stderr.
+function M:portman(ns, args)
+  local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/lab/lab%.lua$") or "."
+  local lua = os.getenv("PORTMAN_LUA") or "lua5.4"
+  local err = ("%s/portman-%d.err"):format(self.dir, counter + 1)
+  counter = counter + 1
+  local ok, out = self:try(ns, ("cd %s && %s bin/portman %s 2>%s"):format(q(root), q(lua), args, q(err)))
+  local f = io.open(err)
+  local stderr = f and f:read("a") or ""
+  if f then f:close() end
+  return ok, out, stderr
+end
+
+--- Loads an nftables ruleset (text, each closing brace on its own line)
+-- into namespace ns.
+function M:nft(ns, ruleset)
+  counter = counter + 1
+  local path = ("%s/rules-%d.nft"):format(self.dir, counter)
+  local f = assert(io.open(path, "w"))
+  f:write(ruleset)
+  f:close()
+  self:sh(ns, "nft -f " .. q(path))
+end
+
+--- Starts cmd in the background in namespace ns, its output in
+-- DIR/NAME.log; close() kills it. Returns its pid.
+function M:daemon(ns, name, cmd)
+  local log = ("%s/%s.log"):format(self.dir, name)
+  local out = self:sh(ns, ("%s >%s 2>&1 </dev/null & echo $!"):format(cmd, q(log)))
+  local p = assert(out:match("(%d+)"), "no pid")
+  self.daemons[#self.daemons + 1] = {name = name, pid = p, log = log}
+  return p
+end
+
+--- The log of a daemon started with lab:daemon.
+function M:log(name)
+  local f = io.open(("%s/%s.log"):format(self.dir, name))
+  if not f then return "" end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Polls test() until it returns true, for at most `seconds`; raises
+-- "lab: timed out waiting for WHAT" after. Lab setup only: the specs
+-- themselves never wait on wall time.
+function M:wait_for(what, test, seconds)
+  for _ = 1, (seconds or 10) * 20 do
+    if test() then return end
+    run("sleep 0.05")
+  end
+  error(("lab %s: timed out waiting for %s"):format(self.id, what), 2)
+end
+
+--- Is a UDP socket bound to ip:port in namespace ns?
+function M:udp_listening(ns, ip, port)
+  local _, out = self:try(ns, "ss -Hlun")
+  return out:find(ip .. ":" .. port .. " ", 1, true) ~= nil
+end
+
+local function build(self, opts)
+  for _, role in ipairs{"lan", "igd", "wan"} do
+    local ok, out = run("ip netns add " .. q(self.ns[role]))
+    if not ok then error("lab: ip netns add: " .. out) end
+    self.created[#self.created + 1] = self.ns[role]
+    self:sh(role, "ip link set lo up")
+  end
+  local n = self.ns
+  -- each pair is made with its ends already in their namespaces, so the
+  -- host's own namespace never sees the links
+  for _, pair in ipairs{{"lan", "eth0", "igd", "lan0"}, {"wan", "eth0", "igd", "wan0"}} do
+    local ok, out = run(("ip -n %s link add %s type veth peer name %s netns %s"):format(
+      q(n[pair[1]]), pair[2], pair[4], q(n[pair[3]])))
+    if not ok then error("lab: veth: " .. out) end
+  end
+  local L, W = M.LAN, M.WAN
+  self:sh("lan", ("ip addr add %s/%d dev eth0 && ip link set eth0 up && ip route add default via %s")
+    :format(L.client, L.prefix, L.gateway))
+  self:sh("igd", ("ip addr add %s/%d dev lan0 && ip link set lan0 up && "
+    .. "ip addr add %s/%d dev wan0 && ip link set wan0 up && sysctl -qw net.ipv4.ip_forward=1")
+    :format(L.gateway, L.prefix, W.igd, W.prefix))
+  self:sh("wan", ("ip addr add %s/%d dev eth0 && ip addr add %s/%d dev eth0 && ip link set eth0 up")
+    :format(W.server, W.prefix, W.server2, W.prefix))
+  if opts.nat ~= false then
+    self:nft("igd", ([[
+table ip portman_nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan0" %s
+  }
+}
+]]):format(opts.nat or "masquerade"))
+  end
+end
+
+--- Builds a lab; raises (having removed whatever it made) on failure.
+-- @tparam[opt] table opts `nat`: the IGD's NAT rule for traffic leaving
+--   wan0 ("masquerade" by default, "masquerade fully-random"), or false
+--   for no NAT table at all
+function M.new(opts)
+  opts = opts or {}
+  assert(M.is_root(), "lab: the lab needs root (network namespaces)")
+  M.sweep()
+  counter = counter + 1
+  local id = ("%s%s-%d"):format(M.PREFIX, pid(), counter)
+  local ok, dir = run("mktemp -d /tmp/" .. id .. "-XXXXXX")
+  assert(ok, "lab: mktemp: " .. dir)
+  local self = setmetatable({id = id, dir = dir:gsub("%s+$", ""), daemons = {}, created = {},
+    ns = {lan = id .. "-lan", igd = id .. "-igd", wan = id .. "-wan"}}, M)
+  local built, err = pcall(build, self, opts)
+  if not built then
+    self:close()
+    error(err, 2)
+  end
+  return self
+end
+
+--- Runs coturn's turnutils_natdiscovery (mapping and filtering tests)
+-- from namespace ns against ip; returns its verdicts in RFC 5780 words:
+-- mapping, filtering (nil when it reached none), and its whole output.
+function M:natdiscovery(ns, ip)
+  local _, out = self:try(ns, "timeout 60 turnutils_natdiscovery -m -f " .. q(ip))
+  local function verdict(what)
+    local kind = out:match("NAT with ([%w ]-) " .. what .. "!")
+    local words = {["Endpoint Independent"] = "endpoint-independent",
+                   ["Address Dependent"] = "address-dependent",
+                   ["Address and Port Dependent"] = "address-and-port-dependent"}
+    return kind and words[kind]
+  end
+  return verdict("Mapping"), verdict("Filtering"), out
+end
+
+--- Starts coturn's turnserver on the WAN side as a STUN server with both
+-- WAN addresses, port 3478 and alternate port 3479 (RFC 5780), and waits
+-- until it listens. Returns "ip:port" of its primary address.
+function M:stun_server()
+  local W = M.WAN
+  self:daemon("wan", "turnserver", ("turnserver -n -S -z --no-cli --no-tls --no-dtls -L %s -L %s "
+    .. "--listening-port 3478 --alt-listening-port 3479 --pidfile %s/turnserver.pid "
+    .. "--userdb %s/turndb --log-file stdout --simple-log"):format(W.server, W.server2, q(self.dir),
+    q(self.dir)))
+  self:wait_for("turnserver to listen", function()
+    return self:udp_listening("wan", W.server, 3478) and self:udp_listening("wan", W.server, 3479)
+      and self:udp_listening("wan", W.server2, 3478) and self:udp_listening("wan", W.server2, 3479)
+  end)
+  return W.server .. ":3478"
+end
+
+--- Kills the lab's daemons, deletes its namespaces and its directory.
+-- Idempotent; never raises.
+function M:close()
+  if self.closed then return end
+  self.closed = true
+  for i = #self.daemons, 1, -1 do
+    run("kill -9 " .. self.daemons[i].pid)
+  end
+  for _, name in ipairs(self.created) do
+    -- anything still running in there (a child of a daemon) goes too
+    run("ip netns pids " .. q(name) .. " | xargs -r kill -9")
+    run("ip netns del " .. q(name))
+  end
+  if self.dir and self.dir:match("^/tmp/" .. M.PREFIX) then run("rm -rf " .. q(self.dir)) end
+end
+
+M.__close = M.close
+M.__gc = M.close
+
+return M
