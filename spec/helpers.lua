@@ -62,6 +62,7 @@ function M.run_until(pred, ms)
   local uv = require "luv"
   local expired = false
   local t = uv.new_timer()
+  uv.update_time() -- see loop(): a stale clock would expire the guard at once
   t:start(ms or 5000, 0, function() expired = true end)
   while not pred() and not expired do uv.run("once") end
   t:close()
@@ -86,6 +87,9 @@ function M.loop(fn, watchdog)
     end)
     return n
   end
+  -- the loop's clock stood still while earlier specs blocked (os.execute):
+  -- without this the watchdog would start in the past and fire at once
+  uv.update_time()
   local dog = uv.new_timer()
   dog:start(math.floor((watchdog or 30) * 1000), 0, function()
     result = result or {false, "watchdog: the task did not finish"}

@@ -180,6 +180,7 @@ end
 function M:start()
   if self._started then return end
   self._started = true
+  uv.update_time() -- started from outside the loop, its clock may be stale
   for _, c in pairs(self._checks) do self:_arm(c, c.initial_delay + math.random() * c.jitter) end
   for _, p in pairs(self._pools) do p.timer:start(0, p.interval, p.tick) end
 end
