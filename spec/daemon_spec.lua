@@ -156,11 +156,19 @@ describe("portman run", function()
       services = {{name = "a", pool = "p"}, {name = "b", pool = "p"}}}]])
     local d = start(dir, policy, 2)
     local first = ports(d.out)
+    -- a registration made at run time, through the REPL (no terminal)
+    local p = io.popen(("printf 'manager:register{name = \"ext\", port = 21390, address = \"127.0.0.3\"}.port\\n' | "
+      .. "%s %s/bin/portman repl --admin-socket %s"):format(helpers.lua, helpers.root, d.sock))
+    assert.matches("\n21390\n", p:read("a"))
+    p:close()
     d.proc:kill("sigkill")
     d.wait_exit()
     assert.equal("sigkill", (d.signal == 9 or d.signal == "sigkill") and "sigkill" or tostring(d.signal))
     local d2 = start(dir, policy, 2)
     assert.same(first, ports(d2.out))
+    local names = {}
+    for _, s in ipairs(status(d2).services) do names[#names + 1] = s.name end
+    assert.same({"a", "b", "ext"}, names)
     d2.proc:kill("sigterm")
     assert.equal(0, d2.wait_exit())
     -- and after a clean stop too

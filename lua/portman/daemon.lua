@@ -89,6 +89,7 @@ end
 function M.start(policy, opts)
   opts = opts or {}
   local m = manager.new{state_file = opts.state_file}
+  m:autosave(false)
   m:remember(opts.saved)
   for name, p in pairs(policy.pools or {}) do
     local ok, err, code = apply("pools." .. name, m.add_pool, m, name, p)
@@ -96,6 +97,8 @@ function M.start(policy, opts)
   end
   local ok, err, code = add_services(m, policy.services)
   if not ok then m:shutdown(0) return nil, err, code end
+  m:restore_registrations(opts.saved)
+  m:autosave(true)
   return m
 end
 

@@ -116,11 +116,12 @@ end
 
 function M:_arm(c, delay)
   c.timer = c.timer or uv.new_timer()
-  c.due = now_ms() + delay
   -- at least 1 ms: libuv 1.44 runs a 0 ms timer restarted from a timer
   -- callback again in the same pass, forever
+  delay = math.max(1, math.floor(delay))
+  c.due = now_ms() + delay
   local fire = async.safe(function() self:_enqueue(c) end, "health timer")
-  c.timer:start(math.max(1, math.floor(delay)), 0, fire)
+  c.timer:start(delay, 0, fire)
 end
 
 function M:_enqueue(c)
@@ -133,8 +134,10 @@ end
 
 function M:_record(c, ok, status, msg, started)
   local t = now_ms()
+  -- lag: libuv fires timers on its cached millisecond clock, up to 1 ms
+  -- before the precise due time; that counts as on time
   c.history[c.hist_next] = {ok = ok, status = ok and "healthy" or status, msg = msg,
-                            at = t, ms = t - started, lag = started - c.due}
+                            at = t, ms = t - started, lag = math.max(0, started - c.due)}
   c.hist_next = c.hist_next % M.HISTORY + 1
   if ok then
     c.successes, c.failures = c.successes + 1, 0

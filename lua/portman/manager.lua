@@ -217,6 +217,7 @@ function Manager:add_service(spec)
   end
   self.services[svc.name] = svc
   self:_event({event = "service_started", service = svc.name, port = port, proto = svc.proto})
+  self:_changed()
   return self:service(svc.name)
 end
 
@@ -244,6 +245,7 @@ function Manager:stop_service(name, grace_ms, cb)
   local function finish(forced)
     if svc.reserved then svc.pool:release(svc.port) end
     self:_event({event = "service_stopped", service = name, forced = forced})
+    if not self._stopping then self:_changed() end
     if cb then cb(forced) end
   end
   if svc.listener and svc.proto == "tcp" then
@@ -263,10 +265,32 @@ function Manager:names()
   return out
 end
 
+--- Registers a service that the manager does not run (another process
+-- owns its port), and writes the state so the registration survives a
+-- restart. Arguments and results as registry:register.
+function Manager:register(entry, opts)
+  local e, err, code = self.registry:register(entry, opts)
+  if e then self:_changed() end
+  return e, err, code
+end
+
+--- Removes a registration made with `register`; true if it existed.
+function Manager:unregister(name)
+  if self.services[name] then
+    check.argerror("unregister", 1, "'" .. name .. "' is a running service: use stop_service")
+  end
+  local had = self.registry:unregister(name)
+  if had then self:_changed() end
+  return had
+end
+
 --- The status document of `portman status`.
 function Manager:status()
   local doc = {services = json.array(), pools = json.array(), mappings = json.array()}
-  for _, name in ipairs(self:names()) do doc.services[#doc.services + 1] = self:service(name) end
+  for _, e in ipairs(self.registry:list()) do
+    doc.services[#doc.services + 1] = self:service(e.name) or {name = e.name, type = e.type, proto = e.proto,
+      address = e.address, port = e.port, status = "unknown"} -- registered only: no check here
+  end
   local names = {}
   for name in pairs(self.pools) do names[#names + 1] = name end
   table.sort(names)
@@ -293,6 +317,30 @@ function Manager:remember(saved)
   end
 end
 
+--- Registers again what the saved state holds beyond the running
+-- services: registrations made at run time (`register`), which a restart
+-- must keep.
+function Manager:restore_registrations(saved)
+  for _, s in ipairs(saved and saved.registry and saved.registry.services or {}) do
+    if not self.registry:get(s.name) then
+      local ok, e, err = pcall(self.registry.register, self.registry, s, {check_host = false})
+      if not ok or not e then
+        log.warn("registration_dropped", {service = s.name, error = ok and err or e})
+      end
+    end
+  end
+end
+
+--- Turns writing the state on every change on or off (on by default; off
+-- while a daemon starts, so a half-started state never replaces the last).
+function Manager:autosave(on)
+  self._autosave = on
+end
+
+function Manager:_changed()
+  if self._autosave ~= false then self:save() end
+end
+
 --- Writes the state file (when the manager has one): snap, or the
 -- manager's snapshot now.
 -- @return[1] true
@@ -309,6 +357,7 @@ end
 -- back), stops the health checks. cb() when done.
 function Manager:shutdown(grace_ms, cb)
   local snap = self:snapshot()
+  self._stopping = true
   local names = self:names()
   local left = #names
   local function done()

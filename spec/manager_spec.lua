@@ -1,0 +1,147 @@
+local helpers = require "helpers"
+local uv = require "luv"
+
+describe("portman.manager", function()
+  local manager, json
+  local m, events, dir
+
+  setup(function()
+    local before = helpers.globals()
+    manager = require "portman.manager"
+    json = require "portman.json"
+    for k in pairs(_G) do assert.is_true(before[k], "new global " .. tostring(k)) end
+  end)
+
+  before_each(function()
+    local p = io.popen("mktemp -d")
+    dir = p:read("l")
+    p:close()
+    events = {}
+    m = manager.new{state_file = dir .. "/state.json", check_host = true,
+                    on_event = function(ev) events[#events + 1] = ev end}
+    m:add_pool("api", {range = {22000, 22099}})
+  end)
+
+  after_each(function()
+    local done = false
+    m:shutdown(0, function() done = true end)
+    helpers.run_until(function() return done end)
+    os.execute("rm -rf " .. dir)
+  end)
+
+  local function connect(port)
+    local c, result = uv.new_tcp(), nil
+    c:connect("127.0.0.1", port, function(err) result = err or true end)
+    helpers.run_until(function() return result ~= nil end)
+    return c, result
+  end
+
+  local function event(name)
+    for _, ev in ipairs(events) do if ev.event == name then return ev end end
+  end
+
+  it("gives a service a port from its type's pool, a listener, a registration and a check", function()
+    local s = assert(m:add_service{name = "web", type = "api"})
+    assert.same({name = "web", type = "api", proto = "tcp", address = "0.0.0.0", port = 22000,
+                 status = "unknown", pool = "api"}, s)
+    assert.is_true(m.pools.api:is_allocated(22000))
+    assert.equal(22000, m.registry:get("web").port)
+    local c, ok = connect(22000)
+    assert.is_true(ok)
+    c:close()
+    assert.is_true(helpers.run_until(function() return m:service("web").status == "healthy" end, 8000))
+    assert.same({event = "service_started", service = "web", port = 22000, proto = "tcp"}, event("service_started"))
+  end)
+
+  it("reserves without listening, and refuses a port another process holds", function()
+    local s = assert(m:add_service{name = "ext", pool = "api", listen = false})
+    assert.equal(22000, s.port)
+    local _, connected = connect(22000)
+    assert.matches("ECONNREFUSED", connected)
+    -- a socket outside the manager holds 22001 on this host
+    local t = uv.new_tcp()
+    assert(t:bind("127.0.0.1", 22001))
+    assert(t:listen(1, function() end))
+    local ok, err, code = m:add_service{name = "taken", pool = "api", port = 22001, listen = false}
+    t:close()
+    assert.is_nil(ok)
+    assert.equal("conflict", code)
+    assert.matches("already bound on this host", err)
+    assert.is_false(m.pools.api:is_allocated(22001)) -- given back
+  end)
+
+  it("undoes every step when a later one fails", function()
+    assert(m:register{name = "clash", port = 22000, address = "127.0.0.1"})
+    local before = m.pools.api:allocated()
+    -- the listener binds 22000, then the registration conflicts
+    local ok, err, code = m:add_service{name = "new", pool = "api", port = 22000}
+    assert.is_nil(ok)
+    assert.equal("conflict", code)
+    assert.matches("registered to 'clash'", err)
+    assert.equal(before, m.pools.api:allocated())
+    assert.is_nil(m:service("new"))
+    local t = uv.new_tcp() -- the port is free again
+    assert.truthy(t:bind("0.0.0.0", 22000))
+    t:close()
+  end)
+
+  it("drains a stopping service's connections, then frees its port", function()
+    assert(m:add_service{name = "web", pool = "api", check = false, handler = function() end})
+    local c = connect(22000)
+    helpers.run_until(function() return m.services.web.listener:connections() == 1 end)
+    local forced
+    m:stop_service("web", 50, function(n) forced = n end)
+    helpers.run_until(function() return forced ~= nil end)
+    c:close()
+    assert.equal(1, forced)
+    assert.is_false(m.pools.api:is_allocated(22000))
+    assert.is_nil(m.registry:get("web"))
+    assert.same({nil, "not_found: no service web", "not_found"}, {m:stop_service("web")})
+  end)
+
+  it("writes its state on changes and gives the ports back after a restart", function()
+    m:add_pool("r", {range = {22100, 22199}, strategy = "random"})
+    local a = assert(m:add_service{name = "a", pool = "r"}).port
+    local b = assert(m:add_service{name = "b", pool = "r", listen = false}).port
+    m:register{name = "outside", port = 22150, address = "127.0.0.2"}
+    local saved = json.decode(assert(io.open(dir .. "/state.json")):read("a"))
+    assert.equal(3, #saved.registry.services)
+    local done = false
+    m:shutdown(0, function() done = true end)
+    helpers.run_until(function() return done end)
+    m = manager.new{state_file = dir .. "/state.json"}
+    m:add_pool("r", {range = {22100, 22199}, strategy = "random"})
+    m:remember(saved)
+    assert.equal(b, m:add_service{name = "b", pool = "r", listen = false}.port)
+    assert.equal(a, m:add_service{name = "a", pool = "r"}.port)
+    m:restore_registrations(saved)
+    assert.equal(22150, m.registry:get("outside").port)
+    local names = {}
+    for _, s in ipairs(m:status().services) do names[#names + 1] = s.name .. "=" .. s.status end
+    assert.same({"a=unknown", "b=unknown", "outside=unknown"}, names)
+  end)
+
+  it("reports pool exhaustion", function()
+    m:add_pool("tiny", {range = {22200, 22203}, warning = 50, critical = 75})
+    for i = 1, 3 do assert(m:add_service{name = "s" .. i, pool = "tiny", listen = false}) end
+    assert.is_true(helpers.run_until(function()
+      local ev = events[#events]
+      return ev.event == "exhaustion" and ev.level == "critical"
+    end, 5000))
+    assert.equal("tiny", events[#events].pool)
+  end)
+
+  it("raises on bad arguments", function()
+    assert.matches("bad argument #1 to 'add_service' %(unknown option 'prot'%)",
+      helpers.raises(function() m:add_service{name = "x", prot = "tcp"} end))
+    assert.matches("bad argument #1 to 'add_service' %(pool: no pool 'nope'%)",
+      helpers.raises(function() m:add_service{name = "x", pool = "nope"} end))
+    assert.matches("bad argument #2 to 'add_pool' %(unknown option 'rnge'%)",
+      helpers.raises(function() m:add_pool("p", {rnge = {1, 2}}) end))
+    assert.matches("bad argument #1 to 'add_pool' %(pool 'api' exists%)",
+      helpers.raises(function() m:add_pool("api", {range = {23000, 23001}}) end))
+    assert(m:add_service{name = "x", pool = "api", listen = false})
+    assert.matches("name: service 'x' exists", helpers.raises(function() m:add_service{name = "x", pool = "api"} end))
+    assert.matches("'x' is a running service", helpers.raises(function() m:unregister("x") end))
+  end)
+end)
