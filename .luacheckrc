@@ -1,5 +1,5 @@
 std = "lua54"
 max_line_length = 110
 files["spec"] = {std = "+busted", max_line_length = 130}
-files["bench"] = {globals = {}}
+files["bench"] = {max_line_length = 130}
 exclude_files = {"build", "build-asan"}
