@@ -91,11 +91,7 @@ describe("portman.state", function()
   local state = require "portman.state"
   local dir
 
-  before_each(function()
-    local p = io.popen("mktemp -d")
-    dir = p:read("l")
-    p:close()
-  end)
+  before_each(function() dir = helpers.tmpdir() end)
   after_each(function() os.execute("rm -rf " .. dir) end)
 
   it("saves atomically and loads back", function()

@@ -2,13 +2,6 @@ local helpers = require "helpers"
 local uv = require "luv"
 local json = require "portman.json"
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
-
 local function write(path, text)
   local f = assert(io.open(path, "w"))
   f:write(text)
@@ -64,7 +57,7 @@ end
 describe("portman run", function()
   local dir, policy
   before_each(function()
-    dir = tmpdir()
+    dir = helpers.tmpdir()
     policy = dir .. "/policy.lua"
   end)
   after_each(function()

@@ -33,14 +33,7 @@ describe("portman.health", function()
     return s, s:getsockname().port
   end
 
-  local function free_port()
-    local t = uv.new_tcp()
-    t:bind("127.0.0.1", 0)
-    local port = t:getsockname().port
-    t:close()
-    uv.run("nowait")
-    return port
-  end
+  local free_port = helpers.free_port
 
   local function runs(name) return #(h:history(name) or {}) end
 

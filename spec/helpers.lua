@@ -57,6 +57,38 @@ function M.raises(fn, ...)
   return tostring(err)
 end
 
+--- A new temporary folder (the caller removes it).
+function M.tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+--- A port where nothing on this host listens (proto "tcp" or "udp"):
+-- bound to 127.0.0.1 by the kernel's choice, then closed again.
+function M.free_port(proto)
+  local uv = require "luv"
+  local h = proto == "udp" and uv.new_udp() or uv.new_tcp()
+  assert(h:bind("127.0.0.1", 0))
+  local port = h:getsockname().port
+  h:close()
+  uv.run("nowait")
+  return port
+end
+
+--- A connected luv TCP client, inside a portman task; nil, err on failure.
+function M.connect(host, port)
+  local uv = require "luv"
+  local c = uv.new_tcp()
+  local err = require("portman.async").await(function(cb) c:connect(host, port, cb) end)
+  if err then
+    c:close()
+    return nil, err
+  end
+  return c
+end
+
 --- Runs the luv loop until pred() is true or ms (5000) pass; returns pred().
 function M.run_until(pred, ms)
   local uv = require "luv"

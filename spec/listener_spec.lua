@@ -25,16 +25,7 @@ describe("portman.listener", function()
   -- an error message without its "file:line: " position
   local function bare(msg) return (msg:gsub("^[^:]+:%d+: ", "")) end
 
-  -- a connected luv TCP client, inside a task
-  local function connect(host, port)
-    local c = uv.new_tcp()
-    local err = async.await(function(cb) c:connect(host, port, cb) end)
-    if err then
-      c:close()
-      return nil, err
-    end
-    return c
-  end
+  local connect = helpers.connect
 
   -- everything h sends until EOF
   local function read_all(h)

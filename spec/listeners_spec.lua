@@ -17,15 +17,7 @@ describe("portman.listeners", function()
     cjson = require "cjson"
   end)
 
-  local function connect(host, port)
-    local c = uv.new_tcp()
-    local err = async.await(function(cb) c:connect(host, port, cb) end)
-    if err then
-      c:close()
-      return nil, err
-    end
-    return c
-  end
+  local connect = helpers.connect
 
   -- waits (on loop turns, not wall time) until pred() holds
   local function until_true(pred)

@@ -13,9 +13,7 @@ describe("portman.manager", function()
   end)
 
   before_each(function()
-    local p = io.popen("mktemp -d")
-    dir = p:read("l")
-    p:close()
+    dir = helpers.tmpdir()
     events = {}
     m = manager.new{state_file = dir .. "/state.json", check_host = true,
                     on_event = function(ev) events[#events + 1] = ev end}

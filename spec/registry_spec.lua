@@ -12,15 +12,7 @@ describe("portman.registry", function()
     for k in pairs(_G) do assert.is_true(before[k], "new global " .. tostring(k)) end
   end)
 
-  -- a port nothing on this host holds: bind one, note it, close it
-  local function unused_port()
-    local t = uv.new_tcp()
-    t:bind("127.0.0.1", 0)
-    local port = t:getsockname().port
-    t:close()
-    uv.run("nowait")
-    return port
-  end
+  local unused_port = helpers.free_port
 
   it("registers with type defaults and returns copies", function()
     local reg = registry.new{check_host = false}

@@ -30,14 +30,7 @@ describe("portman.stun client", function()
   end)
 
   -- A port where nothing listens: bound, then closed again.
-  local function dead_port()
-    local u = uv.new_udp()
-    u:bind("127.0.0.1", 0)
-    local port = u:getsockname().port
-    u:close()
-    uv.run()
-    return port
-  end
+  local function dead_port() return helpers.free_port("udp") end
 
   local function run(fn) return portman.run(fn) end
 
