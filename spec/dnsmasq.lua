@@ -79,8 +79,9 @@ function M.start(args)
 
   function server.stop()
     if server.pid then
-      sh(("kill %d 2>/dev/null; i=0; while kill -0 %d 2>/dev/null && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done")
-        :format(server.pid, server.pid))
+      -- wait (2 s at most) until it is gone, so its port is free again
+      sh(("kill %d 2>/dev/null; i=0; while kill -0 %d 2>/dev/null && [ $i -lt 200 ]; do "
+          .. "sleep 0.01; i=$((i+1)); done"):format(server.pid, server.pid))
       server.pid = nil
     end
     sh("rm -rf " .. dir)

@@ -419,17 +419,20 @@ describe("portman.resolver", function()
 
   describe("command line", function()
     it("resolves A and SRV records as JSON", function()
-      local status, out, err = helpers.portman(("resolve web.pm.test --server %s --json"):format(server.address))
+      local status, out, err =
+        helpers.portman(("resolve web.pm.test --server %s --json"):format(server.address))
       assert.equal(0, status, err)
       assert.same({name = "web.pm.test", type = "A", records = {{address = "10.0.0.1", ttl = 300}}},
         cjson.decode(out))
-      status, out, err = helpers.portman(("resolve %s --type SRV --server %s --json"):format(SRV_NAME, server.address))
+      status, out, err =
+        helpers.portman(("resolve %s --type SRV --server %s --json"):format(SRV_NAME, server.address))
       assert.equal(0, status, err)
       local doc = cjson.decode(out)
       assert.equal("SRV", doc.type)
       assert.equal(3, #doc.records)
       table.sort(doc.records, function(a, b) return a.port < b.port end)
-      assert.same({target = "sip1.pm.test", port = 5060, priority = 10, weight = 60, ttl = 42}, doc.records[1])
+      assert.same({target = "sip1.pm.test", port = 5060, priority = 10, weight = 60, ttl = 42},
+        doc.records[1])
       status, out = helpers.portman(("resolve v6.pm.test --type aaaa --server [::1]:%d"):format(server.port))
       assert.equal(0, status)
       assert.equal("fd00::66\tttl=120\n", out)
@@ -440,6 +443,7 @@ describe("portman.resolver", function()
       assert.equal(1, status)
       assert.equal("", out)
       assert.equal("portman resolve: not_found: nx.pm.test: no such name (NXDOMAIN)\n", err)
+      local _
       status, _, err = helpers.portman("resolve web.pm.test --type MX --server 127.0.0.1")
       assert.equal(2, status)
       assert.truthy(err:find("--type: A, AAAA or SRV expected, got 'MX'", 1, true), err)
@@ -598,7 +602,8 @@ describe("portman.resolver selection", function()
   end)
 
   it("raises on an unknown policy", function()
-    assert.equal("bad argument #1 to 'picker' (unknown policy 'random' (round_robin, weighted, priority, srv))",
+    assert.equal(
+      "bad argument #1 to 'picker' (unknown policy 'random' (round_robin, weighted, priority, srv))",
       helpers.raises(resolver.picker, "random"):match("bad argument.*"))
   end)
 

@@ -38,7 +38,7 @@ local OPTIONS = {servers = true, cache = true, min_ttl = true, max_ttl = true, n
                  cache_size = true, max_inflight = true}
 local FAMILIES = {"inet", "inet6", "any"}
 local DEFAULTS = {min_ttl = 0, max_ttl = 86400, negative_ttl = 30, stale_ttl = 0,
-                  timeout = 2000, tries = 2, cache_size = 100000, max_inflight = 512}
+                  timeout = 2000, tries = 2, cache_size = 100000, max_inflight = 100}
 -- Failures after which an expired answer may be served (not "no such name":
 -- that is an answer, and it replaces what was cached).
 local STALE_ON = {timeout = true, refused = true, protocol = true, unreachable = true}
@@ -70,7 +70,12 @@ end
 
 -- A name check: a DNS name (labels of 1-63 characters, 253 in all; letters,
 -- digits, '-' and '_', which SRV owners use), or a literal address.
+-- Names already found valid, so that a cache hit costs no pattern matching
+-- (cleared when it grows large: it is only a shortcut).
+local valid_names, valid_count = {}, 0
+
 local function check_name(fname, name)
+  if valid_names[name] then return name end
   if type(name) ~= "string" then
     check.argerror(fname, 1, "string expected, got " .. type(name))
   end
@@ -84,6 +89,8 @@ local function check_name(fname, name)
       check.argerror(fname, 1, ("invalid domain name '%s'"):format(name))
     end
   end
+  if valid_count >= 10000 then valid_names, valid_count = {}, 0 end
+  valid_names[name], valid_count = true, valid_count + 1
   return name
 end
 
@@ -121,8 +128,10 @@ end
 --   `stale_ttl` (0): how long past expiry an answer may stand in for a
 --   failed refresh; `timeout` (2000 ms, the first try's; c-ares doubles it
 --   per round) and `tries` (2); `hosts` (path, "/etc/hosts"; false: none);
---   `cache_size` (100000 entries); `max_inflight` (512 queries on the wire
---   at once; more wait their turn).
+--   `cache_size` (100000 entries); `max_inflight` (100 queries on the wire
+--   at once; more wait their turn: c-ares sends them all from one UDP
+--   socket, and a burst of a few hundred overflows a server's receive
+--   queue, which costs each dropped query a whole timeout).
 -- @return a resolver
 -- @raise on a bad or unknown option, naming it
 function M.new(opts)
@@ -218,14 +227,18 @@ local function call(cb, ...)
   if not ok then log.error("callback_failed", {what = "resolver", error = err}) end
 end
 
--- Copies records with their remaining TTL.
+-- Copies records with their remaining TTL (a caller may keep or change
+-- what it gets; the cache's own copy stays as it was).
 local function fresh_copy(records, remaining, stale)
   local out = {}
-  for i, rec in ipairs(records) do
-    local c = {}
-    for k, v in pairs(rec) do c[k] = v end
-    c.ttl = remaining
-    out[i] = c
+  for i = 1, #records do
+    local rec = records[i]
+    if rec.address then
+      out[i] = {address = rec.address, family = rec.family, ttl = remaining}
+    else
+      out[i] = {target = rec.target, port = rec.port, priority = rec.priority,
+                weight = rec.weight, ttl = remaining}
+    end
   end
   if stale then out.stale = true end
   return out
@@ -376,7 +389,7 @@ end
 
 -- The hosts file's addresses for name, re-read when the file changes
 -- (looked at no more than once a second).
-function R:_hosts_lookup(name)
+function R:_hosts_lookup(lname)
   local path = self._hosts_path
   if not path then return nil end
   local now = now_ms()
@@ -389,7 +402,9 @@ function R:_hosts_lookup(name)
       self._hosts = M.read_hosts(path)
     end
   end
-  return self._hosts[name:lower():gsub("%.$", "")]
+  local hosts = self._hosts
+  if next(hosts) == nil then return nil end
+  return hosts[lname] or hosts[(lname:gsub("%.$", ""))]
 end
 
 local function pick_family(list, family, name)
@@ -422,13 +437,16 @@ local function combine(a, b)
 end
 
 function R:_resolve(name, family, cb)
-  local lit_family, ip = core.dns_parse_ip(name)
+  local lit_family, ip
+  if not valid_names[name] then -- a name check_name found valid is no literal
+    lit_family, ip = core.dns_parse_ip(name)
+  end
   if lit_family then
     return cb(pick_family({{address = ip, family = lit_family}}, family, name))
   end
-  local from_hosts = self:_hosts_lookup(name)
-  if from_hosts then return cb(pick_family(from_hosts, family, name)) end
   local lname = name:lower()
+  local from_hosts = self:_hosts_lookup(lname)
+  if from_hosts then return cb(pick_family(from_hosts, family, name)) end
   if family ~= "any" then return self:_lookup(family .. "|" .. lname, cb) end
   local six, four
   local function both()
