@@ -88,6 +88,11 @@ pm_dns *pm_dns_new(const pm_dns_config *cfg, char *err, size_t errlen)
         o.timeout = cfg->timeout_ms;
         mask |= ARES_OPT_TIMEOUTMS;
     }
+#ifdef ARES_OPT_QUERY_CACHE
+    /* c-ares 1.23+ caches answers by default; only portman's cache caches. */
+    o.qcache_max_ttl = 0;
+    mask |= ARES_OPT_QUERY_CACHE;
+#endif
     if (cfg->tries > 0) {
         o.tries = cfg->tries;
         mask |= ARES_OPT_TRIES;

@@ -376,6 +376,30 @@ describe("portman.resolver", function()
       assert.equal("portman.resolver (closed)", tostring(r))
     end)
 
+    it("may be closed from a callback while other lookups are in flight", function()
+      local r = resolver.new{servers = {server.address}, hosts = false}
+      local calls = {0, 0, 0}
+      local outcome = {}
+      local function done(i)
+        return function(records, _, code)
+          calls[i] = calls[i] + 1
+          outcome[i] = records and "answered" or code
+          r:close()
+        end
+      end
+      r:resolve("many0.pm.test", {family = "inet"}, done(1))
+      r:resolve("many1.pm.test", {family = "inet"}, done(2))
+      r:srv(SRV_NAME, done(3))
+      uv.run()
+      assert.same({1, 1, 1}, calls)
+      local answered, closed = 0, 0
+      for i = 1, 3 do
+        if outcome[i] == "closed" then closed = closed + 1 else answered = answered + 1 end
+      end
+      assert.equal(1, answered) -- the first to finish closed the rest
+      assert.equal(2, closed)
+    end)
+
     it("works as a to-be-closed variable", function()
       local r
       do

@@ -299,6 +299,7 @@ function R:_settle(key, res)
     end
   end
   local flight = self._inflight[key]
+  if not flight then return end -- closed meanwhile: its waiters were told
   self._inflight[key] = nil
   for _, cb in ipairs(flight) do
     if records then call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale))
@@ -310,10 +311,12 @@ function R:_step()
   local eng = self._engine
   if not eng then return end
   for _, res in ipairs(eng:step()) do
+    if self._closed then return end -- a callback closed the resolver
     local key = self._queries[res.id]
     self._queries[res.id] = nil
     if key then self:_settle(key, res) end
   end
+  if self._closed then return end
   self:_drain()
   if self._engine then self:_arm() end
 end
