@@ -42,6 +42,7 @@ local function outer()
   local ns = "pmbench-" .. pid
   local dir = "/tmp/" .. ns
   local etc = "/etc/netns/" .. ns
+  local had_netns = sh("[ -d /etc/netns ]")
   local ok, err = pcall(function()
     assert(sh(("mkdir -p %s %s"):format(dir, etc)))
     local f = assert(io.open(etc .. "/resolv.conf", "w"))
@@ -61,6 +62,7 @@ local function outer()
   end)
   sh(("[ -f %s/pid ] && kill $(cat %s/pid) 2>/dev/null"):format(dir, dir))
   sh(("ip netns del %s 2>/dev/null; rm -rf %s %s"):format(ns, dir, etc))
+  if not had_netns then sh("rmdir /etc/netns 2>/dev/null") end -- only if empty
   if not ok then error(err, 0) end
 end
 

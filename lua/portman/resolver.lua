@@ -519,7 +519,9 @@ end
 -- @tparam string name
 -- @tparam[opt] string kind "inet", "inet6" or "srv" (default "inet")
 function R:cached(name, kind)
-  local hit, records = self:_cached((kind or "inet") .. "|" .. name:lower())
+  check_name("cached", name)
+  kind = check.oneof("cached", 2, kind or "inet", {"inet", "inet6", "srv"}, "kind")
+  local hit, records = self:_cached(kind .. "|" .. name:lower())
   return hit and records or nil
 end
 
