@@ -344,6 +344,15 @@ describe("portman.resolver", function()
       assert.equal(0, r:stats().negative_hits)
     end)
 
+    it("keeps at most cache_size entries", function()
+      local r = new{servers = {server.address}, hosts = false, cache_size = 4}
+      for i = 0, 9 do
+        assert.truthy(run(function() return r:resolve("many" .. i .. ".pm.test", {family = "inet"}) end))
+        assert.is_true(r:stats().cached <= 4)
+      end
+      assert.truthy(r:cached("many9.pm.test")) -- the newest answer is kept
+    end)
+
     it("coalesces 100 concurrent lookups of one name into one query", function()
       local r = new{servers = {server.address}, hosts = false, cache = false}
       local base = server.count("A", "coal.pm.test")

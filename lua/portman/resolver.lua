@@ -248,7 +248,9 @@ local function clamp(v, lo, hi)
   return v < lo and lo or v > hi and hi or v
 end
 
--- Room for one more entry: drop expired ones, then (still full) any.
+-- Room for one more entry: drop expired ones, then (still over 90% full)
+-- arbitrary ones down to 90%, so that a full cache of live entries pays
+-- for one sweep per tenth of its size rather than one per insert.
 function R:_make_room()
   if self._cache_count < self._cache_size then return end
   local now = now_ms()
@@ -258,7 +260,8 @@ function R:_make_room()
       self._cache_count = self._cache_count - 1
     end
   end
-  while self._cache_count >= self._cache_size do
+  local keep = math.floor(self._cache_size * 0.9)
+  while self._cache_count > keep do
     local key = next(self._cache)
     self._cache[key] = nil
     self._cache_count = self._cache_count - 1
