@@ -14,6 +14,8 @@
 -- * when a refresh fails (timeout, refused, ...) an expired answer is served
 --   for up to `stale_ttl` seconds after it expired (RFC 8767), with ttl 0.
 --
+-- The cache's clock is the loop's (uv.now), which advances as the loop runs.
+--
 -- Literal addresses and names in the hosts file answer without a query, with
 -- ttl 0. Failures are `nil, "code: name: reason", code` with code one of
 -- not_found, timeout, refused, protocol, unreachable, closed; a network
