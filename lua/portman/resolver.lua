@@ -495,6 +495,15 @@ function R:resolve(name, opts, cb)
     self:_resolve(name, family, cb)
     return
   end
+  -- In a task, a fresh cached answer for one family needs no coroutine
+  -- switch (and nothing the hosts file says otherwise about).
+  if family ~= "any" and valid_names[name] and async.in_task() then
+    local lname = name:lower()
+    if not self:_hosts_lookup(lname) then
+      local hit, records, err, code = self:_cached(family .. "|" .. lname)
+      if hit then return records, err, code end
+    end
+  end
   return wait(function(done) self:_resolve(name, family, done) end)
 end
 
