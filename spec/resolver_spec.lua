@@ -13,6 +13,15 @@ describe("portman.resolver", function()
   local resolvers = {}
   local fds_before
 
+  -- The fewest fds of three counts: now and then a count here sees one fd
+  -- more than the same listing shows (seen at setup, never after), so one
+  -- sample could blame a leak that is not there; a real leak shows in all.
+  local function fd_count()
+    local n = math.huge
+    for _ = 1, 3 do n = math.min(n, helpers.fd_count()) end
+    return n
+  end
+
   -- A resolver closed in teardown even when a spec fails.
   local function new(opts)
     local r = resolver.new(opts)
@@ -27,7 +36,7 @@ describe("portman.resolver", function()
   setup(function()
     collectgarbage() -- a file handle left for the collector is not ours
     collectgarbage()
-    fds_before = helpers.fd_count()
+    fds_before = fd_count()
     local before = helpers.globals()
     resolver = require "portman.resolver"
     portman = require "portman"
@@ -49,6 +58,7 @@ describe("portman.resolver", function()
       "--srv-host=" .. SRV_NAME .. ",sip1.pm.test,5060,10,60",
       "--srv-host=" .. SRV_NAME .. ",sip2.pm.test,5061,10,40",
       "--srv-host=" .. SRV_NAME .. ",sip3.pm.test,5062,20,0",
+      "--srv-host=_none._tcp.pm.test", -- target ".": decidedly not available
       "--host-record=many0.pm.test,10.1.0.0,300", "--host-record=many1.pm.test,10.1.0.1,300",
       "--host-record=many2.pm.test,10.1.0.2,300", "--host-record=many3.pm.test,10.1.0.3,300",
       "--host-record=many4.pm.test,10.1.0.4,300", "--host-record=many5.pm.test,10.1.0.5,300",
@@ -266,6 +276,10 @@ describe("portman.resolver", function()
       }, records)
       local _, err2, code = run(function() return r:srv("_nx._tcp.pm.test") end)
       assert.equal("not_found", code, err2)
+      local none, err3, code3 = run(function() return r:srv("_none._tcp.pm.test") end)
+      assert.is_nil(none)
+      assert.equal("not_found", code3)
+      assert.equal("not_found: _none._tcp.pm.test: service not available (SRV target '.')", err3)
       assert.equal("bad argument #1 to 'srv' (SRV name expected, got an address)",
         helpers.raises(r.srv, r, "10.0.0.1", function() end):match("bad argument.*"))
     end)
@@ -473,7 +487,7 @@ describe("portman.resolver", function()
       collectgarbage()
       collectgarbage()
       uv.run("nowait")
-      assert.equal(fds_before, helpers.fd_count())
+      assert.equal(fds_before, fd_count())
     end)
   end)
 

@@ -312,6 +312,21 @@ function R:_settle(key, res)
   end
 end
 
+-- RFC 2782: a target of "." means the service is decidedly not available
+-- at this domain; such records are dropped, and an answer of only those is
+-- "not found".
+local function without_root_targets(res)
+  local kept = {}
+  for _, rec in ipairs(res.records) do
+    if rec.target ~= "" and rec.target ~= "." then kept[#kept + 1] = rec end
+  end
+  if #kept == 0 then
+    return {code = "not_found", reason = "service not available (SRV target '.')"}
+  end
+  res.records = kept
+  return res
+end
+
 function R:_step()
   local eng = self._engine
   if not eng then return end
@@ -319,6 +334,7 @@ function R:_step()
     if self._closed then return end -- a callback closed the resolver
     local key = self._queries[res.id]
     self._queries[res.id] = nil
+    if key and res.records and key:find("^srv|") then res = without_root_targets(res) end
     if key then self:_settle(key, res) end
   end
   if self._closed then return end
