@@ -241,7 +241,9 @@ static void srv_fill(pm_dns_result *r, const unsigned char *abuf, int alen)
     struct ares_srv_reply *list = NULL;
     int status = ares_parse_srv_reply(abuf, alen, &list);
     if (status != ARES_SUCCESS) {
-        r->status = status;
+        /* A reply that does not parse (EBADNAME, EBADRESP, ...) is the
+         * server's fault, whatever word the parser chose for it. */
+        r->status = status == ARES_ENODATA || status == ARES_ENOMEM ? status : ARES_EBADRESP;
         return;
     }
     size_t n = 0;

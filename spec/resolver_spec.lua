@@ -263,6 +263,82 @@ describe("portman.resolver", function()
     end)
   end)
 
+  describe("a hostile server", function()
+    -- A UDP server on loopback that answers every query with reply(query).
+    local function hostile(reply)
+      local sock = uv.new_udp()
+      assert(sock:bind("127.0.0.1", 0))
+      sock:recv_start(function(err, data, addr)
+        if err or not data then return end
+        local out = reply(data)
+        if out then sock:send(out, addr.ip, addr.port, function() end) end
+      end)
+      return sock, "127.0.0.1:" .. sock:getsockname().port
+    end
+
+    -- The query's id and question section (EDNS's OPT record follows it).
+    local function question(query)
+      local pos = 13
+      while query:byte(pos) and query:byte(pos) ~= 0 do pos = pos + query:byte(pos) + 1 end
+      return query:sub(1, 2), query:sub(13, pos + 4), string.unpack(">I2", query, pos + 1)
+    end
+
+    -- An answer whose one record has RDATA of the wrong length for its type.
+    local function bad_rdata(query)
+      local id, q, qtype = question(query)
+      local rdata = "\1\2\3" -- 3 bytes: no A (4), AAAA (16) or SRV (7+) is that short
+      return id .. "\129\128\0\1\0\1\0\0\0\0" .. q
+        .. string.pack(">I2I2I2I4s2", 0xC00C, qtype, 1, 60, rdata)
+    end
+
+    -- A header that promises five answers and then ends.
+    local function truncated(query)
+      local id, q = question(query)
+      return id .. "\129\128\0\1\0\5\0\0\0\0" .. q
+    end
+
+    local function garbage(query)
+      local out = {}
+      for i = 1, math.random(0, 64) do out[i] = string.char(math.random(0, 255)) end
+      -- sometimes with the right id, so that the resolver reads it
+      if math.random() < 0.5 then return query:sub(1, 2) .. table.concat(out) end
+      return table.concat(out)
+    end
+
+    for name, reply in pairs{bad_rdata = bad_rdata, truncated = truncated, garbage = garbage} do
+      it("never raises on " .. name .. " answers, and fails with a code word", function()
+        local sock, address = hostile(reply)
+        local r = new{servers = {address}, hosts = false, timeout = 300, tries = 1}
+        local results = {}
+        local ok, err = pcall(run, function()
+          local done, e = pcall(function()
+            for _, fam in ipairs{"inet", "inet6"} do
+              results[#results + 1] = table.pack(r:resolve("web.pm.test", {family = fam}))
+            end
+            results[#results + 1] = table.pack(r:srv(SRV_NAME))
+          end)
+          sock:close() -- else the loop, and run, would never end
+          assert(done, e)
+        end)
+        if not sock:is_closing() then sock:close() end
+        assert.is_true(ok, err)
+        assert.equal(3, #results)
+        for _, res in ipairs(results) do
+          assert.is_nil(res[1])
+          assert.truthy(res[3] == "protocol" or res[3] == "timeout" or res[3] == "not_found", res[2])
+          assert.equal(res[3] .. ": ", res[2]:sub(1, #res[3] + 2))
+        end
+        if name == "truncated" then
+          for _, res in ipairs(results) do assert.equal("protocol", res[3], res[2]) end
+        elseif name == "bad_rdata" then
+          -- c-ares skips an address record of the wrong length: no data
+          assert.equal("not_found", results[1][3])
+          assert.equal("protocol", results[3][3], results[3][2])
+        end
+      end)
+    end
+  end)
+
   describe("srv", function()
     it("gives SRV records with their TTL", function()
       local r = new{servers = {server.address}}
@@ -388,8 +464,8 @@ describe("portman.resolver", function()
     it("serves a stale answer for stale_ttl when the server fails", function()
       local flaky = dnsmasq.start{"--local=/pm.test/", "--host-record=stale.pm.test,10.0.0.8,1"}
       local ok, e = pcall(function()
-        local stale = new{servers = {flaky.address}, hosts = false, stale_ttl = 60, timeout = 200, tries = 1}
-        local strict = new{servers = {flaky.address}, hosts = false, timeout = 200, tries = 1}
+        local stale = new{servers = {flaky.address}, hosts = false, stale_ttl = 60, timeout = 1000, tries = 2}
+        local strict = new{servers = {flaky.address}, hosts = false, timeout = 1000, tries = 2}
         assert.equal(1, run(function() return stale:resolve("stale.pm.test", {family = "inet"}) end)[1].ttl)
         assert.equal(1, run(function() return strict:resolve("stale.pm.test", {family = "inet"}) end)[1].ttl)
         flaky.stop()
