@@ -13,6 +13,7 @@ local M = {}
 
 M.COMMANDS = {
   alloc = "portman.allocator",
+  resolve = "portman.resolver",
   run = "portman.daemon",
   status = "portman.admin",
   repl = "portman.admin",

@@ -147,6 +147,7 @@ function Endpoint:request(ip, port, opts, cb)
              bytes = core.stun_encode{class = "request", transaction_id = tid,
                                       change_request = opts.change_request, fingerprint = true}}
   self.pending[tid] = t
+  uv.update_time() -- after CPU-bound work the loop's clock lags: the deadline must not
   local rto, sent, started = opts.rto, 0, uv.now()
   local last_wait = M.RM * opts.rto
   local function tick()

@@ -1,0 +1,229 @@
+/* portman.dns: the Lua face of the c-ares engine (dns.h). The Lua layer
+ * (lua/portman/resolver.lua) polls d:fd() with uv.new_poll, runs a uv timer
+ * for d:timeout(), and calls d:step() for the finished queries. Names and
+ * servers are checked there; this file checks types and closed use. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "dns.h"
+#include "lua_util.h"
+
+#define DNS "portman.dns"
+
+typedef struct {
+    pm_dns *dns; /* NULL once closed */
+} dns_box;
+
+static const char *const families[] = {"inet", "inet6", "any", NULL};
+static const int family_values[] = {AF_INET, AF_INET6, AF_UNSPEC};
+
+static pm_dns *check_dns(lua_State *L)
+{
+    dns_box *b = luaL_checkudata(L, 1, DNS);
+    if (!b->dns)
+        luaL_error(L, "attempt to use a closed " DNS);
+    return b->dns;
+}
+
+/* core.dns_new([servers_csv], [timeout_ms], [tries]) -> engine | nil, msg, code */
+static int l_new(lua_State *L)
+{
+    pm_dns_config cfg = {
+        .servers = luaL_optstring(L, 1, NULL),
+        .timeout_ms = (int)luaL_optinteger(L, 2, 0),
+        .tries = (int)luaL_optinteger(L, 3, 0),
+    };
+    luaL_argcheck(L, cfg.timeout_ms >= 0, 2, "timeout must not be negative");
+    luaL_argcheck(L, cfg.tries >= 0, 3, "tries must not be negative");
+    /* Created closed, so that a failure below leaves nothing to free. */
+    dns_box *b = lua_newuserdatauv(L, sizeof(*b), 0);
+    b->dns = NULL;
+    luaL_setmetatable(L, DNS);
+    char err[256];
+    b->dns = pm_dns_new(&cfg, err, sizeof(err));
+    if (!b->dns)
+        return pm_fail(L, "unreachable", "%s", err);
+    return 1;
+}
+
+static int l_close(lua_State *L)
+{
+    dns_box *b = luaL_checkudata(L, 1, DNS);
+    pm_dns_free(b->dns);
+    b->dns = NULL;
+    return 0;
+}
+
+static int l_fd(lua_State *L)
+{
+    lua_pushinteger(L, pm_dns_fd(check_dns(L)));
+    return 1;
+}
+
+/* d:timeout() -> ms until the next step is due, or nil when idle. */
+static int l_timeout(lua_State *L)
+{
+    int ms = pm_dns_timeout(check_dns(L));
+    if (ms < 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, ms);
+    return 1;
+}
+
+static int l_pending(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)pm_dns_pending(check_dns(L)));
+    return 1;
+}
+
+/* d:resolve(name, family, id) -> true | nil, msg, code */
+static int l_resolve(lua_State *L)
+{
+    pm_dns *d = check_dns(L);
+    const char *name = luaL_checkstring(L, 2);
+    int family = family_values[luaL_checkoption(L, 3, NULL, families)];
+    lua_Integer id = luaL_checkinteger(L, 4);
+    if (pm_dns_resolve(d, name, family, (uint64_t)id) < 0)
+        return pm_fail_errno(L, errno, "resolve");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* d:srv(name, id) -> true | nil, msg, code */
+static int l_srv(lua_State *L)
+{
+    pm_dns *d = check_dns(L);
+    const char *name = luaL_checkstring(L, 2);
+    lua_Integer id = luaL_checkinteger(L, 3);
+    if (pm_dns_srv(d, name, (uint64_t)id) < 0)
+        return pm_fail_errno(L, errno, "srv");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void set_int(lua_State *L, const char *k, lua_Integer v)
+{
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void push_records(lua_State *L, const pm_dns_result *r)
+{
+    lua_createtable(L, (int)r->n, 0);
+    for (size_t i = 0; i < r->n; i++) {
+        lua_createtable(L, 0, 5);
+        if (r->kind == PM_DNS_ADDR) {
+            set_str(L, "address", r->addrs[i].address);
+            set_str(L, "family", r->addrs[i].family == AF_INET6 ? "inet6" : "inet");
+            set_int(L, "ttl", r->addrs[i].ttl);
+        } else {
+            set_str(L, "target", r->srvs[i].target);
+            set_int(L, "port", r->srvs[i].port);
+            set_int(L, "priority", r->srvs[i].priority);
+            set_int(L, "weight", r->srvs[i].weight);
+            set_int(L, "ttl", r->srvs[i].ttl);
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+/* d:step() -> {{id = n, records = {...}} | {id = n, code = word, reason = text}, ...}
+ * The finished queries, in the order they finished. */
+static int l_step(lua_State *L)
+{
+    pm_dns_result *list = pm_dns_step(check_dns(L));
+    lua_newtable(L);
+    lua_Integer i = 0;
+    for (pm_dns_result *r = list; r; r = r->next) {
+        lua_createtable(L, 0, 3);
+        set_int(L, "id", (lua_Integer)r->id);
+        if (r->status == 0) {
+            push_records(L, r);
+            lua_setfield(L, -2, "records");
+        } else {
+            set_str(L, "code", pm_dns_status_code(r->status));
+            set_str(L, "reason", pm_dns_status_text(r->status));
+        }
+        lua_rawseti(L, -2, ++i);
+    }
+    pm_dns_results_free(list);
+    return 1;
+}
+
+static int l_tostring(lua_State *L)
+{
+    dns_box *b = luaL_checkudata(L, 1, DNS);
+    if (b->dns)
+        lua_pushfstring(L, DNS " (%d pending)", (int)pm_dns_pending(b->dns));
+    else
+        lua_pushliteral(L, DNS " (closed)");
+    return 1;
+}
+
+/* core.dns_parse_ip(text) -> family, canonical text | nil: is text a literal
+ * IPv4 or IPv6 address (an IPv6 one may come in brackets)? */
+static int l_parse_ip(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char buf[64], out[INET6_ADDRSTRLEN];
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (len == 0 || len >= sizeof(buf))
+        return 0;
+    memcpy(buf, s, len + 1);
+    if (inet_pton(AF_INET, buf, bin) == 1) {
+        inet_ntop(AF_INET, bin, out, sizeof(out));
+        lua_pushliteral(L, "inet");
+        lua_pushstring(L, out);
+        return 2;
+    }
+    if (buf[0] == '[' && buf[len - 1] == ']') {
+        buf[len - 1] = '\0';
+        memmove(buf, buf + 1, len - 1);
+    }
+    if (inet_pton(AF_INET6, buf, bin) == 1) {
+        inet_ntop(AF_INET6, bin, out, sizeof(out));
+        lua_pushliteral(L, "inet6");
+        lua_pushstring(L, out);
+        return 2;
+    }
+    return 0;
+}
+
+static const luaL_Reg methods[] = {
+    {"fd", l_fd},
+    {"timeout", l_timeout},
+    {"pending", l_pending},
+    {"resolve", l_resolve},
+    {"srv", l_srv},
+    {"step", l_step},
+    {"close", l_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg meta[] = {
+    {"__gc", l_close},
+    {"__close", l_close},
+    {"__tostring", l_tostring},
+    {NULL, NULL},
+};
+
+int pm_open_dns(lua_State *L)
+{
+    pm_newclass(L, DNS, methods, meta);
+    lua_pushcfunction(L, l_new);
+    lua_setfield(L, -2, "dns_new");
+    lua_pushcfunction(L, l_parse_ip);
+    lua_setfield(L, -2, "dns_parse_ip");
+    return 0;
+}
