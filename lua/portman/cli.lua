@@ -13,6 +13,7 @@ local M = {}
 
 M.COMMANDS = {
   alloc = "portman.allocator",
+  probe = "portman.firewall",
   run = "portman.daemon",
 }
 

@@ -5,7 +5,7 @@
 local M = {version = "0.1.0"}
 
 local SUBMODULES = {
-  allocator = true, async = true, check = true, cli = true, daemon = true,
+  allocator = true, async = true, check = true, cli = true, daemon = true, firewall = true,
   log = true, state = true,
 }
 
