@@ -60,9 +60,7 @@ static int add_addresses(lua_State *L, pm_probe *p, int arg)
     for (lua_Integer i = 1; i <= n; i++) {
         struct sockaddr_storage ss;
         socklen_t len = 0;
-        lua_geti(L, arg, i);
-        const char *text = lua_tostring(L, -1);
-        if (lua_type(L, -1) != LUA_TSTRING || parse_address(text, &ss, &len) < 0)
+        if (lua_geti(L, arg, i) != LUA_TSTRING || parse_address(lua_tostring(L, -1), &ss, &len) < 0)
             luaL_argerror(L, arg, lua_pushfstring(L, "address %d: numeric IP address expected", (int)i));
         lua_pop(L, 1);
         if (pm_probe_add_address(p, (struct sockaddr *)&ss, len) < 0)
