@@ -139,9 +139,11 @@ static int l_fd(lua_State *L)
     return 1;
 }
 
-/* p:step([max]): does the ready work; returns the results it produced as a
- * list of {port, state, error?, address?} (address only when probing more
- * than one); error names the errno behind unreachable and error. */
+/* p:step([max]): does the ready work; returns the results it produced as
+ * one batch in columns (a table per result would cost more than the probe):
+ * {n = count, port = {...}, state = {...}, error = {[i] = errno name}, and
+ * address = {...} when probing more than one address}. error names the
+ * errno behind an unreachable or error state. */
 static int l_step(lua_State *L)
 {
     probe_ud *u = check_open(L);
@@ -157,24 +159,36 @@ static int l_step(lua_State *L)
     size_t n = pm_probe_step(u->p, u->buf, (size_t)max);
     lua_getiuservalue(L, 1, 1);
     int addrs = lua_gettop(L);
-    lua_createtable(L, (int)n, 0);
+    lua_createtable(L, 0, 5);
+    int batch = lua_gettop(L);
+    lua_pushinteger(L, (lua_Integer)n);
+    lua_setfield(L, batch, "n");
+    lua_createtable(L, (int)n, 0); /* port */
+    lua_createtable(L, (int)n, 0); /* state */
+    lua_newtable(L); /* error */
+    if (u->naddrs > 1)
+        lua_createtable(L, (int)n, 0); /* address */
     for (size_t i = 0; i < n; i++) {
         const pm_probe_result *r = &u->buf[i];
-        lua_createtable(L, 0, 3);
+        lua_Integer k = (lua_Integer)i + 1;
         lua_pushinteger(L, r->port);
-        lua_setfield(L, -2, "port");
+        lua_rawseti(L, batch + 1, k);
         lua_pushstring(L, pm_probe_state_name(r->state));
-        lua_setfield(L, -2, "state");
+        lua_rawseti(L, batch + 2, k);
         if (r->err) {
             lua_pushstring(L, pm_errno_name(r->err));
-            lua_setfield(L, -2, "error");
+            lua_rawseti(L, batch + 3, k);
         }
         if (u->naddrs > 1) {
             lua_geti(L, addrs, (lua_Integer)r->address + 1);
-            lua_setfield(L, -2, "address");
+            lua_rawseti(L, batch + 4, k);
         }
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
+    if (u->naddrs > 1)
+        lua_setfield(L, batch, "address");
+    lua_setfield(L, batch, "error");
+    lua_setfield(L, batch, "state");
+    lua_setfield(L, batch, "port");
     return 1;
 }
 
@@ -206,7 +220,7 @@ static int l_stats(lua_State *L)
 {
     pm_probe_stats st;
     pm_probe_get_stats(check_open(L)->p, &st);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     lua_pushinteger(L, (lua_Integer)st.targets);
     lua_setfield(L, -2, "targets");
     lua_pushinteger(L, (lua_Integer)st.reported);
@@ -217,6 +231,8 @@ static int l_stats(lua_State *L)
     lua_setfield(L, -2, "peak");
     lua_pushinteger(L, st.concurrency);
     lua_setfield(L, -2, "concurrency");
+    lua_pushinteger(L, st.shards);
+    lua_setfield(L, -2, "shards");
     return 1;
 }
 

@@ -13,11 +13,19 @@
  * the socket (a local namespace answers that fast) is only a "soft" error to
  * TCP: it keeps retrying until its own timeout. IP_RECVERR queues every ICMP
  * error on the socket's error queue, which makes epoll report EPOLLERR at
- * once, and MSG_ERRQUEUE gives its type and code. */
+ * once, and MSG_ERRQUEUE gives its type and code.
+ *
+ * Two cores. A local scan is bound by the kernel's connect() work, which
+ * runs on the calling thread, so a large run is split in two shards (every
+ * other target), each with its own epoll instance nested in the engine's
+ * one, and half the concurrency: step() runs shard 1 on a worker thread
+ * while shard 0 runs on the caller's, and returns when both are done. The
+ * caller sees one fd, one step(), one batch. */
 #include "probe.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -31,6 +39,7 @@
 #define DEFAULT_CONCURRENCY 4096
 #define DEFAULT_TIMEOUT_MS 1000
 #define EVENTS 256
+#define SHARD_MIN_TARGETS 2048 /* below this a second thread is not worth it */
 
 typedef struct {
     int fd; /* -1 when free */
@@ -48,23 +57,43 @@ typedef struct {
     uint16_t address, port;
 } target;
 
-struct pm_probe {
+
+/* The probes of every nshards-th target from first, with their own epoll
+ * instance, slots and bound: touched by one thread at a time. */
+typedef struct {
+    pm_probe *p;
     int epfd;
+    unsigned concurrency;
+    size_t next_target, reported;
+    slot *slots; /* this shard's part of pm_probe.slots */
+    int32_t free_slot, head, tail; /* indices into slots; -1: none */
+    unsigned inflight, peak;
+    int spare; /* a refused TCP socket ready to connect again, or -1 */
+    int spare_family;
+    int blocked; /* out of fds or local ports: wait for a probe to finish */
+} shard;
+
+struct pm_probe {
+    int epfd; /* what the caller polls; with two shards it holds theirs */
     int udp;
-    unsigned timeout_ms, concurrency;
+    unsigned timeout_ms, concurrency, nshards;
+    int started, cancelled;
     void *payload;
     size_t payload_len;
     address *addrs;
     size_t naddrs;
     target *targets;
-    size_t ntargets, cap_targets, next_target, reported;
+    size_t ntargets, cap_targets;
     slot *slots;
-    int32_t free_slot, head, tail; /* -1: none */
-    unsigned inflight, peak;
-    int spare; /* a refused TCP socket ready to connect again, or -1 */
-    int spare_family;
-    int blocked; /* out of fds or local ports: wait for a probe to finish */
-    int cancelled;
+    shard shards[2];
+    /* the worker thread that steps shard 1 */
+    pthread_t thread;
+    int have_thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int job; /* 0 idle, 1 step requested, 2 exit */
+    pm_probe_result *job_out;
+    size_t job_max, job_n;
 };
 
 static const char *const state_names[] = {
@@ -131,8 +160,10 @@ pm_probe *pm_probe_new(const pm_probe_opts *opts)
     p->concurrency = opts->concurrency ? opts->concurrency : pm_probe_default_concurrency();
     if (p->concurrency > max)
         p->concurrency = max;
-    p->free_slot = p->head = p->tail = -1;
-    p->spare = -1;
+    for (int k = 0; k < 2; k++) {
+        p->shards[k].epfd = -1;
+        p->shards[k].spare = -1;
+    }
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->slots = calloc(p->concurrency, sizeof(slot));
     if (opts->payload_len) {
@@ -146,11 +177,6 @@ pm_probe *pm_probe_new(const pm_probe_opts *opts)
         pm_probe_free(p);
         errno = err;
         return NULL;
-    }
-    for (unsigned i = p->concurrency; i-- > 0;) {
-        p->slots[i].fd = -1;
-        p->slots[i].next = p->free_slot;
-        p->free_slot = (int32_t)i;
     }
     return p;
 }
@@ -178,6 +204,10 @@ int pm_probe_add_address(pm_probe *p, const struct sockaddr *sa, socklen_t len)
 
 int pm_probe_add_ports(pm_probe *p, int addr, const uint16_t *ports, size_t n)
 {
+    if (p->started) {
+        errno = EBUSY;
+        return -1;
+    }
     if (addr < 0 || (size_t)addr >= p->naddrs) {
         errno = EINVAL;
         return -1;
@@ -200,7 +230,7 @@ int pm_probe_add_ports(pm_probe *p, int addr, const uint16_t *ports, size_t n)
 int pm_probe_fd(const pm_probe *p) { return p->epfd; }
 
 /* The target's address with its port filled in. */
-static const struct sockaddr *target_addr(pm_probe *p, uint32_t t, struct sockaddr_storage *buf,
+static const struct sockaddr *target_addr(const pm_probe *p, uint32_t t, struct sockaddr_storage *buf,
                                           socklen_t *len)
 {
     const address *a = &p->addrs[p->targets[t].address];
@@ -214,14 +244,15 @@ static const struct sockaddr *target_addr(pm_probe *p, uint32_t t, struct sockad
     return (struct sockaddr *)buf;
 }
 
-static void emit(pm_probe *p, pm_probe_result *r, uint32_t t, int state, int err)
+static void emit(shard *sh, pm_probe_result *r, uint32_t t, int state, int err)
 {
+    const target *tg = &sh->p->targets[t];
     r->target = t;
-    r->port = p->targets[t].port;
-    r->address = p->targets[t].address;
+    r->port = tg->port;
+    r->address = tg->address;
     r->state = (uint8_t)state;
     r->err = err;
-    p->reported++;
+    sh->reported++;
 }
 
 /* A failure without ICMP detail, from its errno. */
@@ -309,24 +340,25 @@ static void close_connected(int fd)
     close(fd);
 }
 
-static void keep_spare(pm_probe *p, int fd, int family)
+static void keep_spare(shard *sh, int fd, int family)
 {
-    if (p->spare >= 0)
-        close(p->spare);
-    p->spare = fd;
-    p->spare_family = family;
+    if (sh->spare >= 0)
+        close(sh->spare);
+    sh->spare = fd;
+    sh->spare_family = family;
 }
 
-static int new_socket(pm_probe *p, int family)
+static int new_socket(shard *sh, int family)
 {
-    if (!p->udp && p->spare >= 0) {
-        int fd = p->spare;
-        p->spare = -1;
-        if (p->spare_family == family)
+    int udp = sh->p->udp;
+    if (!udp && sh->spare >= 0) {
+        int fd = sh->spare;
+        sh->spare = -1;
+        if (sh->spare_family == family)
             return fd;
         close(fd);
     }
-    int fd = socket(family, (p->udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(family, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int one = 1;
@@ -337,46 +369,46 @@ static int new_socket(pm_probe *p, int family)
     return fd;
 }
 
-/* Puts fd for target t into a slot and the epoll set. */
-static int start_waiting(pm_probe *p, int fd, uint32_t t)
+/* Puts fd for target t into a slot and the shard's epoll set. */
+static int start_waiting(shard *sh, int fd, uint32_t t)
 {
-    int32_t s = p->free_slot;
-    slot *sl = &p->slots[s];
-    struct epoll_event ev = {.events = p->udp ? EPOLLIN : EPOLLOUT, .data.u64 = (uint64_t)s};
-    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+    int32_t s = sh->free_slot;
+    slot *sl = &sh->slots[s];
+    struct epoll_event ev = {.events = sh->p->udp ? EPOLLIN : EPOLLOUT, .data.u64 = (uint64_t)s};
+    if (epoll_ctl(sh->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
         return -1;
-    p->free_slot = sl->next;
+    sh->free_slot = sl->next;
     sl->fd = fd;
     sl->target = t;
-    sl->deadline = now_ms() + p->timeout_ms;
-    sl->prev = p->tail;
+    sl->deadline = now_ms() + sh->p->timeout_ms;
+    sl->prev = sh->tail;
     sl->next = -1;
-    if (p->tail >= 0)
-        p->slots[p->tail].next = s;
+    if (sh->tail >= 0)
+        sh->slots[sh->tail].next = s;
     else
-        p->head = s;
-    p->tail = s;
-    if (++p->inflight > p->peak)
-        p->peak = p->inflight;
+        sh->head = s;
+    sh->tail = s;
+    if (++sh->inflight > sh->peak)
+        sh->peak = sh->inflight;
     return 0;
 }
 
-static void finish_slot(pm_probe *p, int32_t s)
+static void finish_slot(shard *sh, int32_t s)
 {
-    slot *sl = &p->slots[s];
+    slot *sl = &sh->slots[s];
     if (sl->prev >= 0)
-        p->slots[sl->prev].next = sl->next;
+        sh->slots[sl->prev].next = sl->next;
     else
-        p->head = sl->next;
+        sh->head = sl->next;
     if (sl->next >= 0)
-        p->slots[sl->next].prev = sl->prev;
+        sh->slots[sl->next].prev = sl->prev;
     else
-        p->tail = sl->prev;
+        sh->tail = sl->prev;
     sl->fd = -1;
-    sl->next = p->free_slot;
-    p->free_slot = s;
-    p->inflight--;
-    p->blocked = 0;
+    sl->next = sh->free_slot;
+    sh->free_slot = s;
+    sh->inflight--;
+    sh->blocked = 0;
 }
 
 /* A resource the host is short of: worth waiting for a probe to finish. */
@@ -387,12 +419,12 @@ static int transient(int err)
 
 /* Starts the probe of target t: 1 with a result in *r (it finished at
  * once), 0 when it waits in the epoll set, -1 when it must be retried. */
-static int launch_tcp(pm_probe *p, uint32_t t, pm_probe_result *r)
+static int launch_tcp(shard *sh, uint32_t t, pm_probe_result *r)
 {
     struct sockaddr_storage buf;
     socklen_t len;
-    const struct sockaddr *sa = target_addr(p, t, &buf, &len);
-    int fd = new_socket(p, sa->sa_family);
+    const struct sockaddr *sa = target_addr(sh->p, t, &buf, &len);
+    int fd = new_socket(sh, sa->sa_family);
     if (fd < 0)
         goto failed;
     if (connect(fd, sa, len) == 0)
@@ -401,41 +433,41 @@ static int launch_tcp(pm_probe *p, uint32_t t, pm_probe_result *r)
         if (connect(fd, sa, len) == 0 || errno == EISCONN)
             goto connected;
         if (errno == EALREADY) {
-            if (start_waiting(p, fd, t) == 0)
+            if (start_waiting(sh, fd, t) == 0)
                 return 0;
             close(fd);
             goto failed;
         }
     }
     if (errno == ECONNREFUSED) {
-        keep_spare(p, fd, sa->sa_family);
-        emit(p, r, t, PM_PROBE_CLOSED, 0);
+        keep_spare(sh, fd, sa->sa_family);
+        emit(sh, r, t, PM_PROBE_CLOSED, 0);
         return 1;
     }
     int err = errno;
     close(fd);
     errno = err;
 failed:
-    if (transient(errno) && p->inflight > 0)
+    if (transient(errno) && sh->inflight > 0)
         return -1;
-    emit(p, r, t, errno_state(errno), errno);
+    emit(sh, r, t, errno_state(errno), errno);
     return 1;
 connected:
-    emit(p, r, t, connected_state(fd, sa), 0);
+    emit(sh, r, t, connected_state(fd, sa), 0);
     close_connected(fd);
     return 1;
 }
 
-static int launch_udp(pm_probe *p, uint32_t t, pm_probe_result *r)
+static int launch_udp(shard *sh, uint32_t t, pm_probe_result *r)
 {
     struct sockaddr_storage buf;
     socklen_t len;
-    const struct sockaddr *sa = target_addr(p, t, &buf, &len);
-    int fd = new_socket(p, sa->sa_family);
+    const struct sockaddr *sa = target_addr(sh->p, t, &buf, &len);
+    int fd = new_socket(sh, sa->sa_family);
     if (fd < 0)
         goto failed;
-    if (connect(fd, sa, len) < 0 || send(fd, p->payload, p->payload_len, 0) < 0 ||
-        start_waiting(p, fd, t) < 0) {
+    if (connect(fd, sa, len) < 0 || send(fd, sh->p->payload, sh->p->payload_len, 0) < 0 ||
+        start_waiting(sh, fd, t) < 0) {
         int err = errno;
         close(fd);
         errno = err;
@@ -443,24 +475,24 @@ static int launch_udp(pm_probe *p, uint32_t t, pm_probe_result *r)
     }
     return 0;
 failed:
-    if (transient(errno) && p->inflight > 0)
+    if (transient(errno) && sh->inflight > 0)
         return -1;
-    emit(p, r, t, errno_state(errno), errno);
+    emit(sh, r, t, errno_state(errno), errno);
     return 1;
 }
 
 /* An event on slot s: 1 with a result in *r, or 0 while it still waits. */
-static int reap(pm_probe *p, int32_t s, uint32_t events, pm_probe_result *r)
+static int reap(shard *sh, int32_t s, uint32_t events, pm_probe_result *r)
 {
-    slot *sl = &p->slots[s];
+    slot *sl = &sh->slots[s];
     int fd = sl->fd, state, err = 0;
     uint32_t t = sl->target;
     struct sockaddr_storage buf;
     socklen_t len;
-    const struct sockaddr *sa = target_addr(p, t, &buf, &len);
+    const struct sockaddr *sa = target_addr(sh->p, t, &buf, &len);
     if ((events & EPOLLERR) && icmp_state(fd, &state, &err))
         goto done;
-    if (p->udp) {
+    if (sh->p->udp) {
         char byte;
         if (recv(fd, &byte, 1, MSG_DONTWAIT | MSG_TRUNC) >= 0)
             state = PM_PROBE_OPEN;
@@ -474,9 +506,9 @@ static int reap(pm_probe *p, int32_t s, uint32_t events, pm_probe_result *r)
     }
     if (connect(fd, sa, len) == 0 || errno == EISCONN) {
         state = connected_state(fd, sa);
-        finish_slot(p, s);
+        finish_slot(sh, s);
         close_connected(fd);
-        emit(p, r, t, state, 0);
+        emit(sh, r, t, state, 0);
         return 1;
     }
     if (errno == EALREADY || errno == EINTR)
@@ -486,102 +518,250 @@ static int reap(pm_probe *p, int32_t s, uint32_t events, pm_probe_result *r)
     if (state == PM_PROBE_CLOSED)
         err = 0;
 done:
-    finish_slot(p, s);
+    finish_slot(sh, s);
     close(fd);
-    emit(p, r, t, state, err);
+    emit(sh, r, t, state, err);
     return 1;
 }
 
-size_t pm_probe_step(pm_probe *p, pm_probe_result *out, size_t max)
+static int shard_done(const shard *sh)
 {
+    return sh->next_target >= sh->p->ntargets && sh->inflight == 0;
+}
+
+static size_t shard_step(shard *sh, pm_probe_result *out, size_t max)
+{
+    pm_probe *p = sh->p;
     size_t n = 0;
-    if (p->cancelled)
-        return 0;
-    while (p->inflight > 0 && n < max) {
+    while (sh->inflight > 0 && n < max) {
         struct epoll_event ev[EVENTS];
         int want = max - n < EVENTS ? (int)(max - n) : EVENTS;
-        int k = epoll_wait(p->epfd, ev, want, 0);
+        int k = epoll_wait(sh->epfd, ev, want, 0);
         for (int i = 0; i < k; i++)
-            n += (size_t)reap(p, (int32_t)ev[i].data.u64, ev[i].events, &out[n]);
+            n += (size_t)reap(sh, (int32_t)ev[i].data.u64, ev[i].events, &out[n]);
         if (k < want)
             break;
     }
     uint64_t now = now_ms();
-    while (n < max && p->head >= 0 && p->slots[p->head].deadline <= now) {
-        int32_t s = p->head;
-        int fd = p->slots[s].fd;
-        uint32_t t = p->slots[s].target;
-        finish_slot(p, s);
+    while (n < max && sh->head >= 0 && sh->slots[sh->head].deadline <= now) {
+        int32_t s = sh->head;
+        int fd = sh->slots[s].fd;
+        uint32_t t = sh->slots[s].target;
+        finish_slot(sh, s);
         close(fd);
-        emit(p, &out[n++], t, p->udp ? PM_PROBE_OPEN_FILTERED : PM_PROBE_FILTERED, 0);
+        emit(sh, &out[n++], t, p->udp ? PM_PROBE_OPEN_FILTERED : PM_PROBE_FILTERED, 0);
     }
-    while (n < max && !p->blocked && p->inflight < p->concurrency && p->next_target < p->ntargets) {
-        uint32_t t = (uint32_t)p->next_target;
-        int rc = p->udp ? launch_udp(p, t, &out[n]) : launch_tcp(p, t, &out[n]);
+    while (n < max && !sh->blocked && sh->inflight < sh->concurrency && sh->next_target < p->ntargets) {
+        uint32_t t = (uint32_t)sh->next_target;
+        int rc = p->udp ? launch_udp(sh, t, &out[n]) : launch_tcp(sh, t, &out[n]);
         if (rc < 0) {
-            p->blocked = 1;
+            sh->blocked = 1;
             break;
         }
-        p->next_target++;
+        sh->next_target += p->nshards;
         n += (size_t)rc;
     }
-    if (p->next_target == p->ntargets && p->spare >= 0) {
-        close(p->spare);
-        p->spare = -1;
+    if (sh->next_target >= p->ntargets && sh->spare >= 0) {
+        close(sh->spare);
+        sh->spare = -1;
     }
     return n;
 }
 
+static int shard_timeout(const shard *sh)
+{
+    if (shard_done(sh))
+        return -1;
+    if (!sh->blocked && sh->inflight < sh->concurrency && sh->next_target < sh->p->ntargets)
+        return 0;
+    if (sh->head < 0)
+        return sh->next_target < sh->p->ntargets ? 0 : -1;
+    uint64_t now = now_ms(), deadline = sh->slots[sh->head].deadline;
+    return deadline <= now ? 0 : (int)(deadline - now);
+}
+
+static void *worker(void *arg)
+{
+    pm_probe *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->job == 0)
+            pthread_cond_wait(&p->cv, &p->mu);
+        if (p->job == 2)
+            break;
+        pthread_mutex_unlock(&p->mu);
+        size_t n = shard_step(&p->shards[1], p->job_out, p->job_max);
+        pthread_mutex_lock(&p->mu);
+        p->job_n = n;
+        p->job = 0;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static int init_shard(pm_probe *p, int k, unsigned first_slot, unsigned concurrency)
+{
+    shard *sh = &p->shards[k];
+    sh->p = p;
+    sh->concurrency = concurrency;
+    sh->next_target = (size_t)k;
+    sh->slots = p->slots + first_slot;
+    sh->free_slot = sh->head = sh->tail = -1;
+    for (unsigned i = concurrency; i-- > 0;) {
+        sh->slots[i].fd = -1;
+        sh->slots[i].next = sh->free_slot;
+        sh->free_slot = (int32_t)i;
+    }
+    if (p->nshards == 1) {
+        sh->epfd = p->epfd;
+        return 0;
+    }
+    sh->epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)k};
+    if (sh->epfd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, sh->epfd, &ev) < 0)
+        return -1;
+    return 0;
+}
+
+/* Splits the run into shards on the first step, when the targets are known:
+ * two for a large run on a machine with two cores or more, else one. */
+static void start(pm_probe *p)
+{
+    p->started = 1;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p->nshards = p->ntargets >= SHARD_MIN_TARGETS && cores >= 2 && p->concurrency >= 2 ? 2 : 1;
+    if (p->nshards == 2) {
+        unsigned c0 = (p->concurrency + 1) / 2;
+        pthread_mutex_init(&p->mu, NULL);
+        pthread_cond_init(&p->cv, NULL);
+        if (init_shard(p, 0, 0, c0) == 0 && init_shard(p, 1, c0, p->concurrency - c0) == 0 &&
+            pthread_create(&p->thread, NULL, worker, p) == 0) {
+            p->have_thread = 1;
+            return;
+        }
+        /* no second shard after all: fall back on one */
+        for (int k = 0; k < 2; k++) {
+            if (p->shards[k].epfd >= 0)
+                close(p->shards[k].epfd);
+            p->shards[k].epfd = -1;
+        }
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        p->nshards = 1;
+    }
+    init_shard(p, 0, 0, p->concurrency);
+}
+
+size_t pm_probe_step(pm_probe *p, pm_probe_result *out, size_t max)
+{
+    if (p->cancelled)
+        return 0;
+    if (!p->started)
+        start(p);
+    if (p->nshards == 1)
+        return shard_step(&p->shards[0], out, max);
+    size_t max0 = (max + 1) / 2, max1 = max - max0;
+    int both = max1 > 0 && !shard_done(&p->shards[1]);
+    if (both) {
+        pthread_mutex_lock(&p->mu);
+        p->job_out = out + max0;
+        p->job_max = max1;
+        p->job = 1;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    size_t n0 = shard_done(&p->shards[0]) ? 0 : shard_step(&p->shards[0], out, both ? max0 : max);
+    if (!both)
+        return n0;
+    pthread_mutex_lock(&p->mu);
+    while (p->job != 0)
+        pthread_cond_wait(&p->cv, &p->mu);
+    size_t n1 = p->job_n;
+    pthread_mutex_unlock(&p->mu);
+    memmove(out + n0, out + max0, n1 * sizeof(*out));
+    return n0 + n1;
+}
+
 int pm_probe_timeout(const pm_probe *p)
 {
-    if (pm_probe_done(p))
+    if (p->cancelled)
         return -1;
-    if (!p->blocked && p->inflight < p->concurrency && p->next_target < p->ntargets)
-        return 0;
-    if (p->head < 0)
-        return p->next_target < p->ntargets ? 0 : -1;
-    uint64_t now = now_ms(), deadline = p->slots[p->head].deadline;
-    return deadline <= now ? 0 : (int)(deadline - now);
+    if (!p->started)
+        return p->ntargets ? 0 : -1;
+    int best = -1;
+    for (unsigned k = 0; k < p->nshards; k++) {
+        int t = shard_timeout(&p->shards[k]);
+        if (t >= 0 && (best < 0 || t < best))
+            best = t;
+    }
+    return best;
 }
 
 int pm_probe_done(const pm_probe *p)
 {
-    return p->cancelled || p->reported == p->ntargets;
+    if (p->cancelled)
+        return 1;
+    if (!p->started)
+        return p->ntargets == 0;
+    for (unsigned k = 0; k < p->nshards; k++)
+        if (!shard_done(&p->shards[k]))
+            return 0;
+    return 1;
 }
 
-static void close_all(pm_probe *p)
+static void close_shard(shard *sh)
 {
-    while (p->head >= 0) {
-        int fd = p->slots[p->head].fd;
-        finish_slot(p, p->head);
+    if (!sh->slots)
+        return;
+    while (sh->head >= 0) {
+        int fd = sh->slots[sh->head].fd;
+        finish_slot(sh, sh->head);
         close(fd);
     }
-    if (p->spare >= 0)
-        close(p->spare);
-    p->spare = -1;
+    if (sh->spare >= 0)
+        close(sh->spare);
+    sh->spare = -1;
 }
 
 void pm_probe_cancel(pm_probe *p)
 {
-    close_all(p);
+    for (unsigned k = 0; k < p->nshards; k++)
+        close_shard(&p->shards[k]);
     p->cancelled = 1;
 }
 
 void pm_probe_get_stats(const pm_probe *p, pm_probe_stats *st)
 {
+    memset(st, 0, sizeof(*st));
     st->targets = p->ntargets;
-    st->reported = p->reported;
-    st->inflight = p->inflight;
-    st->peak = p->peak;
     st->concurrency = p->concurrency;
+    for (unsigned k = 0; k < p->nshards; k++) {
+        st->reported += p->shards[k].reported;
+        st->inflight += p->shards[k].inflight;
+        st->peak += p->shards[k].peak;
+    }
+    st->shards = p->started ? p->nshards : 0;
 }
 
 void pm_probe_free(pm_probe *p)
 {
     if (!p)
         return;
-    if (p->slots)
-        close_all(p);
+    if (p->have_thread) {
+        pthread_mutex_lock(&p->mu);
+        p->job = 2;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        pthread_join(p->thread, NULL);
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+    }
+    for (unsigned k = 0; k < p->nshards; k++) {
+        close_shard(&p->shards[k]);
+        if (p->shards[k].epfd >= 0 && p->shards[k].epfd != p->epfd)
+            close(p->shards[k].epfd);
+    }
     if (p->epfd >= 0)
         close(p->epfd);
     free(p->slots);

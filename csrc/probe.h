@@ -61,14 +61,19 @@ pm_probe *pm_probe_new(const pm_probe_opts *opts);
 /* Adds one address (copied) and returns its index, or -1 (EINVAL: not
  * AF_INET/AF_INET6; ENOMEM; ERANGE beyond 65535 addresses). */
 int pm_probe_add_address(pm_probe *p, const struct sockaddr *sa, socklen_t len);
-/* Adds the targets (address, ports[i]) in order; 0, or -1 with errno. */
+/* Adds the targets (address, ports[i]) in order; 0, or -1 with errno
+ * (EBUSY once the first step ran). */
 int pm_probe_add_ports(pm_probe *p, int address, const uint16_t *ports, size_t n);
 
 /* The fd to poll for readability (the epoll instance). */
 int pm_probe_fd(const pm_probe *p);
 /* Does the ready work: reaps answers, expires probes past their timeout,
  * starts new probes up to the concurrency bound. Writes at most max results
- * to out and returns how many it wrote. */
+ * to out and returns how many it wrote. A run of 2048 targets or more on a
+ * machine with two cores is split in two halves, each with half the
+ * concurrency, and step() works on both at once (one on a thread of the
+ * engine's own); it returns when both are done, so the caller stays
+ * single-threaded. */
 size_t pm_probe_step(pm_probe *p, pm_probe_result *out, size_t max);
 /* Milliseconds until pm_probe_step() has work without an event on the fd:
  * 0 now, -1 when the run is over (everything reported, or cancelled). */
@@ -79,10 +84,12 @@ int pm_probe_done(const pm_probe *p);
 void pm_probe_cancel(pm_probe *p);
 
 /* Counters: targets added, results reported, sockets in flight now, the
- * largest number ever in flight, the concurrency in force. */
+ * largest number in flight (with two shards, the sum of each one's largest,
+ * so at most the true peak's upper bound), the concurrency in force, and the
+ * shards the run uses (0 before the first step, then 1 or 2). */
 typedef struct {
     size_t targets, reported;
-    unsigned inflight, peak, concurrency;
+    unsigned inflight, peak, concurrency, shards;
 } pm_probe_stats;
 void pm_probe_get_stats(const pm_probe *p, pm_probe_stats *st);
 

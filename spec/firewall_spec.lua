@@ -100,8 +100,10 @@ local function drive(probe, on_batch, setup)
   local function pump()
     if stats then return end
     local batch = probe:step()
-    for _, r in ipairs(batch) do states[#states + 1] = r end
-    if #batch > 0 and on_batch and on_batch(batch) then probe:cancel() end
+    for i = 1, batch.n do
+      states[#states + 1] = {port = batch.port[i], state = batch.state[i], error = batch.error[i]}
+    end
+    if batch.n > 0 and on_batch and on_batch(batch) then probe:cancel() end
     local ms = probe:timeout()
     if not ms then
       stats = probe:stats()
@@ -290,7 +292,9 @@ describe("portman.firewall", function()
         -- 127.83.0.1: loopback, where only wildcard listeners answer
         return firewall.probe("127.83.0.1", "1-65535", {on_batch = function(batch, scan)
           batches = batches + 1
-          assert.equals(4096, #batch)
+          assert.equals(4096, batch.n)
+          assert.equals(4096, #batch.port)
+          assert.equals(4096, #batch.state)
           scan:cancel()
           scan:cancel()
         end})

@@ -117,13 +117,14 @@ end
 
 local function add_batch(result, batch)
   local ports, counts, errors = result.ports, result.counts, result.errors
-  for i = 1, #batch do
-    local r = batch[i]
-    ports[r.port] = r.state
-    counts[r.state] = counts[r.state] + 1
-    if r.error then errors[r.port] = r.error end
+  local port, state, error = batch.port, batch.state, batch.error
+  for i = 1, batch.n do
+    local p, s = port[i], state[i]
+    ports[p] = s
+    counts[s] = counts[s] + 1
+    if error[i] then errors[p] = error[i] end
   end
-  result.scanned = result.scanned + #batch
+  result.scanned = result.scanned + batch.n
 end
 
 local function finish_result(result, started)
@@ -170,7 +171,7 @@ end
 function Scan:_pump()
   if self._done then return end
   local batch = self._probe:step(BATCH)
-  if #batch > 0 then
+  if batch.n > 0 then
     add_batch(self._result, batch)
     if self._on_batch then self._on_batch(batch, self) end
     if self._done then return end
@@ -231,8 +232,9 @@ end
 --   (sockets in flight; 0 or nil: derived from RLIMIT_NOFILE, and never
 --   above what it allows), `proto` ("tcp" or "udp"), `payload` (the UDP
 --   datagram), `family` ("inet" or "inet6" when resolving),
---   `on_batch(batch, scan)` (progress: each batch of `{port, state, error?}`
---   as it comes; `scan:cancel()` stops the run)
+--   `on_batch(batch, scan)` (progress: each batch as it comes, in columns:
+--   `{n, port = {...}, state = {...}, error = {[i] = errno name}}`;
+--   `scan:cancel()` stops the run)
 -- @param[opt] cb called with the result; without it, inside a portman task,
 --   probe returns the result
 -- @return[1] `{host, address, family, proto, total, scanned, elapsed_ms,
