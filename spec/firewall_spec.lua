@@ -306,6 +306,23 @@ describe("portman.firewall", function()
       assert.equals(fds, fd_count())
     end)
 
+    it("ends the scan, cancelled, when on_batch raises", function()
+      local log = require "portman.log"
+      local lines = {}
+      local out = log.out
+      log.out = {write = function(_, ...) lines[#lines + 1] = table.concat({...}) end, flush = function() end}
+      local ports = free_ports("::1", 5)
+      local r = run(function()
+        return firewall.probe("[::1]", ports, {on_batch = function() error("boom") end})
+      end)
+      log.out = out
+      assert.is_true(r.cancelled)
+      assert.equals("::1", r.address) -- brackets as URLs write them are accepted
+      assert.equals(5, r.scanned)
+      assert.matches("callback_failed", lines[1], 1, true)
+      assert.matches("boom", lines[1], 1, true)
+    end)
+
     -- A listener with backlog 0 whose queue is full drops SYNs: the probes
     -- wait until their timeout, which keeps sockets in flight on loopback.
     -- It lives in a child that never runs its loop (so never accepts), so

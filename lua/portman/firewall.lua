@@ -13,6 +13,7 @@ local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
 local async = require "portman.async"
+local log = require "portman.log"
 
 local M = {}
 
@@ -73,12 +74,16 @@ end
 -- cb(nil, "not_found: ...", "not_found").
 -- @param family nil, "inet" or "inet6"
 function M.resolve(host, family, cb)
-  uv.getaddrinfo(host, nil, {socktype = "stream", family = family}, async.safe(function(err, res)
-    if err or not res or not res[1] then
-      return cb(nil, ("not_found: cannot resolve %s: %s"):format(host, err or "no address"), "not_found")
-    end
-    cb(res[1].addr, res[1].family)
-  end, "firewall.resolve"))
+  local name = host:match("^%[(.+)%]$") or host -- "[::1]" as URLs write it
+  local function fail(err)
+    cb(nil, ("not_found: cannot resolve %s: %s"):format(host, err or "no address"), "not_found")
+  end
+  local req, err = uv.getaddrinfo(name, nil, {socktype = "stream", family = family},
+    async.safe(function(gerr, res)
+      if gerr or not res or not res[1] then return fail(gerr) end
+      cb(res[1].addr, res[1].family)
+    end, "firewall.resolve"))
+  if not req then fail(err) end
 end
 
 -- Probes --------------------------------------------------------------------
@@ -173,7 +178,14 @@ function Scan:_pump()
   local batch = self._probe:step(BATCH)
   if batch.n > 0 then
     add_batch(self._result, batch)
-    if self._on_batch then self._on_batch(batch, self) end
+    if self._on_batch then
+      local ok, err = xpcall(self._on_batch, debug.traceback, batch, self)
+      if not ok then
+        -- a failing progress callback must not leave the scan hanging
+        log.error("callback_failed", {what = "firewall.probe on_batch", error = err})
+        self:cancel()
+      end
+    end
     if self._done then return end
   end
   local ms = self._probe:timeout()
@@ -555,7 +567,7 @@ M.check_proxy = async.adapt(function(proxy, target, opts, cb)
   timer:start(timeout, 0, function()
     fail(("timeout: no answer through %s within %d ms"):format(host_port(phost, pport), timeout), "timeout")
   end)
-  local buf, stage = "", "connect"
+  local buf, stage, connect_status = "", "connect", nil
   local function on_head(head, rest)
     if stage == "connect" then
       local ok, err, code = M.connect_validate(head)
@@ -565,13 +577,13 @@ M.check_proxy = async.adapt(function(proxy, target, opts, cb)
                        status = head.status, websocket = false,
                        elapsed_ms = (uv.hrtime() - started) // 1000000})
       end
-      stage, buf = "websocket", rest
+      stage, buf, connect_status = "websocket", rest, head.status
       tcp:write(ws_req)
       return true
     end
     local ok, err, code = M.websocket_validate(head, ws_key)
     if not ok then return fail(err, code) end
-    finish({proxy = host_port(phost, pport), target = host_port(thost, tport), status = 200,
+    finish({proxy = host_port(phost, pport), target = host_port(thost, tport), status = connect_status,
             websocket = true, elapsed_ms = (uv.hrtime() - started) // 1000000})
   end
   local function on_read(err, data)
