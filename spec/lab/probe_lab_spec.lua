@@ -72,7 +72,7 @@ uv.run()
 ]]
 
 describe("probes in a lab namespace #lab", function()
-  local listener_pid
+  local listener -- {pid, pipe} of the target's listener process
 
   setup(function()
     must("ip netns add " .. CLIENT)
@@ -111,17 +111,17 @@ describe("probes in a lab namespace #lab", function()
     f:close()
     local p = io.popen(("exec env -u LD_PRELOAD ip netns exec %s sh -c 'echo $$; exec lua5.4 %s'")
       :format(TARGET, script))
-    listener_pid = math.tointeger(tonumber(p:read("l")))
-    assert(p:read("l") == "ready", "the target's listener did not start")
-    os.remove(script)
     -- p stays open: it is closed (and waited for) in teardown
-    listener_pid = {pid = listener_pid, pipe = p}
+    listener = {pid = math.tointeger(tonumber(p:read("l"))), pipe = p}
+    local ready = p:read("l")
+    os.remove(script)
+    assert(ready == "ready", "the target's listener did not start")
   end)
 
   teardown(function()
-    if listener_pid then
-      os.execute("kill " .. listener_pid.pid .. " 2>/dev/null")
-      listener_pid.pipe:close()
+    if listener then
+      if listener.pid then os.execute("kill " .. listener.pid .. " 2>/dev/null") end
+      listener.pipe:close()
     end
     sh("ip netns del " .. CLIENT)
     sh("ip netns del " .. TARGET)
