@@ -77,7 +77,7 @@ struct pm_probe {
     int epfd; /* what the caller polls; with two shards it holds theirs */
     int udp;
     unsigned timeout_ms, concurrency, nshards;
-    int started, cancelled;
+    int started, cancelled, turn;
     void *payload;
     size_t payload_len;
     address *addrs;
@@ -661,19 +661,21 @@ size_t pm_probe_step(pm_probe *p, pm_probe_result *out, size_t max)
         start(p);
     if (p->nshards == 1)
         return shard_step(&p->shards[0], out, max);
-    size_t max0 = (max + 1) / 2, max1 = max - max0;
-    int both = max1 > 0 && !shard_done(&p->shards[1]);
-    if (both) {
-        pthread_mutex_lock(&p->mu);
-        p->job_out = out + max0;
-        p->job_max = max1;
-        p->job = 1;
-        pthread_cond_broadcast(&p->cv);
-        pthread_mutex_unlock(&p->mu);
+    int done0 = shard_done(&p->shards[0]), done1 = shard_done(&p->shards[1]);
+    if (done0 || done1 || max < 2) {
+        /* one shard's turn on this thread; with room for one result only,
+         * they take turns so that neither starves */
+        int k = done0 ? 1 : done1 ? 0 : (p->turn ^= 1);
+        return shard_step(&p->shards[k], out, max);
     }
-    size_t n0 = shard_done(&p->shards[0]) ? 0 : shard_step(&p->shards[0], out, both ? max0 : max);
-    if (!both)
-        return n0;
+    size_t max0 = (max + 1) / 2, max1 = max - max0;
+    pthread_mutex_lock(&p->mu);
+    p->job_out = out + max0;
+    p->job_max = max1;
+    p->job = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    size_t n0 = shard_step(&p->shards[0], out, max0);
     pthread_mutex_lock(&p->mu);
     while (p->job != 0)
         pthread_cond_wait(&p->cv, &p->mu);

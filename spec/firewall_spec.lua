@@ -228,6 +228,29 @@ describe("portman.firewall", function()
       assert.equals(core.probe_default_concurrency(), q:stats().concurrency)
     end)
 
+    it("splits a large run over two cores, whatever the batch size", function()
+      local sh = io.popen("nproc")
+      local cores = math.tointeger(tonumber(sh:read("l")))
+      sh:close()
+      local ports = {}
+      for i = 1, 3000 do ports[i] = i end
+      -- 127.83.0.1: loopback, where only wildcard listeners answer
+      local p <close> = core.probe_new("tcp", {"127.83.0.1"}, ports, 1000, 0)
+      assert.equals(0, p:stats().shards)
+      local seen, steps = {}, 0
+      while not p:done() do
+        local b = p:step(1)
+        steps = steps + 1
+        for i = 1, b.n do seen[#seen + 1] = b.port[i] end
+      end
+      assert.equals(cores >= 2 and 2 or 1, p:stats().shards)
+      assert.equals(3000, #seen)
+      table.sort(seen)
+      assert.same(ports, seen)
+      assert.is_nil(p:timeout())
+      assert.equals(0, p:step().n)
+    end)
+
     it("closes once, refuses use after close, and leaves no fd behind", function()
       local fds = fd_count()
       local p = core.probe_new("tcp", {"127.0.0.1"}, {80}, 100, 4)
