@@ -11,6 +11,7 @@ static const opener parts[] = {
     pm_open_listener,
     pm_open_stun,
     pm_open_dns,
+    pm_open_probe,
 };
 
 __attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)

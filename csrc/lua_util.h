@@ -24,5 +24,6 @@ int pm_open_admin(lua_State *L);
 int pm_open_listener(lua_State *L);
 int pm_open_stun(lua_State *L);
 int pm_open_dns(lua_State *L);
+int pm_open_probe(lua_State *L);
 
 #endif

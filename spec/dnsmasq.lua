@@ -1,7 +1,6 @@
 --- A dnsmasq for specs: started on 127.0.0.1 (and ::1) at a free
 -- unprivileged port, answering only from the records it is given, logging
 -- every query it receives (--log-queries) so that specs can count them.
-local uv = require "luv"
 
 local M = {}
 local serial = 0

@@ -14,6 +14,7 @@ local M = {}
 M.COMMANDS = {
   alloc = "portman.allocator",
   resolve = "portman.resolver",
+  probe = "portman.firewall",
   run = "portman.daemon",
   status = "portman.admin",
   repl = "portman.admin",

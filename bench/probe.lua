@@ -1,0 +1,180 @@
+-- Probe benchmark (run by `make bench`, or on its own from the checkout:
+--   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/?.so;;" lua5.4 bench/probe.lua
+-- as root). It re-runs itself in a private network namespace (unshare -n),
+-- so its listeners, its firewall rule and nmap's traffic touch nothing else.
+--
+-- 1. All 65,535 TCP ports of 127.0.0.1 with a few hundred listening, beside
+--    Debian's `nmap -sT -p- -T5 127.0.0.1` in the same run; both must find
+--    exactly the ports the kernel lists as listening.
+-- 2. 10,000 ports that an nftables rule drops (filtered), 250 ms timeout, at
+--    several concurrencies, beside ceil(10000 / concurrency) x 250 ms.
+local ROUNDS = 3
+local LISTENERS = 300
+
+if not os.getenv("PORTMAN_BENCH_NETNS") then
+  local self = arg[0]
+  local ok, _, code = os.execute(("unshare -n sh -c 'ip link set lo up && PORTMAN_BENCH_NETNS=1 exec %s %s'")
+    :format(arg[-1] or "lua5.4", self))
+  if not ok then
+    print(("probe bench: could not run in a private network namespace (exit %s): it needs root"):format(code))
+  end
+  os.exit(ok and 0 or 1)
+end
+
+local uv = require "luv"
+local portman = require "portman"
+local firewall = require "portman.firewall"
+local core = require "portman.core"
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+-- CPU seconds (user, system) of this process (self) or of its waited-for
+-- children (children), from /proc/self/stat.
+local HZ = math.tointeger(tonumber(sh("getconf CLK_TCK"))) or 100
+local function cpu(children)
+  local f = assert(io.open("/proc/self/stat"))
+  local fields = {}
+  for v in f:read("a"):match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = v end
+  f:close()
+  local u, s = children and 14 or 12, children and 15 or 13 -- utime, stime, cutime, cstime after ")"
+  return tonumber(fields[u]) / HZ, tonumber(fields[s]) / HZ
+end
+
+-- Runs cmd, returning its output, wall seconds and the children's CPU.
+local function timed(cmd)
+  local u0, s0 = cpu(true)
+  local t0 = uv.hrtime()
+  local out = sh(cmd)
+  local wall = (uv.hrtime() - t0) / 1e9
+  local u1, s1 = cpu(true)
+  return out, wall, u1 - u0, s1 - s0
+end
+
+local function listening()
+  local ports = {}
+  for _, file in ipairs({"/proc/net/tcp", "/proc/net/tcp6"}) do
+    for line in io.lines(file) do
+      local addr, port, st = line:match("^%s*%d+: (%x+):(%x+) %x+:%x+ (%x%x)")
+      if st == "0A" and (addr == "0100007F" or addr == "00000000" or addr == ("0"):rep(32)) then
+        ports[#ports + 1] = tonumber(port, 16)
+      end
+    end
+  end
+  table.sort(ports)
+  return ports
+end
+
+local function same(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+local function median(t)
+  table.sort(t)
+  return t[(#t + 1) // 2]
+end
+
+-- The listeners: a few hundred ephemeral ports plus some well-known ones.
+local handles = {}
+for _, port in ipairs({22, 80, 443, 8080}) do
+  local t = uv.new_tcp()
+  assert(t:bind("127.0.0.1", port))
+  assert(t:listen(128, function() end))
+  handles[#handles + 1] = t
+end
+for _ = 1, LISTENERS - #handles do
+  local t = uv.new_tcp()
+  assert(t:bind("127.0.0.1", 0))
+  assert(t:listen(128, function() end))
+  handles[#handles + 1] = t
+end
+for _, t in ipairs(handles) do t:unref() end
+local expect = listening()
+print(("full scan of 127.0.0.1:1-65535, %d ports listening (kernel's list), %d rounds, median:")
+  :format(#expect, ROUNDS))
+
+local nmap_have = sh("command -v nmap") ~= ""
+local env = ("LUA_PATH=%q LUA_CPATH=%q"):format(package.path, package.cpath)
+local rows = {nmap = {}, cli = {}, lib = {}}
+for _ = 1, ROUNDS do
+  if nmap_have then
+    local out, wall, u, s = timed("nmap -sT -p- -T5 -n -Pn 127.0.0.1 -oG - 2>&1")
+    local open = {}
+    for port in (out:match("Ports: ([^\t\n]*)") or ""):gmatch("(%d+)/open/") do
+      open[#open + 1] = tonumber(port)
+    end
+    table.sort(open)
+    rows.nmap[#rows.nmap + 1] = {wall = wall, user = u, sys = s, ok = same(open, expect), n = #open}
+  end
+  local out, wall, u, s = timed(("%s %s bin/portman probe 127.0.0.1 1-65535 --json")
+    :format(env, arg[-1] or "lua5.4"))
+  local open = {}
+  for port in (out:match('"open":%[([%d,]*)%]') or ""):gmatch("%d+") do open[#open + 1] = tonumber(port) end
+  rows.cli[#rows.cli + 1] = {wall = wall, user = u, sys = s, ok = same(open, expect), n = #open}
+  local u0, s0 = cpu(false)
+  local t0 = uv.hrtime()
+  local r = portman.run(function() return firewall.probe("127.0.0.1", "1-65535") end)
+  local lwall = (uv.hrtime() - t0) / 1e9
+  local u1, s1 = cpu(false)
+  rows.lib[#rows.lib + 1] = {wall = lwall, user = u1 - u0, sys = s1 - s0, ok = same(r.open, expect),
+                             n = #r.open}
+end
+
+local function report(name, list)
+  if #list == 0 then
+    print(("  %-34s not installed"):format(name))
+    return nil
+  end
+  local walls, users, syss, ok = {}, {}, {}, true
+  for i, row in ipairs(list) do
+    walls[i], users[i], syss[i] = row.wall, row.user, row.sys
+    ok = ok and row.ok
+  end
+  local wall = median(walls)
+  print(("  %-34s %7.3f s wall  %6.3f s user  %6.3f s sys  found %d open: %s"):format(name, wall,
+    median(users), median(syss), list[1].n, ok and "exactly the kernel's list" or "MISMATCH"))
+  return wall
+end
+
+local nmap = report("nmap -sT -p- -T5 (baseline)", rows.nmap)
+local cli = report("portman probe (the command)", rows.cli)
+local lib = report("firewall.probe (in-process)", rows.lib)
+if nmap then
+  print(("  speed-up over nmap: %.1fx (the command), %.1fx (in-process); target 2x, goal 3x")
+    :format(nmap / cli, nmap / lib))
+end
+
+-- Filtered: an nftables rule on this namespace's loopback drops SYNs.
+local rule_ok = os.execute("nft -f - <<'EOF'\n" .. [[
+table inet pmbench {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    tcp dport 20000-29999 drop
+  }
+}
+]] .. "EOF")
+if not rule_ok then
+  print("filtered: nft failed, skipped")
+else
+  print(("10,000 filtered ports (nftables drop), timeout 250 ms; the default concurrency here is %d:")
+    :format(core.probe_default_concurrency()))
+  for _, conc in ipairs({1000, 2500, 5000, 10000, 0}) do
+    local r = portman.run(function()
+      return firewall.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
+    end)
+    local c = conc > 0 and conc or core.probe_default_concurrency()
+    local expected = math.ceil(10000 / c) * 250
+    print(("  concurrency %-6s %6d ms  (ceil(10000/%d) x 250 ms = %d ms, +%.1f%%)  %d filtered")
+      :format(conc > 0 and conc or "default", r.elapsed_ms, c, expected,
+              100 * (r.elapsed_ms - expected) / expected, r.counts.filtered))
+  end
+end
+
+for _, t in ipairs(handles) do t:close() end
+uv.run("nowait")
