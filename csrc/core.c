@@ -8,6 +8,7 @@ static const opener parts[] = {
     pm_open_allocator,
     pm_open_state,
     pm_open_admin,
+    pm_open_crypto,
     pm_open_listener,
     pm_open_stun,
     pm_open_dns,

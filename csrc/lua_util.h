@@ -21,6 +21,7 @@ void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const
 int pm_open_allocator(lua_State *L);
 int pm_open_state(lua_State *L);
 int pm_open_admin(lua_State *L);
+int pm_open_crypto(lua_State *L);
 int pm_open_listener(lua_State *L);
 int pm_open_stun(lua_State *L);
 int pm_open_dns(lua_State *L);

@@ -29,6 +29,7 @@ build = {
         "csrc/lua_admin.c",
         "csrc/listener.c",
         "csrc/lua_allocator.c",
+        "csrc/lua_crypto.c",
         "csrc/lua_dns.c",
         "csrc/lua_listener.c",
         "csrc/lua_probe.c",

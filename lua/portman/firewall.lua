@@ -304,53 +304,14 @@ M.select_port = async.adapt(function(host, preferred, opts, cb)
   end)
 end)
 
--- Base64 and SHA-1 (for Sec-WebSocket-Accept) -------------------------------
-
-local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+-- Base64 and SHA-1 (for Sec-WebSocket-Accept), from libcrypto -------------
 
 --- Base64 (RFC 4648, with padding) of a string.
-function M.base64(s)
-  local out = {}
-  for i = 1, #s, 3 do
-    local a, b, c = s:byte(i, i + 2)
-    local n = (a << 16) | ((b or 0) << 8) | (c or 0)
-    local chunk = {}
-    for k = 1, 4 do
-      local v = (n >> (6 * (4 - k))) & 63
-      chunk[k] = B64:sub(v + 1, v + 1)
-    end
-    if not b then chunk[3] = "=" end
-    if not c then chunk[4] = "=" end
-    out[#out + 1] = table.concat(chunk)
-  end
-  return table.concat(out)
-end
+M.base64 = core.base64
 
-local function rol(x, n) return ((x << n) | (x >> (32 - n))) & 0xffffffff end
-
---- SHA-1 (FIPS 180-4) of a string, as 20 raw bytes. Only for the WebSocket
--- handshake, where RFC 6455 fixes it; never for security.
-function M.sha1(msg)
-  local h = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0}
-  msg = msg .. "\128" .. ("\0"):rep((55 - #msg) % 64) .. string.pack(">I8", #msg * 8)
-  local w = {}
-  for chunk = 1, #msg, 64 do
-    for i = 0, 15 do w[i] = string.unpack(">I4", msg, chunk + i * 4) end
-    for i = 16, 79 do w[i] = rol(w[i - 3] ~ w[i - 8] ~ w[i - 14] ~ w[i - 16], 1) end
-    local a, b, c, d, e = h[1], h[2], h[3], h[4], h[5]
-    for i = 0, 79 do
-      local f, k
-      if i < 20 then f, k = (b & c) | (~b & d), 0x5A827999
-      elseif i < 40 then f, k = b ~ c ~ d, 0x6ED9EBA1
-      elseif i < 60 then f, k = (b & c) | (b & d) | (c & d), 0x8F1BBCDC
-      else f, k = b ~ c ~ d, 0xCA62C1D6 end
-      a, b, c, d, e = (rol(a, 5) + (f & 0xffffffff) + e + k + w[i]) & 0xffffffff, a, rol(b, 30), c, d
-    end
-    h[1], h[2], h[3] = (h[1] + a) & 0xffffffff, (h[2] + b) & 0xffffffff, (h[3] + c) & 0xffffffff
-    h[4], h[5] = (h[4] + d) & 0xffffffff, (h[5] + e) & 0xffffffff
-  end
-  return string.pack(">I4I4I4I4I4", h[1], h[2], h[3], h[4], h[5])
-end
+--- SHA-1 of a string, as 20 raw bytes. Only for the WebSocket handshake,
+-- where RFC 6455 fixes it; never for security.
+M.sha1 = core.sha1
 
 -- HTTP heads ----------------------------------------------------------------
 
