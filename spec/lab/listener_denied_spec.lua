@@ -1,7 +1,6 @@
 -- EACCES becomes "denied". Root bypasses the checks that give EACCES, so a
 -- child drops the capabilities first (setpriv, util-linux): this needs root.
 local helpers = require "helpers"
-local LUA = helpers.lua or os.getenv("PORTMAN_LUA") or "lua5.4"
 
 describe("portman.listener without privileges #lab", function()
   local pid = helpers.pid()
@@ -15,17 +14,7 @@ describe("portman.listener without privileges #lab", function()
     os.execute("rm -rf " .. dir)
   end)
 
-  -- runs a Lua chunk in a child without CAP_NET_BIND_SERVICE and the DAC
-  -- overrides; returns its stdout
-  local function unprivileged(chunk)
-    local cmd = ("cd %s && LUA_PATH=%q LUA_CPATH=%q setpriv "
-      .. "--bounding-set=-net_bind_service,-dac_override,-dac_read_search --inh-caps=-all "
-      .. "%s -e %q 2>&1"):format(helpers.root, package.path, package.cpath, LUA, chunk)
-    local p = assert(io.popen(cmd))
-    local out = p:read("a")
-    assert(p:close(), out)
-    return out
-  end
+  local unprivileged = helpers.unprivileged
 
   it("reports a privileged port as denied, with the errno name", function()
     local out = unprivileged([[
