@@ -32,7 +32,7 @@ local function rss_kib(dir, path, n)
   local out, code = "", nil
   local proc
   proc = uv.spawn("lua5.4", {args = {"bin/portman", "run", path, "--admin-socket", dir .. "/adm/s"},
-    stdio = {nil, stdout, 2}}, function(c) code = c; proc:close() end)
+    stdio = {nil, stdout, nil}}, function(c) code = c; proc:close() end)
   stdout:read_start(function(_, data)
     if data then out = out .. data else stdout:close() end
   end)
