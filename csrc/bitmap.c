@@ -30,10 +30,10 @@ void pm_bitmap_init(pm_bitmap *bm, uint32_t lo, uint32_t hi)
         bm->words[bm->nwords - 1] = ALL_ONES << tail;
     for (uint32_t w = 0; w < bm->nwords; w++)
         bm->nonfull[w / 64] |= (uint64_t)1 << (w % 64);
-    for (uint32_t g = 0; g < bm->ngroups; g++) {
-        uint32_t first = g * 64 * 64;
-        uint32_t last = first + 64 * 64;
-        bm->group_free[g] = (uint16_t)((last < bm->nbits ? last : bm->nbits) - first);
+    for (uint32_t w = 0; w < bm->nwords; w++) {
+        uint16_t n = (uint16_t)popcount64(~bm->words[w]);
+        bm->group_free[w / 64] += n;
+        bm->block_free[w / PM_BITMAP_BLOCK_WORDS] += n;
     }
 }
 
@@ -53,6 +53,7 @@ int pm_bitmap_set(pm_bitmap *bm, uint32_t port)
     if (bm->words[w] == ALL_ONES)
         bm->nonfull[w / 64] &= ~((uint64_t)1 << (w % 64));
     bm->group_free[w / 64]--;
+    bm->block_free[w / PM_BITMAP_BLOCK_WORDS]--;
     bm->nfree--;
     return 1;
 }
@@ -66,6 +67,7 @@ int pm_bitmap_clear(pm_bitmap *bm, uint32_t port)
     bm->words[w] &= ~bit;
     bm->nonfull[w / 64] |= (uint64_t)1 << (w % 64);
     bm->group_free[w / 64]++;
+    bm->block_free[w / PM_BITMAP_BLOCK_WORDS]++;
     bm->nfree++;
     return 1;
 }
@@ -136,17 +138,16 @@ uint32_t pm_bitmap_nth_free(const pm_bitmap *bm, uint32_t k)
     uint32_t g = 0;
     while (k >= bm->group_free[g])
         k -= bm->group_free[g++];
-    uint64_t m = bm->nonfull[g];
-    while (m) {
-        uint32_t w = g * 64 + (uint32_t)ctz64(m);
+    uint32_t blk = g * (64 / PM_BITMAP_BLOCK_WORDS);
+    while (k >= bm->block_free[blk])
+        k -= bm->block_free[blk++];
+    for (uint32_t w = blk * PM_BITMAP_BLOCK_WORDS;; w++) {
         uint64_t freebits = ~bm->words[w];
         uint32_t c = (uint32_t)popcount64(freebits);
         if (k < c)
             return bm->lo + w * 64 + select_bit(freebits, k);
         k -= c;
-        m &= m - 1;
     }
-    return 0; /* unreachable while the counts are consistent */
 }
 
 uint32_t pm_bitmap_next_set(const pm_bitmap *bm, uint32_t port)

@@ -14,6 +14,10 @@
 /* 65535 bits fit in 1024 words; 1024 words fit in 16 summary words. */
 #define PM_BITMAP_MAX_WORDS 1024
 #define PM_BITMAP_MAX_GROUPS 16
+/* A random pick counts its way down: groups of 4096 ports, then blocks of
+ * 512 (8 words), then words. */
+#define PM_BITMAP_BLOCK_WORDS 8
+#define PM_BITMAP_MAX_BLOCKS (PM_BITMAP_MAX_WORDS / PM_BITMAP_BLOCK_WORDS)
 
 typedef struct pm_bitmap {
     uint32_t lo, hi;     /* inclusive port range */
@@ -23,6 +27,7 @@ typedef struct pm_bitmap {
     uint32_t nfree;      /* free ports in the range */
     uint64_t nonfull[PM_BITMAP_MAX_GROUPS];  /* bit i: word i has a free port */
     uint16_t group_free[PM_BITMAP_MAX_GROUPS]; /* free ports under each summary word */
+    uint16_t block_free[PM_BITMAP_MAX_BLOCKS]; /* free ports in each block of 8 words */
     uint64_t words[];    /* bit set: allocated; bits past nbits stay set */
 } pm_bitmap;
 
