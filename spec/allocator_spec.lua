@@ -154,8 +154,13 @@ describe("portman.allocator", function()
 
     it("agrees with a plain table model under random operations", function()
       -- ranges that cross word and summary boundaries, and the whole port space
+      local cases = {}
       for _, r in ipairs({{20000, 20000}, {20000, 20063}, {20000, 20064}, {1000, 5095}, {1, 65535}}) do
-        local a = pool(r[1], r[2], "sequential", {allow_privileged = true})
+        cases[#cases + 1] = {r[1], r[2], "sequential"}
+        cases[#cases + 1] = {r[1], r[2], "random"}
+      end
+      for _, r in ipairs(cases) do
+        local a = pool(r[1], r[2], r[3], {allow_privileged = true})
         local model, count = {}, 0
         local size = r[2] - r[1] + 1
         for _ = 1, 20000 do
