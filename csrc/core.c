@@ -7,6 +7,7 @@ typedef int (*opener)(lua_State *L);
 static const opener parts[] = {
     pm_open_allocator,
     pm_open_state,
+    pm_open_http,
 };
 
 __attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)

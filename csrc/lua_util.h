@@ -20,5 +20,6 @@ void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const
 /* Each part of the core adds its functions to the module table on top. */
 int pm_open_allocator(lua_State *L);
 int pm_open_state(lua_State *L);
+int pm_open_http(lua_State *L);
 
 #endif

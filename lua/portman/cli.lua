@@ -14,6 +14,7 @@ local M = {}
 M.COMMANDS = {
   alloc = "portman.allocator",
   run = "portman.daemon",
+  services = "portman.backend",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}

@@ -5,8 +5,8 @@
 local M = {version = "0.1.0"}
 
 local SUBMODULES = {
-  allocator = true, async = true, check = true, cli = true, daemon = true,
-  log = true, state = true,
+  allocator = true, async = true, backend = true, check = true, cli = true, daemon = true,
+  etcd = true, http = true, log = true, state = true,
 }
 
 setmetatable(M, {__index = function(t, name)
