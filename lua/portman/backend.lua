@@ -558,6 +558,9 @@ function Etcd:detach()
   self._etcd, self._lease, self._held = nil, nil, {}
 end
 
+--- The portman.etcd client underneath (its endpoints, for diagnostics).
+function Etcd:client() return self._etcd end
+
 --- The node's lease id (a string), or nil before the first claim.
 function Etcd:lease() return self._lease end
 
