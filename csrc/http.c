@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
@@ -171,16 +172,19 @@ static void xfer_free(pm_http *h, xfer *x)
 static CURLcode configure(xfer *x, const pm_http_request *req, pm_http *h)
 {
     CURLcode rc = CURLE_OK;
-    const char *ctype = req->content_type ? req->content_type : "application/json";
-    snprintf(h->errmsg, sizeof(h->errmsg), "Content-Type: %s", ctype);
-    struct curl_slist *l = curl_slist_append(NULL, h->errmsg);
     /* no "Expect: 100-continue" wait before a body over 1 KiB */
-    struct curl_slist *l2 = l ? curl_slist_append(l, "Expect:") : NULL;
-    if (!l2) {
-        curl_slist_free_all(l);
-        return CURLE_OUT_OF_MEMORY;
+    x->headers = curl_slist_append(NULL, "Expect:");
+    if (x->headers && req->body) {
+        const char *ctype = req->content_type ? req->content_type : "application/json";
+        snprintf(h->errmsg, sizeof(h->errmsg), "Content-Type: %s", ctype);
+        struct curl_slist *l = curl_slist_append(x->headers, h->errmsg);
+        if (!l) {
+            curl_slist_free_all(x->headers);
+            x->headers = NULL;
+        }
     }
-    x->headers = l2;
+    if (!x->headers)
+        return CURLE_OUT_OF_MEMORY;
     SET(CURLOPT_URL, req->url);
     SET(CURLOPT_PRIVATE, x);
     SET(CURLOPT_NOSIGNAL, 1L);
@@ -216,8 +220,14 @@ static CURLcode configure(xfer *x, const pm_http_request *req, pm_http *h)
     return rc;
 }
 
-uint64_t pm_http_start(pm_http *h, const pm_http_request *req, const char **err)
+uint64_t pm_http_start(pm_http *h, const pm_http_request *req, const char **code, const char **err)
 {
+    *code = "unsupported";
+    if (!req->url || (strncasecmp(req->url, "http://", 7) && strncasecmp(req->url, "https://", 8))) {
+        *err = "only http:// and https:// URLs";
+        return 0;
+    }
+    *code = "protocol";
     xfer *x = calloc(1, sizeof(*x));
     if (!x || !(x->easy = curl_easy_init())) {
         free(x);
@@ -303,7 +313,6 @@ static const char *code_word(CURLcode rc, long os_errno, int too_big)
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_LOGIN_DENIED:
         return "denied";
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
     case CURLE_NOT_BUILT_IN:
         return "unsupported";

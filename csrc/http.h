@@ -18,7 +18,7 @@ typedef struct {
     const char *method;       /* NULL: POST with a body, GET without */
     const char *body;         /* copied; may be NULL */
     size_t body_len;
-    const char *content_type; /* NULL: application/json */
+    const char *content_type; /* with a body; NULL: application/json */
     long timeout_ms;          /* whole transfer; 0: none (for streams) */
     long connect_timeout_ms;  /* 0: curl's default */
     int stream;               /* nonzero: deliver body bytes as they arrive */
@@ -48,9 +48,10 @@ typedef struct {
 pm_http *pm_http_new(void);
 /* The fd to poll for readability. */
 int pm_http_fd(const pm_http *h);
-/* Starts a transfer; returns its id (> 0), or 0 with *err set to a
- * message (bad option, out of memory). */
-uint64_t pm_http_start(pm_http *h, const pm_http_request *req, const char **err);
+/* Starts a transfer; returns its id (> 0), or 0 with *code set to a code
+ * word ("unsupported" for a URL that is not http(s), else "protocol")
+ * and *err to a message. */
+uint64_t pm_http_start(pm_http *h, const pm_http_request *req, const char **code, const char **err);
 /* Does the ready work; *out points at the events, valid until the next
  * step or free. Returns how many. */
 size_t pm_http_step(pm_http *h, pm_http_event **out);

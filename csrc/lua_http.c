@@ -125,10 +125,10 @@ static int l_request(lua_State *L)
     lua_getfield(L, 2, "max_body");
     req.max_body = (size_t)luaL_optinteger(L, -1, 0);
     lua_pop(L, 1);
-    const char *err = NULL;
-    uint64_t id = pm_http_start(h, &req, &err);
+    const char *code = NULL, *err = NULL;
+    uint64_t id = pm_http_start(h, &req, &code, &err);
     if (!id)
-        return pm_fail(L, "protocol", "%s", err);
+        return pm_fail(L, code, "%s (%s)", err, req.url);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
 }

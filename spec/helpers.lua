@@ -8,13 +8,14 @@ M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers%.lua$")) or ".
 -- sanitizer run sets PORTMAN_LUA to its instrumented interpreter.
 M.lua = os.getenv("PORTMAN_LUA") or "lua5.4"
 
---- The number of open fds of this process.
+--- The number of open fds of this process. Read in-process: a child
+-- `ls` could list the popen pipe's other end before the parent closes it.
 function M.fd_count()
+  local uv = require "luv"
+  local req = assert(uv.fs_scandir("/proc/self/fd"))
   local n = 0
-  local p = io.popen("ls /proc/" .. M.pid() .. "/fd")
-  for _ in p:lines() do n = n + 1 end
-  p:close()
-  return n - 1 -- the pipe that ls writes into is ours while we count
+  while uv.fs_scandir_next(req) do n = n + 1 end
+  return n - 1 -- the directory fd scandir held while reading
 end
 
 --- This process's pid (lua5.4 has no getpid; /proc/self is the reader's).

@@ -84,9 +84,11 @@ end
 --   of the body as it arrives: for streams, then `res.body` is ""),
 --   `max_body` (bytes), `userpwd` ("user:password", basic auth), `cacert`,
 --   `cert`, `key` (PEM files), `insecure` (skip TLS verification).
--- @return the request's id (for `cancel`)
+-- @return the request's id (for `cancel`); in a task without cb, the
+--   answer: res, or nil, msg, code
 -- @raise on a bad or unknown option, or a closed client
 function Client:request(opts, cb)
+  if cb == nil and async.in_task() then return async.await(self.request, self, opts) end
   self:_check()
   check.table("request", 1, opts)
   local on_data = opts.on_data
