@@ -152,7 +152,6 @@ function Client:close()
   self._count = 0
 end
 Client.__close = Client.close
-Client.__gc = Client.close
 
 --- Is the client closed?
 function Client:closed() return self._engine == nil end
