@@ -128,11 +128,12 @@ local ALLOC_OPTS = {range = true, count = true, strategy = true, node_id = true,
 --- Claims count ports of range for this node, cluster-wide: reads what
 -- is claimed, picks candidates with a local pool (the allocator's
 -- strategies), and claims them with up to `concurrency` claims in flight;
--- a port another node won meanwhile is skipped. On failure the ports
+-- a port another node won meanwhile is skipped, and after a run of such
+-- conflicts the claimed ports are read again. On failure the ports
 -- already claimed are released (best effort).
 -- @tparam table opts `range = {lo, hi}`, `count` (1), `strategy`,
 --   `node_id`, `allow_privileged` (as allocator.new), `concurrency` (8)
--- @return[1] the ports (ascending), and `{conflicts = n}`
+-- @return[1] the ports (ascending), and `{conflicts = n, refreshes = n}`
 -- @return[2] nil, msg, code (`exhausted` when the range has too few free)
 -- @raise on a bad or unknown option
 Base.claim_ports = async.adapt(function(self, opts, cb)
@@ -149,27 +150,36 @@ Base.claim_ports = async.adapt(function(self, opts, cb)
   local pool = require("portman.allocator").new{range = opts.range, strategy = opts.strategy,
     node_id = opts.node_id or (opts.strategy == "hash" and self._node or nil),
     allow_privileged = opts.allow_privileged}
+  self:_mark_claimed(pool, function(ok, err, code)
+    if not ok then return cb(nil, err, code) end
+    self:_claim_from(pool, count, concurrency, cb)
+  end)
+end)
+
+-- Marks in pool every port of its range that some node holds now.
+function Base:_mark_claimed(pool, cb)
   local lo, hi = pool:range()
   self:list("ports", function(records, err, code)
     if not records then return cb(nil, err, code) end
     for _, r in ipairs(records) do
       local p = math.tointeger(tonumber(r.key))
-      if p and p >= lo and p <= hi then pool:reserve(p) end
+      if p and p >= lo and p <= hi and not pool:is_allocated(p) then pool:reserve(p) end
     end
-    self:_claim_from(pool, count, concurrency, cb)
+    cb(true)
   end)
-end)
+end
 
 function Base:_claim_from(pool, count, concurrency, cb)
-  local got, inflight, conflicts = {}, 0, 0
+  local got, inflight, conflicts, refreshes = {}, 0, 0, 0
+  local streak, refreshing = 0, false
   local failure, finished
   local next_claim
   local function finish()
-    if finished or inflight > 0 then return end
+    if finished or inflight > 0 or refreshing then return end
     finished = true
     if not failure then
       table.sort(got)
-      return cb(got, {conflicts = conflicts})
+      return cb(got, {conflicts = conflicts, refreshes = refreshes})
     end
     local left = #got
     if left == 0 then return cb(nil, failure[1], failure[2]) end
@@ -180,8 +190,18 @@ function Base:_claim_from(pool, count, concurrency, cb)
       end)
     end
   end
+  -- A run of conflicts: another node is claiming the same stretch. One
+  -- read of what is held costs less than a conflict a port.
+  local function refresh()
+    refreshing, streak, refreshes = true, 0, refreshes + 1
+    self:_mark_claimed(pool, function(ok, err, code)
+      refreshing = false
+      if not ok and not failure then failure = {err, code} end
+      next_claim()
+    end)
+  end
   next_claim = function()
-    while not failure and #got + inflight < count and inflight < concurrency do
+    while not failure and not refreshing and #got + inflight < count and inflight < concurrency do
       local p = pool:allocate()
       if not p then
         if inflight == 0 then
@@ -196,8 +216,10 @@ function Base:_claim_from(pool, count, concurrency, cb)
         inflight = inflight - 1
         if ok then
           got[#got + 1] = p
+          streak = 0
         elseif ccode == "conflict" then
-          conflicts = conflicts + 1 -- another node won it; the pool keeps it marked
+          conflicts, streak = conflicts + 1, streak + 1 -- the pool keeps it marked
+          if streak >= 2 * concurrency and not refreshing then return refresh() end
         elseif not failure then
           failure = {cerr, ccode}
         end
