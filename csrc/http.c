@@ -183,6 +183,14 @@ static CURLcode configure(xfer *x, const pm_http_request *req, pm_http *h)
             x->headers = NULL;
         }
     }
+    for (size_t i = 0; x->headers && i < req->nheaders; i++) {
+        struct curl_slist *l = curl_slist_append(x->headers, req->headers[i]);
+        if (!l) {
+            curl_slist_free_all(x->headers);
+            x->headers = NULL;
+        }
+        x->headers = l;
+    }
     if (!x->headers)
         return CURLE_OUT_OF_MEMORY;
     SET(CURLOPT_URL, req->url);

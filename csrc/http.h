@@ -19,6 +19,8 @@ typedef struct {
     const char *body;         /* copied; may be NULL */
     size_t body_len;
     const char *content_type; /* with a body; NULL: application/json */
+    const char *const *headers; /* more "Name: value" lines, or NULL */
+    size_t nheaders;
     long timeout_ms;          /* whole transfer; 0: none (for streams) */
     long connect_timeout_ms;  /* 0: curl's default */
     int stream;               /* nonzero: deliver body bytes as they arrive */

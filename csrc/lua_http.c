@@ -100,7 +100,7 @@ static int opt_bool(lua_State *L, const char *key)
 }
 
 /* h:request{url=, method=, body=, content_type=, timeout=, connect_timeout=,
- * stream=, max_body=, userpwd=, cacert=, cert=, key=, insecure=} -> id
+ * headers=, stream=, max_body=, userpwd=, cacert=, cert=, key=, insecure=} -> id
  * | nil, msg, code */
 static int l_request(lua_State *L)
 {
@@ -122,6 +122,23 @@ static int l_request(lua_State *L)
     req.connect_timeout_ms = opt_ms(L, "connect_timeout");
     req.stream = opt_bool(L, "stream");
     req.insecure = opt_bool(L, "insecure");
+    const char *headers[16];
+    int t = lua_getfield(L, 2, "headers");
+    if (t == LUA_TTABLE) {
+        req.nheaders = lua_rawlen(L, -1);
+        if (req.nheaders > sizeof(headers) / sizeof(headers[0]))
+            luaL_argerror(L, 2, "headers: at most 16");
+        luaL_checkstack(L, 20, "request headers");
+        for (size_t i = 0; i < req.nheaders; i++) {
+            lua_rawgeti(L, -1 - (int)i, (lua_Integer)i + 1);
+            headers[i] = lua_tostring(L, -1);
+            if (lua_type(L, -1) != LUA_TSTRING || strpbrk(headers[i], "\r\n"))
+                luaL_argerror(L, 2, "headers: list of one-line strings expected");
+        }
+        req.headers = headers;
+    } else if (t != LUA_TNIL) {
+        luaL_argerror(L, 2, "headers: list of one-line strings expected");
+    }
     lua_getfield(L, 2, "max_body");
     req.max_body = (size_t)luaL_optinteger(L, -1, 0);
     lua_pop(L, 1);

@@ -117,10 +117,12 @@ end
 M.cli = {alloc = {
   usage = "portman alloc --range LO-HI [--strategy sequential|random|hash] [--node-id ID] "
     .. "[--count N] [--allow-privileged] [--json]\n"
-    .. "       [--etcd URL[,URL...] --cluster NAME [--ttl S] [--hold] [--timeout MS]]",
+    .. "       [--etcd URL[,URL...] --cluster NAME [--ttl S] [--hold] [--timeout MS]\n"
+    .. "        [--cacert PEM] [--cert PEM --key PEM] [--user NAME]]",
   flags = {range = "string", strategy = "string", ["node-id"] = "string",
            count = "int", ["allow-privileged"] = "bool", json = "bool",
-           etcd = "string", cluster = "string", ttl = "int", hold = "bool", timeout = "int"},
+           etcd = "string", cluster = "string", ttl = "int", hold = "bool", timeout = "int",
+           cacert = "string", cert = "string", key = "string", user = "string"},
   run = function(opts, out)
     local cli = require "portman.cli"
     if not opts.range then cli.usage_error("--range is required") end
@@ -128,8 +130,8 @@ M.cli = {alloc = {
     local count = opts.count or 1
     if count < 1 then cli.usage_error("--count: at least 1") end
     if opts.etcd then return require("portman.backend").cli_alloc(opts, lo, hi, count, out) end
-    if opts.cluster or opts.hold or opts.ttl or opts.timeout then
-      cli.usage_error("--cluster, --ttl, --hold and --timeout need --etcd")
+    for _, flag in ipairs({"cluster", "ttl", "hold", "timeout", "cacert", "cert", "key", "user"}) do
+      if opts[flag] then cli.usage_error("--" .. flag .. " needs --etcd") end
     end
     local a = M.new{range = {lo, hi}, strategy = opts.strategy, node_id = opts.node_id,
                     allow_privileged = opts.allow_privileged}

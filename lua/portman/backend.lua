@@ -640,7 +640,9 @@ local function etcd_backend(opts, ttl)
   if ttl and ttl < 1 then cli.usage_error("--ttl: at least 1") end
   if opts.timeout and opts.timeout < 1 then cli.usage_error("--timeout: at least 1") end
   local b, err, code = M.new{kind = "etcd", endpoints = opts.etcd, cluster = opts.cluster,
-                             node = opts.node_id, ttl = ttl, timeout = opts.timeout}
+                             node = opts.node_id, ttl = ttl, timeout = opts.timeout,
+                             cacert = opts.cacert, cert = opts.cert, key = opts.key, user = opts.user,
+                             password = opts.user and os.getenv("PORTMAN_ETCD_PASSWORD") or nil}
   if not b then return nil, err, code end
   return b
 end
@@ -663,7 +665,9 @@ end
 --- `portman alloc ... --etcd URLS --cluster NAME`: the allocator's command
 -- claims its ports cluster-wide through here. Without --hold the claims
 -- last the lease's TTL (--ttl, 60 s); with --hold the command keeps the
--- lease alive and releases the ports on SIGINT or SIGTERM.
+-- lease alive and releases the ports on SIGINT or SIGTERM. --cacert,
+-- --cert, --key: TLS; --user: etcd's auth, with the password in
+-- PORTMAN_ETCD_PASSWORD.
 function M.cli_alloc(opts, lo, hi, count, out)
   local b, err, code = etcd_backend(opts, opts.ttl or 60)
   if not b then return nil, err, code end
@@ -687,9 +691,14 @@ function M.cli_alloc(opts, lo, hi, count, out)
   end)
 end
 
+--- `portman services`: every node's registrations. --cacert, --cert,
+-- --key: TLS; --user: etcd's auth, with the password in
+-- PORTMAN_ETCD_PASSWORD (never in argv).
 M.cli = {services = {
-  usage = "portman services --etcd URL[,URL...] --cluster NAME [--timeout MS] [--json]",
-  flags = {etcd = "string", cluster = "string", timeout = "int", json = "bool"},
+  usage = "portman services --etcd URL[,URL...] --cluster NAME [--timeout MS] [--cacert PEM] "
+    .. "[--cert PEM --key PEM] [--user NAME] [--json]",
+  flags = {etcd = "string", cluster = "string", timeout = "int", json = "bool", cacert = "string",
+           cert = "string", key = "string", user = "string"},
   run = function(opts, out)
     local cli = require "portman.cli"
     if not opts.etcd then cli.usage_error("--etcd is required") end

@@ -109,8 +109,11 @@ end
 -- @tparam table opts `endpoints` (a list of URLs or a comma-separated
 --   string, such as "http://127.0.0.1:2379"), `timeout` (ms a call may take
 --   across all its attempts, 5000), `attempt_timeout` (ms one member gets,
---   1500), `user` and `password` (basic auth), `cacert`, `cert`, `key`
---   (PEM files for TLS), `insecure` (skip TLS verification).
+--   1500), `user` and `password` (etcd's own auth: the client trades them
+--   for a token at /v3/auth/authenticate, as etcd's gateway wants; a wrong
+--   password fails calls with `denied`), `cacert`, `cert`, `key` (PEM
+--   files for TLS: the CA to trust, a client certificate), `insecure`
+--   (skip TLS verification).
 -- @return[1] a client
 -- @return[2] nil, msg, code when no epoll fd is left
 -- @raise on a bad or unknown option
@@ -128,9 +131,9 @@ function M.new(opts)
   local client, err, code = http.new()
   if not client then return nil, err, code end
   local tls = {cacert = opts.cacert, cert = opts.cert, key = opts.key, insecure = opts.insecure or nil}
-  if opts.user then tls.userpwd = opts.user .. ":" .. (opts.password or "") end
+  local auth = opts.user and {name = opts.user, password = opts.password or ""}
   return setmetatable({_http = client, _endpoints = eps, _current = 1, _timeout = timeout,
-                       _attempt = attempt, _tls = tls, _watchers = {}}, Client)
+                       _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}}, Client)
 end
 
 function Client:_check()
@@ -149,8 +152,16 @@ local GRPC_CODES = {[5] = "not_found", [7] = "denied", [16] = "denied", [9] = "c
 
 -- Sorts an answer: true, doc on success; false, msg, code when this
 -- member failed; nil, msg, code when the call failed for good.
+-- Transport failures that every member would give alike: no failover.
+local FINAL_TRANSPORT = {denied = true, unsupported = true}
+-- etcd's auth refusals that come with other gRPC codes (InvalidArgument).
+local AUTH_WORDS = {"user name is empty", "authentication failed", "permission denied", "invalid auth token"}
+
 local function classify(res, err, code, url)
-  if not res then return false, err, code end
+  if not res then
+    if FINAL_TRANSPORT[code] then return nil, err, code end
+    return false, err, code
+  end
   local ok, doc = pcall(cjson.decode, res.body)
   if res.status == 200 then
     if ok and type(doc) == "table" then return true, doc end
@@ -163,12 +174,16 @@ local function classify(res, err, code, url)
     return false, "unreachable: " .. msg, "unreachable"
   end
   local word = GRPC_CODES[grpc] or (res.status == 401 or res.status == 403) and "denied" or "protocol"
-  return nil, word .. ": " .. msg, word
+  for _, w in ipairs(AUTH_WORDS) do
+    if msg:find(w, 1, true) then word = "denied" end
+  end
+  return nil, word .. ": " .. msg, word, grpc
 end
 
---- Calls a gateway method (path such as "/v3/kv/range") with a JSON
--- document; cb(answer) or cb(nil, msg, code), with failover as above.
-function Client:_call(path, doc, cb)
+--- Sends a gateway method (path such as "/v3/kv/range") a JSON document
+-- with extra headers; cb(answer) or cb(nil, msg, code, grpc_code), with
+-- failover as above.
+function Client:_send(path, doc, headers, cb)
   local body = cjson.encode(doc)
   local deadline = now() + self._timeout
   local n = #self._endpoints
@@ -200,14 +215,60 @@ function Client:_call(path, doc, cb)
     local req = {url = url, body = body, timeout = math.max(1, math.min(self._attempt, left)),
                  connect_timeout = math.max(1, math.min(self._attempt, left))}
     for k, v in pairs(self._tls) do req[k] = v end
+    req.headers = headers
     self._http:request(req, function(res, err, code)
-      local ok, a, b = classify(res, err, code, url)
+      local ok, a, b, grpc = classify(res, err, code, url)
       if ok then return cb(a) end
-      if ok == nil then return cb(nil, a, b) end
+      if ok == nil then return cb(nil, a, b, grpc) end
       fail_member(a, b)
     end)
   end
   attempt()
+end
+
+-- etcd's own auth: the gateway takes a token from /v3/auth/authenticate in
+-- the Authorization header (not HTTP basic auth). cb(headers) with the
+-- token's header, nil headers without auth, or cb(false, msg, code).
+function Client:_auth_headers(cb)
+  if not self._auth then return cb(nil) end
+  if self._token then return cb({"Authorization: " .. self._token}) end
+  if self._authing then
+    self._authing[#self._authing + 1] = cb
+    return
+  end
+  self._authing = {cb}
+  self:_send("/v3/auth/authenticate", self._auth, nil, function(res, err, code, grpc)
+    local waiting = self._authing
+    self._authing = nil
+    if res and type(res.token) == "string" then
+      self._token = res.token
+    elseif res or grpc then -- etcd answered, without a token
+      code = "denied"
+      err = ("denied: etcd refused user '%s': %s"):format(self._auth.name,
+        err and err:gsub("^[%a_]+: ", "") or "no token")
+    end
+    for _, w in ipairs(waiting) do
+      if self._token then w({"Authorization: " .. self._token}) else w(false, err, code) end
+    end
+  end)
+end
+
+--- Calls a gateway method: _send with the auth token when the client has
+-- a user; an expired token is replaced once.
+function Client:_call(path, doc, cb)
+  local function go(retried)
+    self:_auth_headers(function(headers, err, code)
+      if headers == false then return cb(nil, err, code) end
+      self:_send(path, doc, headers, function(res, serr, scode, grpc)
+        if not res and grpc == 16 and headers and not retried then
+          self._token = nil -- etcd drops an idle simple token: authenticate again
+          return go(true)
+        end
+        cb(res, serr, scode)
+      end)
+    end)
+  end
+  go(false)
 end
 
 local function kv_of(raw)
@@ -428,12 +489,20 @@ end
 
 function Client:_watch_start(w)
   if w._closed or not self._http then return end
+  self:_auth_headers(function(headers)
+    if headers == false then return self:_watch_retry(w) end
+    self:_watch_open(w, headers)
+  end)
+end
+
+function Client:_watch_open(w, headers)
+  if w._closed or not self._http then return end
   local create = {key = M.b64encode(w._prefix), range_end = M.b64encode(M.prefix_end(w._prefix))}
   if w._next then create.start_revision = w._next end
   local buf = ""
   local url = self._endpoints[self._current] .. "/v3/watch"
   local req = {url = url, body = cjson.encode({create_request = create}),
-               connect_timeout = self._attempt}
+               connect_timeout = self._attempt, headers = headers}
   for k, v in pairs(self._tls) do req[k] = v end
   req.on_data = function(chunk)
     buf = buf .. chunk
@@ -442,6 +511,9 @@ function Client:_watch_start(w)
       if not line then break end
       buf = rest
       local ok, doc = pcall(cjson.decode, line)
+      if ok and type(doc) == "table" and type(doc.error) == "table" and doc.error.http_code == 401 then
+        self._token = nil -- an expired token: the retry authenticates again
+      end
       if ok and watch_message(w, doc) == "reset" and w._id then
         self._http:cancel(w._id)
         w._id = nil

@@ -13,7 +13,7 @@ local M = {}
 local Client = {}
 Client.__index = Client
 
-local OPTIONS = {url = true, method = true, body = true, content_type = true, timeout = true,
+local OPTIONS = {url = true, method = true, body = true, content_type = true, headers = true, timeout = true,
                  connect_timeout = true, stream = true, max_body = true, userpwd = true,
                  cacert = true, cert = true, key = true, insecure = true}
 
@@ -79,7 +79,8 @@ end
 -- failed (`timeout`, `refused`, `unreachable`, `closed`, `denied`,
 -- `unsupported`, `protocol`).
 -- @tparam table opts `url` (required), `method` ("POST" with a body, "GET"
---   without), `body`, `content_type` ("application/json"), `timeout` and
+--   without), `body`, `content_type` ("application/json"), `headers` (a
+--   list of up to 16 "Name: value" lines), `timeout` and
 --   `connect_timeout` (ms), `on_data` (a function called with each chunk
 --   of the body as it arrives: for streams, then `res.body` is ""),
 --   `max_body` (bytes), `userpwd` ("user:password", basic auth), `cacert`,

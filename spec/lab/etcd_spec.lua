@@ -330,3 +330,74 @@ describe("etcd cluster #lab", function()
     end)
   end)
 end)
+
+describe("etcd over TLS with etcd's auth #lab", function()
+  local cluster, fds
+
+  setup(function()
+    cluster = etcd_cluster.start{n = 1, tls = true}
+    local out, ok = cluster:etcdctl("user add root:pw")
+    assert(ok, out)
+    out, ok = cluster:etcdctl("auth enable")
+    assert(ok, out)
+    fds = helpers.fd_count()
+  end)
+
+  teardown(function()
+    if cluster then cluster:stop() end
+    uv.run("nowait")
+    assert.equal(fds, helpers.fd_count())
+  end)
+
+  local function new_backend(node, extra)
+    local opts = {kind = "etcd", endpoints = cluster:endpoints(), cluster = RUN .. "tls", node = node,
+                  cacert = cluster.cert, user = "root", password = "pw", timeout = 2000}
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    return assert(backend.new(opts))
+  end
+
+  it("claims, registers and watches with the CA and a token", function()
+    async.run(function()
+      local a, b = new_backend("node-a"), new_backend("node-b")
+      local events = {}
+      local w = b:watch("services", function(ev) events[#events + 1] = ev end)
+      async.sleep(200)
+      assert.same({46000, 46001, 46002}, assert(a:claim_ports{range = {46000, 46099}, count = 3}))
+      assert(a:register{name = "api", address = "127.0.0.1", port = 46000})
+      assert.equal("node-a", assert(b:services())[1].node)
+      etcd_cluster.wait_until(function() return #events > 0 end, 5000)
+      assert.equal("api/node-a", events[1].key)
+      w.close()
+      a:close()
+      b:close()
+    end)
+    local status, out, err = helpers.portman(("alloc --range 46000-46099 --count 2 --etcd %s --cluster %s "
+      .. "--cacert %s --user root --json"):format(cluster:endpoints(), RUN .. "tls", cluster.cert),
+      "PORTMAN_ETCD_PASSWORD=pw")
+    assert.equal(0, status, err)
+    assert.same({46000, 46001}, cjson.decode(out).ports)
+  end)
+
+  local refusals = {
+    {"a wrong password", {password = "nope"}, "^denied: etcd refused user 'root': .*authentication failed"},
+    {"no user", {user = false, password = false}, "^denied: .*user name is empty"},
+    {"a server certificate it cannot verify", {cacert = false}, "^denied: SSL certificate problem"},
+  }
+  for _, case in ipairs(refusals) do
+    it("fails with denied on " .. case[1] .. ", without retrying for the whole timeout", function()
+      async.run(function()
+        local extra = {}
+        for k, v in pairs(case[2]) do extra[k] = v or nil end
+        local opts = {kind = "etcd", endpoints = cluster:endpoints(), cluster = RUN .. "tls", node = "x",
+                      cacert = cluster.cert, user = "root", password = "pw", timeout = 60000}
+        for k in pairs(case[2]) do opts[k] = extra[k] end
+        local b = assert(backend.new(opts))
+        local ports, err, code = b:claim_ports{range = {46100, 46199}, count = 1}
+        assert.is_nil(ports)
+        assert.equal("denied", code)
+        assert.matches(case[3], err)
+        b:close()
+      end)
+    end)
+  end
+end)

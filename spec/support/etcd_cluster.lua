@@ -54,17 +54,24 @@ M.wait_until = wait_until
 
 --- Starts an n-member cluster (3 by default) and waits until it answers.
 -- @param opts `n`, `fsync` (true: etcd's default durability; false by
---   default, for speed: kills in specs are process kills, not power loss)
+--   default, for speed: kills in specs are process kills, not power loss),
+--   `tls` (true: clients talk HTTPS with a self-signed certificate for
+--   127.0.0.1, cluster.cert, which is also the CA to trust)
 function M.start(opts)
   opts = opts or {}
   local n = opts.n or 3
   local dir = shell("mktemp -d /tmp/portman-etcd.XXXXXX"):gsub("%s+$", "")
   local ports = free_ports(2 * n)
   local self = setmetatable({dir = dir, n = n, members = {}, fsync = opts.fsync}, Cluster)
+  if opts.tls then
+    self.cert, self.key = dir .. "/cert.pem", dir .. "/key.pem"
+    shell(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 -subj /CN=127.0.0.1 "
+      .. "-addext subjectAltName=IP:127.0.0.1 2>&1"):format(self.key, self.cert))
+  end
   local peers = {}
   for i = 1, n do
     local m = {name = "m" .. i, client = ports[2 * i - 1], peer = ports[2 * i]}
-    m.url = "http://127.0.0.1:" .. m.client
+    m.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. m.client
     self.members[i] = m
     peers[i] = ("%s=http://127.0.0.1:%d"):format(m.name, m.peer)
   end
@@ -99,6 +106,9 @@ function Cluster:start_member(i)
     "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
     "--logger", "zap", "--log-level", "warn"}
   if not self.fsync then args[#args + 1] = "--unsafe-no-fsync" end
+  if self.cert then
+    table.move({"--cert-file", self.cert, "--key-file", self.key}, 1, 4, #args + 1, args)
+  end
   local handle, pid
   handle, pid = uv.spawn("timeout", {args = args, stdio = {nil, fd, fd}}, function()
     handle:close()
@@ -128,16 +138,27 @@ function Cluster:kill(i, signal)
 end
 
 -- Is the member at url healthy (a leader, and serving)?
-local function healthy(url)
-  local out = shell(("curl -s -m 1 %s/health 2>/dev/null"):format(url))
+local function healthy(url, cacert)
+  local out = shell(("curl -s -m 1 %s %s/health 2>/dev/null"):format(cacert and "--cacert " .. cacert or "", url))
   return out:find('"health":"true"', 1, true) ~= nil
+end
+
+--- Runs etcdctl against the cluster with args; returns its output and
+-- whether it succeeded.
+function Cluster:etcdctl(args)
+  local cmd = ("ETCDCTL_API=3 timeout 20 etcdctl --endpoints %s %s %s 2>&1"):format(self:endpoints(),
+    self.cert and "--cacert " .. self.cert or "", args)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local ok = p:close()
+  return out, ok
 end
 
 --- Waits until every running member reports healthy; returns true or false.
 function Cluster:wait_healthy(ms)
   return wait_until(function()
     for _, m in ipairs(self.members) do
-      if m.running and not healthy(m.url) then return false end
+      if m.running and not healthy(m.url, self.cert) then return false end
     end
     return true
   end, ms, 100)
