@@ -122,6 +122,27 @@ describe("portman.backend", function()
       end)
     end)
 
+    it("mirrors a namespace and looks services up", function()
+      async.run(function()
+        local a = file("a")
+        assert(a:register{name = "web", address = "10.0.0.1", port = 8080})
+        local changes = 0
+        local m = assert(a:mirror("services", {on_change = function() changes = changes + 1 end}))
+        assert.equal(8080, m.records["web/a"].value.port)
+        assert(a:register{name = "db", address = "10.0.0.1", port = 5432})
+        assert(a:deregister("web"))
+        assert.is_nil(m.records["web/a"])
+        assert.equal("a", m.records["db/a"].node)
+        assert.equal(2, changes)
+        m.close()
+        assert.same({{name = "db", node = "a", address = "10.0.0.1", port = 5432, proto = "tcp"}},
+          assert(a:lookup("db")))
+        assert(a:deregister("db"))
+        assert.equal(2, changes) -- closed: no more changes
+        assert.same({}, assert(a:lookup("db")))
+      end)
+    end)
+
     it("claims ports from a range with the allocator's strategies, skipping claimed ones", function()
       async.run(function()
         local a, b = file("a"), file("b")

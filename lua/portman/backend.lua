@@ -30,8 +30,10 @@
 --     watcher = b:watch(ns, fn)                    -- fn{type, key, value, node}
 --     b:start(); b:close()
 --
--- On top of it, for both kinds: `register`, `deregister`, `services` (the
--- registry's records) and `claim_ports` (cluster-wide allocation).
+-- On top of it, for both kinds: `register`, `deregister`, `services`,
+-- `lookup` and `mirror` (the registry's records, and a live copy that
+-- follows every node's changes) and `claim_ports` (cluster-wide
+-- allocation).
 local uv = require "luv"
 local cjson = require "cjson"
 local async = require "portman.async"
@@ -119,6 +121,71 @@ Base.services = async.adapt(function(self, cb)
       return tostring(a.node) < tostring(b.node)
     end)
     cb(out)
+  end)
+end)
+
+--- Where service name runs: every node's registration of it.
+-- @return[1] `{{name, node, address, port, proto, metadata}, ...}` (maybe empty)
+-- @return[2] nil, msg, code
+Base.lookup = async.adapt(function(self, name, cb)
+  if type(name) ~= "string" then check.argerror("lookup", 1, "string expected, got " .. type(name)) end
+  self:services(function(list, err, code)
+    if not list then return cb(nil, err, code) end
+    local out = {}
+    for _, s in ipairs(list) do
+      if s.name == name then out[#out + 1] = s end
+    end
+    cb(out)
+  end)
+end)
+
+--- A live copy of namespace ns: `m.records[key] = {key, value, node}`,
+-- read once, then kept current by a watch that starts right after the
+-- read's revision (no change between the two is missed). `opts.on_change`
+-- (ev), if given, runs after each change is applied; on a "reset" (etcd
+-- compacted the changes away) the copy is read again. The etcd kind shows
+-- every node's records; the file kind this process's.
+-- @return[1] the mirror, with `records` and `close()`, once the first read is in
+-- @return[2] nil, msg, code
+Base.mirror = async.adapt(function(self, ns, opts, cb)
+  if type(opts) == "function" then cb, opts = opts, nil end
+  local on_change = opts and opts.on_change
+  if opts ~= nil then
+    check.table("mirror", 2, opts)
+    check.known("mirror", 2, opts, {on_change = true})
+    if on_change ~= nil and type(on_change) ~= "function" then
+      check.argerror("mirror", 2, "on_change: function expected")
+    end
+  end
+  local m = {records = {}}
+  local watcher
+  -- list gives records and, from etcd, the revision it read at
+  local function load(done)
+    self:list(ns, function(records, revision_or_err, code)
+      if not records then return done(nil, revision_or_err, code) end
+      m.records = {}
+      for _, r in ipairs(records) do m.records[r.key] = r end
+      done(true, revision_or_err)
+    end)
+  end
+  local function apply(ev)
+    if ev.type == "reset" then
+      return load(function() if on_change then on_change(ev) end end)
+    elseif ev.type == "delete" then
+      m.records[ev.key] = nil
+    else
+      m.records[ev.key] = {key = ev.key, value = ev.value, node = ev.node}
+    end
+    if on_change then on_change(ev) end
+  end
+  function m.close()
+    if watcher then watcher.close() end
+    watcher = nil
+  end
+  load(function(ok, revision, code)
+    if not ok then return cb(nil, revision, code) end
+    watcher = self:watch(ns, apply, revision)
+    cb(m)
   end)
 end)
 
@@ -274,6 +341,10 @@ function File:holds(ns, key)
   return r ~= nil and r.node == self._node
 end
 
+--- Claims (ns, key) for this node with value (a JSON-able table).
+-- @return[1] true (also when this node holds it already)
+-- @return[2] nil, "conflict: ns/key is held by node N", "conflict"; or
+--   nil, msg, code when the state file cannot be read or written
 File.claim = async.adapt(function(self, ns, key, value, cb)
   self:_check()
   check_ns_key("claim", ns, key)
@@ -294,6 +365,9 @@ File.claim = async.adapt(function(self, ns, key, value, cb)
   cb(true)
 end)
 
+--- Drops a record this node holds.
+-- @return[1] true
+-- @return[2] nil, "not_found: ...", "not_found" when this node holds none
 File.release = async.adapt(function(self, ns, key, cb)
   self:_check()
   check_ns_key("release", ns, key)
@@ -317,6 +391,9 @@ File.renew = async.adapt(function(self, cb)
   cb({regranted = false, lost = {}})
 end)
 
+--- Every node's records in ns, sorted by key.
+-- @return[1] `{{key, value, node}, ...}`
+-- @return[2] nil, msg, code
 File.list = async.adapt(function(self, ns, cb)
   self:_check()
   check_ns_key("list", ns, "-")
@@ -395,6 +472,13 @@ local function owner_of(kv)
   return ok and type(doc) == "table" and doc.node or "?"
 end
 
+--- Claims (ns, key) for this node with value (a JSON-able table): a txn
+-- that creates the key only if its create_revision is 0, bound to the
+-- node's lease (granted on first use). A claim whose earlier attempt
+-- landed (a timeout after the commit) is recognised by its lease.
+-- @return[1] true (also when this node's lease holds it already)
+-- @return[2] nil, "conflict: ns/key is held by node N", "conflict"; or
+--   nil, "unreachable: ..." / "timeout: ..." when etcd has no quorum
 Etcd.claim = async.adapt(function(self, ns, key, value, cb)
   self:_check()
   check_ns_key("claim", ns, key)
@@ -429,6 +513,10 @@ Etcd.claim = async.adapt(function(self, ns, key, value, cb)
   try()
 end)
 
+--- Drops a record this node holds (a txn on the key's lease: never
+-- another node's).
+-- @return[1] true
+-- @return[2] nil, "not_found: ...", "not_found"; or unreachable, timeout
 Etcd.release = async.adapt(function(self, ns, key, cb)
   self:_check()
   check_ns_key("release", ns, key)
@@ -506,6 +594,9 @@ function Etcd:_record(kv)
           node = doc.node, lease = kv.lease}
 end
 
+--- Every node's records in ns, sorted by key, read linearizably.
+-- @return[1] `{{key, value, node, lease}, ...}` and the etcd revision read at
+-- @return[2] nil, msg, code (unreachable, timeout)
 Etcd.list = async.adapt(function(self, ns, cb)
   self:_check()
   check_ns_key("list", ns, "-")
@@ -520,11 +611,13 @@ end)
 --- Follows every node's records in ns: fn{type = "put" | "delete" |
 -- "reset", key, value, node}. A delete carries only the key (etcd keeps
 -- no value for it). "reset": changes were compacted away; list again.
-function Etcd:watch(ns, fn)
+-- `after` (a revision, as list's second result): changes after it only.
+function Etcd:watch(ns, fn, after)
   self:_check()
   check_ns_key("watch", ns, "-")
   if type(fn) ~= "function" then check.argerror("watch", 2, "function expected") end
-  return self._etcd:watch(self._prefix .. ns .. "/", function(ev)
+  local opts = after and {start_revision = math.tointeger(tonumber(after)) + 1}
+  return self._etcd:watch(self._prefix .. ns .. "/", opts, function(ev)
     if ev.type == "reset" then return fn(ev) end
     local r = self:_record(ev)
     fn({type = ev.type, key = r.key, value = r.value, node = r.node})

@@ -12,6 +12,16 @@ local etcd_cluster = require "support.etcd_cluster"
 
 local RUN = "r" .. helpers.pid() -- cluster names unique per run
 
+-- portman.run with a guard: a spec that waits forever fails instead.
+local function run(fn)
+  local guard = uv.new_timer()
+  guard:start(180000, 0, function() uv.stop() end)
+  guard:unref()
+  local ok, err = pcall(async.run, fn)
+  guard:close()
+  if not ok then error(err, 0) end
+end
+
 -- Starts a child: helpers.lua with args; collects stdout and stderr.
 -- on_line(line) is called for each stdout line. Returns a handle with
 -- kill(signal), and fields code, out, err once exited.
@@ -108,7 +118,7 @@ describe("etcd cluster #lab", function()
     end
     for p = 40000, 40999 do assert.truthy(owner[p], "port " .. p .. " not claimed") end
     -- etcd agrees: 1,000 keys, each held by the process that printed it
-    async.run(function()
+    run(function()
       local reader = new_backend("race", "reader")
       local held, n = claimed(reader)
       assert.equal(1000, n)
@@ -119,8 +129,9 @@ describe("etcd cluster #lab", function()
 
   it("keeps claiming when the member in use is killed mid-run", function()
     local killed
-    async.run(function()
-      local b = new_backend("failover", "node-f")
+    run(function()
+      -- a call may span a leader election on a loaded machine: 15 s to ride it out
+      local b = new_backend("failover", "node-f", {timeout = 15000})
       local ports = {}
       for i = 1, 300 do
         if i == 101 then
@@ -148,7 +159,7 @@ describe("etcd cluster #lab", function()
     local ready
     local node = spawn({helpers.root .. "/spec/support/etcd_node.lua", cluster:endpoints(), name,
                         "node-k", "2", "42000-42999", "20"}, function(line) ready = cjson.decode(line) end)
-    async.run(function()
+    run(function()
       local watcher = new_backend("kill", "watcher")
       etcd_cluster.wait_until(function() return ready ~= nil or node.code ~= nil end, 30000)
       assert.truthy(ready, table.concat(node.err))
@@ -156,6 +167,7 @@ describe("etcd cluster #lab", function()
       local w = watcher:watch("services", function(ev)
         if ev.type == "delete" then deleted[#deleted + 1] = ev.key end
       end)
+      local m = assert(watcher:mirror("ports"))
       -- alive past three TTLs: its keep-alive holds everything
       async.sleep(6000)
       local held, n = claimed(watcher)
@@ -173,8 +185,10 @@ describe("etcd cluster #lab", function()
         return left == 0
       end, 20000, 200), "claims outlived the lease")
       assert.same({}, assert(watcher:services()))
-      etcd_cluster.wait_until(function() return #deleted > 0 end, 5000)
+      etcd_cluster.wait_until(function() return #deleted > 0 and next(m.records) == nil end, 5000)
       assert.same({"svc-node-k/node-k"}, deleted)
+      assert.is_nil(next(m.records)) -- the ports' mirror emptied too
+      m.close()
       w.close()
       watcher:close()
     end)
@@ -187,7 +201,7 @@ describe("etcd cluster #lab", function()
     local child = spawn(portman_args("alloc", "--range", "43000-43099", "--count", "5", "--etcd",
       cluster:endpoints(), "--cluster", name, "--ttl", "1", "--hold", "--json"),
       function(line) doc = cjson.decode(line) end)
-    async.run(function()
+    run(function()
       local reader = new_backend("hold", "reader")
       etcd_cluster.wait_until(function() return doc ~= nil or child.code ~= nil end, 30000)
       assert.truthy(doc, table.concat(child.err))
@@ -208,7 +222,7 @@ describe("etcd cluster #lab", function()
   it("fails clearly without quorum, double-claims nothing, and recovers when members return", function()
     local a, b
     local before_a
-    async.run(function()
+    run(function()
       a = new_backend("quorum", "node-a", {timeout = 2000, attempt_timeout = 700})
       b = new_backend("quorum", "node-b", {timeout = 2000, attempt_timeout = 700})
       before_a = assert(a:claim_ports{range = {44000, 44099}, count = 10})
@@ -216,7 +230,7 @@ describe("etcd cluster #lab", function()
     end)
     cluster:kill(2, "sigkill")
     cluster:kill(3, "sigkill")
-    async.run(function()
+    run(function()
       for _, be in ipairs({a, b}) do
         local ports, err, code = be:claim_ports{range = {44000, 44099}, count = 5}
         assert.is_nil(ports)
@@ -236,7 +250,7 @@ describe("etcd cluster #lab", function()
     cluster:start_member(2)
     cluster:start_member(3)
     assert.truthy(cluster:wait_healthy(20000), cluster:logs())
-    async.run(function()
+    run(function()
       assert.truthy(a:renew())
       local got = {}
       for _, be in ipairs({a, b}) do
@@ -266,7 +280,7 @@ describe("etcd cluster #lab", function()
   end)
 
   it("grants a new lease when the old one lapsed and writes its records again, losing none held meanwhile", function()
-    async.run(function()
+    run(function()
       local a = new_backend("lapse", "node-a", {ttl = 1})
       local other = new_backend("lapse", "node-o")
       local ports = assert(a:claim_ports{range = {45000, 45009}, count = 3})
@@ -299,23 +313,40 @@ describe("etcd cluster #lab", function()
 
   it("watches other nodes' registrations and lists them with portman services", function()
     local name = RUN .. "svc"
-    async.run(function()
+    run(function()
       local a = new_backend("svc", "node-a")
       local b = new_backend("svc", "node-b")
+      assert(a:register{name = "cache", address = "10.1.0.9", port = 6379})
+      local m = assert(b:mirror("services")) -- read, then follow from that revision
+      assert.same({"cache/node-a"}, (function()
+        local keys = {}
+        for k in pairs(m.records) do keys[#keys + 1] = k end
+        return keys
+      end)())
       local events = {}
       local w = b:watch("services", function(ev) events[#events + 1] = ev end)
       async.sleep(200) -- the watch stream is set up
+      assert(a:deregister("cache"))
       assert(a:register{name = "db", address = "10.1.0.1", port = 5432, metadata = {role = "primary"}})
       assert(b:register{name = "db", address = "10.1.0.2", port = 5432})
       assert(a:register{name = "db", address = "10.1.0.1", port = 5433}) -- moved
-      etcd_cluster.wait_until(function() return #events >= 4 end, 5000)
-      assert.same({"put", "put", "delete", "put"},
-        {events[1].type, events[2].type, events[3].type, events[4].type})
+      etcd_cluster.wait_until(function() return #events >= 5 end, 5000)
+      assert.same({"delete", "put", "put", "delete", "put"},
+        {events[1].type, events[2].type, events[3].type, events[4].type, events[5].type})
+      assert.equal("cache/node-a", events[1].key)
       assert.same({name = "db", node = "node-a", address = "10.1.0.1", port = 5432, proto = "tcp",
-                   metadata = {role = "primary"}}, events[1].value)
-      assert.equal("db/node-b", events[2].key)
-      assert.equal(5433, events[4].value.port)
+                   metadata = {role = "primary"}}, events[2].value)
+      assert.equal("db/node-b", events[3].key)
+      assert.equal(5433, events[5].value.port)
       w.close()
+      -- the mirror followed the same changes: where does db run?
+      assert.is_nil(m.records["cache/node-a"])
+      assert.equal(5433, m.records["db/node-a"].value.port)
+      assert.equal("10.1.0.2", m.records["db/node-b"].value.address)
+      m.close()
+      local where = assert(b:lookup("db"))
+      assert.same({"node-a", "node-b"}, {where[1].node, where[2].node})
+      assert.same({}, assert(b:lookup("cache")))
       local status, out, err = helpers.portman(("services --etcd %s --cluster %s --json")
         :format(cluster:endpoints(), name))
       assert.equal(0, status, err)
@@ -357,7 +388,7 @@ describe("etcd over TLS with etcd's auth #lab", function()
   end
 
   it("claims, registers and watches with the CA and a token", function()
-    async.run(function()
+    run(function()
       local a, b = new_backend("node-a"), new_backend("node-b")
       local events = {}
       local w = b:watch("services", function(ev) events[#events + 1] = ev end)
@@ -385,7 +416,7 @@ describe("etcd over TLS with etcd's auth #lab", function()
   }
   for _, case in ipairs(refusals) do
     it("fails with denied on " .. case[1] .. ", without retrying for the whole timeout", function()
-      async.run(function()
+      run(function()
         local extra = {}
         for k, v in pairs(case[2]) do extra[k] = v or nil end
         local opts = {kind = "etcd", endpoints = cluster:endpoints(), cluster = RUN .. "tls", node = "x",
