@@ -16,7 +16,9 @@ external_dependencies = {
   MINIUPNPC = {header = "miniupnpc/miniupnpc.h", library = "miniupnpc"},
   NATPMP = {header = "natpmp.h", library = "natpmp"},
   OPENSSL = {header = "openssl/hmac.h", library = "crypto"},
-  CURL = {header = "curl/curl.h", library = "curl"},
+  -- Debian keeps curl/curl.h under the multiarch include directory, where
+  -- LuaRocks does not look but the compiler does: check the library only.
+  CURL = {library = "curl"},
 }
 build = {
   type = "builtin",
@@ -41,9 +43,9 @@ build = {
     ["portman"] = "lua/portman/init.lua",
     ["portman.allocator"] = "lua/portman/allocator.lua",
     ["portman.async"] = "lua/portman/async.lua",
+    ["portman.backend"] = "lua/portman/backend.lua",
     ["portman.check"] = "lua/portman/check.lua",
     ["portman.cli"] = "lua/portman/cli.lua",
-    ["portman.backend"] = "lua/portman/backend.lua",
     ["portman.daemon"] = "lua/portman/daemon.lua",
     ["portman.etcd"] = "lua/portman/etcd.lua",
     ["portman.http"] = "lua/portman/http.lua",
