@@ -14,10 +14,10 @@ CFLAGS      ?= -O2
 BUSTED      ?= busted
 
 # The libraries the core builds against; libnatpmp ships no .pc file.
-PKGS        := lua$(LUA_VERSION) libuv libcares miniupnpc libcrypto
+PKGS        := lua$(LUA_VERSION) libuv libcares miniupnpc libcrypto libcurl
 PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS)) -I/usr/include/lua$(LUA_VERSION)/luv
 # A Lua module never links liblua: the interpreter provides its symbols.
-PKG_LIBS     = $(shell $(PKG_CONFIG) --libs libcares miniupnpc libcrypto) -lnatpmp -lresolv -lpthread
+PKG_LIBS     = $(shell $(PKG_CONFIG) --libs libcares miniupnpc libcrypto libcurl) -lnatpmp -lresolv -lpthread
 STRICT      := -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -D_GNU_SOURCE
 SAN_FLAGS   := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 

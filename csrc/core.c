@@ -13,6 +13,7 @@ static const opener parts[] = {
     pm_open_stun,
     pm_open_dns,
     pm_open_probe,
+    pm_open_http,
 };
 
 __attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)

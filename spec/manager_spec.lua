@@ -2,13 +2,12 @@ local helpers = require "helpers"
 local uv = require "luv"
 
 describe("portman.manager", function()
-  local manager, json
+  local manager
   local m, events, dir
 
   setup(function()
     local before = helpers.globals()
     manager = require "portman.manager"
-    json = require "portman.json"
     for k in pairs(_G) do assert.is_true(before[k], "new global " .. tostring(k)) end
   end)
 
@@ -102,7 +101,7 @@ describe("portman.manager", function()
     local a = assert(m:add_service{name = "a", pool = "r"}).port
     local b = assert(m:add_service{name = "b", pool = "r", listen = false}).port
     m:register{name = "outside", port = 22150, address = "127.0.0.2"}
-    local saved = json.decode(assert(io.open(dir .. "/state.json")):read("a"))
+    local saved = assert(require("portman.state").load(dir .. "/state.json"))
     assert.equal(3, #saved.registry.services)
     local done = false
     m:shutdown(0, function() done = true end)

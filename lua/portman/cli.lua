@@ -20,6 +20,7 @@ M.COMMANDS = {
   repl = "portman.admin",
   stun = "portman.stun",
   ["nat-type"] = "portman.stun",
+  services = "portman.backend",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}

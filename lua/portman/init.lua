@@ -5,9 +5,10 @@
 local M = {version = "0.1.0"}
 
 local SUBMODULES = {
-  admin = true, allocator = true, async = true, check = true, cli = true, daemon = true,
-  firewall = true, health = true, json = true, listener = true, listeners = true, log = true,
-  manager = true, netaddr = true, registry = true, resolver = true, state = true, stun = true,
+  admin = true, allocator = true, async = true, backend = true, check = true, cli = true,
+  daemon = true, etcd = true, firewall = true, health = true, http = true, json = true,
+  listener = true, listeners = true, log = true, manager = true, netaddr = true, registry = true,
+  resolver = true, state = true, stun = true,
 }
 
 setmetatable(M, {__index = function(t, name)

@@ -1,0 +1,541 @@
+--- etcd v3 client over etcd's HTTP/JSON gateway (`/v3/kv/*`, `/v3/lease/*`,
+-- `/v3/watch`), on the C core's curl engine (portman.http).
+-- Keys and values are base64 in the gateway's JSON, 64-bit numbers are
+-- strings: this file encodes and decodes both, and hands out plain Lua
+-- strings; lease ids and revisions stay strings (they exceed 2^53).
+--
+-- Several endpoints: a request goes to the member that answered last; a
+-- member that fails (no connection, a timeout, "no leader", a 5xx) passes
+-- the request to the next one, round after round with a short pause, until
+-- the call's deadline. Then the call fails with
+-- `nil, "unreachable: ...", "unreachable"`, or `"timeout: ..."` when a
+-- member was reachable but never answered in time (no quorum).
+--
+-- Every call takes a callback as its last argument, or, inside
+-- `portman.run`/`portman.spawn`, yields and returns its results.
+local uv = require "luv"
+local cjson = require "cjson"
+local async = require "portman.async"
+local check = require "portman.check"
+local http = require "portman.http"
+
+local M = {}
+local Client = {}
+Client.__index = Client
+
+local OPTIONS = {endpoints = true, timeout = true, attempt_timeout = true, user = true,
+                 password = true, cacert = true, cert = true, key = true, insecure = true}
+
+-- base64 (RFC 4648), for the gateway's bytes fields.
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local DEC = {}
+for i = 1, 64 do DEC[B64:byte(i)] = i - 1 end
+
+--- Encodes a string as base64.
+function M.b64encode(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local c1, c2 = n >> 18, (n >> 12) & 63
+    local c3, c4 = (n >> 6) & 63, n & 63
+    out[#out + 1] = B64:sub(c1 + 1, c1 + 1) .. B64:sub(c2 + 1, c2 + 1)
+      .. (b and B64:sub(c3 + 1, c3 + 1) or "=") .. (c and B64:sub(c4 + 1, c4 + 1) or "=")
+  end
+  return table.concat(out)
+end
+
+--- Decodes base64; nil on anything that is not base64.
+function M.b64decode(s)
+  if type(s) ~= "string" or #s % 4 ~= 0 then return nil end
+  local out = {}
+  for i = 1, #s, 4 do
+    local a, b, c, d = s:byte(i, i + 3)
+    local va, vb = DEC[a], DEC[b]
+    local vc, vd = DEC[c], DEC[d]
+    if not va or not vb or (not vc and c ~= 61) or (not vd and d ~= 61) or (c == 61 and d ~= 61)
+      or ((c == 61 or d == 61) and i + 4 <= #s) then
+      return nil
+    end
+    local n = va << 18 | vb << 12 | (vc or 0) << 6 | (vd or 0)
+    out[#out + 1] = string.char(n >> 16) .. (vc and string.char((n >> 8) & 255) or "")
+      .. (vd and string.char(n & 255) or "")
+  end
+  return table.concat(out)
+end
+
+--- The end of the key range holding every key that starts with prefix
+-- (etcd's rule: the prefix with its last byte below 0xff incremented).
+function M.prefix_end(prefix)
+  for i = #prefix, 1, -1 do
+    local b = prefix:byte(i)
+    if b < 255 then return prefix:sub(1, i - 1) .. string.char(b + 1) end
+  end
+  return "\0" -- every key
+end
+
+local function now() return uv.hrtime() // 1000000 end
+
+local function parse_endpoints(fname, eps)
+  if type(eps) == "string" then
+    local list = {}
+    for e in eps:gmatch("[^,%s]+") do list[#list + 1] = e end
+    eps = list
+  end
+  if type(eps) ~= "table" or #eps == 0 then
+    check.argerror(fname, 1, "endpoints: non-empty list of URLs expected")
+  end
+  local out = {}
+  for i, e in ipairs(eps) do
+    if type(e) ~= "string" or not e:match("^https?://[^/]+$") then
+      check.argerror(fname, 1, ("endpoints[%d]: URL like http://127.0.0.1:2379 expected, got %s")
+        :format(i, tostring(e)))
+    end
+    out[i] = e
+  end
+  return out
+end
+
+local function check_ms(fname, opts, key, default)
+  local v = opts[key]
+  if v == nil then return default end
+  if math.type(v) ~= "integer" or v < 1 then
+    check.argerror(fname, 1, key .. ": positive integer (ms) expected")
+  end
+  return v
+end
+
+--- Creates a client. No connection is made until the first call.
+-- @tparam table opts `endpoints` (a list of URLs or a comma-separated
+--   string, such as "http://127.0.0.1:2379"), `timeout` (ms a call may take
+--   across all its attempts, 5000), `attempt_timeout` (ms one member gets,
+--   1500), `user` and `password` (etcd's own auth: the client trades them
+--   for a token at /v3/auth/authenticate, as etcd's gateway wants; a wrong
+--   password fails calls with `denied`), `cacert`, `cert`, `key` (PEM
+--   files for TLS: the CA to trust, a client certificate), `insecure`
+--   (skip TLS verification).
+-- @return[1] a client
+-- @return[2] nil, msg, code when no epoll fd is left
+-- @raise on a bad or unknown option
+function M.new(opts)
+  check.table("new", 1, opts)
+  check.known("new", 1, opts, OPTIONS)
+  local eps = parse_endpoints("new", opts.endpoints)
+  local timeout = check_ms("new", opts, "timeout", 5000)
+  local attempt = check_ms("new", opts, "attempt_timeout", math.min(1500, timeout))
+  for _, k in ipairs({"user", "password", "cacert", "cert", "key"}) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      check.argerror("new", 1, k .. ": string expected")
+    end
+  end
+  local client, err, code = http.new()
+  if not client then return nil, err, code end
+  local tls = {cacert = opts.cacert, cert = opts.cert, key = opts.key, insecure = opts.insecure or nil}
+  local auth = opts.user and {name = opts.user, password = opts.password or ""}
+  return setmetatable({_http = client, _endpoints = eps, _current = 1, _timeout = timeout,
+                       _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}}, Client)
+end
+
+function Client:_check()
+  if not self._http then error("attempt to use a closed portman.etcd client", 3) end
+end
+
+--- The endpoints, and the index of the member in use.
+function Client:endpoints()
+  return {table.unpack(self._endpoints)}, self._current
+end
+
+-- A failure that another member may not have: pass the call on.
+local RETRY_GRPC = {[14] = true, [4] = true} -- Unavailable, DeadlineExceeded
+local GRPC_CODES = {[5] = "not_found", [7] = "denied", [16] = "denied", [9] = "conflict",
+                    [6] = "conflict", [8] = "exhausted", [12] = "unsupported"}
+
+-- Sorts an answer: true, doc on success; false, msg, code when this
+-- member failed; nil, msg, code when the call failed for good.
+-- Transport failures that every member would give alike: no failover.
+local FINAL_TRANSPORT = {denied = true, unsupported = true}
+-- etcd's auth refusals that come with other gRPC codes (InvalidArgument).
+local AUTH_WORDS = {"user name is empty", "authentication failed", "permission denied", "invalid auth token"}
+
+local function classify(res, err, code, url)
+  if not res then
+    if FINAL_TRANSPORT[code] then return nil, err, code end
+    return false, err, code
+  end
+  local ok, doc = pcall(cjson.decode, res.body)
+  if res.status == 200 then
+    if ok and type(doc) == "table" then return true, doc end
+    return nil, "protocol: etcd sent a body that is not JSON (" .. url .. ")", "protocol"
+  end
+  local msg = ok and type(doc) == "table" and (doc.error or doc.message) or res.body:sub(1, 200)
+  local grpc = ok and type(doc) == "table" and math.tointeger(doc.code)
+  msg = ("etcd %s: %s (HTTP %d)"):format(url, tostring(msg), res.status)
+  if res.status >= 500 and not grpc or RETRY_GRPC[grpc] then
+    return false, "unreachable: " .. msg, "unreachable"
+  end
+  local word = GRPC_CODES[grpc] or (res.status == 401 or res.status == 403) and "denied" or "protocol"
+  for _, w in ipairs(AUTH_WORDS) do
+    if msg:find(w, 1, true) then word = "denied" end
+  end
+  return nil, word .. ": " .. msg, word, grpc
+end
+
+--- Sends a gateway method (path such as "/v3/kv/range") a JSON document
+-- with extra headers; cb(answer) or cb(nil, msg, code, grpc_code), with
+-- failover as above.
+function Client:_send(path, doc, headers, cb)
+  local body = cjson.encode(doc)
+  local deadline = now() + self._timeout
+  local n = #self._endpoints
+  local tried, timeouts, last = 0, 0, "no member tried"
+  local attempt
+  local function fail_member(msg, code)
+    tried = tried + 1
+    if code == "timeout" then timeouts = timeouts + 1 end
+    last = msg
+    self._current = self._current % n + 1
+    local left = deadline - now()
+    if left <= 0 then
+      local word = timeouts > 0 and "timeout" or "unreachable"
+      return cb(nil, ("%s: no etcd member answered %s within %d ms (%d attempts; last: %s)")
+        :format(word, path, self._timeout, tried, last), word)
+    end
+    if tried % n ~= 0 then return attempt() end
+    -- every member failed this round: pause before the next one
+    local t = uv.new_timer()
+    t:start(math.min(100 * (tried // n), 500, left), 0, function()
+      t:close()
+      attempt()
+    end)
+  end
+  attempt = function()
+    if not self._http then return cb(nil, "closed: etcd client closed", "closed") end
+    local url = self._endpoints[self._current] .. path
+    local left = deadline - now()
+    local req = {url = url, body = body, timeout = math.max(1, math.min(self._attempt, left)),
+                 connect_timeout = math.max(1, math.min(self._attempt, left))}
+    for k, v in pairs(self._tls) do req[k] = v end
+    req.headers = headers
+    self._http:request(req, function(res, err, code)
+      local ok, a, b, grpc = classify(res, err, code, url)
+      if ok then return cb(a) end
+      if ok == nil then return cb(nil, a, b, grpc) end
+      fail_member(a, b)
+    end)
+  end
+  attempt()
+end
+
+-- etcd's own auth: the gateway takes a token from /v3/auth/authenticate in
+-- the Authorization header (not HTTP basic auth). cb(headers) with the
+-- token's header, nil headers without auth, or cb(false, msg, code).
+function Client:_auth_headers(cb)
+  if not self._auth then return cb(nil) end
+  if self._token then return cb({"Authorization: " .. self._token}) end
+  if self._authing then
+    self._authing[#self._authing + 1] = cb
+    return
+  end
+  self._authing = {cb}
+  self:_send("/v3/auth/authenticate", self._auth, nil, function(res, err, code, grpc)
+    local waiting = self._authing
+    self._authing = nil
+    if res and type(res.token) == "string" then
+      self._token = res.token
+    elseif res or grpc then -- etcd answered, without a token
+      code = "denied"
+      err = ("denied: etcd refused user '%s': %s"):format(self._auth.name,
+        err and err:gsub("^[%a_]+: ", "") or "no token")
+    end
+    for _, w in ipairs(waiting) do
+      if self._token then w({"Authorization: " .. self._token}) else w(false, err, code) end
+    end
+  end)
+end
+
+--- Calls a gateway method: _send with the auth token when the client has
+-- a user; an expired token is replaced once.
+function Client:_call(path, doc, cb)
+  local function go(retried)
+    self:_auth_headers(function(headers, err, code)
+      if headers == false then return cb(nil, err, code) end
+      self:_send(path, doc, headers, function(res, serr, scode, grpc)
+        if not res and grpc == 16 and headers and not retried then
+          self._token = nil -- etcd drops an idle simple token: authenticate again
+          return go(true)
+        end
+        cb(res, serr, scode)
+      end)
+    end)
+  end
+  go(false)
+end
+
+local function kv_of(raw)
+  return {key = M.b64decode(raw.key or "") or "", value = M.b64decode(raw.value or "") or "",
+          create_revision = raw.create_revision or "0", mod_revision = raw.mod_revision or "0",
+          version = raw.version or "0", lease = raw.lease}
+end
+
+local function check_key(fname, n, key)
+  if type(key) ~= "string" or key == "" then
+    check.argerror(fname, n, "key: non-empty string expected")
+  end
+end
+
+--- Reads a key, or with `opts.prefix` every key under it, or with
+-- `opts.range_end` the keys in [key, range_end).
+-- @return[1] `{kvs = {{key, value, create_revision, mod_revision, version,
+--   lease}, ...}, revision = "N"}` (kvs sorted by key)
+-- @return[2] nil, msg, code
+Client.range = async.adapt(function(self, key, opts, cb)
+  if type(opts) == "function" then cb, opts = opts, nil end
+  self:_check()
+  check_key("range", 1, key)
+  opts = opts or {}
+  local doc = {key = M.b64encode(key)}
+  local range_end = opts.prefix and M.prefix_end(key) or opts.range_end
+  if range_end then doc.range_end = M.b64encode(range_end) end
+  if opts.limit then doc.limit = tostring(opts.limit) end
+  self:_call("/v3/kv/range", doc, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    local kvs = {}
+    for i, raw in ipairs(res.kvs or {}) do kvs[i] = kv_of(raw) end
+    cb({kvs = kvs, revision = res.header and res.header.revision or "0"})
+  end)
+end)
+
+--- Writes key = value, bound to `opts.lease` (an id) when given.
+-- @return[1] the revision (a string)
+-- @return[2] nil, msg, code (`not_found` when the lease has lapsed)
+Client.put = async.adapt(function(self, key, value, opts, cb)
+  if type(opts) == "function" then cb, opts = opts, nil end
+  self:_check()
+  check_key("put", 1, key)
+  if type(value) ~= "string" then check.argerror("put", 2, "string expected, got " .. type(value)) end
+  local doc = {key = M.b64encode(key), value = M.b64encode(value), lease = opts and opts.lease}
+  self:_call("/v3/kv/put", doc, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    cb(res.header and res.header.revision or "0")
+  end)
+end)
+
+--- Deletes key, or with `opts.prefix` every key under it.
+-- @return[1] the number of keys deleted
+-- @return[2] nil, msg, code
+Client.delete = async.adapt(function(self, key, opts, cb)
+  if type(opts) == "function" then cb, opts = opts, nil end
+  self:_check()
+  check_key("delete", 1, key)
+  local doc = {key = M.b64encode(key)}
+  if opts and opts.prefix then doc.range_end = M.b64encode(M.prefix_end(key)) end
+  self:_call("/v3/kv/deleterange", doc, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    cb(math.tointeger(tonumber(res.deleted or "0")))
+  end)
+end)
+
+--- Creates key = value only if it does not exist (a txn comparing its
+-- create_revision with 0), bound to `lease` when given. Atomic: of
+-- concurrent creates of one key, exactly one succeeds.
+-- @return[1] true, or false, kv (the key's current holder)
+-- @return[2] nil, msg, code (`not_found` when the lease has lapsed)
+Client.create = async.adapt(function(self, key, value, lease, cb)
+  if type(lease) == "function" then cb, lease = lease, nil end
+  self:_check()
+  check_key("create", 1, key)
+  if type(value) ~= "string" then check.argerror("create", 2, "string expected, got " .. type(value)) end
+  local k = M.b64encode(key)
+  local doc = {
+    compare = {{key = k, result = "EQUAL", target = "CREATE", create_revision = "0"}},
+    success = {{request_put = {key = k, value = M.b64encode(value), lease = lease}}},
+    failure = {{request_range = {key = k}}},
+  }
+  self:_call("/v3/kv/txn", doc, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    if res.succeeded then return cb(true) end
+    local r = res.responses and res.responses[1] and res.responses[1].response_range
+    local raw = r and r.kvs and r.kvs[1]
+    -- deleted between the compare and the read: report no holder
+    cb(false, raw and kv_of(raw) or {key = key})
+  end)
+end)
+
+--- Deletes key only if it is bound to lease (a txn on the key's lease).
+-- @return[1] true if it was deleted, false if the key is absent or another
+--   lease holds it
+-- @return[2] nil, msg, code
+Client.delete_if_lease = async.adapt(function(self, key, lease, cb)
+  self:_check()
+  check_key("delete_if_lease", 1, key)
+  if type(lease) ~= "string" then check.argerror("delete_if_lease", 2, "lease id (string) expected") end
+  local k = M.b64encode(key)
+  local doc = {compare = {{key = k, result = "EQUAL", target = "LEASE", lease = lease}},
+               success = {{request_delete_range = {key = k}}}}
+  self:_call("/v3/kv/txn", doc, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    cb(res.succeeded == true)
+  end)
+end)
+
+--- Grants a lease of ttl seconds.
+-- @return[1] `{id = "N", ttl = seconds}`
+-- @return[2] nil, msg, code
+Client.grant = async.adapt(function(self, ttl, cb)
+  self:_check()
+  if math.type(ttl) ~= "integer" or ttl < 1 then
+    check.argerror("grant", 1, "ttl: positive integer expected")
+  end
+  self:_call("/v3/lease/grant", {TTL = tostring(ttl)}, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    if res.error and res.error ~= "" then return cb(nil, "protocol: etcd: " .. res.error, "protocol") end
+    cb({id = res.ID, ttl = math.tointeger(tonumber(res.TTL or "0"))})
+  end)
+end)
+
+--- Refreshes a lease once.
+-- @return[1] the TTL it now has, in seconds; 0 when it has lapsed (etcd
+--   does not revive it: grant a new one)
+-- @return[2] nil, msg, code
+Client.keepalive = async.adapt(function(self, id, cb)
+  self:_check()
+  if type(id) ~= "string" then check.argerror("keepalive", 1, "lease id (string) expected") end
+  self:_call("/v3/lease/keepalive", {ID = id}, function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    local r = res.result or {}
+    if res.error then return cb(nil, "protocol: etcd: " .. tostring(res.error.message), "protocol") end
+    local ttl = math.tointeger(tonumber(r.TTL or "0")) or 0
+    cb(ttl > 0 and ttl or 0)
+  end)
+end)
+
+--- Revokes a lease: every key bound to it is deleted.
+-- @return[1] true (also for a lease that had lapsed already)
+-- @return[2] nil, msg, code
+Client.revoke = async.adapt(function(self, id, cb)
+  self:_check()
+  if type(id) ~= "string" then check.argerror("revoke", 1, "lease id (string) expected") end
+  self:_call("/v3/lease/revoke", {ID = id}, function(res, err, code)
+    if not res and code ~= "not_found" then return cb(nil, err, code) end
+    cb(true)
+  end)
+end)
+
+--- Follows every key under prefix: fn(event) for each change, with
+-- `event = {type = "put" | "delete", key, value, lease, mod_revision}`,
+-- in revision order. The stream moves to the next member when its member
+-- fails and resumes after the last revision seen, so no change is missed
+-- or repeated; when etcd has compacted that revision away, fn receives
+-- `{type = "reset"}` and the watch goes on from the current revision (the
+-- caller re-reads with range). Errors are retried, never raised into fn.
+-- @param opts `start_revision` (a string or integer; the next change by
+--   default)
+-- @return a watcher with `:close()`
+Client.watch = function(self, prefix, opts, fn)
+  if type(opts) == "function" then fn, opts = opts, nil end
+  self:_check()
+  check_key("watch", 1, prefix)
+  if type(fn) ~= "function" then check.argerror("watch", 3, "function expected") end
+  local w = {_client = self, _prefix = prefix, _fn = fn, _closed = false,
+             _next = opts and opts.start_revision and tostring(opts.start_revision)}
+  self._watchers[w] = true
+  local W = {}
+  function W.close()
+    if w._closed then return end
+    w._closed = true
+    self._watchers[w] = nil
+    if w._id and self._http then self._http:cancel(w._id) end
+    if w._timer then w._timer:stop(); w._timer:close(); w._timer = nil end
+  end
+  w.close = W.close
+  self:_watch_start(w)
+  return setmetatable(W, {__index = {closed = function() return w._closed end}})
+end
+
+function Client:_watch_retry(w)
+  if w._closed or not self._http then return end
+  self._current = self._current % #self._endpoints + 1
+  w._timer = w._timer or uv.new_timer()
+  w._timer:start(200, 0, function() self:_watch_start(w) end)
+end
+
+local function watch_event(w, raw)
+  local kv = kv_of(raw.kv or {})
+  w._next = tostring(math.tointeger(tonumber(kv.mod_revision)) + 1)
+  local ev = {type = raw.type == "DELETE" and "delete" or "put", key = kv.key, value = kv.value,
+              lease = kv.lease, mod_revision = kv.mod_revision}
+  local ok, err = xpcall(w._fn, debug.traceback, ev)
+  if not ok then require("portman.log").error("watch_callback_failed", {error = err}) end
+end
+
+-- One watch stream: newline-separated JSON messages, each `{"result":
+-- {"header", "created", "events", "canceled", "compact_revision"}}`.
+local function watch_message(w, doc)
+  local r = type(doc) == "table" and doc.result
+  if type(r) ~= "table" then return end
+  if r.created and not w._next then
+    w._next = tostring(math.tointeger(tonumber(r.header and r.header.revision or "0")) + 1)
+  end
+  if r.compact_revision and r.compact_revision ~= "0" then
+    w._next = nil -- compacted away: start again from now, tell the caller
+    pcall(w._fn, {type = "reset"})
+    return "reset"
+  end
+  for _, raw in ipairs(r.events or {}) do
+    if w._closed then return end
+    watch_event(w, raw)
+  end
+end
+
+function Client:_watch_start(w)
+  if w._closed or not self._http then return end
+  self:_auth_headers(function(headers)
+    if headers == false then return self:_watch_retry(w) end
+    self:_watch_open(w, headers)
+  end)
+end
+
+function Client:_watch_open(w, headers)
+  if w._closed or not self._http then return end
+  local create = {key = M.b64encode(w._prefix), range_end = M.b64encode(M.prefix_end(w._prefix))}
+  if w._next then create.start_revision = w._next end
+  local buf = ""
+  local url = self._endpoints[self._current] .. "/v3/watch"
+  local req = {url = url, body = cjson.encode({create_request = create}),
+               connect_timeout = self._attempt, headers = headers}
+  for k, v in pairs(self._tls) do req[k] = v end
+  req.on_data = function(chunk)
+    buf = buf .. chunk
+    while not w._closed do
+      local line, rest = buf:match("^([^\n]*)\n(.*)$")
+      if not line then break end
+      buf = rest
+      local ok, doc = pcall(cjson.decode, line)
+      if ok and type(doc) == "table" and type(doc.error) == "table" and doc.error.http_code == 401 then
+        self._token = nil -- an expired token: the retry authenticates again
+      end
+      if ok and watch_message(w, doc) == "reset" and w._id then
+        self._http:cancel(w._id)
+        w._id = nil
+        return self:_watch_start(w)
+      end
+    end
+  end
+  w._id = self._http:request(req, function()
+    -- the stream ended: its member went away or closed it
+    w._id = nil
+    self:_watch_retry(w)
+  end)
+end
+
+--- Stops every watch and request and closes the connection pool.
+-- Idempotent; calls in flight never call back.
+function Client:close()
+  if not self._http then return end
+  for w in pairs(self._watchers) do w.close() end
+  self._http:close()
+  self._http = nil
+end
+Client.__close = Client.close
+
+return M

@@ -1,0 +1,160 @@
+--- HTTP client on the luv loop, over the C core's curl engine.
+-- The engine (portman.core's http_new) owns curl's multi handle and one
+-- epoll fd; this file polls that fd with uv.new_poll, runs a uv timer for
+-- curl's timeouts, and hands each finished transfer to its callback. The
+-- poll and timer run only while transfers are in flight, so an idle client
+-- never keeps the loop alive.
+local uv = require "luv"
+local core = require "portman.core"
+local check = require "portman.check"
+local async = require "portman.async"
+
+local M = {}
+local Client = {}
+Client.__index = Client
+
+local OPTIONS = {url = true, method = true, body = true, content_type = true, headers = true, timeout = true,
+                 connect_timeout = true, stream = true, max_body = true, userpwd = true,
+                 cacert = true, cert = true, key = true, insecure = true}
+
+--- Creates a client.
+-- @return[1] a client
+-- @return[2] nil, msg, code (an errno name) when no epoll fd is left
+function M.new()
+  local engine, err, code = core.http_new()
+  if not engine then return nil, err, code end
+  local self = setmetatable({_engine = engine, _pending = {}, _count = 0}, Client)
+  self._poll = uv.new_poll(engine:fd())
+  self._timer = uv.new_timer()
+  self._on_ready = async.safe(function() self:_step() end, "http")
+  return self
+end
+
+function Client:_check()
+  if not self._engine then error("attempt to use a closed portman.http client", 3) end
+end
+
+-- Runs the engine once, delivers the batch, then re-arms poll and timer.
+function Client:_step()
+  if not self._engine then return end
+  for _, ev in ipairs(self._engine:step()) do
+    local t = self._pending[ev.id]
+    if t then
+      if not ev.done then
+        t.on_data(ev.body, ev.status)
+      else
+        self._pending[ev.id] = nil
+        self._count = self._count - 1
+        if ev.code then
+          t.cb(nil, ev.code .. ": " .. ev.error .. " (" .. t.url .. ")", ev.code)
+        else
+          if t.on_data and ev.body ~= "" then t.on_data(ev.body, ev.status) end
+          t.cb({status = ev.status, body = ev.body})
+        end
+      end
+    end
+    if not self._engine then return end -- a callback closed the client
+  end
+  self:_arm()
+end
+
+function Client:_arm()
+  if self._count == 0 then
+    self._poll:stop()
+    self._timer:stop()
+    self._polling = false
+    return
+  end
+  if not self._polling then
+    self._poll:start("r", self._on_ready)
+    self._polling = true
+  end
+  local ms = self._engine:timeout()
+  self._timer:stop()
+  if ms then self._timer:start(ms, 0, self._on_ready) end
+end
+
+--- Starts a request; cb(res) with `res = {status = n, body = s}` on any
+-- HTTP answer (a 4xx or 5xx too), or cb(nil, msg, code) when the transfer
+-- failed (`timeout`, `refused`, `unreachable`, `closed`, `denied`,
+-- `unsupported`, `protocol`).
+-- @tparam table opts `url` (required), `method` ("POST" with a body, "GET"
+--   without), `body`, `content_type` ("application/json"), `headers` (a
+--   list of up to 16 "Name: value" lines), `timeout` and
+--   `connect_timeout` (ms), `on_data` (a function called with each chunk
+--   of the body as it arrives: for streams, then `res.body` is ""),
+--   `max_body` (bytes), `userpwd` ("user:password", basic auth), `cacert`,
+--   `cert`, `key` (PEM files), `insecure` (skip TLS verification).
+-- @return the request's id (for `cancel`); in a task without cb, the
+--   answer: res, or nil, msg, code
+-- @raise on a bad or unknown option, or a closed client
+function Client:request(opts, cb)
+  if cb == nil and async.in_task() then return async.await(self.request, self, opts) end
+  self:_check()
+  check.table("request", 1, opts)
+  local on_data = opts.on_data
+  local copy = {}
+  for k, v in pairs(opts) do
+    if k ~= "on_data" then
+      if not OPTIONS[k] then check.argerror("request", 1, ("unknown option '%s'"):format(k)) end
+      copy[k] = v
+    end
+  end
+  if type(opts.url) ~= "string" then check.argerror("request", 1, "url: string expected") end
+  if on_data ~= nil and type(on_data) ~= "function" then
+    check.argerror("request", 1, "on_data: function expected")
+  end
+  if type(cb) ~= "function" then check.argerror("request", 2, "function expected") end
+  copy.stream = on_data ~= nil
+  local ok, id, err, code = pcall(self._engine.request, self._engine, copy)
+  if not ok then check.argerror("request", 1, (tostring(id):gsub("^.-%((.*)%)$", "%1"))) end
+  if not id then
+    local t = uv.new_timer() -- the callback never runs before request returns
+    t:start(0, 0, function()
+      t:close()
+      cb(nil, err, code)
+    end)
+    return nil
+  end
+  self._pending[id] = {cb = cb, on_data = on_data, url = opts.url}
+  self._count = self._count + 1
+  self:_arm()
+  return id
+end
+
+--- Stops a request; its callback is never called. Returns true if it was live.
+function Client:cancel(id)
+  self:_check()
+  if not self._pending[id] then return false end
+  self._pending[id] = nil
+  self._count = self._count - 1
+  self._engine:cancel(id)
+  self:_arm()
+  return true
+end
+
+--- Requests in flight.
+function Client:active()
+  self:_check()
+  return self._count
+end
+
+--- Stops every request (no callback is called) and frees the engine and its
+-- fd. Idempotent.
+function Client:close()
+  if not self._engine then return end
+  self._poll:stop()
+  self._timer:stop()
+  self._poll:close()
+  self._timer:close()
+  self._engine:close()
+  self._engine = nil
+  self._pending = {}
+  self._count = 0
+end
+Client.__close = Client.close
+
+--- Is the client closed?
+function Client:closed() return self._engine == nil end
+
+return M

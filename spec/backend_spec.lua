@@ -1,0 +1,294 @@
+-- portman.backend: the file backend in full, the interface both kinds
+-- share, and the etcd kind's option checks and failure words (the etcd
+-- kind against a real cluster is in spec/lab/etcd_spec.lua).
+local helpers = require "helpers"
+
+-- The open fds once garbage (a file another spec left to the collector)
+-- is gone, so that a collection during a spec does not move the count.
+local function settled_fds()
+  collectgarbage()
+  collectgarbage()
+  return helpers.fd_count()
+end
+local uv = require "luv"
+local cjson = require "cjson"
+local async = require "portman.async"
+local http_server = require "support.http_server"
+
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+describe("portman.backend", function()
+  local backend, dir, fds
+
+  setup(function()
+    http_server.closed_port() -- libuv keeps a reserve fd after its first TCP socket
+    uv.run("nowait")
+  end)
+  before_each(function()
+    backend = require "portman.backend"
+    dir = tmpdir()
+    fds = settled_fds()
+  end)
+  after_each(function()
+    uv.run("nowait")
+    assert.equal(fds, settled_fds())
+    os.execute("rm -rf " .. dir)
+  end)
+
+  local function file(node)
+    return backend.new{path = dir .. "/state.json", node = node}
+  end
+
+  it("leaves _G alone", function()
+    local before = helpers.globals()
+    package.loaded["portman.backend"] = nil
+    require "portman.backend"
+    assert.same(before, helpers.globals())
+  end)
+
+  describe("file", function()
+    it("claims a record once: another node gets conflict, the holder may claim again", function()
+      local a, b = file("a"), file("b")
+      assert.is_true(a:claim("ports", "20000", {port = 20000}, function(ok) assert.is_true(ok) end) == nil)
+      async.run(function()
+        assert.is_true(a:claim("ports", "20000", {port = 20000}))
+        local ok, err, code = b:claim("ports", "20000", {port = 20000})
+        assert.is_nil(ok)
+        assert.equal("conflict", code)
+        assert.equal("conflict: ports/20000 is held by node a", err)
+        assert.is_true(a:holds("ports", "20000"))
+        assert.is_false(b:holds("ports", "20000"))
+      end)
+    end)
+
+    it("keeps records in the state file beside other state, atomically", function()
+      write(dir .. "/state.json", '{"services":[{"name":"x"}]}')
+      async.run(function()
+        local a = file("a")
+        assert(a:claim("ports", "20001", {port = 20001}))
+        a:close()
+      end)
+      local f = assert(io.open(dir .. "/state.json"))
+      local doc = cjson.decode(f:read("a"))
+      f:close()
+      assert.same({{name = "x"}}, doc.services)
+      assert.same({ports = {["20001"] = {node = "a", value = {port = 20001}}}}, doc.records)
+      async.run(function() -- the records outlive the process: this machine's state
+        assert.same({{key = "20001", node = "a", value = {port = 20001}}}, assert(file("b"):list("ports")))
+      end)
+    end)
+
+    it("releases only what the node holds", function()
+      async.run(function()
+        local a, b = file("a"), file("b")
+        assert(a:claim("ports", "20002", {port = 20002}))
+        local ok, err, code = b:release("ports", "20002")
+        assert.is_nil(ok)
+        assert.equal("not_found", code)
+        assert.equal("not_found: node b holds no ports/20002", err)
+        assert.is_true(a:release("ports", "20002"))
+        assert.same({}, assert(a:list("ports")))
+        assert.equal("not_found", select(3, a:release("ports", "20002")))
+      end)
+    end)
+
+    it("renews as a no-op: nothing in the file expires", function()
+      async.run(function()
+        assert.same({regranted = false, lost = {}}, assert(file("a"):renew()))
+      end)
+    end)
+
+    it("registers, replaces, lists and deregisters services, and watches them", function()
+      async.run(function()
+        local a, b = file("a"), file("b")
+        local events = {}
+        local w = a:watch("services", function(ev) events[#events + 1] = ev.type .. " " .. ev.key end)
+        assert(a:register{name = "web", address = "10.0.0.1", port = 8080})
+        assert(b:register{name = "web", address = "10.0.0.2", port = 8080, proto = "udp", metadata = {z = 1}})
+        assert(a:register{name = "web", address = "10.0.0.1", port = 8081})
+        assert.same({{name = "web", node = "a", address = "10.0.0.1", port = 8081, proto = "tcp"},
+                     {name = "web", node = "b", address = "10.0.0.2", port = 8080, proto = "udp",
+                      metadata = {z = 1}}}, assert(b:services()))
+        assert(a:deregister("web"))
+        assert.equal(1, #assert(a:services()))
+        assert.equal("not_found", select(3, a:deregister("web")))
+        w.close()
+        assert(a:register{name = "db", port = 5432})
+        -- a's own changes (the file has one writer); b's are another object's
+        assert.same({"put web/a", "delete web/a", "put web/a", "delete web/a"}, events)
+      end)
+    end)
+
+    it("mirrors a namespace and looks services up", function()
+      async.run(function()
+        local a = file("a")
+        assert(a:register{name = "web", address = "10.0.0.1", port = 8080})
+        local changes = 0
+        local m = assert(a:mirror("services", {on_change = function() changes = changes + 1 end}))
+        assert.equal(8080, m.records["web/a"].value.port)
+        assert(a:register{name = "db", address = "10.0.0.1", port = 5432})
+        assert(a:deregister("web"))
+        assert.is_nil(m.records["web/a"])
+        assert.equal("a", m.records["db/a"].node)
+        assert.equal(2, changes)
+        m.close()
+        assert.same({{name = "db", node = "a", address = "10.0.0.1", port = 5432, proto = "tcp"}},
+          assert(a:lookup("db")))
+        assert(a:deregister("db"))
+        assert.equal(2, changes) -- closed: no more changes
+        assert.same({}, assert(a:lookup("db")))
+      end)
+    end)
+
+    it("claims ports from a range with the allocator's strategies, skipping claimed ones", function()
+      async.run(function()
+        local a, b = file("a"), file("b")
+        assert.same({21000, 21001, 21002}, assert(a:claim_ports{range = {21000, 21009}, count = 3}))
+        local ports, info = b:claim_ports{range = {21000, 21009}, count = 7, concurrency = 3}
+        assert.same({21003, 21004, 21005, 21006, 21007, 21008, 21009}, ports)
+        assert.equal(0, info.conflicts)
+        local none, err, code = b:claim_ports{range = {21000, 21009}, count = 1}
+        assert.is_nil(none)
+        assert.equal("exhausted", code)
+        assert.equal("exhausted: 0 of 1 ports claimed, no free port left in 21000-21009", err)
+        local h = assert(a:claim_ports{range = {22000, 22999}, count = 1, strategy = "hash", node_id = "n1"})
+        assert.same({require("portman.allocator").hash_start("n1", 22000, 22999)}, h)
+      end)
+    end)
+
+    it("gives back what it claimed when a range runs out part way", function()
+      async.run(function()
+        local a = file("a")
+        local ports, err, code = a:claim_ports{range = {23000, 23004}, count = 6}
+        assert.is_nil(ports)
+        assert.equal("exhausted", code)
+        assert.matches("^exhausted: 5 of 6 ports claimed", err)
+        assert.same({}, assert(a:list("ports")))
+      end)
+    end)
+
+    it("fails with protocol on a state file that is not JSON, or whose records are not an object", function()
+      async.run(function()
+        write(dir .. "/state.json", "{nope")
+        local a = file("a")
+        local ok, err, code = a:claim("ports", "1", {})
+        assert.is_nil(ok)
+        assert.equal("protocol", code)
+        assert.matches("is not a JSON state document", err)
+        write(dir .. "/state.json", '{"records":5}')
+        assert.equal("protocol", select(3, a:list("ports")))
+      end)
+    end)
+
+    it("raises on bad arguments and on use after close", function()
+      local a = file("a")
+      local cb = function() end
+      assert.matches("bad argument #1 to 'claim' %(ns: name of letters, digits, '_' or '%-' expected%)",
+        helpers.raises(a.claim, a, "a/b", "k", {}, cb))
+      assert.matches("bad argument #2 to 'claim' %(key: non%-empty string expected%)",
+        helpers.raises(a.claim, a, "ports", "", {}, cb))
+      assert.matches("bad argument #3 to 'claim' %(table expected, got string%)",
+        helpers.raises(a.claim, a, "ports", "1", "v", cb))
+      assert.matches("bad argument #3 to 'claim' %(value not JSON%-able",
+        helpers.raises(a.claim, a, "ports", "1", {f = print}, cb))
+      assert.matches("bad argument #1 to 'register' %(unknown option 'nam'%)",
+        helpers.raises(a.register, a, {nam = "x"}, cb))
+      assert.matches("bad argument #1 to 'register' %(port: port out of range 1%-65535%)",
+        helpers.raises(a.register, a, {name = "x", port = 70000}, cb))
+      assert.matches("bad argument #1 to 'claim_ports' %(count: positive integer expected%)",
+        helpers.raises(a.claim_ports, a, {range = {1024, 2000}, count = 0}, cb))
+      assert.matches("bad argument #1 to 'claim_ports' %(unknown option 'cnt'%)",
+        helpers.raises(a.claim_ports, a, {range = {1024, 2000}, cnt = 1}, cb))
+      assert.matches("bad argument #2 to 'watch' %(function expected%)", helpers.raises(a.watch, a, "ports"))
+      a:close()
+      a:close()
+      assert.matches("attempt to use a closed portman.backend %(file%)", helpers.raises(a.list, a, "ports", cb))
+    end)
+  end)
+
+  describe("etcd", function()
+    local function new(extra)
+      local opts = {kind = "etcd", endpoints = "http://127.0.0.1:" .. http_server.closed_port(), cluster = "c",
+                    node = "n", timeout = 200}
+      for k, v in pairs(extra or {}) do opts[k] = v end
+      return backend.new(opts)
+    end
+
+    it("raises on bad options, naming them", function()
+      assert.matches("bad argument #1 to 'new' %(unknown kind 'zk' %(file, etcd%)%)",
+        helpers.raises(backend.new, {kind = "zk"}))
+      assert.matches("bad argument #1 to 'new' %(cluster: name of letters", helpers.raises(new, {cluster = "a/b"}))
+      assert.matches("bad argument #1 to 'new' %(ttl: positive integer expected%)", helpers.raises(new, {ttl = 0}))
+      assert.matches("bad argument #1 to 'new' %(node: letters", helpers.raises(new, {node = "a b"}))
+      assert.matches("bad argument #1 to 'new' %(unknown option 'path'%)", helpers.raises(new, {path = "/x"}))
+      assert.matches("bad argument #1 to 'new' %(unknown option 'cluster'%)",
+        helpers.raises(backend.new, {path = "/x", cluster = "c"}))
+    end)
+
+    it("fails with unreachable, never falling back to local state, when etcd is down", function()
+      async.run(function()
+        local b = new()
+        for _, call in ipairs({
+          function() return b:claim("ports", "20000", {port = 20000}) end,
+          function() return b:claim_ports{range = {20000, 20009}, count = 2} end,
+          function() return b:list("ports") end,
+          function() return b:services() end,
+          function() return b:register{name = "x", port = 1} end,
+        }) do
+          local ok, err, code = call()
+          assert.is_nil(ok)
+          assert.equal("unreachable", code)
+          assert.matches("^unreachable: no etcd member answered", err)
+        end
+        assert.is_false(b:holds("ports", "20000"))
+        b:close()
+      end)
+    end)
+
+    it("closes twice and raises on use after close", function()
+      local b = new()
+      b:close()
+      b:close()
+      assert.matches("attempt to use a closed portman.backend %(etcd%)",
+        helpers.raises(b.claim, b, "ports", "1", {}, function() end))
+    end)
+  end)
+
+  describe("command line", function()
+    it("requires --cluster with --etcd, and --etcd with --cluster", function()
+      local status, _, err = helpers.portman("alloc --range 20000-20009 --etcd http://127.0.0.1:1")
+      assert.equal(2, status)
+      assert.matches("%-%-cluster is required with %-%-etcd", err)
+      status, _, err = helpers.portman("alloc --range 20000-20009 --cluster c")
+      assert.equal(2, status)
+      assert.matches("%-%-cluster needs %-%-etcd", err)
+      status, _, err = helpers.portman("services --cluster c")
+      assert.equal(2, status)
+      assert.matches("%-%-etcd is required", err)
+    end)
+
+    it("exits 1 with unreachable when etcd is down", function()
+      local url = "http://127.0.0.1:" .. http_server.closed_port()
+      local status, out, err = helpers.portman("alloc --range 20000-20009 --etcd " .. url
+        .. " --cluster c --timeout 200 --json")
+      assert.equal(1, status)
+      assert.equal("", out)
+      assert.matches("^portman alloc: unreachable: ", err)
+      status, out, err = helpers.portman("services --etcd " .. url .. " --cluster c --timeout 200")
+      assert.equal(1, status)
+      assert.matches("^portman services: unreachable: ", err)
+      assert.equal("", out)
+    end)
+  end)
+end)
