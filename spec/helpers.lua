@@ -12,6 +12,10 @@ M.lua = os.getenv("PORTMAN_LUA") or "lua5.4"
 -- Read in-process: a child listing /proc/PID/fd (popen) can run before the
 -- parent has closed popen's write end, and then counts one fd too many.
 function M.fd_count()
+  -- files and sockets an earlier spec dropped close when collected: collect
+  -- now, so they do not close in the middle of a count
+  collectgarbage()
+  collectgarbage()
   local uv = require "luv"
   local req = assert(uv.fs_scandir("/proc/self/fd"))
   local n = 0
