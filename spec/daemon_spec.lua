@@ -2,45 +2,7 @@ local helpers = require "helpers"
 local uv = require "luv"
 local json = require "portman.json"
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function count_lines(s)
-  return select(2, s:gsub("\n", ""))
-end
-
--- Daemons a spec started: after_each kills any still running.
-local running = {}
-
--- A daemon in a child process: `portman run` with its own state folder and
--- admin socket. d.out and d.err collect its output; d.code its exit code.
-local function start(dir, policy, services)
-  local d = {out = "", err = "", sock = dir .. "/adm/admin.sock"}
-  running[#running + 1] = d
-  local stdout, stderr = uv.new_pipe(), uv.new_pipe()
-  local env = {"PATH=" .. os.getenv("PATH")}
-  for _, k in ipairs({"ASAN_OPTIONS", "UBSAN_OPTIONS", "PORTMAN_BUILD"}) do
-    if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
-  end
-  d.proc = uv.spawn(helpers.lua, {args = {helpers.root .. "/bin/portman", "run", policy,
-    "--state-dir", dir, "--admin-socket", d.sock}, stdio = {nil, stdout, stderr}, env = env},
-    function(code, signal)
-      d.code, d.signal = code, signal
-      d.proc:close()
-    end)
-  stdout:read_start(function(_, data) if data then d.out = d.out .. data else stdout:close() end end)
-  stderr:read_start(function(_, data) if data then d.err = d.err .. data else stderr:close() end end)
-  function d.wait_exit()
-    helpers.run_until(function() return d.code ~= nil end, 15000)
-    helpers.run_until(function() return stdout:is_closing() and stderr:is_closing() end, 2000)
-    return d.code
-  end
-  helpers.run_until(function() return count_lines(d.out) >= services or d.code ~= nil end, 15000)
-  return d
-end
+local write, start = helpers.write, helpers.start_daemon
 
 local function ports(out)
   local t = {}
@@ -61,13 +23,7 @@ describe("portman run", function()
     policy = dir .. "/policy.lua"
   end)
   after_each(function()
-    for _, d in ipairs(running) do
-      if d.code == nil then
-        d.proc:kill("sigkill")
-        d.wait_exit()
-      end
-    end
-    running = {}
+    helpers.kill_daemons()
     os.execute("rm -rf " .. dir)
   end)
 
@@ -150,10 +106,8 @@ describe("portman run", function()
     local d = start(dir, policy, 2)
     local first = ports(d.out)
     -- a registration made at run time, through the REPL (no terminal)
-    local p = io.popen(("printf 'manager:register{name = \"ext\", port = 21390, address = \"127.0.0.3\"}.port\\n' | "
-      .. "%s %s/bin/portman repl --admin-socket %s"):format(helpers.lua, helpers.root, d.sock))
-    assert.matches("\n21390\n", p:read("a"))
-    p:close()
+    assert.matches("\n21390\n",
+      helpers.repl(d, {'manager:register{name = "ext", port = 21390, address = "127.0.0.3"}.port'}))
     d.proc:kill("sigkill")
     d.wait_exit()
     assert.equal("sigkill", (d.signal == 9 or d.signal == "sigkill") and "sigkill" or tostring(d.signal))

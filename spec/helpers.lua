@@ -74,6 +74,67 @@ function M.unprivileged(chunk)
   return out
 end
 
+--- Writes text to the file at path.
+function M.write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local daemons = {} -- started by start_daemon, killed by kill_daemons
+
+--- A daemon in a child process: `portman run policy` with dir as its state
+-- folder and dir/adm/admin.sock as its admin socket; returns once it has
+-- printed `services` service lines (or exited). d.out and d.err collect its
+-- output, d.code its exit code, d.wait_exit() waits for it.
+function M.start_daemon(dir, policy, services)
+  local uv = require "luv"
+  local d = {out = "", err = "", sock = dir .. "/adm/admin.sock"}
+  daemons[#daemons + 1] = d
+  local stdout, stderr = uv.new_pipe(), uv.new_pipe()
+  local env = {"PATH=" .. os.getenv("PATH")}
+  for _, k in ipairs({"ASAN_OPTIONS", "UBSAN_OPTIONS", "PORTMAN_BUILD"}) do
+    if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
+  end
+  d.proc = uv.spawn(M.lua, {args = {M.root .. "/bin/portman", "run", policy,
+    "--state-dir", dir, "--admin-socket", d.sock}, stdio = {nil, stdout, stderr}, env = env},
+    function(code, signal)
+      d.code, d.signal = code, signal
+      d.proc:close()
+    end)
+  stdout:read_start(function(_, data) if data then d.out = d.out .. data else stdout:close() end end)
+  stderr:read_start(function(_, data) if data then d.err = d.err .. data else stderr:close() end end)
+  function d.wait_exit()
+    M.run_until(function() return d.code ~= nil end, 15000)
+    M.run_until(function() return stdout:is_closing() and stderr:is_closing() end, 2000)
+    return d.code
+  end
+  M.run_until(function() return select(2, d.out:gsub("\n", "")) >= services or d.code ~= nil end, 15000)
+  return d
+end
+
+--- Kills (SIGKILL) every daemon start_daemon started that still runs.
+function M.kill_daemons()
+  for _, d in ipairs(daemons) do
+    if d.code == nil then
+      d.proc:kill("sigkill")
+      d.wait_exit()
+    end
+  end
+  daemons = {}
+end
+
+--- Sends Lua lines to a daemon's REPL (no terminal); returns the output.
+function M.repl(d, lines)
+  local input = os.tmpname()
+  M.write(input, table.concat(lines, "\n") .. "\n")
+  local p = io.popen(("%s %s/bin/portman repl --admin-socket %s < %s"):format(M.lua, M.root, d.sock, input))
+  local out = p:read("a")
+  p:close()
+  os.remove(input)
+  return out
+end
+
 --- A new temporary folder (the caller removes it).
 function M.tmpdir()
   local p = io.popen("mktemp -d")
@@ -106,15 +167,23 @@ function M.connect(host, port)
   return c
 end
 
---- Runs the luv loop until pred() is true or ms (5000) pass; returns pred().
-function M.run_until(pred, ms)
+--- Runs the luv loop until pred() is true or ms (5000) pass; returns
+-- pred(). With poll_ms, pred is also asked every poll_ms (for state outside
+-- this process, which no loop event announces).
+function M.run_until(pred, ms, poll_ms)
   local uv = require "luv"
   local expired = false
   local t = uv.new_timer()
   uv.update_time() -- see loop(): a stale clock would expire the guard at once
   t:start(ms or 5000, 0, function() expired = true end)
+  local tick
+  if poll_ms then
+    tick = uv.new_timer()
+    tick:start(poll_ms, poll_ms, function() end)
+  end
   while not pred() and not expired do uv.run("once") end
   t:close()
+  if tick then tick:close() end
   uv.run("nowait")
   return pred()
 end

@@ -16,7 +16,9 @@ local state = require "portman.state"
 local async = require "portman.async"
 
 local M = {}
-local POLICY_KEYS = {pools = true, services = true, grace = true}
+local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true}
+local CLUSTER_KEYS = {etcd = true, name = true, node = true, ttl = true, timeout = true, user = true,
+                      password = true, cacert = true, cert = true, key = true, insecure = true}
 
 local function policy_error(fmt, ...)
   return nil, "protocol: policy: " .. fmt:format(...), "protocol"
@@ -83,12 +85,34 @@ local function add_services(m, services, only)
   return true
 end
 
+-- The policy's `cluster = {etcd = URLs, name = cluster name, node?, ttl?,
+-- ...}` as a started etcd backend: the services are registered cluster-wide.
+local function join_cluster(c)
+  if type(c) ~= "table" then return policy_error("cluster must be a table") end
+  for k in pairs(c) do
+    if not CLUSTER_KEYS[k] then return policy_error("unknown key 'cluster.%s'", tostring(k)) end
+  end
+  local opts = {kind = "etcd", endpoints = c.etcd, cluster = c.name}
+  for k, v in pairs(c) do
+    if k ~= "etcd" and k ~= "name" then opts[k] = v end
+  end
+  local b, err, code = apply("cluster", require("portman.backend").new, opts)
+  if not b then return nil, err, code end
+  return b:start()
+end
+
 --- Starts a policy in a new manager.
 -- @return[1] the manager
 -- @return[2] nil, msg, code
 function M.start(policy, opts)
   opts = opts or {}
-  local m = manager.new{state_file = opts.state_file}
+  local cluster
+  if policy.cluster then
+    local err, code
+    cluster, err, code = join_cluster(policy.cluster)
+    if not cluster then return nil, err, code end
+  end
+  local m = manager.new{state_file = opts.state_file, cluster = cluster}
   m:autosave(false)
   m:remember(opts.saved)
   for name, p in pairs(policy.pools or {}) do

@@ -16,7 +16,8 @@ local M = {}
 local Manager = {}
 local mt = {__index = Manager, __name = "portman.manager"}
 
-local NEW_KEYS = {state_file = true, check_host = true, on_event = true, concurrency = true}
+local NEW_KEYS = {state_file = true, check_host = true, on_event = true, concurrency = true,
+                  cluster = true}
 local POOL_KEYS = {range = true, strategy = true, node_id = true, allow_privileged = true,
                    warning = true, critical = true}
 local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, port = true, pool = true,
@@ -26,7 +27,9 @@ local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, po
 -- @tparam[opt] table opts `state_file` (path of the JSON state, none by
 --   default), `check_host` (refuse ports other processes hold; true),
 --   `on_event` (called with each event: health status changes, pool
---   exhaustion, service lifecycle), `concurrency` (health checks at once)
+--   exhaustion, service lifecycle), `concurrency` (health checks at once),
+--   `cluster` (a started portman.backend: services are registered there
+--   too, and `where` answers from every node's registrations)
 function M.new(opts)
   opts = opts or {}
   check.table("new", 1, opts)
@@ -38,7 +41,69 @@ function M.new(opts)
   self.health = health.new{concurrency = opts.concurrency, on_event = function(ev) self:_event(ev) end}
   if opts.on_event then self:on(opts.on_event) end
   self.health:start()
+  if opts.cluster then self:_join(opts.cluster) end
   return self
+end
+
+-- ---- the cluster: registrations shared through a backend (etcd) ----
+
+local SYNC_MS = 2000
+
+-- Registers what is not registered yet. While the backend is unreachable
+-- the services keep running here, and each round tries again; the
+-- backend itself rewrites its records under a new lease after an outage.
+function Manager:_sync()
+  for name, svc in pairs(self.services) do
+    if not svc.in_cluster and not svc.joining then
+      svc.joining = true
+      self.cluster:register({name = name, address = svc.address, port = svc.port, proto = svc.proto,
+                             metadata = svc.metadata}, function(ok, err)
+        svc.joining = nil
+        if ok then
+          svc.in_cluster = true
+          self:_event({event = "cluster_registered", service = name})
+        elseif not svc.cluster_warned then
+          svc.cluster_warned = true
+          log.warn("cluster_register_failed", {service = name, error = err})
+        end
+      end)
+    end
+  end
+  if not self.cluster_view and not self._mirroring then
+    self._mirroring = true
+    self.cluster:mirror("services", function(m, err)
+      self._mirroring = nil
+      if m then self.cluster_view = m else log.warn("cluster_watch_failed", {error = err}) end
+    end)
+  end
+end
+
+function Manager:_join(backend)
+  self.cluster = backend
+  self._sync_timer = require("luv").new_timer()
+  local sync = require("portman.async").safe(function() self:_sync() end, "cluster sync")
+  self._sync_timer:start(0, SYNC_MS, sync)
+end
+
+--- Where service name runs: every node's registration of it (from the
+-- cluster's live view when the manager is in a cluster; else this node's
+-- registry). Each entry is {name, node, address, port, proto}.
+function Manager:where(name)
+  local out = {}
+  if self.cluster_view then
+    for _, r in pairs(self.cluster_view.records) do
+      local v = r.value
+      if type(v) == "table" and v.name == name then
+        out[#out + 1] = {name = v.name, node = v.node, address = v.address, proto = v.proto,
+                         port = math.tointeger(v.port) or v.port}
+      end
+    end
+    table.sort(out, function(a, b) return tostring(a.node) < tostring(b.node) end)
+    return out
+  end
+  local e = self.registry:get(name)
+  if e then out[1] = {name = e.name, node = "local", address = e.address, port = e.port, proto = e.proto} end
+  return out
 end
 
 --- Adds a listener for events ({event = ...}).
@@ -240,6 +305,13 @@ function Manager:stop_service(name, grace_ms, cb)
     return nil, "not_found: no service " .. tostring(name), "not_found"
   end
   self.services[name] = nil
+  if svc.in_cluster then
+    self.cluster:deregister(name, function(ok, err, code)
+      if not ok and code ~= "not_found" then
+        log.warn("cluster_deregister_failed", {service = name, error = err})
+      end
+    end)
+  end
   if svc.check_name then self.health:remove(svc.check_name) end
   self.registry:unregister(name)
   local function finish(forced)
@@ -363,7 +435,11 @@ function Manager:shutdown(grace_ms, cb)
   local function done()
     self:save(snap)
     self.health:close()
-    if cb then cb() end
+    if self._sync_timer then self._sync_timer:close() end
+    if self.cluster_view then self.cluster_view.close() end
+    if not self.cluster then return cb and cb() end
+    -- revoking the lease takes this node's registrations out at once
+    self.cluster:close(function() if cb then cb() end end)
   end
   if left == 0 then return done() end
   for _, name in ipairs(names) do

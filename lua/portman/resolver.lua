@@ -37,7 +37,7 @@ local mt = {__index = R}
 
 local OPTIONS = {servers = true, cache = true, min_ttl = true, max_ttl = true, negative_ttl = true,
                  stale_ttl = true, timeout = true, tries = true, hosts = true,
-                 cache_size = true, max_inflight = true}
+                 cache_size = true, max_inflight = true, registry = true}
 local FAMILIES = {"inet", "inet6", "any"}
 local DEFAULTS = {min_ttl = 0, max_ttl = 86400, negative_ttl = 30, stale_ttl = 0,
                   timeout = 2000, tries = 2, cache_size = 100000, max_inflight = 100}
@@ -171,6 +171,10 @@ function M.new(opts)
     check.argerror("new", 1, "hosts: path or false expected, got " .. type(hosts))
   end
   self._hosts_path = hosts or nil
+  if opts.registry ~= nil and type(opts.registry) ~= "function" then
+    check.argerror("new", 1, "registry: function expected, got " .. type(opts.registry))
+  end
+  self._registry = opts.registry
   self._cache, self._cache_count = {}, 0
   self._inflight = {} -- key -> {waiters}, one query on the wire per key
   self._queries = {} -- engine id -> key
@@ -460,6 +464,22 @@ local function combine(a, b)
   return nil, b[2], b[3]
 end
 
+-- Where the registry says service name runs: records like a DNS answer
+-- (ttl 0: the registry is live), or nil when it knows no such service.
+function R:_registry_lookup(name)
+  if not self._registry then return nil end
+  local list = self._registry(name)
+  if not list or #list == 0 then return nil end
+  local out = {}
+  for _, s in ipairs(list) do
+    local fam = core.dns_parse_ip(s.address or "")
+    if fam then
+      out[#out + 1] = {address = s.address, family = fam, ttl = 0, port = s.port, node = s.node}
+    end
+  end
+  return #out > 0 and out or nil
+end
+
 function R:_resolve(name, family, cb)
   local lit_family, ip
   if not valid_names[name] then -- a name check_name found valid is no literal
@@ -469,6 +489,8 @@ function R:_resolve(name, family, cb)
     return cb(pick_family({{address = ip, family = lit_family}}, family, name))
   end
   local lname = name:lower()
+  local from_registry = self:_registry_lookup(name)
+  if from_registry then return cb(pick_family(from_registry, family, name)) end
   local from_hosts = self:_hosts_lookup(lname)
   if from_hosts then return cb(pick_family(from_hosts, family, name)) end
   if family ~= "any" then return self:_lookup(family .. "|" .. lname, cb) end
@@ -536,6 +558,15 @@ function R:srv(name, cb)
   if core.dns_parse_ip(name) then check.argerror("srv", 1, "SRV name expected, got an address") end
   if cb ~= nil and type(cb) ~= "function" then
     check.argerror("srv", 2, "function expected, got " .. type(cb))
+  end
+  local from_registry = self:_registry_lookup(name)
+  if from_registry then -- every node running the service, as SRV records
+    local records = {}
+    for i, r in ipairs(from_registry) do
+      records[i] = {target = r.address, port = r.port, priority = 0, weight = 1, ttl = 0}
+    end
+    if cb then return cb(records) end
+    return records
   end
   local key = "srv|" .. name:lower()
   if cb then
