@@ -274,13 +274,17 @@ end
 -- Reads a line with readline (history, line editing) where available.
 local function line_reader()
   local ok, rl = pcall(require, "readline")
-  if ok and io.stdin and os.getenv("TERM") ~= "dumb" then
+  -- readline only on a terminal: fed from a pipe it would echo every line
+  if ok and uv.guess_handle(0) == "tty" and os.getenv("TERM") ~= "dumb" then
     rl.set_options{histfile = "~/.portman_history", keeplines = 1000, completion = false}
     return function(prompt) return rl.readline(prompt) end, function() rl.save_history() end
   end
+  local tty = uv.guess_handle(0) == "tty"
   return function(prompt)
-    io.stdout:write(prompt)
-    io.stdout:flush()
+    if tty then -- as lua.c: prompts only for a person at a terminal
+      io.stdout:write(prompt)
+      io.stdout:flush()
+    end
     return io.read("l")
   end, function() end
 end
