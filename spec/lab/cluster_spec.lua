@@ -31,11 +31,12 @@ describe("daemons in a cluster #lab", function()
     return helpers.start_daemon(d, d .. "/policy.lua", 1)
   end
 
-  -- the nodes a daemon's manager sees running "web", once n of them are there
-  local function where(d, n)
+  -- the nodes a daemon's manager sees running service (web), once n of
+  -- them are there
+  local function where(d, n, service)
     local out
     helpers.run_until(function()
-      out = helpers.repl(d, {'local t = {} for _, s in ipairs(manager:where("web")) do '
+      out = helpers.repl(d, {('local t = {} for _, s in ipairs(manager:where(%q)) do '):format(service or "web")
         .. 't[#t + 1] = s.node .. "@" .. s.address .. ":" .. s.port end return table.concat(t, " ")'})
       local _, count = out:gsub("@", "")
       return count == n
@@ -54,6 +55,18 @@ describe("daemons in a cluster #lab", function()
       .. 'return manager:where(n) end} local t = {} for _, x in ipairs(r:srv("web", nil) or {}) do '
       .. 't[#t + 1] = x.target end r:close() return table.concat(t, " ")'})
     assert.matches('"127%.0%.0%.11 127%.0%.0%.12"', out)
+    -- etcd goes away: the daemons keep serving; when it is back, they go on
+    cluster:kill(1, "sigkill")
+    local code, status = helpers.portman("status --json --admin-socket " .. a.sock)
+    assert.equal(0, code)
+    assert.matches('"name":"web"', status)
+    -- a service started during the outage is registered once etcd is back
+    assert.matches("\n%d+\n", helpers.repl(a, {('manager:add_service{name = "late", address = "127.0.0.11", '
+      .. 'port = %d}.port'):format(helpers.free_port())}))
+    cluster:start_member(1)
+    assert.is_true(cluster:wait_healthy(20000))
+    assert.matches('"node%-a@127%.0%.0%.11:%d+ node%-b@127%.0%.0%.12:%d+"', where(b, 2))
+    assert.matches('"node%-a@127%.0%.0%.11:%d+"', where(b, 1, "late"))
     -- node b dies without a word: its lease lapses and it leaves the view
     b.proc:kill("sigkill")
     b.wait_exit()
@@ -61,7 +74,8 @@ describe("daemons in a cluster #lab", function()
     -- a clean stop revokes the lease at once
     a.proc:kill("sigterm")
     assert.equal(0, a.wait_exit())
-    local code, list = helpers.portman(("services --etcd %s --cluster spec-%d --json")
+    local list
+    code, list = helpers.portman(("services --etcd %s --cluster spec-%d --json")
       :format(cluster:endpoints(), helpers.pid()))
     assert.equal(0, code)
     assert.matches("%[%]", list)
