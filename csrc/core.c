@@ -10,6 +10,7 @@ static const opener parts[] = {
     pm_open_admin,
     pm_open_listener,
     pm_open_stun,
+    pm_open_nat,
 };
 
 __attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)

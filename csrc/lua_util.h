@@ -23,5 +23,6 @@ int pm_open_state(lua_State *L);
 int pm_open_admin(lua_State *L);
 int pm_open_listener(lua_State *L);
 int pm_open_stun(lua_State *L);
+int pm_open_nat(lua_State *L);
 
 #endif
