@@ -1,7 +1,9 @@
 /* Lua bindings of the router mapping engines: UPnP IGD jobs (a worker
  * thread each; the loop polls the job's fd) and NAT-PMP requests (the
  * loop polls libnatpmp's socket and steps it when due). */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #include "lua_util.h"
@@ -182,7 +184,7 @@ typedef struct {
     int open;
 } upmp;
 
-/* core.natpmp_open([gateway]) -> engine, gateway address */
+/* core.natpmp_open([gateway]) -> engine, gateway address, local address */
 static int l_pmp_open(lua_State *L)
 {
     const char *gw = luaL_optstring(L, 1, NULL);
@@ -198,7 +200,15 @@ static int l_pmp_open(lua_State *L)
     }
     u->open = 1;
     lua_pushstring(L, u->p.gateway);
-    return 2;
+    /* the socket is connected to the gateway: its address is the one the
+     * gateway maps to */
+    struct sockaddr_in sa;
+    socklen_t len = sizeof sa;
+    char local[INET_ADDRSTRLEN] = "";
+    if (getsockname(u->p.np.s, (struct sockaddr *)&sa, &len) == 0)
+        inet_ntop(AF_INET, &sa.sin_addr, local, sizeof local);
+    lua_pushstring(L, local);
+    return 3;
 }
 
 static upmp *check_pmp(lua_State *L)

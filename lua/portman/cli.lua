@@ -18,6 +18,9 @@ M.COMMANDS = {
   repl = "portman.admin",
   stun = "portman.stun",
   ["nat-type"] = "portman.stun",
+  map = "portman.nat",
+  unmap = "portman.nat",
+  mappings = "portman.nat",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}

@@ -7,7 +7,7 @@ local M = {version = "0.1.0"}
 local SUBMODULES = {
   admin = true, allocator = true, async = true, check = true, cli = true, daemon = true,
   health = true, json = true, listener = true, listeners = true, log = true, manager = true,
-  netaddr = true, registry = true, state = true, stun = true,
+  nat = true, netaddr = true, registry = true, state = true, stun = true,
 }
 
 setmetatable(M, {__index = function(t, name)
