@@ -270,7 +270,7 @@ end
 
 local function emit(self, ev)
   ev.mapping = self
-  log.info("mapping_" .. ev.event, {method = self.method, external_port = self.external_port,
+  log.debug("mapping_" .. ev.event, {method = self.method, external_port = self.external_port,
     proto = self.proto, error = ev.error})
   for _, fn in ipairs(self._listeners) do
     local ok, err = pcall(fn, ev)

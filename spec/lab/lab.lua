@@ -93,6 +93,25 @@ function M:portman(ns, args)
   return ok, out, stderr
 end
 
+--- Starts `portman ARGS` (a daemon: `run POLICY ...`) in the background
+-- in namespace ns, with this run's interpreter and build, its output in
+-- DIR/NAME.log. Returns its pid (the interpreter's own).
+function M:portman_daemon(ns, name, args)
+  local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/lab/lab%.lua$") or "."
+  if root:sub(1, 1) ~= "/" then root = os.getenv("PWD") .. "/" .. root end
+  local lua = os.getenv("PORTMAN_LUA") or "lua5.4"
+  return self:daemon(ns, name, ("%s %s/bin/portman %s"):format(q(lua), q(root), args))
+end
+
+--- Is process pid alive?
+function M.alive(p)
+  local f = io.open("/proc/" .. p .. "/stat")
+  if not f then return false end
+  local st = f:read("a"):match("^%d+ %b() (%a)")
+  f:close()
+  return st ~= "Z"
+end
+
 --- Loads an nftables ruleset (text, each closing brace on its own line)
 -- into namespace ns.
 function M:nft(ns, ruleset)
@@ -290,9 +309,9 @@ function M:miniupnpd(opts)
     q(self.dir), self.miniupnpd_runs))
   local p
   self:wait_for("miniupnpd to serve NAT-PMP", function()
-    local f = io.open(pidfile)
-    p = f and f:read("l")
-    if f then f:close() end
+    local pf = io.open(pidfile)
+    p = pf and pf:read("l")
+    if pf then pf:close() end
     return p and p:match("^%d+$") and self:udp_listening("igd", M.LAN.gateway, 5351)
   end)
   self.daemons[#self.daemons + 1] = {name = "miniupnpd", pid = p}
@@ -300,13 +319,18 @@ function M:miniupnpd(opts)
   return p
 end
 
---- Stops miniupnpd (SIGTERM: it removes its rules, as a rebooting router
--- forgets its mappings) and waits until it is gone.
+--- Stops miniupnpd (SIGTERM) and empties its chains, as a rebooting
+-- router forgets its mappings; waits until it is gone.
 function M:stop_miniupnpd()
   local p = assert(self.miniupnpd_pid, "miniupnpd is not running")
   run("kill " .. p)
-  self:wait_for("miniupnpd to exit", function() return not io.open("/proc/" .. p .. "/stat") end)
+  self:wait_for("miniupnpd to exit", function() return not M.alive(p) end)
   self.miniupnpd_pid = nil
+  -- miniupnpd leaves its rules in place when it exits; a rebooting router
+  -- loses them
+  for _, chain in ipairs{"miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"} do
+    self:sh("igd", "nft flush chain inet filter " .. chain)
+  end
 end
 
 --- The router's own view of its mappings: upnpc -l from namespace ns
