@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 #include <sys/time.h>
 
 int pm_pmp_open(struct pm_pmp *p, const char *gw)
@@ -21,6 +23,15 @@ int pm_pmp_open(struct pm_pmp *p, const char *gw)
     }
     int r = initnatpmp(&p->np, gw != NULL, forced);
     if (r < 0) return r;
+    p->ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = p->np.s};
+    if (p->ep < 0 || epoll_ctl(p->ep, EPOLL_CTL_ADD, p->np.s, &ev) < 0) {
+        int e = errno;
+        if (p->ep >= 0) close(p->ep);
+        closenatpmp(&p->np);
+        errno = e;
+        return NATPMP_ERR_SOCKETERROR;
+    }
     struct in_addr a = {.s_addr = p->np.gateway};
     inet_ntop(AF_INET, &a, p->gateway, sizeof p->gateway);
     p->open = 1;
@@ -31,12 +42,13 @@ void pm_pmp_close(struct pm_pmp *p)
 {
     if (!p->open) return;
     p->open = 0;
+    close(p->ep);
     closenatpmp(&p->np);
 }
 
 int pm_pmp_fd(const struct pm_pmp *p)
 {
-    return p->open ? p->np.s : -1;
+    return p->open ? p->ep : -1;
 }
 
 int pm_pmp_request(struct pm_pmp *p, const char *proto, int internal_port, int external_port,

@@ -1,5 +1,7 @@
 /* NAT-PMP (RFC 6886) over libnatpmp, driven by the caller's loop: one
- * request at a time on a non-blocking socket; pm_pmp_fd() to poll,
+ * request at a time on a non-blocking socket; pm_pmp_fd() to poll (an
+ * epoll instance: an ICMP error on the socket itself would reach the
+ * loop as a poll error, here it only makes the fd readable),
  * pm_pmp_timeout_ms() for the next retry (250 ms, doubling, as libnatpmp
  * schedules them), pm_pmp_step() when either fires. */
 #ifndef PORTMAN_PMP_H
@@ -10,6 +12,7 @@
 
 struct pm_pmp {
     natpmp_t np;
+    int ep; /* an epoll instance holding the socket: what the loop polls */
     int open, busy;
     char gateway[16];
 };

@@ -49,7 +49,10 @@ static int discover(struct pm_upnp_job *j)
 {
     int err = 0;
     int delay = j->timeout_ms > 0 ? j->timeout_ms : 2000;
-    struct UPNPDev *devs = upnpDiscover(delay, NULL, NULL, UPNP_LOCAL_PORT_ANY, 0, 2, &err);
+    /* one search type: upnpDiscover waits `delay` for each of four, and an
+     * IGDv2 answers a search for v1 too (a device answers lower versions) */
+    struct UPNPDev *devs = upnpDiscoverDevice("urn:schemas-upnp-org:device:InternetGatewayDevice:1", delay, NULL,
+                                              NULL, UPNP_LOCAL_PORT_ANY, 0, 2, &err);
     if (!devs) {
         fail(j, -1, "not_found", "no UPnP device answered the discovery");
         return -1;

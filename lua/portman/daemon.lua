@@ -92,11 +92,13 @@ function M.remove_orphans(saved, cb)
   if left == 0 then return cb(0, 0) end
   local nat = require "portman.nat"
   for _, r in ipairs(list) do
-    nat.unmap({external_port = math.tointeger(r.external_port), internal_port = math.tointeger(r.internal_port),
+    nat.unmap({external_port = math.tointeger(r.external_port),
+               internal_port = math.tointeger(r.internal_port),
                proto = r.proto, method = r.method}, function(ok, err, code)
       if ok or code == "not_found" then
         deleted = deleted + 1
-        log.info("orphan_mapping_deleted", {service = r.service, external_port = r.external_port, proto = r.proto})
+        log.info("orphan_mapping_deleted",
+          {service = r.service, external_port = r.external_port, proto = r.proto})
       else
         failed = failed + 1
         log.warn("orphan_mapping_left", {service = r.service, external_port = r.external_port, error = err})

@@ -251,7 +251,8 @@ function Manager:_map(svc, spec)
       return after()
     end
     if not m then
-      return self:_event({event = "mapping_failed", level = "warning", service = svc.name, error = err, code = code})
+      return self:_event({event = "mapping_failed", level = "warning", service = svc.name, error = err,
+                          code = code})
     end
     svc.mapping = m
     self:_event({event = "mapping_added", service = svc.name, method = m.method, external_ip = m.external_ip,
@@ -273,14 +274,14 @@ function Manager:_unmap(svc, cb)
   m:close(function(ok, err)
     if not ok then
       -- the router was not told: the next start deletes it
-      self._unclean[#self._unclean + 1] = self:_record(svc.name, m)
+      self._unclean[#self._unclean + 1] = Manager._record(svc.name, m)
       log.warn("unmap_failed", {service = svc.name, error = err})
     end
     cb()
   end)
 end
 
-function Manager:_record(name, m)
+function Manager._record(name, m)
   local i = m:info()
   return {service = name, method = i.method, external_ip = i.external_ip, external_port = i.external_port,
           internal_port = i.internal_port, proto = i.proto, expires = i.expires}
@@ -292,7 +293,7 @@ function Manager:_mapping_records()
   local list = json.array()
   for _, name in ipairs(self:names()) do
     local svc = self.services[name]
-    if svc.mapping then list[#list + 1] = self:_record(name, svc.mapping) end
+    if svc.mapping then list[#list + 1] = Manager._record(name, svc.mapping) end
   end
   for _, r in ipairs(self._unclean) do list[#list + 1] = r end
   return list

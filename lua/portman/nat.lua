@@ -52,9 +52,9 @@ local function upnp(op, args, cb)
   if not job then return cb(nil, jerr, jcode) end
   local poll, timer = uv.new_poll(job:fd()), uv.new_timer()
   local finish = finisher(function(...)
-    close_handle(poll)
+    -- the fd goes only once libuv has let go of it
+    poll:close(function() job:close() end)
     close_handle(timer)
-    job:close()
     cb(...)
   end)
   poll:start("r", async.safe(function()
@@ -82,9 +82,8 @@ local function natpmp(reqs, timeout, cb)
   local deadline = uv.now() + timeout
   local answers = {gateway = gateway, local_ip = local_ip}
   local finish = finisher(function(...)
-    close_handle(poll)
+    poll:close(function() e:close() end)
     close_handle(timer)
-    e:close()
     cb(...)
   end)
   local i = 0
@@ -171,7 +170,8 @@ end
 
 local function upnp_args(o, extra)
   local a = {external_port = o.external_port, internal_port = o.internal_port, proto = o.proto,
-             lease = o.lifetime, description = o.description, timeout = o.timeout, internal_ip = o.internal_ip}
+             lease = o.lifetime, description = o.description, timeout = o.timeout,
+             internal_ip = o.internal_ip}
   for k, v in pairs(extra or {}) do a[k] = v end
   return a
 end
@@ -219,9 +219,8 @@ local function delete(method, m, timeout, cb)
       cb(a ~= nil or nil, err, code)
     end)
   else
-    upnp("delete", {external_port = m.external_port, proto = m.proto, timeout = timeout}, function(r, err, code)
-      cb(r ~= nil or nil, err, code)
-    end)
+    local args = {external_port = m.external_port, proto = m.proto, timeout = timeout}
+    upnp("delete", args, function(r, err, code) cb(r ~= nil or nil, err, code) end)
   end
 end
 
@@ -485,16 +484,22 @@ end
 -- once) and from STUN when servers are given. The router's answer is used
 -- unless it is itself private (a NAT behind the router's: then STUN knows
 -- better).
--- @tparam[opt] table opts `stun` (list of "host:port"), `timeout` (ms)
+-- @tparam[opt] table opts `stun` (list of "host:port"), `timeout` (ms),
+--   `router` (the router protocols to ask: {"natpmp", "upnp"})
 -- @return[1] {address, source = "natpmp" | "upnp" | "stun", sources = {source = address}}
 -- @return[2] nil, msg, code when no source answered
 M.external_address = async.adapt(function(opts, cb)
   if cb == nil and type(opts) == "function" then opts, cb = {}, opts end
   opts = opts or {}
   check.table("external_address", 1, opts)
-  check.known("external_address", 1, opts, {stun = true, timeout = true})
+  check.known("external_address", 1, opts, {stun = true, timeout = true, router = true})
   local timeout = math.tointeger(opts.timeout) or M.DEFAULT_TIMEOUT
-  local sources, errs, left = {}, {}, 2
+  local ask = {}
+  for _, m in ipairs(opts.router or {"natpmp", "upnp"}) do
+    ask[check.oneof("external_address", 1, m, {"natpmp", "upnp"}, "router method")] = true
+  end
+  local sources, errs, left = {}, {}, 0
+  for _ in pairs(ask) do left = left + 1 end
   local function done()
     left = left - 1
     if left > 0 then return end
@@ -507,22 +512,30 @@ M.external_address = async.adapt(function(opts, cb)
     table.sort(errs, function(a, b) return (RANK[a[2]] or 9) < (RANK[b[2]] or 9) end)
     cb(nil, errs[1][1], errs[1][2])
   end
-  natpmp({{}}, timeout, function(a, err, code)
-    if a then sources.natpmp = a[1].external_ip else errs[#errs + 1] = {err, code} end
-    done()
-  end)
-  upnp("external_ip", {timeout = timeout}, function(r, err, code)
-    if r then sources.upnp = r.external_ip else errs[#errs + 1] = {err, code} end
-    done()
-  end)
+  if ask.natpmp then
+    natpmp({{}}, timeout, function(a, err, code)
+      if a then sources.natpmp = a[1].external_ip else errs[#errs + 1] = {err, code} end
+      done()
+    end)
+  end
+  if ask.upnp then
+    upnp("external_ip", {timeout = timeout}, function(r, err, code)
+      if r then sources.upnp = r.external_ip else errs[#errs + 1] = {err, code} end
+      done()
+    end)
+  end
   if opts.stun and #opts.stun > 0 then
     left = left + 1
-    require("portman.stun").query({servers = opts.stun, timeout = timeout, cache_ttl = 0}, function(r, err, code)
+    local sopts = {servers = opts.stun, timeout = timeout, cache_ttl = 0}
+    require("portman.stun").query(sopts, function(r, err, code)
       if r then sources.stun = r.external_ip else errs[#errs + 1] = {err, code} end
       done()
     end)
   end
 end)
+
+--- The NAT-PMP gateway (dotted quad); nil: the default route's.
+M.gateway = nil
 
 --- Forgets the remembered gateway and method (a spec's fresh start).
 function M.reset()
@@ -566,14 +579,16 @@ M.cli = {
              json = "bool"},
     positional = {"PORT"},
     run = function(opts)
-      local o = {internal_port = port_arg("PORT", opts.port), proto = proto_flag(opts), method = method_flag(opts),
-                 description = "portman map", timeout = opts.timeout}
+      local o = {internal_port = port_arg("PORT", opts.port), proto = proto_flag(opts),
+                 method = method_flag(opts), description = "portman map", timeout = opts.timeout}
       if opts.external then o.external_port = port_arg("--external", opts.external) end
       if opts.lifetime then
         if opts.lifetime < 1 then require("portman.cli").usage_error("--lifetime: at least 1") end
         o.lifetime = opts.lifetime
       end
-      if opts.timeout and opts.timeout < 1 then require("portman.cli").usage_error("--timeout: at least 1") end
+      if opts.timeout and opts.timeout < 1 then
+        require("portman.cli").usage_error("--timeout: at least 1")
+      end
       local m, err, code = async.run(function()
         local m, err, code = M.map(o)
         -- a one-shot command leaves the mapping for its lifetime: no renewal here
