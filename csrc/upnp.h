@@ -27,7 +27,7 @@ struct pm_upnp_igd {
 struct pm_upnp_entry {
     int external_port, internal_port, enabled;
     unsigned lease;
-    char proto[4], internal_ip[64], desc[80];
+    char proto[8], internal_ip[64], desc[96];
 };
 
 struct pm_upnp_job {
