@@ -198,6 +198,46 @@ describe("portman.nat", function()
     end)
   end)
 
+  describe("in the manager", function()
+    local manager = require "portman.manager"
+
+    it("rejects unknown map options", function()
+      local m = manager.new()
+      local err = helpers.raises(m.add_service, m, {name = "x", port = 45100, listen = false, check = false,
+                                                   map = {bogus = 1}})
+      assert.matches("bad argument #1 to 'add_service' %(unknown option 'map.bogus'%)", err)
+      helpers.loop(function() m:shutdown(0, function() end) end)
+    end)
+
+    it("maps a service, lists and records it, deletes it when the service stops", function()
+      local r
+      local doc, snap, after, last = helpers.loop(function()
+        r = responder{}
+        local m = manager.new()
+        local events = {}
+        m:on(function(ev) events[#events + 1] = ev.event end)
+        assert(m:add_service{name = "web", port = 45200, check = false, map = {method = "natpmp", lifetime = 600}})
+        while not events[2] do require("portman.async").sleep(20) end
+        local d, s = m:status(), m:snapshot()
+        require("portman.async").await(function(cb) m:stop_service("web", 0, cb) end)
+        local a = m:snapshot()
+        local l = r.last
+        m:shutdown(0, function() end)
+        r.close()
+        return d, s, a, l
+      end)
+      assert.same({service = "web", method = "natpmp", external_port = 45200, internal_port = 45200, proto = "tcp",
+                   external_ip = "203.0.113.5"},
+        {service = doc.mappings[1].service, method = doc.mappings[1].method,
+         external_port = doc.mappings[1].external_port, internal_port = doc.mappings[1].internal_port,
+         proto = doc.mappings[1].proto, external_ip = doc.mappings[1].external_ip})
+      assert.equal(45200, snap.mappings[1].external_port)
+      assert.equal("natpmp", snap.mappings[1].method)
+      assert.same({}, after.mappings)
+      assert.same({internal = 45200, external = 0, lifetime = 0, op = 2}, last)
+    end)
+  end)
+
   describe("the CLI", function()
     it("rejects bad usage with exit status 2", function()
       for _, args in ipairs{"map", "map 0", "map 80 --proto sctp", "map 80 --method pcp", "map 80 --lifetime 0",
