@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <sys/time.h>
 
@@ -95,6 +96,27 @@ const char *pm_pmp_code(int err, int sys_errno)
 void pm_pmp_step(struct pm_pmp *p, struct pm_pmp_result *r)
 {
     memset(r, 0, sizeof *r);
+    /* libnatpmp reads whatever length came into its 16-byte buffer and
+     * parses it: a short answer would hand back bytes nobody sent. Look
+     * first; drop a version-0 answer too short for its opcode (RFC 6886:
+     * 12 bytes for the address, 16 for a mapping), as if it never came. */
+    unsigned char peek[16];
+    ssize_t n = recv(p->np.s, peek, sizeof peek, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        /* the peek took the socket's pending error (an ICMP port unreachable) */
+        p->busy = 0;
+        r->done = 1;
+        r->sys_errno = errno;
+        r->error = errno == ECONNREFUSED ? NATPMP_ERR_NOGATEWAYSUPPORT : NATPMP_ERR_RECVFROM;
+        r->code = pm_pmp_code(r->error, errno);
+        return;
+    }
+    if (n >= 0 && (n < 2 || (peek[0] == 0 && (peek[1] < 128 || peek[1] > 130 ||
+                                              n < (peek[1] == 128 ? 12 : 16))))) {
+        ssize_t dropped = recv(p->np.s, peek, sizeof peek, MSG_DONTWAIT);
+        (void)dropped;
+        return;
+    }
     natpmpresp_t resp;
     errno = 0;
     int e = readnatpmpresponseorretry(&p->np, &resp);

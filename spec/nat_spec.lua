@@ -9,7 +9,7 @@ local uv = require "luv"
 -- requests with `epoch`; drops the first `drop` requests; records each.
 local function responder(opts)
   local r = {epoch = opts.epoch or 1000, drop = opts.drop or 0, seen = {}, result = opts.result or 0,
-             taken = opts.taken}
+             taken = opts.taken, garbage = opts.garbage}
   local u = uv.new_udp()
   assert(u:bind("127.0.0.1", 5351))
   r.udp = u
@@ -22,7 +22,9 @@ local function responder(opts)
       return
     end
     local reply
-    if op == 0 then
+    if r.garbage then
+      reply = r.garbage
+    elseif op == 0 then
       reply = string.pack(">BBI2I4BBBB", 0, 128, r.result, r.epoch, 203, 0, 113, 5)
     else
       local internal, external, life = string.unpack(">I2I2I4", data, 5)
@@ -179,6 +181,22 @@ describe("portman.nat", function()
       -- libnatpmp resent twice (250 ms, then 500 ms later); the third try was answered
       assert.same({"natpmp", "203.0.113.5"}, {res.source, res.address})
       assert.equal(3, #r.seen)
+    end)
+
+    it("hostile answers end in a code word, never a raise", function()
+      local codes = {protocol = true, unsupported = true, timeout = true}
+      for _, junk in ipairs{"", "\0", ("\255"):rep(16), "\0\129\0\0", ("\0"):rep(100),
+                            string.pack(">BBI2I4", 0, 130, 0, 1)} do
+        local m, err, code = helpers.loop(function()
+          r = responder{garbage = junk}
+          local a, b, c = nat.map{internal_port = 45020, method = "natpmp", timeout = 600}
+          r.close()
+          return a, b, c
+        end)
+        assert.is_nil(m)
+        assert.is_true(codes[code] == true, tostring(err))
+        assert.equal(code, err:match("^(%a+):"))
+      end
     end)
 
     it("a refusal is denied, silence is not_found", function()
