@@ -14,6 +14,7 @@ static const opener parts[] = {
     pm_open_dns,
     pm_open_probe,
     pm_open_http,
+    pm_open_nat,
 };
 
 __attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)

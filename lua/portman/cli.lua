@@ -21,6 +21,9 @@ M.COMMANDS = {
   stun = "portman.stun",
   ["nat-type"] = "portman.stun",
   services = "portman.backend",
+  map = "portman.nat",
+  unmap = "portman.nat",
+  mappings = "portman.nat",
 }
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}

@@ -101,6 +101,32 @@ local function join_cluster(c)
   return b:start()
 end
 
+--- Deletes the router mappings a previous run left (it was killed before
+-- it could): those in the saved state. Mappings the router already forgot
+-- count as deleted. cb(deleted, failed) when done.
+function M.remove_orphans(saved, cb)
+  local list = saved and saved.mappings or {}
+  local left, deleted, failed = #list, 0, 0
+  if left == 0 then return cb(0, 0) end
+  local nat = require "portman.nat"
+  for _, r in ipairs(list) do
+    nat.unmap({external_port = math.tointeger(r.external_port),
+               internal_port = math.tointeger(r.internal_port),
+               proto = r.proto, method = r.method}, function(ok, err, code)
+      if ok or code == "not_found" then
+        deleted = deleted + 1
+        log.info("orphan_mapping_deleted",
+          {service = r.service, external_port = r.external_port, proto = r.proto})
+      else
+        failed = failed + 1
+        log.warn("orphan_mapping_left", {service = r.service, external_port = r.external_port, error = err})
+      end
+      left = left - 1
+      if left == 0 then cb(deleted, failed) end
+    end)
+  end
+end
+
 --- Starts a policy in a new manager.
 -- @return[1] the manager
 -- @return[2] nil, msg, code
@@ -230,6 +256,11 @@ function M.run(policy_path, opts, out)
     sigint = function(name, close_all) d.stop(name, close_all) end,
     sigterm = function(name, close_all) d.stop(name, close_all) end,
   })
+  -- what a killed run left on the router goes first, so that a service
+  -- mapping the same port again is not deleted after it mapped
+  local cleaned = false
+  M.remove_orphans(saved, function() cleaned = true end)
+  while not cleaned do uv.run("once") end
   local m
   m, err, code = M.start(policy, {state_file = state_file, saved = saved})
   if not m then

@@ -22,6 +22,7 @@ local POOL_KEYS = {range = true, strategy = true, node_id = true, allow_privileg
                    warning = true, critical = true}
 local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, port = true, pool = true,
                       listen = true, handler = true, check = true, map = true, metadata = true}
+local MAP_KEYS = {external_port = true, method = true, lifetime = true, description = true, timeout = true}
 
 --- Creates a manager.
 -- @tparam[opt] table opts `state_file` (path of the JSON state, none by
@@ -36,7 +37,7 @@ function M.new(opts)
   check.known("new", 1, opts, NEW_KEYS)
   local self = setmetatable({
     pools = {}, services = {}, registry = registry.new{check_host = opts.check_host},
-    _state_file = opts.state_file, _listeners = {}, _previous = {},
+    _state_file = opts.state_file, _listeners = {}, _previous = {}, _unclean = {},
   }, mt)
   self.health = health.new{concurrency = opts.concurrency, on_event = function(ev) self:_event(ev) end}
   if opts.on_event then self:on(opts.on_event) end
@@ -154,6 +155,7 @@ local function check_service(spec)
       check.argerror("add_service", 1, k .. ": table or boolean expected")
     end
   end
+  if type(spec.map) == "table" then check.known("add_service", 1, spec.map, MAP_KEYS, "map.") end
 end
 
 -- The default health check: connect to a TCP listener; none otherwise.
@@ -280,10 +282,87 @@ function Manager:add_service(spec)
     self.health:add(opts)
     svc.check_name = svc.name
   end
+  if spec.map then
+    local ok, merr = pcall(self._map, self, svc, spec)
+    if not ok then
+      self:_undo(svc)
+      local why = tostring(merr):match("bad argument #1 to 'map' %((.*)%)$") or tostring(merr)
+      check.argerror("add_service", 1, "map: " .. why)
+    end
+  end
   self.services[svc.name] = svc
   self:_event({event = "service_started", service = svc.name, port = port, proto = svc.proto})
   self:_changed()
   return self:service(svc.name)
+end
+
+-- Maps the service's port on the router (after its listener opened); the
+-- mapping renews itself, and its events become the manager's.
+function Manager:_map(svc, spec)
+  local nat = require "portman.nat"
+  local mopts = {internal_port = svc.port, proto = svc.proto, description = "portman " .. svc.name}
+  for k, v in pairs(type(spec.map) == "table" and spec.map or {}) do mopts[k] = v end
+  mopts.on_event = function(ev)
+    if ev.event == "closed" then return end
+    self:_event({event = "mapping_" .. ev.event, service = svc.name, external_port = ev.mapping.external_port,
+                 error = ev.error, level = ev.event == "renew_failed" and "warning" or nil})
+    self:save()
+  end
+  svc.mapping_pending = true
+  nat.map(mopts, function(m, err, code)
+    svc.mapping_pending = false
+    if svc.stopped then -- stopped while the router answered
+      local after = svc.on_unmapped or function() end
+      if m then return m:close(function() after() end) end
+      return after()
+    end
+    if not m then
+      return self:_event({event = "mapping_failed", level = "warning", service = svc.name, error = err,
+                          code = code})
+    end
+    svc.mapping = m
+    self:_event({event = "mapping_added", service = svc.name, method = m.method, external_ip = m.external_ip,
+                 external_port = m.external_port, proto = m.proto})
+    self:save()
+  end)
+end
+
+-- Deletes the service's mapping (waiting for one still being made); cb().
+function Manager:_unmap(svc, cb)
+  svc.stopped = true
+  if svc.mapping_pending then
+    svc.on_unmapped = cb
+    return
+  end
+  local m = svc.mapping
+  if not m then return cb() end
+  svc.mapping = nil
+  m:close(function(ok, err)
+    if not ok then
+      -- the router was not told: the next start deletes it
+      self._unclean[#self._unclean + 1] = Manager._record(svc.name, m)
+      log.warn("unmap_failed", {service = svc.name, error = err})
+    end
+    cb()
+  end)
+end
+
+function Manager._record(name, m)
+  local i = m:info()
+  return {service = name, method = i.method, external_ip = i.external_ip, external_port = i.external_port,
+          internal_port = i.internal_port, proto = i.proto, expires = i.expires}
+end
+
+-- The mappings to keep in the state file: the open ones and those that
+-- could not be deleted.
+function Manager:_mapping_records()
+  local list = json.array()
+  for _, name in ipairs(self:names()) do
+    local svc = self.services[name]
+    if svc.mapping then list[#list + 1] = Manager._record(name, svc.mapping) end
+  end
+  for _, r in ipairs(self._unclean) do list[#list + 1] = r end
+  return list
 end
 
 --- One service's status entry, or nil.
@@ -316,9 +395,11 @@ function Manager:stop_service(name, grace_ms, cb)
   self.registry:unregister(name)
   local function finish(forced)
     if svc.reserved then svc.pool:release(svc.port) end
-    self:_event({event = "service_stopped", service = name, forced = forced})
-    if not self._stopping then self:_changed() end
-    if cb then cb(forced) end
+    self:_unmap(svc, function()
+      self:_event({event = "service_stopped", service = name, forced = forced})
+      if not self._stopping then self:_changed() end
+      if cb then cb(forced) end
+    end)
   end
   if svc.listener and svc.proto == "tcp" then
     svc.listener:drain(grace_ms or 0, finish)
@@ -363,6 +444,14 @@ function Manager:status()
     doc.services[#doc.services + 1] = self:service(e.name) or {name = e.name, type = e.type, proto = e.proto,
       address = e.address, port = e.port, status = "unknown"} -- registered only: no check here
   end
+  for _, name in ipairs(self:names()) do
+    local m = self.services[name].mapping
+    if m then
+      local i = m:info()
+      i.service = name
+      doc.mappings[#doc.mappings + 1] = i
+    end
+  end
   local names = {}
   for name in pairs(self.pools) do names[#names + 1] = name end
   table.sort(names)
@@ -375,11 +464,12 @@ function Manager:status()
   return doc
 end
 
---- The state to keep across a restart: pools and every service's port.
+--- The state to keep across a restart: pools, every service's port, and
+-- the router mappings open now (so a run after a crash deletes them).
 function Manager:snapshot()
   local pools = {}
   for name, p in pairs(self.pools) do pools[name] = p:snapshot() end
-  return {version = 1, pools = pools, registry = self.registry:snapshot()}
+  return {version = 1, pools = pools, registry = self.registry:snapshot(), mappings = self:_mapping_records()}
 end
 
 --- Uses a saved state: services added afterwards get back the port they had.
@@ -433,6 +523,7 @@ function Manager:shutdown(grace_ms, cb)
   local names = self:names()
   local left = #names
   local function done()
+    snap.mappings = self:_mapping_records() -- what is left on the router: nothing, normally
     self:save(snap)
     self.health:close()
     if self._sync_timer then self._sync_timer:close() end

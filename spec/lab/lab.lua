@@ -93,6 +93,25 @@ function M:portman(ns, args)
   return ok, out, stderr
 end
 
+--- Starts `portman ARGS` (a daemon: `run POLICY ...`) in the background
+-- in namespace ns, with this run's interpreter and build, its output in
+-- DIR/NAME.log. Returns its pid (the interpreter's own).
+function M:portman_daemon(ns, name, args)
+  local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/lab/lab%.lua$") or "."
+  if root:sub(1, 1) ~= "/" then root = os.getenv("PWD") .. "/" .. root end
+  local lua = os.getenv("PORTMAN_LUA") or "lua5.4"
+  return self:daemon(ns, name, ("%s %s/bin/portman %s"):format(q(lua), q(root), args))
+end
+
+--- Is process pid alive?
+function M.alive(p)
+  local f = io.open("/proc/" .. p .. "/stat")
+  if not f then return false end
+  local st = f:read("a"):match("^%d+ %b() (%a)")
+  f:close()
+  return st ~= "Z"
+end
+
 --- Loads an nftables ruleset (text, each closing brace on its own line)
 -- into namespace ns.
 function M:nft(ns, ruleset)
@@ -226,6 +245,111 @@ function M:stun_server()
       and self:udp_listening("wan", W.server2, 3478) and self:udp_listening("wan", W.server2, 3479)
   end)
   return W.server .. ":3478"
+end
+
+--- The IGD's own filter and NAT table in the layout miniupnpd-nftables
+-- expects (DESIGN.md): forward jumps to miniupnpd, the nat hooks to
+-- prerouting_miniupnpd / postrouting_miniupnpd, and LAN traffic leaving
+-- wan0 is masqueraded. Forwarding is otherwise allowed: a test of a
+-- mapping must see miniupnpd's DNAT rule at work, not a filter.
+function M:upnp_tables()
+  if self.upnp_tables_made then return end
+  self:nft("igd", [[
+table inet filter {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    jump miniupnpd
+  }
+  chain miniupnpd {
+  }
+  chain prerouting {
+    type nat hook prerouting priority -100; policy accept;
+    jump prerouting_miniupnpd
+  }
+  chain postrouting {
+    type nat hook postrouting priority 100; policy accept;
+    jump postrouting_miniupnpd
+    oifname "wan0" masquerade
+  }
+  chain prerouting_miniupnpd {
+  }
+  chain postrouting_miniupnpd {
+  }
+}
+]])
+  self.upnp_tables_made = true
+end
+
+--- Starts miniupnpd in the IGD namespace (UPnP IGD and NAT-PMP on lan0,
+-- wan0 external) and waits until NAT-PMP listens. Call it again after
+-- stop_miniupnpd to restart it (a router reboot: its mappings are gone).
+-- @tparam[opt] table opts `rules`: permission lines placed before the
+--   final "allow 1024-65535 LAN 1024-65535" and "deny all"
+-- @return its pid
+function M:miniupnpd(opts)
+  opts = opts or {}
+  self:upnp_tables()
+  self.miniupnpd_opts = opts
+  local conf = self.dir .. "/miniupnpd.conf"
+  local f = assert(io.open(conf, "w"))
+  local lines = {"ext_ifname=wan0", "listening_ip=lan0", "port=0", "enable_natpmp=yes",
+    "enable_upnp=yes", "secure_mode=no", "system_uptime=no", "notify_interval=60",
+    "clean_ruleset_interval=600", "uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b"}
+  for _, r in ipairs(opts.rules or {}) do lines[#lines + 1] = r end
+  lines[#lines + 1] = ("allow 1024-65535 %s/%d 1024-65535"):format(M.LAN.client:gsub("%d+$", "0"), M.LAN.prefix)
+  lines[#lines + 1] = "deny 0-65535 0.0.0.0/0 0-65535"
+  f:write(table.concat(lines, "\n"), "\n")
+  f:close()
+  self.miniupnpd_runs = (self.miniupnpd_runs or 0) + 1
+  -- not -d: its debug log of a refused NAT-PMP request (one line per port
+  -- it tries) would take a minute; it forks, its pid is in the pid file
+  local pidfile = self.dir .. "/miniupnpd.pid"
+  os.remove(pidfile)
+  self:sh("igd", ("miniupnpd -f %s -P %s >%s/miniupnpd-%d.log 2>&1 </dev/null"):format(q(conf), q(pidfile),
+    q(self.dir), self.miniupnpd_runs))
+  local p
+  self:wait_for("miniupnpd to serve NAT-PMP", function()
+    local pf = io.open(pidfile)
+    p = pf and pf:read("l")
+    if pf then pf:close() end
+    return p and p:match("^%d+$") and self:udp_listening("igd", M.LAN.gateway, 5351)
+  end)
+  self.daemons[#self.daemons + 1] = {name = "miniupnpd", pid = p}
+  self.miniupnpd_pid = p
+  return p
+end
+
+--- Stops miniupnpd (SIGTERM) and empties its chains, as a rebooting
+-- router forgets its mappings; waits until it is gone.
+function M:stop_miniupnpd()
+  local p = assert(self.miniupnpd_pid, "miniupnpd is not running")
+  run("kill " .. p)
+  self:wait_for("miniupnpd to exit", function() return not M.alive(p) end)
+  self.miniupnpd_pid = nil
+  -- miniupnpd leaves its rules in place when it exits; a rebooting router
+  -- loses them
+  for _, chain in ipairs{"miniupnpd", "prerouting_miniupnpd", "postrouting_miniupnpd"} do
+    self:sh("igd", "nft flush chain inet filter " .. chain)
+  end
+end
+
+--- The router's own view of its mappings: upnpc -l from namespace ns
+-- ("lan"), as a list of {external_port, internal_ip, internal_port, proto, description}.
+function M:upnpc_list(ns)
+  local _, out = self:try(ns or "lan", "timeout 20 upnpc -l")
+  local list = {}
+  -- " 0 TCP 40000->192.168.77.2:40000 'desc' '' 3600"
+  for proto, ext, ip, int, desc in out:gmatch("%s*%d+%s+(%u+)%s+(%d+)%->([%d%.]+):(%d+)%s+'([^']*)'") do
+    list[#list + 1] = {external_port = tonumber(ext), internal_ip = ip, internal_port = tonumber(int),
+                       proto = proto:lower(), description = desc}
+  end
+  return list, out
+end
+
+--- The IGD's nftables rules that miniupnpd wrote (its DNAT chain).
+function M:upnp_rules()
+  local _, out = self:try("igd", "nft list chain inet filter prerouting_miniupnpd")
+  return out
 end
 
 --- Kills the lab's daemons, deletes its namespaces and its directory.
