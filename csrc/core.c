@@ -1,5 +1,7 @@
 /* portman.core: the C core as one Lua module. Each part adds its own
  * functions; only luaopen_portman_core is exported. */
+#include <dlfcn.h>
+
 #include "lua_util.h"
 
 typedef int (*opener)(lua_State *L);
@@ -17,8 +19,21 @@ static const opener parts[] = {
     pm_open_nat,
 };
 
+int luaopen_portman_core(lua_State *L);
+
+/* Keeps this module mapped until the process ends. lua_close unloads C
+ * modules, but a UPnP worker thread that outlived its job may still be in
+ * our code then; unmapping it under the thread would crash the process. */
+static void pin_module(void)
+{
+    Dl_info info;
+    if (dladdr((void *)luaopen_portman_core, &info) && info.dli_fname)
+        (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE); /* kept on purpose */
+}
+
 __attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)
 {
+    pin_module();
     lua_newtable(L);
     for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
         parts[i](L);

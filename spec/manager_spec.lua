@@ -101,7 +101,7 @@ describe("portman.manager", function()
     m:add_pool("r", {range = {22100, 22199}, strategy = "random"})
     local a = assert(m:add_service{name = "a", pool = "r"}).port
     local b = assert(m:add_service{name = "b", pool = "r", listen = false}).port
-    m:register{name = "outside", port = 22150, address = "127.0.0.2"}
+    assert(m:register{name = "outside", port = 22250, address = "127.0.0.2"}) -- outside the pool
     local saved = assert(require("portman.state").load(dir .. "/state.json"))
     assert.equal(3, #saved.registry.services)
     local done = false
@@ -113,7 +113,7 @@ describe("portman.manager", function()
     assert.equal(b, m:add_service{name = "b", pool = "r", listen = false}.port)
     assert.equal(a, m:add_service{name = "a", pool = "r"}.port)
     m:restore_registrations(saved)
-    assert.equal(22150, m.registry:get("outside").port)
+    assert.equal(22250, m.registry:get("outside").port)
     local names = {}
     for _, s in ipairs(m:status().services) do names[#names + 1] = s.name .. "=" .. s.status end
     assert.same({"a=unknown", "b=unknown", "outside=unknown"}, names)
