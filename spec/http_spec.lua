@@ -1,12 +1,8 @@
 local helpers = require "helpers"
 
--- The open fds once garbage (a file another spec left to the collector)
--- is gone, so that a collection during a spec does not move the count.
-local function settled_fds()
-  collectgarbage()
-  collectgarbage()
-  return helpers.fd_count()
-end
+-- helpers.fd_count collects garbage first: a file another spec left to
+-- the collector does not move the count
+local settled_fds = helpers.fd_count
 local uv = require "luv"
 local async = require "portman.async"
 local http_server = require "support.http_server"
