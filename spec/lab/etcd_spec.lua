@@ -328,8 +328,8 @@ describe("etcd cluster #lab", function()
         return keys
       end)())
       local events = {}
-      local w = b:watch("services", function(ev) events[#events + 1] = ev end)
-      async.sleep(200) -- the watch stream is set up
+      local _, rev = assert(b:list("services")) -- follow from here: nothing missed
+      local w = b:watch("services", function(ev) events[#events + 1] = ev end, rev)
       assert(a:deregister("cache"))
       assert(a:register{name = "db", address = "10.1.0.1", port = 5432, metadata = {role = "primary"}})
       assert(b:register{name = "db", address = "10.1.0.2", port = 5432})
@@ -400,13 +400,15 @@ describe("etcd over TLS with etcd's auth #lab", function()
     run(function()
       local a, b = new_backend("node-a"), new_backend("node-b")
       local events = {}
-      local w = b:watch("services", function(ev) events[#events + 1] = ev end)
-      async.sleep(200)
+      -- from the revision read now: no change is missed however long the
+      -- stream takes to set up (TLS on a loaded machine)
+      local _, rev = assert(b:list("services"))
+      local w = b:watch("services", function(ev) events[#events + 1] = ev end, rev)
       assert.same({46000, 46001, 46002}, assert(a:claim_ports{range = {46000, 46099}, count = 3}))
       assert(a:register{name = "api", address = "127.0.0.1", port = 46000})
       assert.equal("node-a", assert(b:services())[1].node)
-      etcd_cluster.wait_until(function() return #events > 0 end, 5000)
-      assert.equal("api/node-a", events[1].key)
+      etcd_cluster.wait_until(function() return #events > 0 end, 10000)
+      assert.equal("api/node-a", events[1] and events[1].key)
       w.close()
       a:close()
       b:close()
