@@ -195,10 +195,14 @@ function M.loop(fn, watchdog)
   local uv = require "luv"
   local async = require "portman.async"
   local result, left
+  -- handles that were there before fn ran (another spec's unreferenced
+  -- helpers, say) are not fn's to close or count
+  local before = {}
+  uv.walk(function(h) before[h] = true end)
   local function close_all()
     local n = 0
     uv.walk(function(h)
-      if not h:is_closing() then
+      if not before[h] and not h:is_closing() then
         n = n + 1
         h:close()
       end
