@@ -279,7 +279,7 @@ describe("portman.backend", function()
       local status, out, err = helpers.portman("alloc --range 20000-20009 --etcd " .. url
         .. " --cluster c --timeout 200 --json")
       assert.equal(1, status)
-      assert.equal("", out)
+      assert.equal("unreachable", cjson.decode(out).code)
       assert.matches("^portman alloc: unreachable: ", err)
       status, out, err = helpers.portman("services --etcd " .. url .. " --cluster c --timeout 200")
       assert.equal(1, status)

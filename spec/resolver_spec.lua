@@ -86,7 +86,7 @@ describe("portman.resolver", function()
         helpers.raises(resolver.new, {server = "127.0.0.1"}):match("bad argument.*"))
       assert.equal("bad argument #1 to 'new' (servers[1]: IP[:PORT] expected, got 'dns.example')",
         helpers.raises(resolver.new, {servers = {"dns.example"}}):match("bad argument.*"))
-      assert.equal("bad argument #1 to 'new' (servers[2]: port out of range 1-65535)",
+      assert.equal("bad argument #1 to 'new' (servers[2]: IP[:PORT] expected, got '127.0.0.1:70000')",
         helpers.raises(resolver.new, {servers = {"127.0.0.1", "127.0.0.1:70000"}}):match("bad argument.*"))
       assert.equal("bad argument #1 to 'new' (servers: at least one server expected)",
         helpers.raises(resolver.new, {servers = {}}):match("bad argument.*"))
@@ -570,9 +570,9 @@ describe("portman.resolver", function()
   describe("command line", function()
     it("resolves A and SRV records as JSON", function()
       local status, out, err =
-        helpers.portman(("resolve web.pm.test --server %s --json"):format(server.address))
+        helpers.portman(("resolve web.pm.test --type A --server %s --json"):format(server.address))
       assert.equal(0, status, err)
-      assert.same({name = "web.pm.test", type = "A", records = {{address = "10.0.0.1", ttl = 300}}},
+      assert.same({name = "web.pm.test", type = "A", records = {{address = "10.0.0.1", type = "A", ttl = 300}}},
         cjson.decode(out))
       status, out, err =
         helpers.portman(("resolve %s --type SRV --server %s --json"):format(SRV_NAME, server.address))
@@ -580,12 +580,15 @@ describe("portman.resolver", function()
       local doc = cjson.decode(out)
       assert.equal("SRV", doc.type)
       assert.equal(3, #doc.records)
+      for i = 2, #doc.records do -- RFC 2782 order: priority first
+        assert.is_true(doc.records[i - 1].priority <= doc.records[i].priority)
+      end
       table.sort(doc.records, function(a, b) return a.port < b.port end)
       assert.same({target = "sip1.pm.test", port = 5060, priority = 10, weight = 60, ttl = 42},
         doc.records[1])
-      status, out = helpers.portman(("resolve v6.pm.test --type aaaa --server [::1]:%d"):format(server.port))
+      status, out = helpers.portman(("resolve v6.pm.test --type aaaa --server [::1]:%d -H"):format(server.port))
       assert.equal(0, status)
-      assert.equal("fd00::66\tttl=120\n", out)
+      assert.equal("fd00::66  AAAA  120\n", out)
     end)
 
     it("exits 1 on a failed lookup and 2 on bad usage", function()
@@ -599,7 +602,7 @@ describe("portman.resolver", function()
       assert.truthy(err:find("--type: A, AAAA or SRV expected, got 'MX'", 1, true), err)
       status, _, err = helpers.portman("resolve web.pm.test --server dns.example")
       assert.equal(2, status)
-      assert.truthy(err:find("--server: servers[1]: IP[:PORT] expected, got 'dns.example'", 1, true), err)
+      assert.truthy(err:find("--server: IP[:PORT] expected, got 'dns.example'", 1, true), err)
       status, _, err = helpers.portman("resolve 'a..b' --server 127.0.0.1")
       assert.equal(2, status)
       assert.truthy(err:find("invalid domain name 'a..b'", 1, true), err)
@@ -608,7 +611,7 @@ describe("portman.resolver", function()
       -- a literal needs no server at all
       status, out = helpers.portman("resolve 192.0.2.1 --json")
       assert.equal(0, status)
-      assert.same({name = "192.0.2.1", type = "A", records = {{address = "192.0.2.1", ttl = 0}}},
+      assert.same({name = "192.0.2.1", type = "A,AAAA", records = {{address = "192.0.2.1", type = "A", ttl = 0}}},
         cjson.decode(out))
     end)
   end)

@@ -111,39 +111,4 @@ function M.restore(snap)
   return a
 end
 
---- `portman alloc --range LO-HI [--strategy S] [--node-id ID] [--count N] [--json]`;
--- with `--etcd URL[,URL...] --cluster NAME` the ports are claimed
--- cluster-wide (portman.backend), printed the same way.
-M.cli = {alloc = {
-  usage = "portman alloc --range LO-HI [--strategy sequential|random|hash] [--node-id ID] "
-    .. "[--count N] [--allow-privileged] [--json]\n"
-    .. "       [--etcd URL[,URL...] --cluster NAME [--ttl S] [--hold] [--timeout MS]\n"
-    .. "        [--cacert PEM] [--cert PEM --key PEM] [--user NAME]]",
-  flags = {range = "string", strategy = "string", ["node-id"] = "string",
-           count = "int", ["allow-privileged"] = "bool", json = "bool",
-           etcd = "string", cluster = "string", ttl = "int", hold = "bool", timeout = "int",
-           cacert = "string", cert = "string", key = "string", user = "string"},
-  run = function(opts, out)
-    local cli = require "portman.cli"
-    if not opts.range then cli.usage_error("--range is required") end
-    local lo, hi = cli.range("range", opts.range)
-    local count = opts.count or 1
-    if count < 1 then cli.usage_error("--count: at least 1") end
-    if opts.etcd then return require("portman.backend").cli_alloc(opts, lo, hi, count, out) end
-    for _, flag in ipairs({"cluster", "ttl", "hold", "timeout", "cacert", "cert", "key", "user"}) do
-      if opts[flag] then cli.usage_error("--" .. flag .. " needs --etcd") end
-    end
-    local a = M.new{range = {lo, hi}, strategy = opts.strategy, node_id = opts.node_id,
-                    allow_privileged = opts.allow_privileged}
-    local ports = {}
-    for i = 1, count do
-      local p, err, code = a:allocate()
-      if not p then return nil, err, code end
-      ports[i] = p
-    end
-    return {json = {ports = ports, range = {lo, hi}, strategy = a:strategy()},
-            text = table.concat(ports, "\n")}
-  end,
-}}
-
 return M

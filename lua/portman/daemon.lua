@@ -293,11 +293,4 @@ function M.run(policy_path, opts, out)
   return true
 end
 
-M.cli = {run = {
-  usage = "portman run POLICY.lua [--state-dir DIR] [--admin-socket PATH]",
-  flags = {["state-dir"] = "string", ["admin-socket"] = "string"},
-  positional = {"POLICY"},
-  run = function(opts, out) return M.run(opts.policy, opts, out) end,
-}}
-
 return M

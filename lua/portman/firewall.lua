@@ -26,19 +26,37 @@ local PROBE_OPTIONS = {timeout = true, concurrency = true, proto = true, payload
 
 -- Ports ---------------------------------------------------------------------
 
-local function port_number(fname, n, text, spec)
-  local p = math.tointeger(tonumber(text))
-  if not p or not text:match("^%d+$") or p < 1 or p > 65535 then
-    check.argerror(fname, n, ("ports: '%s' in '%s' is not a port in 1-65535"):format(text, spec))
+-- One port of a PORTS text, or nil and why.
+local function port_number(text, spec)
+  local p = text:match("^%d+$") and math.tointeger(tonumber(text))
+  if not p or p < 1 or p > 65535 then
+    return nil, ("'%s' in '%s' is not a port in 1-65535"):format(text, spec)
   end
   return p
 end
 
---- Parses a port list: a string like "1-65535" or "22,80,8000-8100", or a
--- table of port numbers. Returns the ports sorted, each once.
--- @raise on anything else, naming argument n of fname
-function M.parse_ports(spec, fname, n)
-  fname, n = fname or "parse_ports", n or 1
+-- Adds the ports of one item of a PORTS text ("80" or "8000-8100").
+local function add_item(item, spec, add)
+  local a, b = item:match("^%s*([^-]*)-([^-]*)%s*$")
+  if not a then
+    local p, err = port_number(item:match("^%s*(.-)%s*$"), spec)
+    if not p then return nil, err end
+    add(p)
+    return true
+  end
+  local lo, err = port_number(a, spec)
+  local hi, err2 = port_number(b, spec)
+  if not (lo and hi) then return nil, err or err2 end
+  if lo > hi then return nil, ("range '%s' runs backwards"):format(item) end
+  for p = lo, hi do add(p) end
+  return true
+end
+
+--- Reads a port list, "1-65535" or "22,80,8000-8100", as the command line
+-- gives it.
+-- @return[1] the ports sorted, each once
+-- @return[2] nil, and what is wrong with spec
+function M.ports(spec)
   local seen, ports = {}, {}
   local function add(p)
     if not seen[p] then
@@ -46,21 +64,35 @@ function M.parse_ports(spec, fname, n)
       ports[#ports + 1] = p
     end
   end
-  if type(spec) == "table" then
-    for i, v in ipairs(spec) do add(check.port(fname, n, v, ("ports[%d]"):format(i))) end
-  elseif type(spec) == "string" then
-    for item in (spec .. ","):gmatch("([^,]*),") do
-      local a, b = item:match("^%s*([^-]*)-([^-]*)%s*$")
-      if a then
-        local lo, hi = port_number(fname, n, a, spec), port_number(fname, n, b, spec)
-        if lo > hi then check.argerror(fname, n, ("ports: range '%s' runs backwards"):format(item)) end
-        for p = lo, hi do add(p) end
-      else
-        add(port_number(fname, n, item:match("^%s*(.-)%s*$"), spec))
-      end
-    end
-  else
+  for item in (spec .. ","):gmatch("([^,]*),") do
+    local ok, err = add_item(item, spec, add)
+    if not ok then return nil, err end
+  end
+  if #ports == 0 then return nil, "empty list" end
+  table.sort(ports)
+  return ports
+end
+
+--- Parses a port list: a string like "1-65535" or "22,80,8000-8100", or a
+-- table of port numbers. Returns the ports sorted, each once.
+-- @raise on anything else, naming argument n of fname
+function M.parse_ports(spec, fname, n)
+  fname, n = fname or "parse_ports", n or 1
+  if type(spec) == "string" then
+    local ports, err = M.ports(spec)
+    if not ports then check.argerror(fname, n, "ports: " .. err) end
+    return ports
+  end
+  if type(spec) ~= "table" then
     check.argerror(fname, n, "ports: string or table expected, got " .. type(spec))
+  end
+  local seen, ports = {}, {}
+  for i, v in ipairs(spec) do
+    local p = check.port(fname, n, v, ("ports[%d]"):format(i))
+    if not seen[p] then
+      seen[p] = true
+      ports[#ports + 1] = p
+    end
   end
   if #ports == 0 then check.argerror(fname, n, "ports: empty list") end
   table.sort(ports)
@@ -573,85 +605,5 @@ M.check_proxy = async.adapt(function(proxy, target, opts, cb)
     if not ok then fail(cerr, errname(cerr)) end
   end)
 end)
-
--- The command line ----------------------------------------------------------
-
-local function json_list(l)
-  return "[" .. table.concat(l, ",") .. "]"
-end
-
--- DESIGN.md's document, written by hand so that an empty list is [] (cjson
--- writes an empty table as {}).
-local function probe_json(r)
-  local cjson = require "cjson"
-  local counts = {}
-  for _, s in ipairs({"open", "closed", "filtered", "unreachable", "error"}) do
-    counts[#counts + 1] = cjson.encode(s) .. ":" .. r.counts[s]
-  end
-  return ('{"host":%s,"scanned":%d,"elapsed_ms":%d,"counts":{%s},"open":%s,"filtered":%s,"unreachable":%s}')
-    :format(cjson.encode(r.host), r.scanned, r.elapsed_ms, table.concat(counts, ","),
-            json_list(r.open), json_list(r.filtered), json_list(r.unreachable))
-end
-
-local SHOWN = 100 -- list the ports of a state when there are this few
-
-local function probe_text(r)
-  local lines = {("%s (%s): %d ports in %d ms"):format(r.host, r.address, r.scanned, r.elapsed_ms)}
-  local rows = {}
-  for _, s in ipairs({"open", "filtered", "unreachable", "error"}) do
-    local l = r[s]
-    if s == "open" or #l <= SHOWN then
-      for _, p in ipairs(l) do rows[#rows + 1] = {p, s} end
-    end
-  end
-  table.sort(rows, function(a, b) return a[1] < b[1] end)
-  if #rows > 0 then lines[#lines + 1] = "PORT      STATE" end
-  for _, row in ipairs(rows) do
-    local err = r.errors[row[1]]
-    lines[#lines + 1] = ("%-9s %s%s"):format(row[1] .. "/tcp", row[2], err and " (" .. err .. ")" or "")
-  end
-  local counts = {}
-  for _, s in ipairs({"open", "closed", "filtered", "unreachable", "error"}) do
-    counts[#counts + 1] = ("%s %d"):format(s, r.counts[s])
-  end
-  lines[#lines + 1] = table.concat(counts, ", ")
-  return table.concat(lines, "\n")
-end
-
--- A progress bar on stderr: "[#####.....]  12345/65535  3 open".
-local function progress_bar(errout)
-  local width = 30
-  return function(result)
-    local filled = result.total > 0 and result.scanned * width // result.total or width
-    errout:write(("\r[%s%s] %d/%d  %d open"):format(("#"):rep(filled), ("."):rep(width - filled),
-      result.scanned, result.total, result.counts.open))
-    errout:flush()
-  end, function()
-    errout:write("\r\27[K")
-    errout:flush()
-  end
-end
-
-M.cli = {probe = {
-  usage = "portman probe HOST PORTS [--timeout MS] [--concurrency N] [--json]",
-  flags = {timeout = "int", concurrency = "int", json = "bool"},
-  positional = {"HOST", "PORTS"},
-  run = function(opts, out, errout)
-    local cli = require "portman.cli"
-    if opts.timeout and opts.timeout < 1 then cli.usage_error("--timeout: at least 1 ms") end
-    if opts.concurrency and opts.concurrency < 1 then cli.usage_error("--concurrency: at least 1") end
-    local ports = M.parse_ports(opts.ports, "probe", 2) -- raises: a usage error
-    local draw, clear
-    if not opts.json and uv.guess_handle(2) == "tty" then draw, clear = progress_bar(errout) end
-    local result, err, code = async.run(function()
-      return M.probe(opts.host, ports, {timeout = opts.timeout, concurrency = opts.concurrency,
-        on_batch = draw and function(_, scan) draw(scan._result) end})
-    end)
-    if clear then clear() end
-    if not result then return nil, err, code end
-    out:write(opts.json and probe_json(result) or probe_text(result), "\n")
-    return true
-  end,
-}}
 
 return M

@@ -31,13 +31,79 @@ local function prepare(v, seen)
   return changed and copy or v, changed
 end
 
+-- The sorted encoder: objects with their keys in order, so that a
+-- document prints the same every time (the command line's --json).
+local encode_sorted
+
+local ESCAPES = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
+                 ["\r"] = "\\r", ["\t"] = "\\t"}
+
+-- A JSON string (cjson would also escape '/', which JSON allows bare).
+local function quote(s)
+  return '"' .. s:gsub('[%c"\\]', function(c) return ESCAPES[c] or ("\\u%04x"):format(c:byte()) end) .. '"'
+end
+
+local function is_array(t)
+  if arrays[t] then return true end
+  local n = #t
+  if n == 0 then return false end
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  return count == n
+end
+
+local function encode_table(t, out, depth)
+  if depth > 100 then error("json: nesting deeper than 100 (a cycle?)", 0) end
+  if is_array(t) then
+    out[#out + 1] = "["
+    for i = 1, #t do
+      if i > 1 then out[#out + 1] = "," end
+      encode_sorted(t[i], out, depth + 1)
+    end
+    out[#out + 1] = "]"
+    return
+  end
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  out[#out + 1] = "{"
+  for i, k in ipairs(keys) do
+    if i > 1 then out[#out + 1] = "," end
+    out[#out + 1] = quote(k) .. ":"
+    local v = t[k]
+    if v == nil then v = t[math.tointeger(tonumber(k))] end
+    encode_sorted(v, out, depth + 1)
+  end
+  out[#out + 1] = "}"
+end
+
+function encode_sorted(v, out, depth)
+  if type(v) == "table" then return encode_table(v, out, depth) end
+  if type(v) == "string" then
+    out[#out + 1] = quote(v)
+  elseif math.type(v) == "integer" then
+    out[#out + 1] = ("%d"):format(v)
+  else
+    out[#out + 1] = cjson.encode(v) -- floats, booleans, cjson.null; raises on the rest
+  end
+end
+
 --- Encodes v; tables marked with json.array stay arrays when empty.
-function M.encode(v)
+-- @tparam[opt] table opts `sorted`: object keys in order (a stable text)
+function M.encode(v, opts)
+  if opts and opts.sorted then
+    local out = {}
+    encode_sorted(v, out, 0)
+    return table.concat(out)
+  end
   local prepared, changed = prepare(v, {})
   local text = cjson.encode(prepared)
   if changed then text = text:gsub(EMPTY_JSON:gsub("%p", "%%%0"), "[]") end
   return text
 end
+
+--- The JSON null (decoded nulls are this value too).
+M.null = cjson.null
 
 local function integers(v)
   if type(v) == "number" then return math.tointeger(v) or v end

@@ -459,7 +459,8 @@ function Manager:status()
     local p = self.pools[name]
     local lo, hi = p:range()
     doc.pools[#doc.pools + 1] = {name = name, range = {lo, hi}, strategy = p:strategy(),
-      allocated = p:allocated(), size = p:size(), utilization = p:utilization()}
+      allocated = p:allocated(), size = p:size(),
+      utilization = math.floor(p:utilization() * 10 + 0.5) / 10} -- percent, one decimal
   end
   return doc
 end

@@ -389,6 +389,15 @@ end
 --- Is the mapping closed?
 function Mapping:closed() return self._closed == true end
 
+--- Stops renewing and forgets the mapping, leaving it on the router for
+-- the rest of its lifetime (a one-shot `portman map`). Idempotent.
+function Mapping:detach()
+  if self._closed then return end
+  self._closed = true
+  state.live[self] = nil
+  close_handle(self._timer)
+end
+
 --- Stops renewing and deletes the mapping on the router. A second close
 -- does nothing and returns true.
 -- @return[1] true
@@ -541,97 +550,5 @@ M.gateway = nil
 function M.reset()
   state.igd, state.preferred = nil, nil
 end
-
--- --- command line ---
-
-local function map_text(m)
-  return ("%s %s:%d -> %s:%d (%s, %d s)"):format(m.proto, m.external_ip or "?", m.external_port,
-    m.internal_ip or "?", m.internal_port, m.method, m.lifetime)
-end
-
-local function proto_flag(opts)
-  local p = opts.proto or "tcp"
-  if p ~= "tcp" and p ~= "udp" then require("portman.cli").usage_error("--proto: tcp or udp expected") end
-  return p
-end
-
-local function method_flag(opts)
-  local m = opts.method or "auto"
-  if m ~= "auto" and m ~= "upnp" and m ~= "natpmp" then
-    require("portman.cli").usage_error("--method: auto, upnp or natpmp expected")
-  end
-  return m
-end
-
-local function port_arg(name, value)
-  local p = math.tointeger(tonumber(value))
-  if not p or p < 1 or p > 65535 then
-    require("portman.cli").usage_error(("%s: port 1-65535 expected, got '%s'"):format(name, tostring(value)))
-  end
-  return p
-end
-
-M.cli = {
-  map = {
-    usage = "portman map PORT [--external PORT] [--proto tcp|udp] [--lifetime S] "
-      .. "[--method auto|upnp|natpmp] [--timeout MS] [--json]",
-    flags = {external = "int", proto = "string", lifetime = "int", method = "string", timeout = "int",
-             json = "bool"},
-    positional = {"PORT"},
-    run = function(opts)
-      local o = {internal_port = port_arg("PORT", opts.port), proto = proto_flag(opts),
-                 method = method_flag(opts), description = "portman map", timeout = opts.timeout}
-      if opts.external then o.external_port = port_arg("--external", opts.external) end
-      if opts.lifetime then
-        if opts.lifetime < 1 then require("portman.cli").usage_error("--lifetime: at least 1") end
-        o.lifetime = opts.lifetime
-      end
-      if opts.timeout and opts.timeout < 1 then
-        require("portman.cli").usage_error("--timeout: at least 1")
-      end
-      local m, err, code = async.run(function()
-        local m, err, code = M.map(o)
-        -- a one-shot command leaves the mapping for its lifetime: no renewal here
-        if m then close_handle(m._timer); state.live[m] = nil; m._closed = true end
-        return m, err, code
-      end)
-      if not m then return nil, err, code end
-      local doc = {method = m.method, external_ip = m.external_ip, external_port = m.external_port,
-                   internal_ip = m.internal_ip, internal_port = m.internal_port, proto = m.proto,
-                   lifetime = m.lifetime}
-      return {json = doc, text = map_text(doc)}
-    end,
-  },
-  unmap = {
-    usage = "portman unmap EXTERNAL_PORT [--proto tcp|udp] [--method auto|upnp|natpmp] [--internal PORT]",
-    flags = {proto = "string", method = "string", internal = "int", timeout = "int", json = "bool"},
-    positional = {"EXTERNAL_PORT"},
-    run = function(opts)
-      local o = {external_port = port_arg("EXTERNAL_PORT", opts.external_port), proto = proto_flag(opts),
-                 method = method_flag(opts), timeout = opts.timeout}
-      if opts.internal then o.internal_port = port_arg("--internal", opts.internal) end
-      local ok, err, code = async.run(M.unmap, o)
-      if not ok then return nil, err, code end
-      return {json = {external_port = o.external_port, proto = o.proto, deleted = true},
-              text = ("deleted %s %d"):format(o.proto, o.external_port)}
-    end,
-  },
-  mappings = {
-    usage = "portman mappings [--timeout MS] [--json]",
-    flags = {json = "bool", timeout = "int"},
-    run = function(opts)
-      local list, err, code = async.run(M.mappings, {timeout = opts.timeout})
-      if not list then return nil, err, code end
-      local lines = {}
-      for _, e in ipairs(list) do
-        lines[#lines + 1] = ("%s %d -> %s:%d '%s' %d s"):format(e.proto, e.external_port, e.internal_ip,
-          e.internal_port, e.description, e.lifetime)
-      end
-      local doc = require("portman.json").array()
-      for i, e in ipairs(list) do doc[i] = e end
-      return {json = doc, text = #lines > 0 and table.concat(lines, "\n") or "no mappings"}
-    end,
-  },
-}
 
 return M

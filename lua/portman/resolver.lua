@@ -45,20 +45,27 @@ local DEFAULTS = {min_ttl = 0, max_ttl = 86400, negative_ttl = 30, stale_ttl = 0
 -- that is an answer, and it replaces what was cached).
 local STALE_ON = {timeout = true, refused = true, protocol = true, unreachable = true}
 
--- Parses "IP", "IP:PORT", "[IPv6]" or "[IPv6]:PORT" into c-ares' CSV form.
-local function server_csv(fname, n, text, what)
-  if type(text) ~= "string" then
-    check.argerror(fname, n, ("%s: string expected, got %s"):format(what, type(text)))
-  end
+--- Reads a DNS server's address, "IP", "IP:PORT", "[IPv6]" or
+-- "[IPv6]:PORT" (port 53 by default).
+-- @return[1] c-ares' form of it ("192.0.2.1:53", "[2001:db8::1]:53")
+-- @return[2] nil, and what is wrong
+function M.parse_server(text)
+  if type(text) ~= "string" then return nil, "string expected, got " .. type(text) end
   local host, port = text:match("^%[([^%]]+)%]:(%d+)$")
   if not host then host, port = text:match("^([%d%.]+):(%d+)$") end
-  host = host or text
+  host = host or text:match("^%[([^%]]+)%]$") or text
   local family, ip = core.dns_parse_ip(host)
-  if not family then
-    check.argerror(fname, n, ("%s: IP[:PORT] expected, got '%s'"):format(what, text))
+  port = math.tointeger(tonumber(port or 53))
+  if not family or not port or port < 1 or port > 65535 then
+    return nil, ("IP[:PORT] expected, got '%s'"):format(text)
   end
-  port = check.port(fname, n, port and tonumber(port) or 53, what)
   return (family == "inet6" and "[%s]:%d" or "%s:%d"):format(ip, port)
+end
+
+local function server_csv(fname, n, text, what)
+  local csv, err = M.parse_server(text)
+  if not csv then check.argerror(fname, n, ("%s: %s"):format(what, err)) end
+  return csv
 end
 
 local function number_opt(fname, opts, key, min)
@@ -76,23 +83,38 @@ end
 -- (cleared when it grows large: it is only a shortcut).
 local valid_names, valid_count = {}, 0
 
-local function check_name(fname, name)
+--- Checks a name for a query: a DNS name (labels of 1-63 characters, 253
+-- in all; letters, digits, '-' and '_', which SRV owners use), or a
+-- literal address.
+-- @return[1] name
+-- @return[2] nil, and what is wrong
+function M.valid_name(name)
   if valid_names[name] then return name end
-  if type(name) ~= "string" then
-    check.argerror(fname, 1, "string expected, got " .. type(name))
-  end
+  if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
   if core.dns_parse_ip(name) then return name end
   local bare = name:sub(-1) == "." and name:sub(1, -2) or name
-  if #bare == 0 or #bare > 253 or not bare:match("^[%w%-_%.]+$") then
-    check.argerror(fname, 1, ("invalid domain name '%s'"):format(name))
-  end
+  local bad = ("invalid domain name '%s'"):format(name)
+  if #bare == 0 or #bare > 253 or not bare:match("^[%w%-_%.]+$") then return nil, bad end
   for label in (bare .. "."):gmatch("([^.]*)%.") do
-    if #label == 0 or #label > 63 then
-      check.argerror(fname, 1, ("invalid domain name '%s'"):format(name))
-    end
+    if #label == 0 or #label > 63 then return nil, bad end
   end
   if valid_count >= 10000 then valid_names, valid_count = {}, 0 end
   valid_names[name], valid_count = true, valid_count + 1
+  return name
+end
+
+--- A name in the ASCII form DNS carries: an internationalized name
+-- (UTF-8) becomes its IDNA A-labels ("xn--...").
+-- @return[1] the ASCII name
+-- @return[2] nil, "unsupported: ...", "unsupported" when this build cannot convert it
+function M.to_ascii(name)
+  if type(name) == "string" and not name:find("[\128-\255]") then return name end
+  return nil, ("unsupported: no IDNA conversion for '%s'"):format(tostring(name)), "unsupported"
+end
+
+local function check_name(fname, name)
+  local ok, err = M.valid_name(name)
+  if not ok then check.argerror(fname, 1, err) end
   return name
 end
 
@@ -767,54 +789,5 @@ function Picker:pick(list)
   if p == "priority" then return group[weighted_index(group)] end
   return group[rfc2782_index(group)]
 end
-
-----------------------------------------------------------------------------
--- Command line
-
-local TYPES = {A = "inet", AAAA = "inet6", SRV = "srv"}
-
-local function record_line(rec)
-  if rec.target then
-    return ("%d %d %d %s\tttl=%d"):format(rec.priority, rec.weight, rec.port, rec.target, rec.ttl)
-  end
-  return ("%s\tttl=%d"):format(rec.address, rec.ttl)
-end
-
---- `portman resolve NAME [--type A|AAAA|SRV] [--server IP[:PORT]] [--json]`
--- With --server, that server is asked and the hosts file is not read (as
--- `dig @server` does).
-M.cli = {resolve = {
-  usage = "portman resolve NAME [--type A|AAAA|SRV] [--server IP[:PORT]] [--json]",
-  flags = {type = "string", server = "string", json = "bool"},
-  positional = {"NAME"},
-  run = function(opts)
-    local cli = require "portman.cli"
-    local rtype = (opts.type or "A"):upper()
-    if not TYPES[rtype] then cli.usage_error("--type: A, AAAA or SRV expected, got '" .. opts.type .. "'") end
-    check_name("resolve", opts.name)
-    local ok, r = pcall(M.new, {servers = opts.server and {opts.server} or nil,
-                                hosts = (opts.server and false) or nil})
-    if not ok then cli.usage_error("--server: " .. tostring(r):match("%((.*)%)$")) end
-    local records, err, code = async.run(function()
-      if rtype == "SRV" then return r:srv(opts.name) end
-      return r:resolve(opts.name, {family = TYPES[rtype]})
-    end)
-    r:close()
-    if not records then return nil, err, code end
-    local out, lines = {}, {}
-    for i, rec in ipairs(records) do
-      if rec.target then
-        out[i] = {target = rec.target, port = rec.port, priority = rec.priority,
-                  weight = rec.weight, ttl = rec.ttl}
-      else
-        out[i] = {address = rec.address, ttl = rec.ttl}
-      end
-      lines[i] = record_line(rec)
-    end
-    local cjson = require "cjson"
-    setmetatable(out, cjson.array_mt)
-    return {json = {name = opts.name, type = rtype, records = out}, text = table.concat(lines, "\n")}
-  end,
-}}
 
 return M

@@ -1,0 +1,29 @@
+# bash completion for portman (made by portman.cmd.doc from the command specs)
+_portman() {
+  local cur=${COMP_WORDS[COMP_CWORD]} opts
+  if [ "$COMP_CWORD" -eq 1 ]; then
+    COMPREPLY=($(compgen -W "alloc probe resolve stun nat-type map unmap mappings run status repl services help --version --help" -- "$cur"))
+    return
+  fi
+  case ${COMP_WORDS[1]} in
+    help) opts="alloc probe resolve stun nat-type map unmap mappings run status repl services" ;;
+    alloc) opts="--range --strategy --node-id --count --allow-privileged --ttl --hold --etcd --cluster --timeout --cacert --cert --key --user --json --help -h" ;;
+    probe) opts="--timeout --concurrency --json --no-header -H --help -h" ;;
+    resolve) opts="--type --server --timeout --json --no-header -H --help -h" ;;
+    stun) opts="--server --timeout --json --help -h" ;;
+    nat-type) opts="--server --timeout --json --help -h" ;;
+    map) opts="--external --proto --lifetime --method --timeout --json --help -h" ;;
+    unmap) opts="--proto --method --internal --timeout --json --help -h" ;;
+    mappings) opts="--timeout --json --no-header -H --help -h" ;;
+    run) opts="--state-dir --admin-socket --help -h" ;;
+    status) opts="--admin-socket --json --no-header -H --help -h" ;;
+    repl) opts="--admin-socket --help -h" ;;
+    services) opts="--etcd --cluster --timeout --cacert --cert --key --user --json --no-header -H --help -h" ;;
+    *) opts= ;;
+  esac
+  case $cur in
+    -*|'') COMPREPLY=($(compgen -W "$opts" -- "$cur")) ;;
+  esac
+  [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -f -- "$cur"))
+}
+complete -F _portman portman

@@ -1,0 +1,85 @@
+--- `portman probe HOST PORTS`: which ports of a host answer (TCP connects).
+local uv = require "luv"
+local async = require "portman.async"
+local json = require "portman.json"
+local probe = require "portman.firewall"
+local cmd = require "portman.cmd"
+
+local LISTED = {"open", "filtered", "unreachable", "error"}
+local COUNTED = {"open", "closed", "filtered", "unreachable", "error"}
+local SHOWN = 100 -- list the ports of a state other than open when there are this few
+
+local function rows_of(r)
+  local rows = {}
+  for _, s in ipairs(LISTED) do
+    local l = r[s]
+    if s == "open" or #l <= SHOWN then
+      for _, p in ipairs(l) do rows[#rows + 1] = {p, s} end
+    end
+  end
+  table.sort(rows, function(a, b) return a[1] < b[1] end)
+  for i, row in ipairs(rows) do
+    local err = r.errors[row[1]]
+    rows[i] = {row[1] .. "/tcp", row[2] .. (err and " (" .. err .. ")" or "")}
+  end
+  return rows
+end
+
+local function footer(r)
+  local counts = {}
+  for _, s in ipairs(COUNTED) do counts[#counts + 1] = ("%s %d"):format(s, r.counts[s]) end
+  return ("%s (%s): %s in %d ms: %s"):format(r.host, r.address, cmd.plural(r.scanned, "port"), r.elapsed_ms,
+    table.concat(counts, ", "))
+end
+
+local function document(r)
+  local counts = {}
+  for _, s in ipairs(COUNTED) do counts[s] = r.counts[s] end
+  return {host = r.host, scanned = r.scanned, elapsed_ms = r.elapsed_ms, counts = counts,
+          open = json.array(r.open), filtered = json.array(r.filtered),
+          unreachable = json.array(r.unreachable)}
+end
+
+-- A progress bar on stderr: "[#####.....]  12345/65535  3 open".
+local function progress_bar(errout)
+  local width = 30
+  return function(result)
+    local filled = result.total > 0 and result.scanned * width // result.total or width
+    errout:write(("\r[%s%s] %d/%d  %d open"):format(("#"):rep(filled), ("."):rep(width - filled),
+      result.scanned, result.total, result.counts.open))
+    errout:flush()
+  end, function()
+    errout:write("\r\27[K")
+    errout:flush()
+  end
+end
+
+return {probe = {
+  summary = "probe which ports of a host accept a TCP connection",
+  args = {{"HOST", "a name (resolved, the first address is probed) or an IPv4/IPv6 address"},
+          {"PORTS", "ports like 1-65535 or 22,80,8000-8100"}},
+  flags = {
+    {"timeout", "MS", "ms a probe waits for an answer before the port counts as filtered",
+      kind = "int", default = 1000},
+    {"concurrency", "N", "sockets in flight at once (default: from RLIMIT_NOFILE)", kind = "int"},
+  },
+  json = true,
+  table = true,
+  notes = "States as nmap names them: open, closed, filtered (no answer before the timeout), "
+    .. "unreachable (ICMP), error. The table lists open ports, and the others when there are few.",
+  run = function(opts, ctx)
+    cmd.at_least(opts, "timeout", 1)
+    cmd.at_least(opts, "concurrency", 1)
+    local ports, perr = probe.ports(opts.ports)
+    if not ports then cmd.usage_error("PORTS: " .. perr) end
+    local draw, clear
+    if not opts.json and uv.guess_handle(2) == "tty" then draw, clear = progress_bar(ctx.errout) end
+    local result, err, code = async.run(function()
+      return probe.probe(opts.host, ports, {timeout = opts.timeout, concurrency = opts.concurrency,
+        on_batch = draw and function(_, scan) draw(scan._result) end})
+    end)
+    if clear then clear() end
+    if not result then return nil, err, code end
+    return {json = document(result), header = {"PORT", "STATE"}, rows = rows_of(result), footer = footer(result)}
+  end,
+}}

@@ -1,0 +1,233 @@
+-- portman.cmd: the command line's conventions (help everywhere, --version,
+-- sorted JSON, JSON error documents, tables, exit codes) and `portman alloc`.
+local helpers = require "helpers"
+local cjson = require "cjson"
+
+local function run(args)
+  return helpers.portman(args)
+end
+
+describe("portman alloc", function()
+  local allocator = require "portman.allocator"
+
+  it("prints hash ports as JSON, matching the library", function()
+    local status, out, err = run("alloc --range 20000-20999 --strategy hash --node-id db-7 --count 3 --json")
+    assert.equal(0, status, err)
+    local doc = cjson.decode(out)
+    local start = allocator.hash_start("db-7", 20000, 20999)
+    assert.same({ports = {start, start + 1, start + 2}, range = {20000, 20999}, strategy = "hash"}, doc)
+  end)
+
+  it("prints one port a line by default", function()
+    local status, out = run("alloc --range 20000-20999 --count 2")
+    assert.equal(0, status)
+    assert.equal("20000\n20001\n", out)
+  end)
+
+  it("draws random ports inside the range", function()
+    local status, out = run("alloc --range=40000-40009 --strategy random --count 10 --json")
+    assert.equal(0, status)
+    local ports = cjson.decode(out).ports
+    table.sort(ports)
+    assert.same({40000, 40001, 40002, 40003, 40004, 40005, 40006, 40007, 40008, 40009}, ports)
+  end)
+
+  it("exits 1 with the message when the pool runs out", function()
+    local status, out, err = run("alloc --range 20000-20001 --count 3")
+    assert.equal(1, status)
+    assert.equal("", out)
+    assert.equal("portman alloc: exhausted: no free port in 20000-20001\n", err)
+  end)
+
+  local usage = {
+    {"--range 30000-20000", "--range: 30000 > 20000"},
+    {"--range 20000", "--range: LO-HI expected, got '20000'"},
+    {"--range 0-10 --allow-privileged", "--range: ports 1-65535 expected, got '0-10'"},
+    {"", "--range is required"},
+    {"--range 20000-20010 --strategy best", "--strategy: sequential, random, hash expected, got 'best'"},
+    {"--range 20000-20010 --strategy hash", "--strategy hash needs --node-id"},
+    {"--range 80-90", "--range 80-90 includes ports below 1024 (add --allow-privileged)"},
+    {"--range 20000-20010 --count x", "--count: integer expected, got 'x'"},
+    {"--range 20000-20010 --count 1.5", "--count: integer expected, got '1.5'"},
+    {"--range 20000-20010 --count 0", "--count: at least 1"},
+    {"--range 20000-20010 --bogus", "unknown option --bogus"},
+    {"--range 20000-20010 -q", "unknown option -q"},
+    {"--range 20000-20010 extra", "unexpected argument 'extra'"},
+    {"--range", "--range needs a value"},
+    {"--range 20000-20010 --json=yes", "--json takes no value"},
+  }
+  for _, case in ipairs(usage) do
+    it("exits 2 on 'alloc " .. case[1] .. "'", function()
+      local status, out, err = run("alloc " .. case[1])
+      assert.equal(2, status)
+      assert.equal("", out)
+      assert.equal("portman alloc: " .. case[2], err:match("^([^\n]*)\n"))
+      assert.matches("\nusage: portman alloc %-%-range LO%-HI %[options%]\n$", err)
+    end)
+  end
+
+  it("allows privileged ports on request", function()
+    local status, out = run("alloc --range 80-81 --allow-privileged --json")
+    assert.equal(0, status)
+    assert.same({80}, cjson.decode(out).ports)
+  end)
+end)
+
+describe("the command line", function()
+  local cmd = require "portman.cmd"
+
+  it("exits 2 on an unknown command and lists the commands", function()
+    local status, _, err = run("frobnicate")
+    assert.equal(2, status)
+    assert.matches("unknown command 'frobnicate'", err)
+    for _, entry in ipairs(cmd.ORDER) do assert.matches("\n  " .. entry[1]:gsub("%-", "%%-") .. " ", err) end
+  end)
+
+  it("exits 2 with no command, 0 for help, -h and --help", function()
+    assert.equal(2, (run("")))
+    for _, args in ipairs({"help", "-h", "--help"}) do
+      local status, out = run(args)
+      assert.equal(0, status, args)
+      assert.matches("^usage: portman COMMAND", out)
+    end
+  end)
+
+  it("prints its version", function()
+    local status, out = run("--version")
+    assert.equal(0, status)
+    assert.equal("portman " .. require("portman").version .. "\n", out)
+    assert.matches("^%d+%.%d+%.%d+$", require("portman").version)
+  end)
+
+  -- Every command: help through `help CMD`, and -h/--help anywhere on its
+  -- line, even after bad flags; the help lists every flag with its default.
+  for _, entry in ipairs(cmd.ORDER) do
+    local name = entry[1]
+    it("gives help for " .. name .. " wherever -h or --help stands", function()
+      local status, text, err = run("help " .. name)
+      assert.equal(0, status, err)
+      local flat = text:gsub("%s+", " ")
+      assert.matches("^usage: portman " .. name:gsub("%-", "%%-"), text)
+      local spec = cmd.command(name)
+      for _, f in ipairs(cmd.flags(spec)) do
+        assert.truthy(text:find("--" .. f[1], 1, true), name .. " help lacks --" .. f[1])
+        if f.default ~= nil then
+          assert.truthy(flat:find("(default: " .. tostring(f.default) .. ")", 1, true),
+            name .. " help lacks the default of --" .. f[1])
+        end
+      end
+      for _, args in ipairs({name .. " -h", name .. " --bogus --help", name .. " x y z -h --json"}) do
+        local s2, t2 = run(args)
+        assert.equal(0, s2, args)
+        assert.equal(text, t2, args)
+      end
+    end)
+  end
+
+  it("exits 2 for help on an unknown command", function()
+    local status, _, err = run("help frobnicate")
+    assert.equal(2, status)
+    assert.matches("unknown command 'frobnicate'", err)
+  end)
+
+  it("writes JSON with sorted keys and empty lists as []", function()
+    local json = require "portman.json"
+    assert.equal('{"a":[],"b":{"c":1,"d":[1,2]},"e":"x/y\\n"}',
+      json.encode({e = "x/y\n", b = {d = {1, 2}, c = 1}, a = json.array()}, {sorted = true}))
+    local status, out = run("alloc --range 20000-20001 --json")
+    assert.equal(0, status)
+    assert.equal('{"ports":[20000],"range":[20000,20001],"strategy":"sequential"}\n', out)
+  end)
+
+  it("prints a JSON error document on stdout with --json, the message on stderr", function()
+    local status, out, err = run("alloc --range 20000-20001 --count 3 --json")
+    assert.equal(1, status)
+    assert.same({code = "exhausted", error = "exhausted: no free port in 20000-20001"}, cjson.decode(out))
+    assert.equal("portman alloc: exhausted: no free port in 20000-20001\n", err)
+    status, out, err = run("alloc --range 20000-20001 --count 0 --json")
+    assert.equal(2, status)
+    assert.same({code = "usage", error = "--count: at least 1"}, cjson.decode(out))
+    assert.matches("^portman alloc: %-%-count: at least 1\n", err)
+  end)
+
+  it("parses flags, lists, -- and the rest", function()
+    local spec = {flags = {{"server", "HOST", "", kind = "list"}, {"n", "N", "", kind = "int", default = 3}},
+                  json = true, args = {{"HOST", ""}, {"REST", "", rest = true}}}
+    assert.same({server = {"a", "b"}, json = true, host = "x", rest = {"y", "-z"}, n = 3},
+      cmd.parse({"--server", "a", "--server=b", "--json", "x", "--", "y", "-z"}, spec))
+  end)
+
+  it("sizes tables to their content, and -H leaves out the header", function()
+    assert.equal("A     BB\nxxxx  y\n1     22", cmd.format_table({"A", "BB"}, {{"xxxx", "y"}, {1, 22}}))
+    local listener = require("portman.listener")
+    local l = assert(listener.open{proto = "tcp", address = "127.0.0.1", port = 0})
+    local port = l.port
+    local status, out = run(("probe 127.0.0.1 %d"):format(port))
+    assert.equal(0, status)
+    assert.matches("^PORT +STATE\n" .. port .. "/tcp +open\n", out)
+    assert.matches("1 port in %d+ ms", out)
+    status, out = run(("probe 127.0.0.1 %d -H"):format(port))
+    assert.equal(0, status)
+    assert.equal(port .. "/tcp  open\n", out)
+    l:close()
+    require("luv").run("nowait")
+  end)
+
+  it("says so when a command raises: an internal error, exit 1, not a usage error", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+      package.cpath = (os.getenv("PORTMAN_BUILD") or "build") .. "/?.so;" .. package.cpath
+      local cmd = require "portman.cmd"
+      cmd.command("alloc").run = function() error("bad argument #1 to 'x' (oops)") end
+      os.exit(cmd.main({"alloc", "--range", "20000-20001", "--json"}))
+    ]])
+    f:close()
+    local p = io.popen(("cd %s && %s %s 2>&1"):format(helpers.root, helpers.lua, script))
+    local out = p:read("a")
+    local _, _, status = p:close()
+    os.remove(script)
+    assert.equal(1, status)
+    assert.matches("^portman alloc: internal error: [^\n]*oops", out)
+    assert.matches('{"code":"internal","error":"internal error: ', out, 1, true)
+  end)
+end)
+
+describe("the man page and bash completion", function()
+  it("are made from the command specs and kept in the tree up to date", function()
+    local doc = require "portman.cmd.doc"
+    local function read(path)
+      local f = assert(io.open(helpers.root .. "/" .. path))
+      local s = f:read("a")
+      f:close()
+      return s
+    end
+    assert.equal(doc.man(), read("doc/portman.1"))
+    assert.equal(doc.bash(), read("doc/portman.bash"))
+  end)
+
+  it("groff renders the man page without warnings", function()
+    local p = io.popen(("groff -man -ww -z -Tutf8 %s/doc/portman.1 2>&1"):format(helpers.root))
+    local warnings = p:read("a")
+    p:close()
+    assert.equal("", warnings)
+  end)
+
+  it("bash completes commands and a command's flags", function()
+    local script = ([[
+      source %s/doc/portman.bash
+      COMP_WORDS=(portman al); COMP_CWORD=1; _portman; echo "${COMPREPLY[*]}"
+      COMP_WORDS=(portman probe --con); COMP_CWORD=2; _portman; echo "${COMPREPLY[*]}"
+    ]]):format(helpers.root)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    local p = io.popen("bash " .. path)
+    local out = p:read("a")
+    p:close()
+    os.remove(path)
+    assert.equal("alloc\n--concurrency\n", out)
+  end)
+end)
