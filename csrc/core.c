@@ -7,6 +7,7 @@
 typedef int (*opener)(lua_State *L);
 
 static const opener parts[] = {
+    pm_open_util,
     pm_open_allocator,
     pm_open_state,
     pm_open_admin,

@@ -11,9 +11,9 @@
  *   core.dgram_send(fd, data, path, abstract) -> bytes | nil, msg, code
  *
  * The raw-fd forms serve sockets whose fd luv owns now (handle:fileno()).
- * Codes: EADDRINUSE is "conflict", EACCES/EPERM "denied", ENOPROTOOPT and
- * EOPNOTSUPP "unsupported"; any other errno is its own name. The message
- * always carries the errno's name. */
+ * Codes come from the one error table (lua_util.c): EADDRINUSE is
+ * "conflict", EACCES/EPERM "denied", ENOPROTOOPT and EOPNOTSUPP
+ * "unsupported", and so on; the message always carries the errno's name. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,18 +35,6 @@ typedef struct {
 } lsock;
 
 static const char *const kinds[] = {"bool", "int", "linger", "device", "tos"};
-
-static int fail_errno(lua_State *L, int err, const char *what)
-{
-    const char *code = err == EADDRINUSE                    ? "conflict"
-                       : err == EACCES || err == EPERM       ? "denied"
-                       : err == ENOPROTOOPT || err == EOPNOTSUPP ? "unsupported"
-                       : err == ECONNREFUSED                 ? "refused"
-                                                             : NULL;
-    if (!code)
-        return pm_fail_errno(L, err, what);
-    return pm_fail(L, code, "%s: %s: %s", what, pm_errno_name(err), strerror(err));
-}
 
 static const pm_sockopt *check_optname(lua_State *L, int arg, const char *name)
 {
@@ -127,7 +115,7 @@ static int do_getsockopt(lua_State *L, int fd, int namearg)
         return fail_unavailable(L, o);
     int err = pm_sockopt_get(fd, fd_family(fd), o, &v);
     if (err)
-        return fail_errno(L, err, lua_pushfstring(L, "getsockopt %s", o->cname));
+        return pm_fail_errno(L, err, lua_pushfstring(L, "getsockopt %s", o->cname));
     push_value(L, o, &v);
     return 1;
 }
@@ -142,7 +130,7 @@ static int do_setsockopt(lua_State *L, int fd, int namearg)
         return fail_unavailable(L, o);
     int err = pm_sockopt_set(fd, fd_family(fd), o, &v);
     if (err)
-        return fail_errno(L, err, lua_pushfstring(L, "setsockopt %s", o->cname));
+        return pm_fail_errno(L, err, lua_pushfstring(L, "setsockopt %s", o->cname));
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -169,7 +157,7 @@ static int do_sockinfo(lua_State *L, int fd)
     socklen_t len = sizeof(ss), ilen = sizeof(int);
     int type = 0, listening = 0;
     if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
-        return fail_errno(L, errno, "getsockname");
+        return pm_fail_errno(L, errno, "getsockname");
     getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &ilen);
     ilen = sizeof(int);
     getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen);
@@ -344,7 +332,7 @@ static int l_socket_open(lua_State *L)
     lsock *s = new_socket(L, -1);
     int fd = pm_socket_open(&spec, &err);
     if (fd < 0)
-        return fail_errno(L, err.err, err.what);
+        return pm_fail_errno(L, err.err, err.what);
     s->fd = fd;
     return 1;
 }
@@ -358,9 +346,9 @@ static int l_socket_adopt(lua_State *L)
     socklen_t len = sizeof(type);
     lsock *s = new_socket(L, -1);
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-        return fail_errno(L, errno, lua_pushfstring(L, "adopt fd %d", fd));
+        return pm_fail_errno(L, errno, lua_pushfstring(L, "adopt fd %d", fd));
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
-        return fail_errno(L, errno, lua_pushfstring(L, "adopt fd %d", fd));
+        return pm_fail_errno(L, errno, lua_pushfstring(L, "adopt fd %d", fd));
     s->fd = fd;
     return 1;
 }
@@ -425,7 +413,7 @@ static int l_dgram_recv(lua_State *L)
         n = recvfrom(fd, buf, (size_t)max, 0, (struct sockaddr *)&from, &flen);
     while (n < 0 && errno == EINTR);
     if (n < 0)
-        return fail_errno(L, errno, "recvfrom");
+        return pm_fail_errno(L, errno, "recvfrom");
     luaL_pushresultsize(&b, (size_t)n);
     char name[128];
     /* an unbound Unix sender comes with no address at all */
@@ -453,7 +441,7 @@ static int l_dgram_send(lua_State *L)
         n = sendto(fd, data, len, MSG_NOSIGNAL, path ? (struct sockaddr *)&to : NULL, tlen);
     while (n < 0 && errno == EINTR);
     if (n < 0)
-        return fail_errno(L, errno, "sendto");
+        return pm_fail_errno(L, errno, "sendto");
     lua_pushinteger(L, n);
     return 1;
 }

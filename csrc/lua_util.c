@@ -20,30 +20,62 @@ int pm_fail(lua_State *L, const char *code, const char *fmt, ...)
 
 int pm_fail_errno(lua_State *L, int err, const char *what)
 {
-    const char *name = pm_errno_name(err);
-    return pm_fail(L, name, "%s: %s", what, strerror(err));
+    const char *name = pm_errno_name(err), *code = pm_errno_code(err);
+    if (!code)
+        return pm_fail(L, name, "%s: %s", what, strerror(err));
+    return pm_fail(L, code, "%s: %s: %s", what, name, strerror(err));
 }
 
-#define E(x) { x, #x }
-static const struct { int err; const char *name; } errno_names[] = {
-    E(EPERM), E(ENOENT), E(EINTR), E(EIO), E(EBADF), E(EAGAIN), E(ENOMEM),
-    E(EACCES), E(EFAULT), E(EBUSY), E(EEXIST), E(ENODEV), E(ENOTDIR),
-    E(EISDIR), E(EINVAL), E(ENFILE), E(EMFILE), E(ENOSPC), E(EPIPE),
-    E(ERANGE), E(ENAMETOOLONG), E(ENOSYS), E(ENOTSOCK), E(EDESTADDRREQ),
-    E(EMSGSIZE), E(EPROTOTYPE), E(ENOPROTOOPT), E(EPROTONOSUPPORT),
-    E(EOPNOTSUPP), E(EAFNOSUPPORT), E(EADDRINUSE), E(EADDRNOTAVAIL),
-    E(ENETDOWN), E(ENETUNREACH), E(ECONNABORTED), E(ECONNRESET), E(ENOBUFS),
-    E(EISCONN), E(ENOTCONN), E(ETIMEDOUT), E(ECONNREFUSED), E(EHOSTDOWN),
-    E(EHOSTUNREACH), E(EALREADY), E(EINPROGRESS),
+/* The one error table (docs/design.md, "Errors"): each errno's name, and
+ * the code word it means to a caller where one fits; NULL keeps the name.
+ * Lua reads the same table as core.errno_codes (portman.errors). */
+#define E(x, code) { x, #x, code }
+static const struct { int err; const char *name; const char *code; } errno_table[] = {
+    E(EPERM, "denied"), E(EACCES, "denied"),
+    E(ENOENT, "not_found"),
+    E(EADDRINUSE, "conflict"),
+    E(ECONNREFUSED, "refused"),
+    E(ETIMEDOUT, "timeout"),
+    E(ENETUNREACH, "unreachable"), E(EHOSTUNREACH, "unreachable"), E(ENETDOWN, "unreachable"),
+    E(EHOSTDOWN, "unreachable"),
+    E(ECONNRESET, "closed"), E(EPIPE, "closed"), E(ECONNABORTED, "closed"), E(ENOTCONN, "closed"),
+    E(ENOPROTOOPT, "unsupported"), E(EOPNOTSUPP, "unsupported"), E(EAFNOSUPPORT, "unsupported"),
+    E(EPROTONOSUPPORT, "unsupported"), E(ENOSYS, "unsupported"),
+    E(EINTR, NULL), E(EIO, NULL), E(EBADF, NULL), E(EAGAIN, NULL), E(ENOMEM, NULL),
+    E(EFAULT, NULL), E(EBUSY, NULL), E(EEXIST, NULL), E(ENODEV, NULL), E(ENOTDIR, NULL),
+    E(EISDIR, NULL), E(EINVAL, NULL), E(ENFILE, NULL), E(EMFILE, NULL), E(ENOSPC, NULL),
+    E(ERANGE, NULL), E(ENAMETOOLONG, NULL), E(ENOTSOCK, NULL), E(EDESTADDRREQ, NULL),
+    E(EMSGSIZE, NULL), E(EPROTOTYPE, NULL), E(EADDRNOTAVAIL, NULL), E(ENOBUFS, NULL),
+    E(EISCONN, NULL), E(EALREADY, NULL), E(EINPROGRESS, NULL), E(EROFS, NULL), E(ELOOP, NULL),
 };
 #undef E
+#define N_ERRNO (sizeof(errno_table) / sizeof(errno_table[0]))
 
 const char *pm_errno_name(int err)
 {
-    for (size_t i = 0; i < sizeof(errno_names) / sizeof(errno_names[0]); i++)
-        if (errno_names[i].err == err)
-            return errno_names[i].name;
+    for (size_t i = 0; i < N_ERRNO; i++)
+        if (errno_table[i].err == err)
+            return errno_table[i].name;
     return "EUNKNOWN";
+}
+
+const char *pm_errno_code(int err)
+{
+    for (size_t i = 0; i < N_ERRNO; i++)
+        if (errno_table[i].err == err)
+            return errno_table[i].code;
+    return NULL;
+}
+
+int pm_open_util(lua_State *L)
+{
+    lua_createtable(L, 0, (int)N_ERRNO);
+    for (size_t i = 0; i < N_ERRNO; i++) {
+        lua_pushstring(L, errno_table[i].code ? errno_table[i].code : errno_table[i].name);
+        lua_setfield(L, -2, errno_table[i].name);
+    }
+    lua_setfield(L, -2, "errno_codes");
+    return 0;
 }
 
 void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const luaL_Reg *meta)

@@ -5,19 +5,24 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-/* Pushes nil, "code: message", code and returns 3: DESIGN.md's failure
- * convention, so a binding can `return pm_fail(L, "exhausted", ...)`. */
+/* Pushes nil, "code: message", code and returns 3: the failure convention
+ * (docs/design.md, "Errors"), so a binding can `return pm_fail(L, "exhausted", ...)`. */
 int pm_fail(lua_State *L, const char *code, const char *fmt, ...);
-/* The same for an errno: code is the errno's name (EADDRINUSE, ...). */
+/* The same for an errno: code is its code word from the error table
+ * ("conflict" for EADDRINUSE), else the errno's name; the message names the
+ * errno either way: "conflict: bind: EADDRINUSE: Address already in use". */
 int pm_fail_errno(lua_State *L, int err, const char *what);
 /* The errno's symbolic name ("EADDRINUSE"), or "EUNKNOWN". */
 const char *pm_errno_name(int err);
+/* The errno's code word ("conflict"), or NULL where its name is the code. */
+const char *pm_errno_code(int err);
 
 /* Creates metatable tname with methods in __index (and meta entries from
  * meta, which may be NULL); leaves nothing on the stack. */
 void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const luaL_Reg *meta);
 
 /* Each part of the core adds its functions to the module table on top. */
+int pm_open_util(lua_State *L);
 int pm_open_allocator(lua_State *L);
 int pm_open_state(lua_State *L);
 int pm_open_admin(lua_State *L);

@@ -83,6 +83,36 @@ function M.safe(fn, what)
   end
 end
 
+--- A function that calls fn with its arguments the first time it is
+-- called, and does nothing after that.
+function M.once(fn)
+  local called = false
+  return function(...)
+    if called then return end
+    called = true
+    return fn(...)
+  end
+end
+
+--- Races a callback against a timer: returns `done`, a once-function that
+-- stops the timer and calls cb with its arguments. When ms pass first, cb
+-- gets nil, "timeout: <what> after <ms> ms", "timeout" (through
+-- on_timeout(), if given, which may release resources first).
+-- @return done, and the timer (anchored until done runs)
+function M.with_timeout(ms, cb, what, on_timeout)
+  local timer = uv.new_timer()
+  local done = M.once(function(...)
+    if not timer:is_closing() then timer:close() end
+    return cb(...)
+  end)
+  uv.update_time() -- a stale clock after blocking work fires timers at once
+  timer:start(ms, 0, M.safe(function()
+    if on_timeout then on_timeout() end
+    done(nil, ("timeout: %s after %d ms"):format(what or "no answer", ms), "timeout")
+  end, "timeout of " .. tostring(what)))
+  return done, timer
+end
+
 --- Waits ms milliseconds (a task), or calls cb after them.
 M.sleep = M.adapt(function(ms, cb)
   local t = uv.new_timer()

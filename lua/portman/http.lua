@@ -1,13 +1,13 @@
 --- HTTP client on the luv loop, over the C core's curl engine.
 -- The engine (portman.core's http_new) owns curl's multi handle and one
--- epoll fd; this file polls that fd with uv.new_poll, runs a uv timer for
--- curl's timeouts, and hands each finished transfer to its callback. The
--- poll and timer run only while transfers are in flight, so an idle client
--- never keeps the loop alive.
+-- epoll fd; portman.engine drives it on the loop (docs/design.md, "The
+-- engine contract"), and this file hands each finished transfer to its
+-- callback. An idle client never keeps the loop alive.
 local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
 local async = require "portman.async"
+local engine = require "portman.engine"
 
 local M = {}
 local Client = {}
@@ -21,12 +21,11 @@ local OPTIONS = {url = true, method = true, body = true, content_type = true, he
 -- @return[1] a client
 -- @return[2] nil, msg, code (an errno name) when no epoll fd is left
 function M.new()
-  local engine, err, code = core.http_new()
-  if not engine then return nil, err, code end
-  local self = setmetatable({_engine = engine, _pending = {}, _count = 0}, Client)
-  self._poll = uv.new_poll(engine:fd())
-  self._timer = uv.new_timer()
-  self._on_ready = async.safe(function() self:_step() end, "http")
+  local eng, err, code = core.http_new()
+  if not eng then return nil, err, code end
+  local self = setmetatable({_engine = eng, _pending = {}, _count = 0}, Client)
+  self._driver = engine.drive(eng, {name = "http", on_batch = function(batch) self:_deliver(batch) end,
+                                    busy = function() return self._count > 0 end})
   return self
 end
 
@@ -34,10 +33,9 @@ function Client:_check()
   if not self._engine then error("attempt to use a closed portman.http client", 3) end
 end
 
--- Runs the engine once, delivers the batch, then re-arms poll and timer.
-function Client:_step()
-  if not self._engine then return end
-  for _, ev in ipairs(self._engine:step()) do
+-- Hands a step's batch to the transfers' callbacks.
+function Client:_deliver(batch)
+  for _, ev in ipairs(batch) do
     local t = self._pending[ev.id]
     if t then
       if not ev.done then
@@ -55,23 +53,6 @@ function Client:_step()
     end
     if not self._engine then return end -- a callback closed the client
   end
-  self:_arm()
-end
-
-function Client:_arm()
-  if self._count == 0 then
-    self._poll:stop()
-    self._timer:stop()
-    self._polling = false
-    return
-  end
-  if not self._polling then
-    self._poll:start("r", self._on_ready)
-    self._polling = true
-  end
-  local ms = self._engine:timeout()
-  self._timer:stop()
-  if ms then self._timer:start(ms, 0, self._on_ready) end
 end
 
 --- Starts a request; cb(res) with `res = {status = n, body = s}` on any
@@ -118,7 +99,7 @@ function Client:request(opts, cb)
   end
   self._pending[id] = {cb = cb, on_data = on_data, url = opts.url}
   self._count = self._count + 1
-  self:_arm()
+  self._driver:arm()
   return id
 end
 
@@ -129,7 +110,7 @@ function Client:cancel(id)
   self._pending[id] = nil
   self._count = self._count - 1
   self._engine:cancel(id)
-  self:_arm()
+  self._driver:arm()
   return true
 end
 
@@ -143,10 +124,7 @@ end
 -- fd. Idempotent.
 function Client:close()
   if not self._engine then return end
-  self._poll:stop()
-  self._timer:stop()
-  self._poll:close()
-  self._timer:close()
+  self._driver:close()
   self._engine:close()
   self._engine = nil
   self._pending = {}
