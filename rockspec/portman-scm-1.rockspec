@@ -19,6 +19,7 @@ external_dependencies = {
   -- Debian keeps curl/curl.h under the multiarch include directory, where
   -- LuaRocks does not look but the compiler does: check the library only.
   CURL = {library = "curl"},
+  IDN2 = {header = "idn2.h", library = "idn2"},
 }
 build = {
   type = "builtin",
@@ -51,9 +52,10 @@ build = {
       },
       defines = {"_GNU_SOURCE"},
       incdirs = {"csrc", "$(CARES_INCDIR)", "$(MINIUPNPC_INCDIR)", "$(NATPMP_INCDIR)", "$(OPENSSL_INCDIR)",
-                 "$(CURL_INCDIR)"},
-      libdirs = {"$(CARES_LIBDIR)", "$(MINIUPNPC_LIBDIR)", "$(NATPMP_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)"},
-      libraries = {"cares", "miniupnpc", "natpmp", "crypto", "curl", "resolv", "pthread"},
+                 "$(CURL_INCDIR)", "$(IDN2_INCDIR)"},
+      libdirs = {"$(CARES_LIBDIR)", "$(MINIUPNPC_LIBDIR)", "$(NATPMP_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)",
+                 "$(IDN2_LIBDIR)"},
+      libraries = {"cares", "miniupnpc", "natpmp", "crypto", "curl", "idn2", "resolv", "pthread"},
     },
     ["portman"] = "lua/portman/init.lua",
     ["portman.admin"] = "lua/portman/admin.lua",
