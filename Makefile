@@ -29,7 +29,8 @@ LUASRC  := $(wildcard lua/portman/*.lua)
 OBJS    := $(SRCS:csrc/%.c=build/obj/%.o)
 SANOBJS := $(SRCS:csrc/%.c=build-asan/obj/%.o)
 
-.PHONY: all deps test lint spec spec-asan rock-smoke bench run install clean fuzz
+.PHONY: all deps deps-run deps-test deps-bench deps-fuzz test lint spec spec-asan rock-smoke \
+	bench run install clean fuzz
 
 all: build/portman/core.so
 
@@ -55,8 +56,11 @@ build-asan/lua5.4: spec/support/sanlua.c
 	$(CC) -std=c11 -Wall -Wextra -Werror $(SAN_FLAGS) $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION)) $< -o $@ \
 		$(shell $(PKG_CONFIG) --libs lua$(LUA_VERSION))
 
+# `make deps` installs every package; each use below installs only its own.
 deps:
-	@scripts/deps
+	@scripts/deps all
+deps-run deps-test deps-bench deps-fuzz:
+	@scripts/deps $(@:deps-%=%)
 
 lint:
 	luacheck -q lua spec examples bench bin
@@ -71,20 +75,22 @@ spec-asan: build-asan/portman/core.so build-asan/lua5.4
 rock-smoke:
 	scripts/rock-smoke
 
-test: deps
+test: deps-test
 	$(MAKE) all build-asan/portman/core.so build-asan/lua5.4
 	$(MAKE) lint
 	$(MAKE) rock-smoke
 	scripts/run-specs all
 
-bench: deps all
+bench: deps-bench
+	$(MAKE) all
 	$(MAKE) -C bench
 	scripts/bench
 
-run: deps all
+run: deps-run
+	$(MAKE) all
 	bin/portman run examples/default.lua
 
-fuzz: deps
+fuzz: deps-fuzz
 	$(MAKE) -C fuzz
 
 install: all
