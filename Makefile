@@ -25,7 +25,6 @@ SAN_FLAGS   := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fn
 
 SRCS    := $(wildcard csrc/*.c)
 HDRS    := $(wildcard csrc/*.h)
-LUASRC  := $(wildcard lua/portman/*.lua)
 OBJS    := $(SRCS:csrc/%.c=build/obj/%.o)
 SANOBJS := $(SRCS:csrc/%.c=build-asan/obj/%.o)
 
@@ -94,9 +93,10 @@ fuzz: deps-fuzz
 	$(MAKE) -C fuzz
 
 install: all
-	install -d $(DESTDIR)$(INST_LIBDIR)/portman $(DESTDIR)$(INST_LUADIR)/portman $(DESTDIR)$(INST_BINDIR)
+	install -d $(DESTDIR)$(INST_LIBDIR)/portman $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 build/portman/core.so $(DESTDIR)$(INST_LIBDIR)/portman/core.so
-	install -m 0644 $(LUASRC) $(DESTDIR)$(INST_LUADIR)/portman/
+	find lua/portman -name '*.lua' | while read -r f; do \
+		install -D -m 0644 "$$f" "$(DESTDIR)$(INST_LUADIR)/$${f#lua/}" || exit 1; done
 	install -m 0755 bin/portman $(DESTDIR)$(INST_BINDIR)/portman
 
 clean:
