@@ -28,7 +28,7 @@ HDRS    := $(wildcard csrc/*.h)
 OBJS    := $(SRCS:csrc/%.c=build/obj/%.o)
 SANOBJS := $(SRCS:csrc/%.c=build-asan/obj/%.o)
 
-.PHONY: all deps deps-run deps-test deps-bench deps-fuzz test lint spec spec-asan rock-smoke \
+.PHONY: all deps deps-run deps-test deps-bench deps-fuzz test lint spec spec-asan rock-smoke rockspec \
 	bench run install clean fuzz
 
 all: build/portman/core.so
@@ -73,6 +73,11 @@ spec-asan: build-asan/portman/core.so build-asan/lua5.4
 
 rock-smoke:
 	scripts/rock-smoke
+
+# Rewrites the rockspec's list of Lua modules from lua/portman (every file,
+# in subdirectories too).
+rockspec:
+	scripts/rockspec-modules
 
 test: deps-test
 	$(MAKE) all build-asan/portman/core.so build-asan/lua5.4

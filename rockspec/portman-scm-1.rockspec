@@ -57,6 +57,7 @@ build = {
                  "$(IDN2_LIBDIR)"},
       libraries = {"cares", "miniupnpc", "natpmp", "crypto", "curl", "idn2", "resolv", "pthread"},
     },
+    -- BEGIN Lua modules: written by scripts/rockspec-modules (make rockspec)
     ["portman"] = "lua/portman/init.lua",
     ["portman.admin"] = "lua/portman/admin.lua",
     ["portman.allocator"] = "lua/portman/allocator.lua",
@@ -80,7 +81,16 @@ build = {
     ["portman.resolver"] = "lua/portman/resolver.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
+    -- END Lua modules
   },
-  install = {bin = {portman = "bin/portman"}},
+  install = {
+    bin = {portman = "bin/portman"},
+    -- The man page and bash completion, once generated, go here. LuaRocks'
+    -- builtin install has no man or completion directory: list them under
+    -- conf (installed in TREE/lib/luarocks/rocks-5.4/portman/VERSION/conf/),
+    -- or put them in doc/, which LuaRocks copies beside it by default, e.g.
+    -- conf = {["man/portman.1"] = "doc/portman.1",
+    --         ["bash-completion/portman"] = "doc/portman.bash"},
+  },
 }
 test = {type = "busted"}
