@@ -2,7 +2,6 @@
 # Variables follow LuaRocks' conventions so `luarocks make` can drive it too.
 
 LUA_VERSION ?= 5.4
-LUA         ?= lua$(LUA_VERSION)
 PKG_CONFIG  ?= pkg-config
 PREFIX      ?= /usr/local
 DESTDIR     ?=
@@ -11,23 +10,26 @@ INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 INST_BINDIR ?= $(PREFIX)/bin
 LIBFLAG     ?= -shared
 CFLAGS      ?= -O2
-BUSTED      ?= busted
 
-# The libraries the core builds against; libnatpmp ships no .pc file.
-PKGS        := lua$(LUA_VERSION) libuv libcares miniupnpc libcrypto libcurl
-PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS)) -I/usr/include/lua$(LUA_VERSION)/luv
+# The libraries the core links (libnatpmp ships no .pc file); the same as the
+# rockspec's external_dependencies.
+LIBPKGS     := libcares miniupnpc libcrypto libcurl libidn2
+PKGS        := lua$(LUA_VERSION) $(LIBPKGS)
+PKG_CFLAGS   = $(shell $(PKG_CONFIG) --cflags $(PKGS))
 # A Lua module never links liblua: the interpreter provides its symbols.
-PKG_LIBS     = $(shell $(PKG_CONFIG) --libs libcares miniupnpc libcrypto libcurl) -lnatpmp -lresolv -lpthread
-STRICT      := -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -D_GNU_SOURCE
+PKG_LIBS     = $(shell $(PKG_CONFIG) --libs $(LIBPKGS)) -lnatpmp -lresolv -lpthread
+# No -fvisibility=hidden: the sources hide their symbols (csrc/visibility.h),
+# so this build exports what the rock's does, and the build spec checks both.
+STRICT      := -std=c11 -Wall -Wextra -Werror -fPIC -D_GNU_SOURCE
 SAN_FLAGS   := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 SRCS    := $(wildcard csrc/*.c)
 HDRS    := $(wildcard csrc/*.h)
-LUASRC  := $(wildcard lua/portman/*.lua)
 OBJS    := $(SRCS:csrc/%.c=build/obj/%.o)
 SANOBJS := $(SRCS:csrc/%.c=build-asan/obj/%.o)
 
-.PHONY: all deps test check lint spec spec-asan rock-smoke bench run install clean fuzz
+.PHONY: all deps deps-run deps-test deps-bench deps-fuzz test lint spec spec-asan rock-smoke rockspec \
+	bench run install clean fuzz
 
 all: build/portman/core.so
 
@@ -53,8 +55,11 @@ build-asan/lua5.4: spec/support/sanlua.c
 	$(CC) -std=c11 -Wall -Wextra -Werror $(SAN_FLAGS) $(shell $(PKG_CONFIG) --cflags lua$(LUA_VERSION)) $< -o $@ \
 		$(shell $(PKG_CONFIG) --libs lua$(LUA_VERSION))
 
+# `make deps` installs every package; each use below installs only its own.
 deps:
-	@scripts/deps
+	@scripts/deps all
+deps-run deps-test deps-bench deps-fuzz:
+	@scripts/deps $(@:deps-%=%)
 
 lint:
 	luacheck -q lua spec examples bench bin
@@ -69,26 +74,34 @@ spec-asan: build-asan/portman/core.so build-asan/lua5.4
 rock-smoke:
 	scripts/rock-smoke
 
-test: deps
+# Rewrites the rockspec's list of Lua modules from lua/portman (every file,
+# in subdirectories too).
+rockspec:
+	scripts/rockspec-modules
+
+test: deps-test
 	$(MAKE) all build-asan/portman/core.so build-asan/lua5.4
 	$(MAKE) lint
 	$(MAKE) rock-smoke
 	scripts/run-specs all
 
-bench: deps all
+bench: deps-bench
+	$(MAKE) all
 	$(MAKE) -C bench
 	scripts/bench
 
-run: deps all
+run: deps-run
+	$(MAKE) all
 	bin/portman run examples/default.lua
 
-fuzz: deps
+fuzz: deps-fuzz
 	$(MAKE) -C fuzz
 
 install: all
-	install -d $(DESTDIR)$(INST_LIBDIR)/portman $(DESTDIR)$(INST_LUADIR)/portman $(DESTDIR)$(INST_BINDIR)
+	install -d $(DESTDIR)$(INST_LIBDIR)/portman $(DESTDIR)$(INST_BINDIR)
 	install -m 0755 build/portman/core.so $(DESTDIR)$(INST_LIBDIR)/portman/core.so
-	install -m 0644 $(LUASRC) $(DESTDIR)$(INST_LUADIR)/portman/
+	find lua/portman -name '*.lua' | while read -r f; do \
+		install -D -m 0644 "$$f" "$(DESTDIR)$(INST_LUADIR)/$${f#lua/}" || exit 1; done
 	install -m 0755 bin/portman $(DESTDIR)$(INST_BINDIR)/portman
 
 clean:

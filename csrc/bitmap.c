@@ -2,6 +2,7 @@
 #include "bitmap.h"
 
 #include <string.h>
+#include "visibility.h" /* last: see there */
 
 #define ALL_ONES (~(uint64_t)0)
 

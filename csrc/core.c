@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 typedef int (*opener)(lua_State *L);
 
@@ -20,7 +21,7 @@ static const opener parts[] = {
     pm_open_nat,
 };
 
-int luaopen_portman_core(lua_State *L);
+PM_EXPORT int luaopen_portman_core(lua_State *L);
 
 /* Keeps this module mapped until the process ends. lua_close unloads C
  * modules, but a UPnP worker thread that outlived its job may still be in
@@ -32,7 +33,7 @@ static void pin_module(void)
         (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE); /* kept on purpose */
 }
 
-__attribute__((visibility("default"))) int luaopen_portman_core(lua_State *L)
+PM_EXPORT int luaopen_portman_core(lua_State *L)
 {
     pin_module();
     lua_newtable(L);

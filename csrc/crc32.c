@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <string.h>
+#include "visibility.h" /* last: see there */
 
 /* table[0] is the classic byte-at-a-time table; table[k][b] is the CRC of
  * byte b followed by k zero bytes, so eight bytes fold in one step. */

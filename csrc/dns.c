@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
+#include "visibility.h" /* last: see there */
 
 struct pm_dns {
     ares_channel channel;

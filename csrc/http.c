@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include "visibility.h" /* last: see there */
 
 #define DEFAULT_MAX_BODY (64u << 20)
 #define EPOLL_BATCH 64

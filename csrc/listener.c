@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "visibility.h" /* last: see there */
 
 int pm_addr_ip(const char *host, int port, struct sockaddr_storage *addr, socklen_t *len)
 {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 /* core.peercred(fd) -> pid, uid, gid */
 static int l_peercred(lua_State *L)

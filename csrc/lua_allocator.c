@@ -6,6 +6,7 @@
 
 #include "pool.h"
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 #define ALLOCATOR "portman.allocator"
 

@@ -5,6 +5,7 @@
 #include <openssl/sha.h>
 
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 /* core.sha1(s) -> 20 raw bytes */
 static int l_sha1(lua_State *L)

@@ -10,6 +10,7 @@
 
 #include "dns.h"
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 #define DNS "portman.dns"
 

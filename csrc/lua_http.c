@@ -7,6 +7,7 @@
 
 #include "http.h"
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 #define HTTP "portman.http"
 

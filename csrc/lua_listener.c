@@ -27,6 +27,7 @@
 #include "listener.h"
 #include "lua_util.h"
 #include "sockopt.h"
+#include "visibility.h" /* last: see there */
 
 #define SOCKET "portman.socket"
 

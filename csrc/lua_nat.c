@@ -9,6 +9,7 @@
 #include "lua_util.h"
 #include "pmp.h"
 #include "upnp.h"
+#include "visibility.h" /* last: see there */
 
 #define UPNP_JOB "portman.upnp_job"
 #define PMP "portman.natpmp"

@@ -8,6 +8,7 @@
 
 #include "lua_util.h"
 #include "probe.h"
+#include "visibility.h" /* last: see there */
 
 #define PROBE "portman.probe"
 #define DEFAULT_BATCH 4096

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "lua_util.h"
+#include "visibility.h" /* last: see there */
 
 static int write_all(int fd, const char *p, size_t len)
 {

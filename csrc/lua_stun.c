@@ -20,6 +20,7 @@
 
 #include "lua_util.h"
 #include "stun.h"
+#include "visibility.h" /* last: see there */
 
 static const char *const classes[] = {"request", "indication", "success", "error", NULL};
 

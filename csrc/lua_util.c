@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
+#include "visibility.h" /* last: see there */
 
 int pm_fail(lua_State *L, const char *code, const char *fmt, ...)
 {

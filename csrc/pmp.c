@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <sys/time.h>
+#include "visibility.h" /* last: see there */
 
 int pm_pmp_open(struct pm_pmp *p, const char *gw)
 {

@@ -2,6 +2,7 @@
 #include "pool.h"
 
 #include <sys/random.h>
+#include "visibility.h" /* last: see there */
 
 size_t pm_pool_size(uint32_t lo, uint32_t hi)
 {

@@ -34,6 +34,7 @@
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
+#include "visibility.h" /* last: see there */
 
 #define RESERVE_FDS 32 /* left for the rest of the process */
 #define DEFAULT_CONCURRENCY 4096

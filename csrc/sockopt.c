@@ -5,6 +5,7 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include "visibility.h" /* last: see there */
 
 #define INET (PM_FOR_INET | PM_FOR_INET6)
 #define ANYFAM (INET | PM_FOR_UNIX)

@@ -8,6 +8,7 @@
 #include <openssl/params.h>
 
 #include "crc32.h"
+#include "visibility.h" /* last: see there */
 
 /* Byte limits of the text attributes (RFC 8489 section 14: 128 characters
  * of up to 6 bytes each is 763 bytes; USERNAME less than 513 bytes). */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include "visibility.h" /* last: see there */
 
 #define MAX_ENTRIES 4096
 

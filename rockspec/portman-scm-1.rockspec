@@ -19,6 +19,7 @@ external_dependencies = {
   -- Debian keeps curl/curl.h under the multiarch include directory, where
   -- LuaRocks does not look but the compiler does: check the library only.
   CURL = {library = "curl"},
+  IDN2 = {header = "idn2.h", library = "idn2"},
 }
 build = {
   type = "builtin",
@@ -51,21 +52,23 @@ build = {
       },
       defines = {"_GNU_SOURCE"},
       incdirs = {"csrc", "$(CARES_INCDIR)", "$(MINIUPNPC_INCDIR)", "$(NATPMP_INCDIR)", "$(OPENSSL_INCDIR)",
-                 "$(CURL_INCDIR)"},
-      libdirs = {"$(CARES_LIBDIR)", "$(MINIUPNPC_LIBDIR)", "$(NATPMP_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)"},
-      libraries = {"cares", "miniupnpc", "natpmp", "crypto", "curl", "resolv", "pthread"},
+                 "$(CURL_INCDIR)", "$(IDN2_INCDIR)"},
+      libdirs = {"$(CARES_LIBDIR)", "$(MINIUPNPC_LIBDIR)", "$(NATPMP_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(CURL_LIBDIR)",
+                 "$(IDN2_LIBDIR)"},
+      libraries = {"cares", "miniupnpc", "natpmp", "crypto", "curl", "idn2", "resolv", "pthread"},
     },
+    -- BEGIN Lua modules: written by scripts/rockspec-modules (make rockspec)
     ["portman"] = "lua/portman/init.lua",
     ["portman.admin"] = "lua/portman/admin.lua",
     ["portman.allocator"] = "lua/portman/allocator.lua",
     ["portman.async"] = "lua/portman/async.lua",
     ["portman.backend"] = "lua/portman/backend.lua",
     ["portman.check"] = "lua/portman/check.lua",
+    ["portman.cmd"] = "lua/portman/cmd/init.lua",
     ["portman.cmd.admin"] = "lua/portman/cmd/admin.lua",
     ["portman.cmd.alloc"] = "lua/portman/cmd/alloc.lua",
     ["portman.cmd.cluster"] = "lua/portman/cmd/cluster.lua",
     ["portman.cmd.doc"] = "lua/portman/cmd/doc.lua",
-    ["portman.cmd"] = "lua/portman/cmd/init.lua",
     ["portman.cmd.map"] = "lua/portman/cmd/map.lua",
     ["portman.cmd.probe"] = "lua/portman/cmd/probe.lua",
     ["portman.cmd.resolve"] = "lua/portman/cmd/resolve.lua",
@@ -73,7 +76,10 @@ build = {
     ["portman.cmd.services"] = "lua/portman/cmd/services.lua",
     ["portman.cmd.stun"] = "lua/portman/cmd/stun.lua",
     ["portman.daemon"] = "lua/portman/daemon.lua",
+    ["portman.engine"] = "lua/portman/engine.lua",
+    ["portman.errors"] = "lua/portman/errors.lua",
     ["portman.etcd"] = "lua/portman/etcd.lua",
+    ["portman.events"] = "lua/portman/events.lua",
     ["portman.firewall"] = "lua/portman/firewall.lua",
     ["portman.health"] = "lua/portman/health.lua",
     ["portman.http"] = "lua/portman/http.lua",
@@ -88,7 +94,16 @@ build = {
     ["portman.resolver"] = "lua/portman/resolver.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
+    -- END Lua modules
   },
-  install = {bin = {portman = "bin/portman"}},
+  install = {
+    bin = {portman = "bin/portman"},
+    -- The man page and bash completion, once generated, go here. LuaRocks'
+    -- builtin install has no man or completion directory: list them under
+    -- conf (installed in TREE/lib/luarocks/rocks-5.4/portman/VERSION/conf/),
+    -- or put them in doc/, which LuaRocks copies beside it by default, e.g.
+    -- conf = {["man/portman.1"] = "doc/portman.1",
+    --         ["bash-completion/portman"] = "doc/portman.bash"},
+  },
 }
 test = {type = "busted"}
