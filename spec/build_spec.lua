@@ -69,7 +69,7 @@ describe("the build", function()
 
   it("lists every Lua module under lua/portman, in subdirectories too, in the rockspec", function()
     local modules = lua_modules(helpers.root)
-    assert.truthy(modules["portman"] and modules["portman.cli"])
+    assert.truthy(modules["portman"] and modules["portman.cmd"])
     assert.same(modules, listed_modules(load_rockspec(rockspec_path)),
       "the rockspec's modules are not lua/portman's files: run make rockspec")
     assert.is_true(os.execute(helpers.root .. "/scripts/rockspec-modules --check"))
