@@ -49,7 +49,7 @@ describe("portman.nat", function()
   end)
 
   before_each(function()
-    nat.reset()
+    nat.forget()
     nat.gateway = "127.0.0.1"
   end)
 

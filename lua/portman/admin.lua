@@ -10,6 +10,9 @@ local json = require "portman.json"
 local core = require "portman.core"
 local log = require "portman.log"
 local async = require "portman.async"
+local listener = require "portman.listener"
+local portman = require "portman"
+local errors = require "portman.errors"
 
 local M = {}
 
@@ -163,7 +166,7 @@ local function serve_client(server, client)
       return client:close()
     elseif req.op == "repl" then
       repl = M.repl(server.vars)
-      send(client, {out = "portman " .. require("portman").version .. " REPL: Lua inside the daemon; "
+      send(client, {out = "portman " .. portman.version .. " REPL: Lua inside the daemon; "
         .. "`manager` and `daemon` are at hand. Ctrl-D or .exit leaves.", prompt = "> "})
     elseif repl and type(req["in"]) == "string" then
       local out, prompt = repl:feed(req["in"])
@@ -200,7 +203,6 @@ end
 function M.serve(path, opts)
   local ok, err, code = private_dir(path)
   if not ok then return nil, err, code end
-  local listener = require "portman.listener"
   local l
   l, err, code = listener.open{proto = "unix", path = path, mode = tonumber("600", 8)}
   if not l then return nil, err, code end
@@ -232,9 +234,7 @@ function M.talk(path, request, on_reply)
   local result, rerr, rcode = true, nil, nil
   pipe:connect(path, function(err)
     if err then
-      local code = err:match("^ENOENT") and "not_found" or err:match("^ECONNREFUSED") and "refused"
-        or err:match("^EACCES") and "denied" or err:match("^(%u+)")
-      result, rerr, rcode = nil, code .. ": admin socket " .. path .. ": " .. err, code
+      result, rerr, rcode = errors.from(err, "admin socket " .. path)
       return pipe:close()
     end
     pipe:write(json.encode(request) .. "\n")

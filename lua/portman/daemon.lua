@@ -14,6 +14,8 @@ local admin = require "portman.admin"
 local log = require "portman.log"
 local state = require "portman.state"
 local async = require "portman.async"
+local nat = require "portman.nat"
+local backend = require "portman.backend"
 
 local M = {}
 local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true}
@@ -96,7 +98,7 @@ local function join_cluster(c)
   for k, v in pairs(c) do
     if k ~= "etcd" and k ~= "name" then opts[k] = v end
   end
-  local b, err, code = apply("cluster", require("portman.backend").new, opts)
+  local b, err, code = apply("cluster", backend.new, opts)
   if not b then return nil, err, code end
   return b:start()
 end
@@ -108,7 +110,6 @@ function M.remove_orphans(saved, cb)
   local list = saved and saved.mappings or {}
   local left, deleted, failed = #list, 0, 0
   if left == 0 then return cb(0, 0) end
-  local nat = require "portman.nat"
   for _, r in ipairs(list) do
     nat.unmap({external_port = math.tointeger(r.external_port),
                internal_port = math.tointeger(r.internal_port),

@@ -41,7 +41,7 @@ end
 -- it has nothing to do.
 function Driver:arm()
   if self._closed then return end
-  local ms = self._eng:timeout()
+  local ms = self._eng.timeout and self._eng:timeout() -- an engine may have no timers at all
   if ms and ms < 0 then ms = nil end
   local busy
   if self._busy then busy = self._busy() else busy = ms ~= nil end
@@ -62,12 +62,14 @@ function Driver:arm()
 end
 
 --- Stops and closes the poll and the timer (not the engine: its owner
--- closes it, after this). Idempotent.
-function Driver:close()
+-- closes it after this, or in after(), called once libuv has let go of
+-- the fd, so that a new handle on a reused fd number never meets the old
+-- one). Idempotent.
+function Driver:close(after)
   if self._closed then return end
   self._closed = true
   self._poll:stop()
-  self._poll:close()
+  self._poll:close(after)
   self._timer:close()
 end
 

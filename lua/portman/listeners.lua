@@ -13,8 +13,8 @@ local listener = require "portman.listener"
 local log = require "portman.log"
 
 local M = {}
-local Manager = {}
-local mt = {__index = Manager, __name = "portman.listeners"}
+local Set = {}
+local mt = {__index = Set, __name = "portman.listeners"}
 
 M.LISTEN_FDS_START = 3
 local MAX_LISTEN_FDS = 4096
@@ -57,7 +57,7 @@ function M.activation(getenv, pid)
 end
 
 --- Creates a manager.
--- @tparam[opt] table opts `activation` (a table from `manager.activation`;
+-- @tparam[opt] table opts `activation` (a table from `listeners.activation`;
 --   read from the environment by default, and the LISTEN_* variables are
 --   then unset so children do not inherit them; false: none),
 --   `allocator` (default pool for entries with port = "auto")
@@ -148,7 +148,7 @@ end
 -- @return[1] true
 -- @return[2] nil, msg, code (the msg names the listener)
 -- @raise on a bad entry or a name already open
-function Manager:open(set)
+function Set:open(set)
   check.table("open", 1, set)
   local names = {}
   for name, entry in pairs(set) do
@@ -179,12 +179,12 @@ function Manager:open(set)
 end
 
 --- The members of a listener set (an array), or nil.
-function Manager:get(name)
+function Set:get(name)
   return self._sets[name]
 end
 
 --- Names of inherited fds that no entry has claimed yet.
-function Manager:unclaimed()
+function Set:unclaimed()
   local out = {}
   for name in pairs(self._inherited) do out[#out + 1] = name end
   table.sort(out)
@@ -208,7 +208,7 @@ end
 --- Lists the listener sets, sorted by name: {name, proto, address, host,
 -- port, path, abstract, members, activated, state, connections, accepted,
 -- options (read back from the socket)}.
-function Manager:list()
+function Set:list()
   local names = {}
   for name in pairs(self._sets) do names[#names + 1] = name end
   table.sort(names)
@@ -217,7 +217,7 @@ function Manager:list()
   return out
 end
 
-function Manager:_close(name)
+function Set:_close(name)
   for _, l in ipairs(self._sets[name] or {}) do l:close() end
   self._sets[name] = nil
 end
@@ -259,7 +259,7 @@ end
 -- `m:stop(name, opts, cb)`, or in a task `local forced = m:stop(name, opts)`.
 -- @return[1] the number of connections closed by force
 -- @return[2] nil, msg, "not_found" for an unknown name
-Manager.stop = async.adapt(function(self, name, opts, cb)
+Set.stop = async.adapt(function(self, name, opts, cb)
   if type(opts) == "function" then opts, cb = nil, opts end
   local grace = check_grace("stop", opts)
   if not self._sets[name] then
@@ -270,7 +270,7 @@ end)
 
 --- Stops every listener set at once, as `stop` does one.
 -- @return the number of connections closed by force
-Manager.stop_all = async.adapt(function(self, opts, cb)
+Set.stop_all = async.adapt(function(self, opts, cb)
   if type(opts) == "function" then opts, cb = nil, opts end
   local grace = check_grace("stop_all", opts)
   local names = {}

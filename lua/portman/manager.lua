@@ -11,9 +11,13 @@ local listener = require "portman.listener"
 local log = require "portman.log"
 local state = require "portman.state"
 local json = require "portman.json"
+local events = require "portman.events"
+local async = require "portman.async"
+local uv = require "luv"
+local nat = require "portman.nat"
 
 local M = {}
-local Manager = {}
+local Manager = events.mixin({})
 local mt = {__index = Manager, __name = "portman.manager"}
 
 local NEW_KEYS = {state_file = true, check_host = true, on_event = true, concurrency = true,
@@ -37,7 +41,7 @@ function M.new(opts)
   check.known("new", 1, opts, NEW_KEYS)
   local self = setmetatable({
     pools = {}, services = {}, registry = registry.new{check_host = opts.check_host},
-    _state_file = opts.state_file, _listeners = {}, _previous = {}, _unclean = {},
+    _state_file = opts.state_file, _previous = {}, _unclean = {},
   }, mt)
   self.health = health.new{concurrency = opts.concurrency, on_event = function(ev) self:_event(ev) end}
   if opts.on_event then self:on(opts.on_event) end
@@ -81,8 +85,8 @@ end
 
 function Manager:_join(backend)
   self.cluster = backend
-  self._sync_timer = require("luv").new_timer()
-  local sync = require("portman.async").safe(function() self:_sync() end, "cluster sync")
+  self._sync_timer = uv.new_timer()
+  local sync = async.safe(function() self:_sync() end, "cluster sync")
   self._sync_timer:start(0, SYNC_MS, sync)
 end
 
@@ -107,20 +111,14 @@ function Manager:where(name)
   return out
 end
 
---- Adds a listener for events ({event = ...}).
-function Manager:on(fn)
-  if type(fn) ~= "function" then check.argerror("on", 1, "function expected, got " .. type(fn)) end
-  self._listeners[#self._listeners + 1] = fn
-end
+--- Manager:on(fn) adds a listener for events ({event = ...}); it returns
+-- a function that removes it again.
 
 function Manager:_event(ev)
   local fields = {}
   for k, v in pairs(ev) do if k ~= "event" then fields[k] = v end end
   log.log(ev.level == "critical" and "error" or ev.level == "warning" and "warn" or "info", ev.event, fields)
-  for _, fn in ipairs(self._listeners) do
-    local ok, err = pcall(fn, ev)
-    if not ok then log.error("event_listener_failed", {error = err}) end
-  end
+  events.emit(self, ev)
 end
 
 --- Adds a pool. Services of a type take ports from the pool of that name
@@ -299,7 +297,6 @@ end
 -- Maps the service's port on the router (after its listener opened); the
 -- mapping renews itself, and its events become the manager's.
 function Manager:_map(svc, spec)
-  local nat = require "portman.nat"
   local mopts = {internal_port = svc.port, proto = svc.proto, description = "portman " .. svc.name}
   for k, v in pairs(type(spec.map) == "table" and spec.map or {}) do mopts[k] = v end
   mopts.on_event = function(ev)

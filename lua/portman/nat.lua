@@ -11,9 +11,12 @@ local core = require "portman.core"
 local async = require "portman.async"
 local check = require "portman.check"
 local log = require "portman.log"
+local engine = require "portman.engine"
+local events = require "portman.events"
+local stun = require "portman.stun"
 
 local M = {}
-local Mapping = {}
+local Mapping = events.mixin({})
 local mapping_mt = {__index = Mapping, __name = "portman.mapping"}
 
 M.DEFAULT_LIFETIME = 7200 -- RFC 6886's recommendation
@@ -27,22 +30,9 @@ local state = {
 
 -- --- the two engines, each as one async call ---
 
-local function finisher(cb)
-  local done = false
-  return function(...)
-    if done then return end
-    done = true
-    cb(...)
-  end
-end
-
-local function close_handle(h)
-  if h and not h:is_closing() then h:close() end
-end
-
 -- Runs one UPnP job: cb(result, err, code). The loop polls the job's
--- eventfd; a timer gives up after timeout ms (the thread then ends on
--- its own and frees the job).
+-- eventfd; after timeout ms the call gives up (the thread then ends on its
+-- own and frees the job).
 local function upnp(op, args, cb)
   local timeout = args.timeout or M.DEFAULT_TIMEOUT
   -- discovery waits its whole delay for answers; leave time for the call
@@ -50,73 +40,53 @@ local function upnp(op, args, cb)
   args.igd = args.igd or state.igd
   local job, jerr, jcode = core.upnp_start(op, args)
   if not job then return cb(nil, jerr, jcode) end
-  local poll, timer = uv.new_poll(job:fd()), uv.new_timer()
-  local finish = finisher(function(...)
-    -- the fd goes only once libuv has let go of it
-    poll:close(function() job:close() end)
-    close_handle(timer)
+  local driver
+  local finish = async.with_timeout(timeout, function(...)
+    driver:close(function() job:close() end)
     cb(...)
-  end)
-  poll:start("r", async.safe(function()
-    local res, err, code, igd = job:result()
-    if res == false then return end
-    if igd and igd.control_url ~= "" then state.igd = igd
-    elseif code == "not_found" or code == "unreachable" then state.igd = nil end
-    finish(res, err, code)
-  end, "upnp " .. op))
-  uv.update_time()
-  timer:start(timeout, 0, async.safe(function()
-    finish(nil, ("timeout: no UPnP answer in %d ms"):format(timeout), "timeout")
-  end, "upnp timeout"))
+  end, "no UPnP answer")
+  driver = engine.drive(job, {name = "upnp " .. op, step = job.result, busy = function() return true end,
+    on_batch = function(res, err, code, igd)
+      if res == false then return end -- not done yet
+      if igd and igd.control_url ~= "" then state.igd = igd
+      elseif code == "not_found" or code == "unreachable" then state.igd = nil end
+      finish(res, err, code)
+    end})
+  driver:arm()
 end
 
 -- Runs NAT-PMP requests on one engine, one after another: reqs is a list of
 -- {proto, internal, external, lifetime} (an empty one asks for the public
 -- address). cb(answers, err, code), answers.gateway and .local_ip set.
+-- libnatpmp retries on its own timer (250 ms, doubling); the whole call
+-- has timeout ms.
 local function natpmp(reqs, timeout, cb)
   timeout = timeout or M.DEFAULT_TIMEOUT
   local e, gateway, local_ip = core.natpmp_open(M.gateway)
   if not e then return cb(nil, gateway, local_ip) end
-  local poll, timer = uv.new_poll(e:fd()), uv.new_timer()
-  uv.update_time()
-  local deadline = uv.now() + timeout
   local answers = {gateway = gateway, local_ip = local_ip}
-  local finish = finisher(function(...)
-    poll:close(function() e:close() end)
-    close_handle(timer)
+  local driver
+  local finish = async.with_timeout(timeout, function(...)
+    driver:close(function() e:close() end)
     cb(...)
-  end)
+  end, "no NAT-PMP answer from " .. gateway)
   local i = 0
-  local schedule
   local function send_next()
     i = i + 1
     if i > #reqs then return finish(answers) end
     local r = reqs[i]
     local ok, err, code = e:request(r[1], r[2], r[3], r[4])
     if not ok then return finish(nil, err, code) end
-    schedule()
   end
-  local function step()
-    local res, err, code = e:step()
-    if res == false then return schedule() end
-    if not res then return finish(nil, err, code) end
-    answers[i] = res
-    send_next()
-  end
-  -- the next retry is libnatpmp's (250 ms, doubling), capped by our deadline
-  function schedule()
-    uv.update_time()
-    local left = deadline - uv.now()
-    if left <= 0 then
-      return finish(nil, ("timeout: no NAT-PMP answer from %s in %d ms"):format(gateway, timeout), "timeout")
-    end
-    local due = e:timeout()
-    if due < 0 then due = left end
-    timer:stop()
-    timer:start(math.max(1, math.min(due, left)), 0, async.safe(step, "natpmp retry"))
-  end
-  poll:start("r", async.safe(step, "natpmp read"))
+  driver = engine.drive(e, {name = "natpmp", busy = function() return true end,
+    on_batch = function(res, err, code)
+      if res == false then return end -- not answered yet: libnatpmp's timer retries
+      if not res then return finish(nil, err, code) end
+      answers[i] = res
+      send_next()
+    end})
   send_next()
+  driver:arm()
 end
 
 -- --- creating one mapping ---
@@ -271,10 +241,7 @@ local function emit(self, ev)
   ev.mapping = self
   log.debug("mapping_" .. ev.event, {method = self.method, external_port = self.external_port,
     proto = self.proto, error = ev.error})
-  for _, fn in ipairs(self._listeners) do
-    local ok, err = pcall(fn, ev)
-    if not ok then log.error("mapping_listener_failed", {error = err}) end
-  end
+  events.emit(self, ev)
 end
 
 local schedule_renewal
@@ -342,8 +309,8 @@ local function new_mapping(fields, o)
     external_port = fields.external_port, internal_ip = fields.internal_ip,
     internal_port = fields.internal_port, proto = fields.proto, lifetime = fields.lifetime,
     description = o.description, gateway = fields.gateway,
-    _epoch = fields._epoch, _epoch_at = fields._epoch_at, _opts = o, _listeners = {}}, mapping_mt)
-  if o.on_event then self._listeners[1] = o.on_event end
+    _epoch = fields._epoch, _epoch_at = fields._epoch_at, _opts = o}, mapping_mt)
+  if o.on_event then self:on(o.on_event) end
   state.live[self] = true
   schedule_renewal(self, self.lifetime // 2)
   return self
@@ -372,11 +339,8 @@ M.map = async.adapt(function(opts, cb)
   end)
 end)
 
---- Adds an event listener (see map's on_event).
-function Mapping:on(fn)
-  if type(fn) ~= "function" then check.argerror("on", 1, "function expected, got " .. type(fn)) end
-  self._listeners[#self._listeners + 1] = fn
-end
+--- Mapping:on(fn) adds an event listener (see map's on_event); it
+-- returns a function that removes it again.
 
 --- The mapping as a plain table (for JSON and the state file).
 function Mapping:info()
@@ -395,7 +359,7 @@ function Mapping:detach()
   if self._closed then return end
   self._closed = true
   state.live[self] = nil
-  close_handle(self._timer)
+  if self._timer then self._timer:close() end
 end
 
 --- Stops renewing and deletes the mapping on the router. A second close
@@ -408,7 +372,7 @@ Mapping.close = async.adapt(function(self, cb)
   if self._closed then return cb(true) end
   self._closed = true
   state.live[self] = nil
-  close_handle(self._timer)
+  if self._timer then self._timer:close() end
   delete(self.method, self, self._opts.timeout, function(ok, err, code)
     emit(self, {event = "closed", error = err})
     if ok or code == "not_found" then return cb(true) end
@@ -536,7 +500,7 @@ M.external_address = async.adapt(function(opts, cb)
   if opts.stun and #opts.stun > 0 then
     left = left + 1
     local sopts = {servers = opts.stun, timeout = timeout, cache_ttl = 0}
-    require("portman.stun").query(sopts, function(r, err, code)
+    stun.query(sopts, function(r, err, code)
       if r then sources.stun = r.external_ip else errs[#errs + 1] = {err, code} end
       done()
     end)
@@ -546,8 +510,9 @@ end)
 --- The NAT-PMP gateway (dotted quad); nil: the default route's.
 M.gateway = nil
 
---- Forgets the remembered gateway and method (a spec's fresh start).
-function M.reset()
+--- Forgets the remembered UPnP gateway and the method that answered last,
+-- so the next call discovers again (after the host moved networks).
+function M.forget()
   state.igd, state.preferred = nil, nil
 end
 
