@@ -1,7 +1,8 @@
 --- Help texts, the man page and the bash completion, all made from the
 -- command specs under portman/cmd/ (see portman.cmd), so none can drift
 -- from what the parser accepts.
-local cmd = require "portman.cmd"
+local portman = require "portman"
+local cmd = require "portman.cmd.commands"
 
 local M = {}
 
@@ -93,7 +94,7 @@ end
 
 --- The man page portman(1), in roff.
 function M.man()
-  local version = require("portman").version
+  local version = portman.version
   local out = {
     ('.TH PORTMAN 1 "" "portman %s" "User Commands"'):format(version),
     ".SH NAME", "portman \\- manage the network ports of services",

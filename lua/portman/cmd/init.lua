@@ -20,16 +20,15 @@
 -- code when the operation failed. A command validates its own flags and
 -- raises ctx.usage(msg) for bad usage (exit 2); anything else raised is an
 -- internal error (exit 1), never blamed on the user.
+local uv = require "luv"
 local json = require "portman.json"
+local portman = require "portman"
+local commands = require "portman.cmd.commands"
+local doc = require "portman.cmd.doc"
 
 local M = {}
 
---- Command names in the order help lists them, and the file of each.
-M.ORDER = {
-  {"alloc", "alloc"}, {"probe", "probe"}, {"resolve", "resolve"}, {"stun", "stun"},
-  {"nat-type", "stun"}, {"map", "map"}, {"unmap", "map"}, {"mappings", "map"},
-  {"run", "run"}, {"status", "admin"}, {"repl", "admin"}, {"services", "services"},
-}
+M.ORDER, M.command, M.flags = commands.ORDER, commands.command, commands.flags
 
 local USAGE_MT = {__tostring = function(e) return e.msg end}
 
@@ -39,34 +38,6 @@ function M.usage_error(msg)
 end
 
 local function is_usage(e) return getmetatable(e) == USAGE_MT end
-
---- The spec of command name, or nil.
-function M.command(name)
-  for _, entry in ipairs(M.ORDER) do
-    if entry[1] == name then
-      local spec = require("portman.cmd." .. entry[2])[name]
-      spec.name = name
-      return spec
-    end
-  end
-  return nil
-end
-
-local COMMON = {
-  json = {"json", nil, "print one JSON document (errors too, on stdout)"},
-  no_header = {"no-header", nil, "leave out the table's header line", short = "H"},
-  help = {"help", nil, "show this help", short = "h"},
-}
-
---- Every flag command spec takes, its own then the common ones.
-function M.flags(spec)
-  local list = {}
-  for _, f in ipairs(spec.flags or {}) do list[#list + 1] = f end
-  if spec.json then list[#list + 1] = COMMON.json end
-  if spec.table then list[#list + 1] = COMMON.no_header end
-  list[#list + 1] = COMMON.help
-  return list
-end
 
 local function find_flag(flags, name, short)
   for _, f in ipairs(flags) do
@@ -232,17 +203,17 @@ function M.format_table(header, rows)
   return table.concat(lines, "\n")
 end
 
-local function render(doc, opts)
-  if opts.json then return json.encode(doc.json, {sorted = true}) end
-  if doc.rows then
+local function render(result, opts)
+  if opts.json then return json.encode(result.json, {sorted = true}) end
+  if result.rows then
     local parts = {}
-    if #doc.rows > 0 then
-      parts[#parts + 1] = M.format_table(not opts.no_header and doc.header or nil, doc.rows)
+    if #result.rows > 0 then
+      parts[#parts + 1] = M.format_table(not opts.no_header and result.header or nil, result.rows)
     end
-    if doc.footer and not opts.no_header then parts[#parts + 1] = doc.footer end
+    if result.footer and not opts.no_header then parts[#parts + 1] = result.footer end
     return table.concat(parts, "\n")
   end
-  return doc.text
+  return result.text
 end
 
 function M.main_usage()
@@ -256,15 +227,12 @@ function M.main_usage()
   return table.concat(lines, "\n")
 end
 
-local doc -- portman.cmd.doc, loaded for help only
-
 local function help(name, out, errout)
   local spec = M.command(name)
   if not spec then
     errout:write("portman help: unknown command '", name, "'\n")
     return 2
   end
-  doc = doc or require "portman.cmd.doc"
   out:write(doc.help(spec), "\n")
   return 0
 end
@@ -273,7 +241,6 @@ end
 -- process (the default action of SIGPIPE): a luv handler, unref'd so it
 -- never keeps the loop alive.
 local function ignore_sigpipe()
-  local uv = require "luv"
   local s = uv.new_signal()
   s:start("sigpipe", function() end)
   s:unref()
@@ -291,7 +258,6 @@ local function fail(ctx, status, msg, code, usage)
 end
 
 local function run_command(spec, args, ctx)
-  doc = doc or require "portman.cmd.doc"
   local usage = "usage: " .. doc.synopsis(spec)
   local ok, opts = pcall(M.parse, args, spec)
   if not ok then
@@ -329,7 +295,7 @@ function M.main(argv, out, errout)
   out, errout = out or io.stdout, errout or io.stderr
   local name = argv[1]
   if name == "--version" or name == "-V" then
-    out:write("portman ", require("portman").version, "\n")
+    out:write("portman ", portman.version, "\n")
     return 0
   end
   if name == nil or name == "-h" or name == "--help" or (name == "help" and not argv[2]) then
