@@ -8,6 +8,8 @@ DESTDIR     ?=
 INST_LIBDIR ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
 INST_LUADIR ?= $(PREFIX)/share/lua/$(LUA_VERSION)
 INST_BINDIR ?= $(PREFIX)/bin
+INST_MANDIR ?= $(PREFIX)/share/man
+INST_COMPDIR ?= $(PREFIX)/share/bash-completion/completions
 LIBFLAG     ?= -shared
 CFLAGS      ?= -O2
 
@@ -28,7 +30,7 @@ HDRS    := $(wildcard csrc/*.h)
 OBJS    := $(SRCS:csrc/%.c=build/obj/%.o)
 SANOBJS := $(SRCS:csrc/%.c=build-asan/obj/%.o)
 
-.PHONY: all deps deps-run deps-test deps-bench deps-fuzz test lint spec spec-asan rock-smoke rockspec \
+.PHONY: docs all deps deps-run deps-test deps-bench deps-fuzz test lint spec spec-asan rock-smoke rockspec \
 	bench run install clean fuzz
 
 all: build/portman/core.so
@@ -103,6 +105,12 @@ install: all
 	find lua/portman -name '*.lua' | while read -r f; do \
 		install -D -m 0644 "$$f" "$(DESTDIR)$(INST_LUADIR)/$${f#lua/}" || exit 1; done
 	install -m 0755 bin/portman $(DESTDIR)$(INST_BINDIR)/portman
+	install -D -m 0644 doc/portman.1 $(DESTDIR)$(INST_MANDIR)/man1/portman.1
+	install -D -m 0644 doc/portman.bash $(DESTDIR)$(INST_COMPDIR)/portman
+
+# The man page and bash completion, from the command specs (portman.cmd.doc).
+docs: all
+	scripts/gen-doc
 
 clean:
 	rm -rf build build-asan

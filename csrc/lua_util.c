@@ -76,6 +76,12 @@ int pm_open_util(lua_State *L)
         lua_setfield(L, -2, errno_table[i].name);
     }
     lua_setfield(L, -2, "errno_codes");
+    lua_createtable(L, 0, (int)N_ERRNO); /* io.open and friends give numbers */
+    for (size_t i = 0; i < N_ERRNO; i++) {
+        lua_pushstring(L, errno_table[i].name);
+        lua_rawseti(L, -2, errno_table[i].err);
+    }
+    lua_setfield(L, -2, "errno_names");
     return 0;
 }
 

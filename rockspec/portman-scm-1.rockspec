@@ -68,6 +68,7 @@ build = {
     ["portman.cmd.admin"] = "lua/portman/cmd/admin.lua",
     ["portman.cmd.alloc"] = "lua/portman/cmd/alloc.lua",
     ["portman.cmd.cluster"] = "lua/portman/cmd/cluster.lua",
+    ["portman.cmd.commands"] = "lua/portman/cmd/commands.lua",
     ["portman.cmd.doc"] = "lua/portman/cmd/doc.lua",
     ["portman.cmd.map"] = "lua/portman/cmd/map.lua",
     ["portman.cmd.probe"] = "lua/portman/cmd/probe.lua",
@@ -96,14 +97,11 @@ build = {
     ["portman.stun"] = "lua/portman/stun.lua",
     -- END Lua modules
   },
-  install = {
-    bin = {portman = "bin/portman"},
-    -- The man page and bash completion, once generated, go here. LuaRocks'
-    -- builtin install has no man or completion directory: list them under
-    -- conf (installed in TREE/lib/luarocks/rocks-5.4/portman/VERSION/conf/),
-    -- or put them in doc/, which LuaRocks copies beside it by default, e.g.
-    -- conf = {["man/portman.1"] = "doc/portman.1",
-    --         ["bash-completion/portman"] = "doc/portman.bash"},
-  },
+  install = {bin = {portman = "bin/portman"}},
+  -- The man page (doc/portman.1), the bash completion (doc/portman.bash)
+  -- and the design notes go into the rock's own directory,
+  -- TREE/lib/luarocks/rocks-5.4/portman/VERSION/: LuaRocks' builtin install
+  -- has no man or completion directory (`make install` puts them there).
+  copy_directories = {"doc", "docs"},
 }
 test = {type = "busted"}

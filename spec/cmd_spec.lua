@@ -231,3 +231,53 @@ describe("the man page and bash completion", function()
     assert.equal("alloc\n--concurrency\n", out)
   end)
 end)
+
+describe("docs/cli.md", function()
+  local cmd = require "portman.cmd"
+  local f = assert(io.open(helpers.root .. "/docs/cli.md"))
+  local text = f:read("a")
+  f:close()
+
+  -- The text of the section "## portman NAME".
+  local function section(name)
+    local start = text:find("\n## portman " .. name:gsub("%-", "%%-") .. "\n")
+    if not start then return nil end
+    local stop = text:find("\n## ", start + 1) or #text
+    return text:sub(start, stop)
+  end
+
+  local function example(name)
+    local s = section(name)
+    local block = s and s:match("```json\n(.-)\n```")
+    return block and cjson.decode(block)
+  end
+
+  local function keys(t)
+    local list = {}
+    for k in pairs(t) do list[#list + 1] = k end
+    table.sort(list)
+    return list
+  end
+
+  it("has a section for every command, with a JSON example for those that print one", function()
+    for _, entry in ipairs(cmd.ORDER) do
+      assert.truthy(section(entry[1]), "no section for " .. entry[1])
+      if cmd.command(entry[1]).json then
+        assert.truthy(example(entry[1]), "no JSON example for " .. entry[1])
+      end
+    end
+  end)
+
+  it("shows the fields the commands really print", function()
+    local _, out = run("alloc --range 20000-20999 --count 2 --json")
+    assert.same(keys(example("alloc")), keys(cjson.decode(out)))
+    _, out = run("probe 127.0.0.1 1-10 --json")
+    local doc, ex = cjson.decode(out), example("probe")
+    assert.same(keys(ex), keys(doc))
+    assert.same(keys(ex.counts), keys(doc.counts))
+    _, out = run("resolve 127.0.0.1 --json")
+    doc, ex = cjson.decode(out), example("resolve")
+    assert.same(keys(ex), keys(doc))
+    assert.same(keys(ex.records[1]), keys(doc.records[1]))
+  end)
+end)

@@ -7,7 +7,13 @@ local core = require "portman.core"
 
 local M = {}
 
-local CODES = core.errno_codes
+local CODES, NAMES = core.errno_codes, core.errno_names
+
+--- The name of an errno number (13 -> "EACCES"), as io.open's third
+-- result gives it; "EUNKNOWN" for one the table lacks.
+function M.name(errno)
+  return NAMES[errno] or "EUNKNOWN"
+end
 
 --- The code word for an errno name or a luv error ("ECONNREFUSED" or
 -- "ECONNREFUSED: connection refused"): refused, denied, ...; an errno

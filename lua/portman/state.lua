@@ -1,13 +1,15 @@
---- The state file: one JSON document, replaced atomically (DESIGN.md).
+--- The state file: one JSON document, replaced atomically (docs/design.md,
+-- "The state file").
 local json = require "portman.json"
 local core = require "portman.core"
 local check = require "portman.check"
+local errors = require "portman.errors"
 
 local M = {}
 
 --- Writes tbl to path durably (temp file, fsync, rename, fsync dir).
 -- @return[1] true
--- @return[2] nil, msg, code (an errno name)
+-- @return[2] nil, msg, code (the errno's code word, or its name)
 function M.save(path, tbl)
   if type(path) ~= "string" then check.argerror("save", 1, "string expected, got " .. type(path)) end
   check.table("save", 2, tbl)
@@ -21,8 +23,7 @@ function M.load(path)
   local f, err, errno = io.open(path, "rb")
   if not f then
     if errno == 2 then return {} end -- ENOENT: nothing saved yet
-    local code = errno == 13 and "denied" or "EIO"
-    return nil, code .. ": " .. err, code
+    return errors.from(errors.name(errno) .. ": " .. err)
   end
   local text = f:read("a")
   f:close()
