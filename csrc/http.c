@@ -299,7 +299,7 @@ static void take_body(xfer *x, pm_http_event *ev)
     x->len = x->cap = 0;
 }
 
-/* The code word for a failed transfer (DESIGN.md's vocabulary). */
+/* The code word for a failed transfer (docs/design.md, "Errors"). */
 static const char *code_word(CURLcode rc, long os_errno, int too_big)
 {
     if (too_big)

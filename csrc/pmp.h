@@ -20,7 +20,7 @@ struct pm_pmp {
 struct pm_pmp_result {
     int done;           /* 0: still waiting */
     int error;          /* 0, or a libnatpmp error (< 0) */
-    const char *code;   /* DESIGN.md's code word when error != 0 */
+    const char *code;   /* the code word (docs/design.md, "Errors") when error != 0 */
     int sys_errno;      /* errno of a socket error */
     uint32_t epoch;     /* seconds since the gateway's mapping table started */
     char external_ip[16];

@@ -23,7 +23,7 @@ static void fail(struct pm_upnp_job *j, int status, const char *code, const char
     snprintf(j->msg, sizeof j->msg, "%s", what);
 }
 
-/* DESIGN.md's code word for a UPnP error code or a miniupnpc failure. */
+/* The code word (docs/design.md, "Errors") for a UPnP error code or a miniupnpc failure. */
 static const char *code_of(int status)
 {
     switch (status) {

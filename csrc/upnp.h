@@ -40,7 +40,7 @@ struct pm_upnp_job {
     struct pm_upnp_igd igd;
     /* out */
     int status;      /* 0, a UPnP error code (> 0) or a miniupnpc one (< 0) */
-    const char *code; /* DESIGN.md's code word when status != 0 */
+    const char *code; /* the code word (docs/design.md, "Errors") when status != 0 */
     char msg[160];
     char external_ip[64];
     int got_port;    /* the external port AddAnyPortMapping gave */

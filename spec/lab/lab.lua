@@ -1,4 +1,4 @@
---- The network-namespace lab (DESIGN.md): a LAN namespace (the client),
+--- The network-namespace lab (docs/design.md, "Tests and the lab"): a LAN namespace (the client),
 -- an IGD namespace (the NAT) and a WAN namespace (the servers), joined
 -- only to each other by veth pairs. Nothing in the lab can reach the
 -- host's network. Needs root.
@@ -248,7 +248,7 @@ function M:stun_server()
 end
 
 --- The IGD's own filter and NAT table in the layout miniupnpd-nftables
--- expects (DESIGN.md): forward jumps to miniupnpd, the nat hooks to
+-- expects: forward jumps to miniupnpd, the nat hooks to
 -- prerouting_miniupnpd / postrouting_miniupnpd, and LAN traffic leaving
 -- wan0 is masqueraded. Forwarding is otherwise allowed: a test of a
 -- mapping must see miniupnpd's DNAT rule at work, not a filter.
