@@ -20,9 +20,28 @@ M.FLAGS = {
   {"user", "NAME", "etcd user; the password comes from PORTMAN_ETCD_PASSWORD, never argv"},
 }
 
+-- The flags the backend would refuse, checked here in the command line's words.
+local function check_flags(opts)
+  local n = 0
+  for url in opts.etcd:gmatch("[^,%s]+") do
+    n = n + 1
+    if not url:match("^https?://[^/]+$") then
+      cmd.usage_error(("--etcd: URL like http://127.0.0.1:2379 expected, got '%s'"):format(url))
+    end
+  end
+  if n == 0 then cmd.usage_error("--etcd: at least one URL expected") end
+  if not opts.cluster:match("^[%w_%.%-]+$") then
+    cmd.usage_error("--cluster: letters, digits, '.', '_' or '-' expected")
+  end
+  if opts.node_id and not opts.node_id:match("^[%w_%.:%-]+$") then
+    cmd.usage_error("--node-id: letters, digits, '.', ':', '_' or '-' expected")
+  end
+end
+
 --- An etcd backend for the parsed flags, or nil, msg, code.
 function M.backend(opts, ttl)
   if not opts.cluster then cmd.usage_error("--cluster is required with --etcd") end
+  check_flags(opts)
   cmd.at_least(opts, "timeout", 1)
   if ttl and ttl < 1 then cmd.usage_error("--ttl: at least 1") end
   if (opts.cert ~= nil) ~= (opts.key ~= nil) then cmd.usage_error("--cert and --key go together") end

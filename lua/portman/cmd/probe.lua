@@ -68,6 +68,7 @@ return {probe = {
   notes = "States as nmap names them: open, closed, filtered (no answer before the timeout), "
     .. "unreachable (ICMP), error. The table lists open ports, and the others when there are few.",
   run = function(opts, ctx)
+    if opts.host == "" then cmd.usage_error("HOST: a name or an address expected") end
     cmd.at_least(opts, "timeout", 1)
     cmd.at_least(opts, "concurrency", 1)
     local ports, perr = probe.ports(opts.ports)
