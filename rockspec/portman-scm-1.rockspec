@@ -85,6 +85,7 @@ build = {
     ["portman.health"] = "lua/portman/health.lua",
     ["portman.http"] = "lua/portman/http.lua",
     ["portman.json"] = "lua/portman/json.lua",
+    ["portman.lines"] = "lua/portman/lines.lua",
     ["portman.listener"] = "lua/portman/listener.lua",
     ["portman.listeners"] = "lua/portman/listeners.lua",
     ["portman.log"] = "lua/portman/log.lua",

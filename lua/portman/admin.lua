@@ -13,6 +13,7 @@ local async = require "portman.async"
 local listener = require "portman.listener"
 local portman = require "portman"
 local errors = require "portman.errors"
+local lines = require "portman.lines"
 
 local M = {}
 
@@ -148,22 +149,42 @@ local function private_dir(path)
   return true
 end
 
-local function send(client, doc)
-  if not client:is_closing() then client:write(json.encode(doc) .. "\n") end
+M.MAX_REQUEST = 1024 * 1024   -- bytes in one request line
+M.MAX_REPLY = 256 * 1024 * 1024 -- bytes in one reply line (a status of many services)
+M.IDLE_TIMEOUT = 300000       -- ms a client may stay silent before it is closed
+
+-- Writes doc as one line; after(), if given, runs once the write has gone
+-- out (a close then never cuts a large reply short).
+local function send(client, doc, after)
+  if client:is_closing() then return end
+  client:write(json.encode(doc) .. "\n", after and function() after() end or nil)
 end
 
--- Serves one accepted connection: reads JSON lines, answers each.
+-- Serves one accepted connection: reads JSON lines, answers each. A line
+-- over MAX_REQUEST or a client silent for IDLE_TIMEOUT is closed.
 local function serve_client(server, client)
-  local repl, buffered = nil, ""
+  local repl
+  local framer = lines.new(server.max_request)
+  local idle = uv.new_timer()
+  local function close()
+    if not idle:is_closing() then idle:close() end
+    if not client:is_closing() then client:close() end
+  end
+  local function touch()
+    idle:start(server.idle_timeout, 0, function()
+      log.info("admin_idle_closed", {after_ms = server.idle_timeout})
+      close()
+    end)
+  end
   local function on_line(line)
     local req = json.decode(line)
     if type(req) ~= "table" then
-      send(client, {error = "protocol: request is not a JSON object"})
-      return client:close()
+      send(client, {error = "protocol: request is not a JSON object"}, close)
+      return false
     end
     if req.op == "status" then
-      send(client, server.status())
-      return client:close()
+      send(client, server.status(), close)
+      return false
     elseif req.op == "repl" then
       repl = M.repl(server.vars)
       send(client, {out = "portman " .. portman.version .. " REPL: Lua inside the daemon; "
@@ -172,18 +193,21 @@ local function serve_client(server, client)
       local out, prompt = repl:feed(req["in"])
       send(client, {out = out, prompt = prompt})
     else
-      send(client, {error = "protocol: unknown request"})
-      client:close()
+      send(client, {error = "protocol: unknown request"}, close)
+      return false
     end
   end
+  touch()
   client:read_start(async.safe(function(err, data)
-    if err or not data then return client:close() end
-    buffered = buffered .. data
-    for line in buffered:gmatch("([^\n]*)\n") do
-      if client:is_closing() then return end
-      on_line(line)
+    if err or not data then return close() end
+    touch()
+    local ok, ferr = framer:feed(data, on_line)
+    if not ok then
+      log.warn("admin_request_refused", {error = ferr})
+      client:read_stop()
+      idle:stop()
+      send(client, {error = ferr}, close)
     end
-    buffered = buffered:match("[^\n]*$")
   end, "admin client"))
 end
 
@@ -197,7 +221,8 @@ end
 
 --- Serves the admin socket at path.
 -- @tparam table opts `status` (a function returning the status document),
---   `vars` (the REPL's names: manager, daemon, ...)
+--   `vars` (the REPL's names: manager, daemon, ...), `max_request` (bytes
+--   in a request line, MAX_REQUEST), `idle_timeout` (ms, IDLE_TIMEOUT)
 -- @return[1] a server with :close()
 -- @return[2] nil, msg, code
 function M.serve(path, opts)
@@ -206,7 +231,8 @@ function M.serve(path, opts)
   local l
   l, err, code = listener.open{proto = "unix", path = path, mode = tonumber("600", 8)}
   if not l then return nil, err, code end
-  local server = {status = opts.status, vars = opts.vars, listener = l, path = path}
+  local server = {status = opts.status, vars = opts.vars, listener = l, path = path,
+                  max_request = opts.max_request or M.MAX_REQUEST, idle_timeout = opts.idle_timeout or M.IDLE_TIMEOUT}
   ok, err, code = l:serve(function(client)
     local permitted, peer = allowed(client)
     if not permitted then
@@ -225,28 +251,78 @@ end
 
 -- ---- the client ----
 
+M.TIMEOUT = 5000 -- ms a client waits for each reply
+
+-- The socket's directory must be the caller's (or root's) and writable by
+-- no one else: else another user could have put a socket of theirs there.
+local function trusted_dir(path)
+  local dir = path:match("^(.*)/[^/]+$") or "."
+  local st = uv.fs_stat(dir)
+  if not st then return true end -- connect says not_found
+  local _, uid = core.ids()
+  if (st.uid ~= uid and st.uid ~= 0) or st.mode & tonumber("022", 8) ~= 0 then
+    return errors.fail("denied", "admin socket %s: its directory must belong to uid %d or root and be "
+      .. "writable by no one else", path, uid)
+  end
+  return true
+end
+
+-- The daemon at the other end must run as the caller or as root.
+local function trusted_peer(pipe, path)
+  local _, peer_uid = core.peercred(pipe:fileno())
+  local _, uid = core.ids()
+  if peer_uid == uid or peer_uid == 0 then return true end
+  return errors.fail("denied", "admin socket %s is served by uid %s, not %d or root", path, tostring(peer_uid), uid)
+end
+
 --- Sends one request and calls on_reply(doc) for each reply line until
 -- on_reply returns a request to send next, or nil to stop.
+-- @tparam[opt] table opts `timeout`: ms to wait for each reply (TIMEOUT)
 -- @return[1] true
--- @return[2] nil, msg, code (the daemon is not there: "not_found", "refused", "denied")
-function M.talk(path, request, on_reply)
-  local pipe = uv.new_pipe()
-  local result, rerr, rcode = true, nil, nil
-  pipe:connect(path, function(err)
-    if err then
-      result, rerr, rcode = errors.from(err, "admin socket " .. path)
-      return pipe:close()
+-- @return[2] nil, msg, code: "not_found", "refused" (no daemon there),
+--   "denied" (a socket the caller should not trust), "timeout", "closed",
+--   "protocol"
+function M.talk(path, request, on_reply, opts)
+  local timeout = opts and opts.timeout or M.TIMEOUT
+  local ok, err, code = trusted_dir(path)
+  if not ok then return nil, err, code end
+  local pipe, timer = uv.new_pipe(), uv.new_timer()
+  local result, rerr, rcode = nil, "closed: the daemon closed the connection", "closed"
+  local function finish(...)
+    result, rerr, rcode = ...
+    if not timer:is_closing() then timer:close() end
+    if not pipe:is_closing() then pipe:close() end
+  end
+  local function ask(doc)
+    pipe:write(json.encode(doc) .. "\n")
+    timer:start(timeout, 0, function()
+      finish(errors.fail("timeout", "admin socket %s: no answer in %d ms", path, timeout))
+    end)
+  end
+  local framer = lines.new(M.MAX_REPLY)
+  local function on_line(line)
+    timer:stop()
+    local doc = json.decode(line)
+    if type(doc) ~= "table" then
+      finish(errors.fail("protocol", "admin socket %s: a reply that is not a JSON object", path))
+      return false
     end
-    pipe:write(json.encode(request) .. "\n")
-    local buffered = ""
+    local nxt = on_reply(doc)
+    if not nxt then
+      finish(true)
+      return false
+    end
+    ask(nxt)
+  end
+  pipe:connect(path, function(cerr)
+    if cerr then return finish(errors.from(cerr, "admin socket " .. path)) end
+    local trusted, terr, tcode = trusted_peer(pipe, path)
+    if not trusted then return finish(nil, terr, tcode) end
+    ask(request)
     pipe:read_start(function(rderr, data)
-      if rderr or not data then return pipe:close() end
-      buffered = buffered .. data
-      for line in buffered:gmatch("([^\n]*)\n") do
-        local nxt = on_reply(json.decode(line) or {error = "protocol: bad reply"})
-        if nxt then pipe:write(json.encode(nxt) .. "\n") else return pipe:close() end
-      end
-      buffered = buffered:match("[^\n]*$")
+      if rderr or not data then return finish(result, rerr, rcode) end
+      local fed, ferr, fcode = framer:feed(data, on_line)
+      if not fed then finish(nil, ferr, fcode) end
     end)
   end)
   uv.run()

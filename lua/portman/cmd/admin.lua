@@ -1,9 +1,11 @@
 --- `portman status` and `portman repl`: the admin socket's clients.
 local uv = require "luv"
 local admin = require "portman.admin"
+local cmd = require "portman.cmd"
 
 local SOCKET = {"admin-socket", "PATH", "the daemon's admin socket (default: $XDG_RUNTIME_DIR/portman/admin.sock, "
-  .. "/run/portman/admin.sock for root)"}
+  .. "/run/portman/admin.sock for root); its directory must be yours or root's and writable by no one else"}
+local TIMEOUT = {"timeout", "MS", "ms to wait for each answer of the daemon", kind = "int", default = admin.TIMEOUT}
 
 local function service_rows(doc)
   local rows = {}
@@ -47,13 +49,14 @@ end
 return {
   status = {
     summary = "show a running daemon's services, pools and router mappings",
-    flags = {SOCKET},
+    flags = {SOCKET, TIMEOUT},
     json = true,
     table = true,
     run = function(opts)
+      cmd.at_least(opts, "timeout", 1)
       local doc
       local ok, err, code = admin.talk(opts.admin_socket or admin.default_path(), {op = "status"},
-        function(reply) doc = reply end)
+        function(reply) doc = reply end, {timeout = opts.timeout})
       if not ok then return nil, err, code end
       if not doc then return nil, "closed: the daemon sent no status", "closed" end
       return {json = doc, header = {"SERVICE", "TYPE", "PROTO", "ADDRESS", "PORT", "STATUS"},
@@ -62,8 +65,9 @@ return {
   },
   repl = {
     summary = "attach a Lua REPL to a running daemon (`manager` and `daemon` at hand; Ctrl-D leaves)",
-    flags = {SOCKET},
+    flags = {SOCKET, TIMEOUT},
     run = function(opts, ctx)
+      cmd.at_least(opts, "timeout", 1)
       local out = ctx.out
       local read, done = line_reader()
       local ok, err, code = admin.talk(opts.admin_socket or admin.default_path(), {op = "repl"}, function(reply)
@@ -73,7 +77,7 @@ return {
         local line = read(reply.prompt)
         if line == nil or line == ".exit" then return nil end
         return {["in"] = line}
-      end)
+      end, {timeout = opts.timeout})
       done()
       if not ok then return nil, err, code end
       return true
