@@ -5,12 +5,12 @@ local uv = require "luv"
 local cjson = require "cjson"
 
 describe("portman.stun client", function()
-  local portman, stun, responder
+  local stun, responder
   local open = {}
 
   setup(function()
     local before = helpers.globals()
-    portman = require "portman"
+    require "portman"
     stun = require "portman.stun"
     for k in pairs(_G) do assert.is_true(before[k] ~= nil, "new global " .. tostring(k)) end
     responder = require "stun_responder"
@@ -32,7 +32,7 @@ describe("portman.stun client", function()
   -- A port where nothing listens: bound, then closed again.
   local function dead_port() return helpers.free_port("udp") end
 
-  local function run(fn) return portman.run(fn) end
+  local run = helpers.run
 
   describe("query", function()
     it("returns the address the server saw, and what it took", function()
