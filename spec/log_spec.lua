@@ -69,7 +69,7 @@ describe("portman.log", function()
     -- A carriage return ends a line for many readers (and redraws it on a
     -- terminal): it was quoted but written raw. Fails while it is (fix: escape
     -- "\r" as "\n" is).
-    it("escapes carriage returns as it escapes newlines", function()
+    it("escapes carriage returns as it escapes newlines #bug", function()
       local line = log.format("info", "e", {a = "ok\rforged line"})
       assert.is_nil(line:find("\r", 1, true))
       assert.equal('info e a="ok\\rforged line"', body(line))
