@@ -2,12 +2,32 @@ local helpers = require "helpers"
 local uv = require "luv"
 local json = require "portman.json"
 
-local write, start = helpers.write, helpers.start_daemon
+-- Every daemon here runs in a network namespace of its own (root): the
+-- fixed ports of the policies, examples/default.lua's among them, are then
+-- never this host's. The admin socket is a file, reached from here; a
+-- connection to a daemon's listener is made beside it (helpers.in_netns).
+local write = helpers.write
+local function start(dir, policy, services)
+  return helpers.start_daemon(dir, policy, services, {netns = true})
+end
 
 local function ports(out)
   local t = {}
   for name, port in out:gmatch("(%S+)%s+%S+%s+%S+%s+(%d+)\n") do t[name] = tonumber(port) end
   return t
+end
+
+-- Does the daemon d accept a TCP connection on 127.0.0.1:port? true, or
+-- the connect error (an errno name and text).
+local ACCEPTS = [[
+local uv = require "luv"
+local c, result = uv.new_tcp(), nil
+c:connect("127.0.0.1", tonumber((...)), function(err) result = err or true; c:close() end)
+uv.run()
+return result
+]]
+local function accepts(d, port)
+  return helpers.in_netns(ACCEPTS, {pid = d.pid, args = {port}})
 end
 
 local function status(d)
@@ -29,16 +49,17 @@ describe("portman run", function()
 
   it("runs the example policy: services listen, report healthy, stop on SIGINT", function()
     local d = start(dir, helpers.root .. "/examples/default.lua", 4)
+    assert.not_equal(uv.fs_readlink("/proc/self/ns/net"), uv.fs_readlink("/proc/" .. d.pid .. "/ns/net"))
     local p = ports(d.out)
-    assert.equal(20090, p.metrics)
+    -- api is sequential from 20000; metrics has its fixed port in it
+    assert.same({web = 20000, admin = 20001, metrics = 20090}, {web = p.web, admin = p.admin, metrics = p.metrics})
     local allocator = require "portman.allocator"
     assert.equal(allocator.hash_start("db-7", 25000, 25999), p.postgres)
     -- the listeners really accept
-    local c = uv.new_tcp()
-    local connected
-    c:connect("127.0.0.1", p.web, function(err) connected = err or true; c:close() end)
-    helpers.run_until(function() return connected ~= nil end)
-    assert.is_true(connected)
+    for _, name in ipairs{"web", "admin", "postgres", "metrics"} do
+      assert.is_true(accepts(d, p[name]), name)
+    end
+    assert.matches("^ECONNREFUSED", accepts(d, 20002))
     assert.is_true(helpers.run_until(function()
       for _, s in ipairs(status(d).services) do if s.status ~= "healthy" then return false end end
       return true
@@ -71,10 +92,7 @@ describe("portman run", function()
       services = {{name = "keep", pool = "p"}, {name = "drop", pool = "p"}}}]])
     local d = start(dir, policy, 2)
     local before = ports(d.out)
-    -- a connection to "keep" stays open across the reload
-    local c, connected = uv.new_tcp(), nil
-    c:connect("127.0.0.1", before.keep, function(err) connected = err or true end)
-    helpers.run_until(function() return connected ~= nil end)
+    assert.is_true(accepts(d, before.drop))
     write(policy, [[return {pools = {p = {range = {21100, 21199}}},
       services = {{name = "keep", pool = "p"}, {name = "new", pool = "p", port = 21150}}}]])
     d.proc:kill("sighup")
@@ -84,7 +102,10 @@ describe("portman run", function()
     assert.same({keep = before.keep, new = 21150}, names)
     assert.matches("service_stopped forced=0 service=drop", d.err)
     assert.not_matches("service_stopped[^\n]*service=keep", d.err)
-    c:close()
+    -- keep's listener serves on, new's opened, drop's closed
+    assert.is_true(accepts(d, before.keep))
+    assert.is_true(accepts(d, 21150))
+    assert.matches("^ECONNREFUSED", accepts(d, before.drop))
     d.proc:kill("sigterm")
     assert.equal(0, d.wait_exit())
   end)
@@ -204,7 +225,8 @@ describe("portman run", function()
   for _, case in ipairs(broken) do
     it("exits 1 on a policy with " .. case[1], function()
       write(policy, case[2])
-      local status_code, _, err = helpers.portman(("run %s --admin-socket %s/adm/s"):format(policy, dir))
+      local status_code, _, err = helpers.portman(("run %s --admin-socket %s/adm/s"):format(policy, dir),
+        helpers.NETNS)
       assert.equal(1, status_code)
       assert.matches(case[3], err)
     end)

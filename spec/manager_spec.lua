@@ -1,9 +1,13 @@
 local helpers = require "helpers"
 local uv = require "luv"
 
+-- No port here is fixed: pools start at ports the kernel gave as free
+-- (on every address: the listeners bind 0.0.0.0), so the specs can name
+-- the ports they expect whatever else runs on this host.
 describe("portman.manager", function()
   local manager
   local m, events, dir
+  local lo -- the first port of pool "api", free on this host
 
   setup(function()
     local before = helpers.globals()
@@ -16,7 +20,8 @@ describe("portman.manager", function()
     events = {}
     m = manager.new{state_file = dir .. "/state.json", check_host = true,
                     on_event = function(ev) events[#events + 1] = ev end}
-    m:add_pool("api", {range = {22000, 22099}})
+    lo = helpers.free_range(2, "tcp", "0.0.0.0")
+    m:add_pool("api", {range = {lo, lo + 1}})
   end)
 
   after_each(function()
@@ -39,88 +44,97 @@ describe("portman.manager", function()
 
   it("gives a service a port from its type's pool, a listener, a registration and a check", function()
     local s = assert(m:add_service{name = "web", type = "api"})
-    assert.same({name = "web", type = "api", proto = "tcp", address = "0.0.0.0", port = 22000,
+    assert.same({name = "web", type = "api", proto = "tcp", address = "0.0.0.0", port = lo,
                  status = "unknown", pool = "api"}, s)
-    assert.is_true(m.pools.api:is_allocated(22000))
-    assert.equal(22000, m.registry:get("web").port)
-    local c, ok = connect(22000)
+    assert.is_true(m.pools.api:is_allocated(lo))
+    assert.equal(lo, m.registry:get("web").port)
+    local c, ok = connect(lo)
     assert.is_true(ok)
     c:close()
     assert.is_true(helpers.run_until(function() return m:service("web").status == "healthy" end, 8000))
-    assert.same({event = "service_started", service = "web", port = 22000, proto = "tcp"}, event("service_started"))
+    assert.same({event = "service_started", service = "web", port = lo, proto = "tcp"}, event("service_started"))
   end)
 
   it("reserves without listening, and refuses a port another process holds", function()
     local s = assert(m:add_service{name = "ext", pool = "api", listen = false})
-    assert.equal(22000, s.port)
-    local c, connected = connect(22000)
+    assert.equal(lo, s.port)
+    local c, connected = connect(lo)
     c:close()
     assert.matches("ECONNREFUSED", connected)
-    -- a socket outside the manager holds 22001 on this host
+    -- a socket outside the manager holds a port of this host (the kernel's
+    -- choice), in a pool of that one port
     local t = uv.new_tcp()
-    assert(t:bind("127.0.0.1", 22001))
+    assert(t:bind("127.0.0.1", 0))
     assert(t:listen(1, function() end))
-    local ok, err, code = m:add_service{name = "taken", pool = "api", port = 22001, listen = false}
+    local held = t:getsockname().port
+    m:add_pool("held", {range = {held, held}})
+    local ok, err, code = m:add_service{name = "taken", pool = "held", port = held, listen = false}
     t:close()
     assert.is_nil(ok)
     assert.equal("conflict", code)
-    assert.matches("already bound on this host", err)
-    assert.is_false(m.pools.api:is_allocated(22001)) -- given back
+    assert.equal(("conflict: port %d/tcp is already bound on this host (127.0.0.1)"):format(held), err)
+    assert.is_false(m.pools.held:is_allocated(held)) -- given back
   end)
 
   it("undoes every step when a later one fails", function()
-    assert(m:register{name = "clash", port = 22000, address = "127.0.0.1"})
+    assert(m:register{name = "clash", port = lo, address = "127.0.0.1"})
     local before = m.pools.api:allocated()
-    -- the listener binds 22000, then the registration conflicts
-    local ok, err, code = m:add_service{name = "new", pool = "api", port = 22000}
+    -- the listener binds lo, then the registration conflicts
+    local ok, err, code = m:add_service{name = "new", pool = "api", port = lo}
     assert.is_nil(ok)
     assert.equal("conflict", code)
     assert.matches("registered to 'clash'", err)
     assert.equal(before, m.pools.api:allocated())
     assert.is_nil(m:service("new"))
     local t = uv.new_tcp() -- the port is free again
-    assert.truthy(t:bind("0.0.0.0", 22000))
+    assert.truthy(t:bind("0.0.0.0", lo))
+    assert.truthy(t:listen(1, function() end)) -- a TCP bind reports EADDRINUSE only here
     t:close()
   end)
 
   it("drains a stopping service's connections, then frees its port", function()
     assert(m:add_service{name = "web", pool = "api", check = false, handler = function() end})
-    local c = connect(22000)
+    local c = connect(lo)
     helpers.run_until(function() return m.services.web.listener:connections() == 1 end)
     local forced
     m:stop_service("web", 50, function(n) forced = n end)
     helpers.run_until(function() return forced ~= nil end)
     c:close()
     assert.equal(1, forced)
-    assert.is_false(m.pools.api:is_allocated(22000))
+    assert.is_false(m.pools.api:is_allocated(lo))
     assert.is_nil(m.registry:get("web"))
     assert.same({nil, "not_found: no service web", "not_found"}, {m:stop_service("web")})
   end)
 
   it("writes its state on changes and gives the ports back after a restart", function()
-    m:add_pool("r", {range = {22100, 22199}, strategy = "random"})
+    local rlo, rhi = helpers.free_range(20, "tcp", "0.0.0.0")
+    local outside
+    repeat outside = helpers.free_port("tcp", "0.0.0.0") until outside < rlo or outside > rhi
+    m:add_pool("r", {range = {rlo, rhi}, strategy = "random"})
     local a = assert(m:add_service{name = "a", pool = "r"}).port
     local b = assert(m:add_service{name = "b", pool = "r", listen = false}).port
-    assert(m:register{name = "outside", port = 22250, address = "127.0.0.2"}) -- outside the pool
+    assert(m:register{name = "outside", port = outside, address = "127.0.0.2"}) -- outside the pool
     local saved = assert(require("portman.state").load(dir .. "/state.json"))
     assert.equal(3, #saved.registry.services)
     local done = false
     m:shutdown(0, function() done = true end)
     helpers.run_until(function() return done end)
     m = manager.new{state_file = dir .. "/state.json"}
-    m:add_pool("r", {range = {22100, 22199}, strategy = "random"})
+    m:add_pool("r", {range = {rlo, rhi}, strategy = "random"})
     m:remember(saved)
     assert.equal(b, m:add_service{name = "b", pool = "r", listen = false}.port)
     assert.equal(a, m:add_service{name = "a", pool = "r"}.port)
     m:restore_registrations(saved)
-    assert.equal(22250, m.registry:get("outside").port)
+    assert.equal(outside, m.registry:get("outside").port)
     local names = {}
     for _, s in ipairs(m:status().services) do names[#names + 1] = s.name .. "=" .. s.status end
     assert.same({"a=unknown", "b=unknown", "outside=unknown"}, names)
   end)
 
   it("reports pool exhaustion", function()
-    m:add_pool("tiny", {range = {22200, 22203}, warning = 50, critical = 75})
+    -- reserved ports are registered, and registering checks the host's sockets
+    local tlo, thi = helpers.free_range(4, "tcp", "0.0.0.0")
+    m:add_pool("tiny", {range = {tlo, thi}, warning = 50, critical = 75})
     for i = 1, 3 do assert(m:add_service{name = "s" .. i, pool = "tiny", listen = false}) end
     assert.is_true(helpers.run_until(function()
       local ev = events[#events]

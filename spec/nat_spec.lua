@@ -1,42 +1,21 @@
 -- portman.nat without a router: argument checks, the engines' life cycle,
--- and NAT-PMP against a responder on 127.0.0.1:5351 that this spec runs
--- (nat.gateway points libnatpmp at it; nothing leaves loopback). UPnP
--- (SSDP multicast) is exercised only in the lab: spec/lab/nat_lab_spec.lua.
+-- and NAT-PMP against a responder on 127.0.0.1:5351 that this spec runs in
+-- a network namespace of its own (nat.gateway points libnatpmp at it;
+-- nothing leaves that namespace's loopback; needs root). UPnP (SSDP
+-- multicast) is exercised only in the lab: spec/lab/nat_lab_spec.lua.
 local helpers = require "helpers"
-local uv = require "luv"
 
--- A NAT-PMP gateway (RFC 6886) on loopback: answers address and mapping
--- requests with `epoch`; drops the first `drop` requests; records each.
-local function responder(opts)
-  local r = {epoch = opts.epoch or 1000, drop = opts.drop or 0, seen = {}, result = opts.result or 0,
-             taken = opts.taken, garbage = opts.garbage}
-  local u = uv.new_udp()
-  assert(u:bind("127.0.0.1", 5351))
-  r.udp = u
-  u:recv_start(function(err, data, addr)
-    if err or not data then return end
-    local op = data:byte(2)
-    r.seen[#r.seen + 1] = {op = op, data = data}
-    if r.drop > 0 then
-      r.drop = r.drop - 1
-      return
-    end
-    local reply
-    if r.garbage then
-      reply = r.garbage
-    elseif op == 0 then
-      reply = string.pack(">BBI2I4BBBB", 0, 128, r.result, r.epoch, 203, 0, 113, 5)
-    else
-      local internal, external, life = string.unpack(">I2I2I4", data, 5)
-      if r.taken == external and life > 0 then external = external + 1 end
-      reply = string.pack(">BBI2I4I2I2I4", 0, 128 + op, r.result, r.epoch, internal, external, life)
-      r.last = {internal = internal, external = external, lifetime = life, op = op}
-    end
-    u:send(reply, addr.ip, addr.port)
-  end)
-  function r.close() if not u:is_closing() then u:close() end end
-  return r
-end
+-- The specs against the loopback gateway (spec/support/natpmp_responder.lua)
+-- run in a child in a network namespace of its own (helpers.in_netns):
+-- the gateway's port, 5351, is fixed by the protocol, and so never bound
+-- on this host. CHILD is the prelude of each such chunk.
+local CHILD = [[
+local helpers = require "helpers"
+local async = require "portman.async"
+local nat = require "portman.nat"
+local responder = require "support.natpmp_responder"
+nat.gateway = "127.0.0.1"
+]]
 
 describe("portman.nat", function()
   local nat
@@ -132,87 +111,100 @@ describe("portman.nat", function()
   end)
 
   describe("NAT-PMP against a loopback gateway", function()
-    local r
-
-    after_each(function()
-      if r then r.close() end
-      r = nil
-      uv.run("nowait")
-    end)
-
     it("maps, reports the gateway's choice of port, renews, notices a reboot, deletes on close", function()
-      local before = helpers.fd_count()
-      local events = {}
-      local m, closed = helpers.loop(function()
-        r = responder{taken = 45000}
-        local m, err = nat.map{internal_port = 45000, method = "natpmp", lifetime = 2,
-          on_event = function(ev) events[#events + 1] = ev.event end}
-        assert.truthy(m, err)
-        -- renewal at half the lifetime (1 s): wait for the first one
-        while #events < 1 do require("portman.async").sleep(50) end
-        -- the gateway reboots: its epoch starts again
-        r.epoch = 1
-        while #events < 2 do require("portman.async").sleep(50) end
-        local closed = {m:close()}
-        r.close()
-        return m, closed
-      end)
+      local m, events, closed, last, closed_after, again, fds = helpers.in_netns(CHILD .. [[
+        local before = helpers.fd_count()
+        local events, r = {}, nil
+        local m, closed = helpers.loop(function()
+          r = responder.start{taken = 45000}
+          local m, err = nat.map{internal_port = 45000, method = "natpmp", lifetime = 2,
+            on_event = function(ev) events[#events + 1] = ev.event end}
+          assert(m, err)
+          -- renewal at half the lifetime (1 s): wait for the first one
+          while #events < 1 do async.sleep(50) end
+          -- the gateway reboots: its epoch starts again
+          r.epoch = 1
+          while #events < 2 do async.sleep(50) end
+          local closed = {m:close()}
+          r.close()
+          return m, closed
+        end)
+        local fields = {method = m.method, external_ip = m.external_ip, external_port = m.external_port,
+          internal_ip = m.internal_ip, internal_port = m.internal_port, proto = m.proto, lifetime = m.lifetime}
+        local again = {helpers.loop(function() return m:close() end)} -- a second close does nothing
+        return fields, events, closed, r.last, m:closed(), again, {before, helpers.fd_count()}
+      ]])
       assert.same({method = "natpmp", external_ip = "203.0.113.5", external_port = 45001,
-                   internal_ip = "127.0.0.1", internal_port = 45000, proto = "tcp", lifetime = 2},
-        {method = m.method, external_ip = m.external_ip, external_port = m.external_port,
-         internal_ip = m.internal_ip, internal_port = m.internal_port, proto = m.proto, lifetime = m.lifetime})
+                   internal_ip = "127.0.0.1", internal_port = 45000, proto = "tcp", lifetime = 2}, m)
       assert.same({"renewed", "recreated", "closed"}, events)
       assert.same({true}, closed)
       -- the last request deleted it: lifetime 0 for the internal port
-      assert.same({internal = 45000, external = 0, lifetime = 0, op = 2}, r.last)
-      assert.is_true(m:closed())
-      assert.same({true}, {helpers.loop(function() return m:close() end)}) -- a second close does nothing
-      assert.equal(before, helpers.fd_count())
+      assert.same({internal = 45000, external = 0, lifetime = 0, op = 2}, last)
+      assert.is_true(closed_after)
+      assert.same({true}, again)
+      assert.equal(fds[1], fds[2])
     end)
 
     it("retries on libnatpmp's schedule until the gateway answers", function()
-      local res = helpers.loop(function()
-        r = responder{drop = 2}
-        -- NAT-PMP only: UPnP's discovery is multicast, kept to the lab
-        local res = nat.external_address{timeout = 3000, router = {"natpmp"}}
-        r.close()
-        return res
-      end)
+      local res, seen = helpers.in_netns(CHILD .. [[
+        local r
+        local res = helpers.loop(function()
+          r = responder.start{drop = 2}
+          -- NAT-PMP only: UPnP's discovery is multicast, kept to the lab
+          local res = nat.external_address{timeout = 3000, router = {"natpmp"}}
+          r.close()
+          return res
+        end)
+        return {res.source, res.address}, #r.seen
+      ]])
       -- libnatpmp resent twice (250 ms, then 500 ms later); the third try was answered
-      assert.same({"natpmp", "203.0.113.5"}, {res.source, res.address})
-      assert.equal(3, #r.seen)
+      assert.same({"natpmp", "203.0.113.5"}, res)
+      assert.equal(3, seen)
     end)
 
     it("hostile answers end in a code word, never a raise", function()
       local codes = {protocol = true, unsupported = true, timeout = true}
-      for _, junk in ipairs{"", "\0", ("\255"):rep(16), "\0\129\0\0", ("\0"):rep(100),
-                            string.pack(">BBI2I4", 0, 130, 0, 1)} do
-        local m, err, code = helpers.loop(function()
-          r = responder{garbage = junk}
-          local a, b, c = nat.map{internal_port = 45020, method = "natpmp", timeout = 600}
-          r.close()
-          return a, b, c
-        end)
-        assert.is_nil(m)
+      local results = helpers.in_netns(CHILD .. [[
+        local results = {}
+        for _, junk in ipairs{"", "\0", ("\255"):rep(16), "\0\129\0\0", ("\0"):rep(100),
+                              string.pack(">BBI2I4", 0, 130, 0, 1)} do
+          results[#results + 1] = {helpers.loop(function()
+            local r = responder.start{garbage = junk}
+            local a, b, c = nat.map{internal_port = 45020, method = "natpmp", timeout = 600}
+            r.close()
+            return a == nil, b, c
+          end)}
+        end
+        return results
+      ]])
+      assert.equal(6, #results)
+      for _, res in ipairs(results) do
+        local no_mapping, err, code = res[1], res[2], res[3]
+        assert.is_true(no_mapping)
         assert.is_true(codes[code] == true, tostring(err))
         assert.equal(code, err:match("^(%a+):"))
       end
     end)
 
     it("a refusal is denied, silence is not_found", function()
-      local m, err, code = helpers.loop(function()
-        r = responder{result = 2}
-        local a, b, c = nat.map{internal_port = 45010, method = "natpmp"}
-        r.close()
-        return a, b, c
-      end)
-      assert.is_nil(m)
-      assert.equal("denied", code)
-      assert.matches("^denied: ", err)
-      r = nil
-      m, err, code = helpers.loop(function() return nat.map{internal_port = 45010, method = "natpmp"} end)
-      assert.is_nil(m)
-      assert.equal("not_found", code, err)
+      local refused, silence = helpers.in_netns(CHILD .. [[
+        local refused = {helpers.loop(function()
+          local r = responder.start{result = 2}
+          local a, b, c = nat.map{internal_port = 45010, method = "natpmp"}
+          r.close()
+          return a == nil, b, c
+        end)}
+        local silence = {helpers.loop(function()
+          local a, b, c = nat.map{internal_port = 45010, method = "natpmp"}
+          return a == nil, b, c
+        end)}
+        return refused, silence
+      ]])
+      assert.is_true(refused[1])
+      assert.equal("denied", refused[3])
+      assert.matches("^denied: ", refused[2])
+      assert.is_true(silence[1])
+      assert.equal("not_found", silence[3], silence[2])
     end)
   end)
 
@@ -228,30 +220,33 @@ describe("portman.nat", function()
     end)
 
     it("maps a service, lists and records it, deletes it when the service stops", function()
-      local r
-      local doc, snap, after, last = helpers.loop(function()
-        r = responder{}
-        local m = manager.new()
-        local events = {}
-        m:on(function(ev) events[#events + 1] = ev.event end)
-        assert(m:add_service{name = "web", port = 45200, check = false, map = {method = "natpmp", lifetime = 600}})
-        while not events[2] do require("portman.async").sleep(20) end
-        local d, s = m:status(), m:snapshot()
-        require("portman.async").await(function(cb) m:stop_service("web", 0, cb) end)
-        local a = m:snapshot()
-        local l = r.last
-        m:shutdown(0, function() end)
-        r.close()
-        return d, s, a, l
-      end)
+      local doc, snap, after, last = helpers.in_netns(CHILD .. [[
+        local r
+        local d, s, a, l = helpers.loop(function()
+          r = responder.start{}
+          local m = require("portman.manager").new()
+          local events = {}
+          m:on(function(ev) events[#events + 1] = ev.event end)
+          assert(m:add_service{name = "web", port = 45200, check = false, map = {method = "natpmp", lifetime = 600}})
+          while not events[2] do async.sleep(20) end
+          local d, s = m:status(), m:snapshot()
+          async.await(function(cb) m:stop_service("web", 0, cb) end)
+          local a = m:snapshot()
+          local l = r.last
+          m:shutdown(0, function() end)
+          r.close()
+          return d, s, a, l
+        end)
+        local m1 = d.mappings[1]
+        return {service = m1.service, method = m1.method, external_port = m1.external_port,
+                internal_port = m1.internal_port, proto = m1.proto, external_ip = m1.external_ip},
+          {external_port = s.mappings[1].external_port, method = s.mappings[1].method, n = #s.mappings},
+          #a.mappings, l
+      ]])
       assert.same({service = "web", method = "natpmp", external_port = 45200, internal_port = 45200, proto = "tcp",
-                   external_ip = "203.0.113.5"},
-        {service = doc.mappings[1].service, method = doc.mappings[1].method,
-         external_port = doc.mappings[1].external_port, internal_port = doc.mappings[1].internal_port,
-         proto = doc.mappings[1].proto, external_ip = doc.mappings[1].external_ip})
-      assert.equal(45200, snap.mappings[1].external_port)
-      assert.equal("natpmp", snap.mappings[1].method)
-      assert.same({}, after.mappings)
+                   external_ip = "203.0.113.5"}, doc)
+      assert.same({external_port = 45200, method = "natpmp", n = 1}, snap)
+      assert.equal(0, after)
       assert.same({internal = 45200, external = 0, lifetime = 0, op = 2}, last)
     end)
   end)

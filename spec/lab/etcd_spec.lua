@@ -16,15 +16,8 @@ local etcd_cluster = require "support.etcd_cluster"
 
 local RUN = "r" .. helpers.pid() -- cluster names unique per run
 
--- portman.run with a guard: a spec that waits forever fails instead.
-local function run(fn)
-  local guard = uv.new_timer()
-  guard:start(180000, 0, function() uv.stop() end)
-  guard:unref()
-  local ok, err = pcall(async.run, fn)
-  guard:close()
-  if not ok then error(err, 0) end
-end
+-- portman.run with a watchdog: a spec that waits forever fails instead.
+local function run(fn) helpers.run(fn, {watchdog = 180}) end
 
 -- Starts a child: helpers.lua with args; collects stdout and stderr.
 -- on_line(line) is called for each stdout line. Returns a handle with

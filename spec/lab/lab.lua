@@ -12,6 +12,8 @@
 -- Later parts add their daemons with lab:daemon and their rules with
 -- lab:nft; `Lab.new{nat = false}` leaves the IGD without NAT rules for a
 -- caller that writes its own (miniupnpd wants its own inet filter table).
+local helpers = require "helpers"
+
 local M = {}
 M.__index = M
 
@@ -29,13 +31,6 @@ local function run(cmd)
   local out = p:read("a")
   local ok = p:close()
   return ok == true, out
-end
-
-local function pid()
-  local f = assert(io.open("/proc/self/stat"))
-  local n = f:read("a"):match("^(%d+)")
-  f:close()
-  return n
 end
 
 local counter = 0
@@ -82,11 +77,9 @@ end
 -- interpreter of this run: PORTMAN_LUA is the sanitizer run's); returns ok,
 -- stdout and stderr.
 function M:portman(ns, args)
-  local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/lab/lab%.lua$") or "."
-  local lua = os.getenv("PORTMAN_LUA") or "lua5.4"
   local err = ("%s/portman-%d.err"):format(self.dir, counter + 1)
   counter = counter + 1
-  local ok, out = self:try(ns, ("cd %s && %s bin/portman %s 2>%s"):format(q(root), q(lua), args, q(err)))
+  local ok, out = self:try(ns, ("cd %s && %s bin/portman %s 2>%s"):format(q(helpers.root), q(helpers.lua), args, q(err)))
   local f = io.open(err)
   local stderr = f and f:read("a") or ""
   if f then f:close() end
@@ -97,10 +90,7 @@ end
 -- in namespace ns, with this run's interpreter and build, its output in
 -- DIR/NAME.log. Returns its pid (the interpreter's own).
 function M:portman_daemon(ns, name, args)
-  local root = debug.getinfo(1, "S").source:match("^@(.*)/spec/lab/lab%.lua$") or "."
-  if root:sub(1, 1) ~= "/" then root = os.getenv("PWD") .. "/" .. root end
-  local lua = os.getenv("PORTMAN_LUA") or "lua5.4"
-  return self:daemon(ns, name, ("%s %s/bin/portman %s"):format(q(lua), q(root), args))
+  return self:daemon(ns, name, ("%s %s/bin/portman %s"):format(q(helpers.lua), q(helpers.root), args))
 end
 
 --- Is process pid alive?
@@ -203,7 +193,7 @@ function M.new(opts)
   assert(M.is_root(), "lab: the lab needs root (network namespaces)")
   M.sweep()
   counter = counter + 1
-  local id = ("%s%s-%d"):format(M.PREFIX, pid(), counter)
+  local id = ("%s%d-%d"):format(M.PREFIX, helpers.pid(), counter)
   local ok, dir = run("mktemp -d /tmp/" .. id .. "-XXXXXX")
   assert(ok, "lab: mktemp: " .. dir)
   local self = setmetatable({id = id, dir = dir:gsub("%s+$", ""), daemons = {}, created = {},

@@ -2,7 +2,9 @@
 -- NAT-PMP, nftables backend) in the lab's IGD namespace; portman runs in
 -- the LAN namespace, clients in the WAN one. Needs root.
 local cjson = require "cjson"
+local helpers = require "helpers"
 local Lab = require "lab.lab"
+local write = helpers.write
 
 local LAN, WAN = Lab.LAN, Lab.WAN
 -- miniupnpd refuses these internal ports (the "denied" cases)
@@ -13,12 +15,6 @@ local function has(list, port, proto)
     if e.external_port == port and e.proto == (proto or "tcp") then return e end
   end
   return nil
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
 end
 
 local function wait_log(lab, name, pattern)

@@ -6,32 +6,18 @@
 --               127.0.0.1 and ::1; reports what /proc/net/tcp{,6} list
 --   selfconnect: probes 127.0.0.1:args.port, then shows that a plain
 --               connect there "succeeds" (a socket connected to itself)
-package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = (os.getenv("PORTMAN_BUILD") or "build") .. "/?.so;" .. package.cpath
 local uv = require "luv"
 local cjson = require "cjson"
+local helpers = require "helpers"
 local portman = require "portman"
 local firewall = require "portman.firewall"
 
--- cjson gives every number as a float: make the integral ones integers
-local function integers(t)
-  for k, v in pairs(t) do
-    if type(v) == "table" then integers(v) else t[k] = math.tointeger(v) or v end
-  end
-  return t
-end
+-- portman.json keeps integral numbers integers (cjson gives floats)
+local mode, args = arg[1], assert(require("portman.json").decode(arg[2] or "{}"))
 
-local mode, args = arg[1], integers(cjson.decode(arg[2] or "{}"))
-
-local function sockets()
-  local n = 0
-  local p = io.popen(("ls -l /proc/%d/fd"):format(uv.os_getpid()))
-  for line in p:lines() do
-    if line:find("-> socket:", 1, true) then n = n + 1 end
-  end
-  p:close()
-  return n
-end
+local function sockets() return helpers.fd_count{kinds = {"socket"}} end
 
 local function lists(r)
   local errors = {}

@@ -1,0 +1,114 @@
+-- portman.json: lua-cjson plus empty arrays (json.array) and integers on
+-- decode; errors as the protocol code word.
+local helpers = require "helpers"
+
+describe("portman.json", function()
+  local json
+
+  setup(function()
+    local before = helpers.globals()
+    json = require "portman.json"
+    for k in pairs(helpers.globals()) do assert.is_true(before[k], "new global " .. k) end
+    assert.equal(json, require("portman").json)
+  end)
+
+  describe("encode", function()
+    it("writes a table marked with array() as [] when empty, other empty tables as {}", function()
+      assert.equal("[]", json.encode(json.array()))
+      assert.equal("{}", json.encode({}))
+      local text = json.encode({l = json.array(), o = {}}) -- keys in either order
+      assert.is_true(text == '{"l":[],"o":{}}' or text == '{"o":{},"l":[]}', text)
+    end)
+
+    it("finds marked arrays at any depth, and one table twice", function()
+      local empty = json.array()
+      local doc = json.decode(json.encode({a = {b = {c = empty, d = {empty, 1}}}, e = {}}))
+      assert.same({a = {b = {c = {}, d = {{}, 1}}}, e = {}}, doc)
+      local text = json.encode({a = {b = {c = empty}}})
+      assert.equal('{"a":{"b":{"c":[]}}}', text)
+      assert.equal("[[],[]]", json.encode({empty, empty}))
+    end)
+
+    it("returns the table it marks, which stays an array once filled", function()
+      local t = {}
+      assert.equal(t, json.array(t))
+      assert.equal("[]", json.encode(t))
+      t[1] = 5
+      assert.equal("[5]", json.encode(t))
+      assert.equal("[1,2]", json.encode(json.array({1, 2})))
+    end)
+
+    it("leaves the caller's tables as they were", function()
+      local inner = json.array()
+      local doc = {list = inner, n = 1}
+      json.encode(doc)
+      assert.equal(inner, doc.list)
+      assert.is_nil(next(inner))
+      assert.equal(1, doc.n)
+      assert.equal("[]", json.encode(inner)) -- still marked
+    end)
+
+    it("keeps text whole: NUL, quotes, backslashes, newlines, UTF-8", function()
+      local s = "a\0b\"c\\d\ne\u{1F600}"
+      assert.equal(s, json.decode(json.encode({s = s})).s)
+      assert.equal(s, json.decode(json.encode({s = s, e = json.array()})).s)
+    end)
+
+    it("raises on what JSON cannot hold: a cycle, a function, NaN", function()
+      local t = {}
+      t.self = t
+      assert.matches("excessive nesting", helpers.raises(json.encode, t))
+      local u = {e = json.array()}
+      u.self = u
+      assert.matches("excessive nesting", helpers.raises(json.encode, u))
+      assert.matches("Cannot serialise function", helpers.raises(json.encode, {f = print}))
+      assert.matches("must not be NaN or Inf", helpers.raises(json.encode, {0 / 0}))
+    end)
+  end)
+
+  describe("decode", function()
+    it("gives integral numbers as integers and keeps fractions floats", function()
+      local v = json.decode('{"a":[1,-7,2.5,1e3,0.1],"b":{"c":{"d":42}},"t":1700000000123}')
+      assert.equal("integer", math.type(v.a[1]))
+      assert.equal(-7, v.a[2])
+      assert.equal("integer", math.type(v.a[2]))
+      assert.equal(2.5, v.a[3])
+      assert.equal("float", math.type(v.a[3]))
+      assert.equal(1000, v.a[4])
+      assert.equal("integer", math.type(v.a[4]))
+      assert.equal("float", math.type(v.a[5]))
+      assert.equal("integer", math.type(v.b.c.d))
+      assert.equal(1700000000123, v.t) -- milliseconds since 1970 round-trip
+      assert.equal("integer", math.type(v.t))
+      assert.equal(7, json.decode("7"))
+      assert.equal("integer", math.type(json.decode("7")))
+    end)
+
+    it("round-trips what it wrote", function()
+      local doc = {version = 1, services = {{name = "a", port = 20001, metadata = {zone = "z", w = 0.25}}},
+                   ports = {20000, 20001}, ok = true}
+      assert.same(doc, json.decode(json.encode(doc)))
+    end)
+
+    it("answers bad JSON with protocol, never a raise", function()
+      for _, text in ipairs{"{", "", "nul", "[1,2] x", '{"a":}', '"\\ud800"', "{'a':1}", "\255",
+                            ("["):rep(2000) .. ("]"):rep(2000)} do
+        local v, err, code = json.decode(text)
+        assert.is_nil(v, text)
+        assert.equal("protocol", code)
+        assert.matches("^protocol: ", err)
+      end
+      assert.same({nil, "protocol: Expected value but found T_END at character 1", "protocol"}, {json.decode("")})
+      local _, err, code = json.decode(nil)
+      assert.equal("protocol", code)
+      assert.matches("string expected, got nil", err)
+    end)
+
+    it("gives JSON null as cjson.null", function()
+      local v = json.decode('{"a":null,"l":[1,null,3]}')
+      assert.equal(require("cjson").null, v.a)
+      assert.equal(require("cjson").null, v.l[2])
+      assert.equal(3, v.l[3])
+    end)
+  end)
+end)
