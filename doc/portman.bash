@@ -16,8 +16,8 @@ _portman() {
     unmap) opts="--proto --method --internal --timeout --json --help -h" ;;
     mappings) opts="--timeout --json --no-header -H --help -h" ;;
     run) opts="--state-dir --admin-socket --help -h" ;;
-    status) opts="--admin-socket --json --no-header -H --help -h" ;;
-    repl) opts="--admin-socket --help -h" ;;
+    status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;
+    repl) opts="--admin-socket --timeout --help -h" ;;
     services) opts="--etcd --cluster --timeout --cacert --cert --key --user --json --no-header -H --help -h" ;;
     *) opts= ;;
   esac

@@ -51,17 +51,16 @@ describe("portman.check", function()
       assert.equal(where .. "bad argument #1 to 'new' (table expected, got number)", err)
     end)
 
-    it("does not take a file named like a module outside a portman folder for portman's #bug", function()
+    it("does not take a file named like a module outside a portman folder for portman's", function()
       local foreign = module_function("lua/notportman/fake.lua", check)
       local err = helpers.raises(function() foreign(5) end)
       -- the foreign function made the bad call: it is blamed
       assert.equal("lua/notportman/fake.lua:3: bad argument #1 to 'fake' (table expected, got number)", err)
     end)
 
-    -- The command line moves to lua/portman/cmd/ (one module a command): a
-    -- module in a subfolder of portman's is portman's own too. Fails while
-    -- check.lua's pattern is "portman/[%w_]+%.lua$" (no "/" in the name).
-    it("passes over modules in portman's subfolders (lua/portman/cmd/...) #bug", function()
+    -- The command line lives in lua/portman/cmd/ (one module a command): a
+    -- module in a subfolder of portman's is portman's own too.
+    it("passes over modules in portman's subfolders (lua/portman/cmd/...)", function()
       local fake = module_function("lua/portman/cmd/fake.lua", check)
       local where, err = here(), helpers.raises(function() fake(5) end)
       assert.equal(where .. "bad argument #1 to 'fake' (table expected, got number)", err)

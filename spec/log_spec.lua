@@ -47,9 +47,9 @@ describe("portman.log", function()
       assert.equal("info none", body(log.format("info", "none", {})))
     end)
 
-    it("quotes values with spaces, quotes, = or nothing, escaping \\, \" and newlines", function()
+    it("quotes values with spaces, quotes, = or nothing, escaping \\, \" and control characters", function()
       local cases = {
-        {"a b", '"a b"'}, {"tab\there", '"tab\there"'}, {"", '""'}, {"k=v", '"k=v"'},
+        {"a b", '"a b"'}, {"tab\there", '"tab\\there"'}, {"esc\27[2J", '"esc\\x1b[2J"'}, {"", '""'}, {"k=v", '"k=v"'},
         {'say "hi"', '"say \\"hi\\""'}, {"two\nlines", '"two\\nlines"'},
         {"c:\\dir x", '"c:\\\\dir x"'},
         -- nothing to quote: written as it is, a backslash too
@@ -67,9 +67,8 @@ describe("portman.log", function()
     end)
 
     -- A carriage return ends a line for many readers (and redraws it on a
-    -- terminal): it was quoted but written raw. Fails while it is (fix: escape
-    -- "\r" as "\n" is).
-    it("escapes carriage returns as it escapes newlines #bug", function()
+    -- terminal): it was once quoted but written raw.
+    it("escapes carriage returns as it escapes newlines", function()
       local line = log.format("info", "e", {a = "ok\rforged line"})
       assert.is_nil(line:find("\r", 1, true))
       assert.equal('info e a="ok\\rforged line"', body(line))

@@ -8,7 +8,7 @@ local function blame_level()
   while true do
     local info = debug.getinfo(level, "S")
     if not info then return 1 end
-    if not info.source:match("portman/[%w_]+%.lua$") then return level - 1 end
+    if not info.source:match("[/@]portman/[%w_/]+%.lua$") then return level - 1 end
     level = level + 1
   end
 end

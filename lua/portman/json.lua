@@ -1,12 +1,20 @@
---- JSON through lua-cjson, with the two things cjson 2.1.0 lacks: an empty
--- array (cjson writes every empty table as {}) and integers on decode
--- (cjson decodes every number as a float).
+--- JSON through lua-cjson, with what cjson 2.1.0 lacks: an empty array
+-- (cjson writes every empty table as {}), integers on decode (cjson
+-- decodes every number as a float) and on encode (it writes 14 significant
+-- digits, so 123456789012345 would become 1.2345678901234e+14).
 local cjson = require "cjson"
 
 local M = {}
 local arrays = setmetatable({}, {__mode = "k"})
-local EMPTY = "\0portman-empty-array\0"
+-- Placeholders cjson writes as strings and encode puts the real text back
+-- for: an empty array, a large integer. The nonce makes a string of the
+-- caller's that merely looks like one impossible to mistake for it.
+local NONCE = ("%x%x"):format(os.time(), math.random(0, 0x7fffffff))
+local EMPTY = "\0" .. NONCE .. "[]\0"
 local EMPTY_JSON = cjson.encode(EMPTY)
+local BIG_PATTERN = cjson.encode("\0" .. NONCE .. "i"):sub(1, -2):gsub("%p", "%%%0") .. "(%-?%d+)"
+  .. cjson.encode("\0"):sub(2):gsub("%p", "%%%0")
+local BIG = 1e14 -- from here cjson loses digits
 
 --- Marks t (a table, {} by default) to be written as a JSON array even
 -- when empty; returns it.
@@ -17,6 +25,9 @@ function M.array(t)
 end
 
 local function prepare(v, seen)
+  if math.type(v) == "integer" and (v >= BIG or v <= -BIG) then
+    return "\0" .. NONCE .. "i" .. v .. "\0", true
+  end
   if type(v) ~= "table" then return v, false end
   if arrays[v] and next(v) == nil then return EMPTY, true end
   if seen[v] then return v, false end
@@ -98,7 +109,10 @@ function M.encode(v, opts)
   end
   local prepared, changed = prepare(v, {})
   local text = cjson.encode(prepared)
-  if changed then text = text:gsub(EMPTY_JSON:gsub("%p", "%%%0"), "[]") end
+  if changed then
+    text = text:gsub(EMPTY_JSON:gsub("%p", "%%%0"), "[]")
+    text = text:gsub(BIG_PATTERN, "%1")
+  end
   return text
 end
 

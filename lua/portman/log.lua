@@ -5,10 +5,15 @@ local LEVELS = {debug = 1, info = 2, warn = 3, error = 4}
 M.threshold = LEVELS.info
 M.out = io.stderr
 
+local ESCAPES = {["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ['"'] = '\\"', ["\\"] = "\\\\"}
+
+-- A value as one token: quoted when it holds spaces, quotes, '=' or
+-- control characters, which are escaped so that no value can end the line
+-- or forge another event.
 local function quote(v)
   v = tostring(v)
-  if v:find("[%s\"=]") or v == "" then
-    return '"' .. v:gsub('[\\"]', "\\%0"):gsub("\n", "\\n") .. '"'
+  if v:find("[%s%c\"=]") or v == "" then
+    return '"' .. v:gsub('[%c"\\]', function(c) return ESCAPES[c] or ("\\x%02x"):format(c:byte()) end) .. '"'
   end
   return v
 end
@@ -18,10 +23,12 @@ function M.format(level, event, fields)
   local parts = {os.date("!%Y-%m-%dT%H:%M:%SZ"), level, event}
   if fields then
     local keys = {}
-    for k in pairs(fields) do keys[#keys + 1] = k end
+    for k in pairs(fields) do keys[#keys + 1] = tostring(k) end
     table.sort(keys)
     for _, k in ipairs(keys) do
-      parts[#parts + 1] = k .. "=" .. quote(fields[k])
+      local v = fields[k]
+      if v == nil then v = fields[math.tointeger(tonumber(k))] end
+      parts[#parts + 1] = k .. "=" .. quote(v)
     end
   end
   return table.concat(parts, " ")

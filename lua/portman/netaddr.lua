@@ -2,28 +2,31 @@
 -- /proc/net tables of bound sockets.
 local M = {}
 
+-- The groups of "a:b:c" as numbers; nil when one is empty or not 1-4 hex
+-- digits ("" has none).
+local function hex_groups(part)
+  local out = {}
+  if part == "" then return out end
+  for g in (part .. ":"):gmatch("([^:]*):") do
+    if not g:match("^%x%x?%x?%x?$") then return nil end
+    out[#out + 1] = tonumber(g, 16)
+  end
+  return out
+end
+
+-- The eight groups of an IPv6 address, or nil. "::" stands for one or more
+-- zero groups, once at most.
 local function expand6(addr)
   local head, tail = addr:match("^(.-)::(.*)$")
-  local groups = {}
-  local function add(part)
-    for g in part:gmatch("[^:]+") do groups[#groups + 1] = g end
+  if not head then
+    local groups = hex_groups(addr)
+    return groups and #groups == 8 and groups or nil
   end
-  if head then
-    if tail:find("::", 1, true) then return nil end
-    add(head)
-    local rest = {}
-    for g in tail:gmatch("[^:]+") do rest[#rest + 1] = g end
-    for _ = 1, 8 - #groups - #rest do groups[#groups + 1] = "0" end
-    for _, g in ipairs(rest) do groups[#groups + 1] = g end
-  else
-    add(addr)
-  end
-  if #groups ~= 8 then return nil end
-  for i, g in ipairs(groups) do
-    local n = #g <= 4 and tonumber(g, 16)
-    if not n then return nil end
-    groups[i] = n
-  end
+  if tail:find("::", 1, true) then return nil end
+  local groups, rest = hex_groups(head), hex_groups(tail)
+  if not groups or not rest or #groups + #rest > 7 then return nil end
+  for _ = 1, 8 - #groups - #rest do groups[#groups + 1] = 0 end
+  for _, g in ipairs(rest) do groups[#groups + 1] = g end
   return groups
 end
 
@@ -34,7 +37,7 @@ function M.normalize(addr)
   local a, b, c, d = addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
   if a then
     for _, x in ipairs({a, b, c, d}) do
-      if tonumber(x) > 255 then return nil end
+      if tonumber(x) > 255 or x:match("^0%d") then return nil end -- inet_pton refuses "01" too
     end
     return ("%d.%d.%d.%d"):format(a, b, c, d)
   end

@@ -23,12 +23,12 @@ function M.load(path)
   local f, err, errno = io.open(path, "rb")
   if not f then
     if errno == 2 then return {} end -- ENOENT: nothing saved yet
-    return errors.from(errors.name(errno) .. ": " .. err)
+    return errors.from(errors.name(errno) .. ": " .. (err:match(": ([^:]*)$") or err), path)
   end
   local text = f:read("a")
   f:close()
   local doc = json.decode(text)
-  if type(doc) ~= "table" then
+  if type(doc) ~= "table" or not text:match("^%s*{") then -- an object, not an array
     return nil, ("protocol: %s is not a JSON state document"):format(path), "protocol"
   end
   return doc
