@@ -19,6 +19,7 @@ static const opener parts[] = {
     pm_open_probe,
     pm_open_http,
     pm_open_nat,
+    pm_open_sandbox,
 };
 
 PM_EXPORT int luaopen_portman_core(lua_State *L);

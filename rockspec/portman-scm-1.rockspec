@@ -40,6 +40,7 @@ build = {
         "csrc/lua_listener.c",
         "csrc/lua_nat.c",
         "csrc/lua_probe.c",
+        "csrc/lua_sandbox.c",
         "csrc/lua_state.c",
         "csrc/lua_stun.c",
         "csrc/lua_util.c",
@@ -94,6 +95,7 @@ build = {
     ["portman.netaddr"] = "lua/portman/netaddr.lua",
     ["portman.registry"] = "lua/portman/registry.lua",
     ["portman.resolver"] = "lua/portman/resolver.lua",
+    ["portman.sandbox"] = "lua/portman/sandbox.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
     -- END Lua modules
