@@ -37,6 +37,7 @@ build = {
         "csrc/lua_crypto.c",
         "csrc/lua_dns.c",
         "csrc/lua_http.c",
+        "csrc/lua_idna.c",
         "csrc/lua_listener.c",
         "csrc/lua_nat.c",
         "csrc/lua_probe.c",
