@@ -92,7 +92,10 @@ build = {
     ["portman.nat"] = "lua/portman/nat.lua",
     ["portman.netaddr"] = "lua/portman/netaddr.lua",
     ["portman.registry"] = "lua/portman/registry.lua",
-    ["portman.resolver"] = "lua/portman/resolver.lua",
+    ["portman.resolver"] = "lua/portman/resolver/init.lua",
+    ["portman.resolver.hosts"] = "lua/portman/resolver/hosts.lua",
+    ["portman.resolver.names"] = "lua/portman/resolver/names.lua",
+    ["portman.resolver.select"] = "lua/portman/resolver/select.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
     -- END Lua modules
