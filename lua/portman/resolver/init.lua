@@ -262,10 +262,15 @@ local function without_root_targets(res)
   return res
 end
 
-local drain
+local drain, release
 
--- A step's finished queries, from the engine's driver.
+-- A step's finished queries, from the engine's driver. A resolver that
+-- releases when idle does so before any callback runs, when this batch
+-- leaves nothing on the wire: a callback then sees it holding nothing.
 local function deliver(self, batch)
+  if self._release_when_idle and self._engine:pending() == 0 and not self._queue[self._queue_head] then
+    release(self)
+  end
   for _, res in ipairs(batch) do
     if self._closed then return end -- a callback closed the resolver
     local key = self._queries[res.id]
@@ -279,7 +284,7 @@ end
 
 -- Closes the engine and its driver (the resolver stays usable: the next
 -- query makes them again).
-local function release(self)
+function release(self)
   local driver, eng = self._driver, self._engine
   if not driver then return end
   self._driver, self._engine = nil, nil
@@ -613,37 +618,53 @@ end
 ----------------------------------------------------------------------------
 -- The process-wide resolver
 
-local default, default_made -- the default resolver; made by default() itself?
+local default, default_made -- the default resolver; made here (not given)?
+
+-- A resolver that releases its engine whenever idle.
+local function make_default(opts)
+  local r = M.new(opts)
+  r._release_when_idle = true
+  return r
+end
 
 --- The resolver portman's own name lookups go through (STUN servers,
 -- health checks, probes), so that one cache, its TTLs and its servers
 -- serve the whole program. Made on first use from /etc/resolv.conf and
--- /etc/hosts; it holds no fd or luv handle while no query is on the wire,
--- so it never keeps the loop alive.
+-- /etc/hosts (or set with `set_default`). One made here holds no fd or luv
+-- handle while no query is on the wire, so it never keeps the loop alive
+-- and leaves nothing open when idle.
 function M.default()
   if not default or default._closed then
-    default = M.new{}
-    default._release_when_idle = true
-    default_made = true
+    default, default_made = make_default({}), true
   end
   return default
 end
 
---- Makes r (a resolver) the default one; nil forgets the current one (the
--- next `default()` makes a new one). A default that `default()` made is
--- closed here; one given to set_default is returned, for its owner to close.
--- @return the previous default given to set_default, or nil
-function M.set_default(r)
-  if r ~= nil and not M.is_resolver(r) then
-    check.argerror("set_default", 1, "resolver expected, got " .. type(r))
+--- Sets the default resolver: `opts` (a table of `new`'s options: the
+-- default is made from them, as `default()` makes it), a resolver (used as
+-- it is: its owner closes it), or nil (the next `default()` makes one from
+-- /etc/resolv.conf). A default made here is closed when replaced.
+-- @return the previous default when it was a resolver given here, else nil
+-- @raise on anything else, or on a bad option
+function M.set_default(v)
+  local new_default, made = nil, false
+  if M.is_resolver(v) then
+    new_default = v
+  elseif type(v) == "table" then
+    new_default, made = make_default(v), true
+  elseif v ~= nil then
+    check.argerror("set_default", 1, "resolver, options or nil expected, got " .. type(v))
   end
-  local old, made = default, default_made
-  default, default_made = r, false
-  if old and old ~= r and made then
-    old:close()
-    return nil
+  local old, old_made = default, default_made
+  default, default_made = new_default, made
+  if old and old ~= new_default then
+    if old_made then
+      old:close()
+      return nil
+    end
+    return old
   end
-  return old ~= r and old or nil
+  return nil
 end
 
 --- `resolver.default():lookup(host, family, cb)`: one address for host,
