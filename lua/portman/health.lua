@@ -97,6 +97,9 @@ local function check_spec(opts)
   }
 end
 
+-- The scheduler's internals: locals, not methods (nothing outside calls them).
+local arm, enqueue, run
+
 --- Adds a check (started at once if the scheduler runs).
 -- @tparam table opts `name`, `kind`, `host` (an address or a name,
 --   "127.0.0.1"), `port`, `proto`
@@ -110,7 +113,7 @@ function M:add(opts)
   local c = check_spec(opts)
   if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
   self._checks[c.name] = c
-  if self._started then self:_arm(c, c.initial_delay + math.random() * c.jitter) end
+  if self._started then arm(self, c, c.initial_delay + math.random() * c.jitter) end
   return c.name
 end
 
@@ -132,25 +135,25 @@ function M:remove(name)
   return true
 end
 
-function M:_arm(c, delay)
+function arm(self, c, delay)
   c.timer = c.timer or uv.new_timer()
   -- at least 1 ms: libuv 1.44 runs a 0 ms timer restarted from a timer
   -- callback again in the same pass, forever
   delay = math.max(1, math.floor(delay))
   c.due = self._clock() + delay
-  local fire = async.safe(function() self:_enqueue(c) end, "health timer")
+  local fire = async.safe(function() enqueue(self, c) end, "health timer")
   c.timer:start(delay, 0, fire)
 end
 
-function M:_enqueue(c)
+function enqueue(self, c)
   if self._running < self._concurrency then
-    self:_run(c)
+    run(self, c)
   else
     self._queue[#self._queue + 1] = c
   end
 end
 
-function M:_record(c, ok, status, msg, started, due)
+local function record(self, c, ok, status, msg, started, due)
   local t = self._clock()
   -- lag: libuv fires timers on its cached millisecond clock, up to 1 ms
   -- before the precise due time; that counts as on time
@@ -172,7 +175,7 @@ function M:_record(c, ok, status, msg, started, due)
   end
 end
 
-function M:_run(c)
+function run(self, c)
   self._running = self._running + 1
   local started, due = self._clock(), c.due
   c.due = nil
@@ -181,19 +184,19 @@ function M:_run(c)
     finished = true
     self._running = self._running - 1
     if not c.removed then
-      self:_record(c, ok, status, msg, started, due)
+      record(self, c, ok, status, msg, started, due)
       if self._started then
-        self:_arm(c, c.status == "healthy" and c.interval or c.unhealthy_interval)
+        arm(self, c, c.status == "healthy" and c.interval or c.unhealthy_interval)
       end
     end
     local nxt = table.remove(self._queue, 1)
-    if nxt and not nxt.removed then self:_run(nxt) end
+    if nxt and not nxt.removed then run(self, nxt) end
   end)
   -- a probe that raised before finishing still gives back its slot
   if not ok and not finished then
     self._running = self._running - 1
-    self:_record(c, false, "unknown", tostring(err), started, due)
-    if self._started then self:_arm(c, c.unhealthy_interval) end
+    record(self, c, false, "unknown", tostring(err), started, due)
+    if self._started then arm(self, c, c.unhealthy_interval) end
   end
 end
 
@@ -203,7 +206,7 @@ function M:start()
   if self._started then return end
   self._started = true
   uv.update_time() -- started from outside the loop, its clock may be stale
-  for _, c in pairs(self._checks) do self:_arm(c, c.initial_delay + math.random() * c.jitter) end
+  for _, c in pairs(self._checks) do arm(self, c, c.initial_delay + math.random() * c.jitter) end
   for _, p in pairs(self._pools) do p.timer:start(0, p.interval, p.tick) end
 end
 
@@ -359,6 +362,15 @@ end
 
 -- ---- exhaustion monitor ----
 
+local function check_pool(self, name, p)
+  local u = p.pool:utilization()
+  local level = u >= p.critical and "critical" or u >= p.warning and "warning" or "ok"
+  if level ~= p.level then
+    p.level = level
+    events.emit(self, {event = "exhaustion", pool = name, level = level, utilization = u})
+  end
+end
+
 --- Watches a pool's utilization every `interval` ms and emits
 -- {event = "exhaustion", pool, level, utilization} when it crosses
 -- `warning` or `critical` (percent; 80 and 95 by default), and level "ok"
@@ -370,7 +382,7 @@ function M:watch_pool(name, pool, opts)
   local p = {pool = pool, warning = opts.warning or 80, critical = opts.critical or 95,
              interval = opts.interval or 1000, level = "ok", timer = uv.new_timer()}
   if p.warning > p.critical then check.argerror("watch_pool", 3, "warning above critical") end
-  p.tick = async.safe(function() self:_check_pool(name, p) end, "pool monitor")
+  p.tick = async.safe(function() check_pool(self, name, p) end, "pool monitor")
   if self._pools[name] then self._pools[name].timer:close() end
   self._pools[name] = p
   if self._started then p.timer:start(0, p.interval, p.tick) end
@@ -382,15 +394,6 @@ function M:unwatch_pool(name)
   if p then
     p.timer:close()
     self._pools[name] = nil
-  end
-end
-
-function M:_check_pool(name, p)
-  local u = p.pool:utilization()
-  local level = u >= p.critical and "critical" or u >= p.warning and "warning" or "ok"
-  if level ~= p.level then
-    p.level = level
-    events.emit(self, {event = "exhaustion", pool = name, level = level, utilization = u})
   end
 end
 
