@@ -52,11 +52,11 @@ end
 -- preferred when a name has both): cb(ip, family) or cb(nil, "code: cannot
 -- resolve 'host' (reason)", code).
 local function resolve(host, cb)
-  resolver.lookup(host, nil, function(ip, family, code)
+  resolver.lookup(host, nil, function(ip, family_or_err, code)
     if not ip then
-      return cb(nil, ("%s: cannot resolve '%s' (%s)"):format(code, host, (family:gsub("^%w+: ", ""))), code)
+      return cb(nil, ("%s: cannot resolve '%s' (%s)"):format(code, host, (family_or_err:gsub("^%w+: ", ""))), code)
     end
-    cb(ip, family)
+    cb(ip, family_or_err)
   end)
 end
 
@@ -363,13 +363,13 @@ local function hairpinning(family, ep, x1, opts)
   if not probe then return false end
   local seen = async.await(function(cb)
     local t
-    -- seen(true) when the request arrives; at the timeout, seen(nil, ...)
-    local seen = async.with_timeout(opts.timeout, function(arrived)
+    -- arrived(true) when the request comes in; at the timeout, arrived(nil, ...)
+    local arrived = async.with_timeout(opts.timeout, function(yes)
       ep.on_request = nil
-      cb(arrived == true)
+      cb(yes == true)
     end, "hairpinning test")
     ep.on_request = function(msg)
-      if msg.transaction_id == t.tid then seen(true) end
+      if msg.transaction_id == t.tid then arrived(true) end
     end
     t = probe:request(x1.ip, x1.port, {timeout = opts.timeout, rto = opts.rto}, function() end)
   end)
