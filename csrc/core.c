@@ -16,6 +16,7 @@ static const opener parts[] = {
     pm_open_listener,
     pm_open_stun,
     pm_open_dns,
+    pm_open_idna,
     pm_open_probe,
     pm_open_http,
     pm_open_nat,

@@ -1,4 +1,5 @@
-/* A DNS engine over one c-ares channel, with one pollable fd (docs/design.md, "The engine contract"):
+/* A DNS engine over one c-ares channel, with one pollable fd (docs/design.md,
+ * "The engine contract"):
  * c-ares reports its sockets through its socket-state callback and this
  * engine keeps them in an epoll instance; the caller polls that fd, calls
  * pm_dns_step() when it is readable or when pm_dns_timeout() has passed,

@@ -1,7 +1,9 @@
 /* portman.dns: the Lua face of the c-ares engine (dns.h). The Lua layer
- * (lua/portman/resolver.lua) polls d:fd() with uv.new_poll, runs a uv timer
- * for d:timeout(), and calls d:step() for the finished queries. Names and
- * servers are checked there; this file checks types and closed use. */
+ * (lua/portman/resolver/init.lua) drives it with portman.engine: polls
+ * d:fd(), runs a timer for d:timeout(), and calls d:step() for the
+ * finished queries. Names and servers are checked there (an
+ * internationalized name arrives in its ASCII form, lua_idna.c); this file
+ * checks types and closed use. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

@@ -30,6 +30,7 @@ int pm_open_crypto(lua_State *L);
 int pm_open_listener(lua_State *L);
 int pm_open_stun(lua_State *L);
 int pm_open_dns(lua_State *L);
+int pm_open_idna(lua_State *L);
 int pm_open_probe(lua_State *L);
 int pm_open_http(lua_State *L);
 int pm_open_nat(lua_State *L);

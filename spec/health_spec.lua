@@ -65,36 +65,64 @@ describe("portman.health", function()
     assert.same({}, events)
   end)
 
-  it("bounds the history at 100 results, oldest first", function()
-    h:add{name = "many", kind = "lua", interval = 0, jitter = 0, fn = function(done) done(true) end}
-    h:start()
-    helpers.run_until(function() return h:status("many").successes >= 150 end)
-    local hist = h:history("many")
+  it("bounds the history at 100 results, oldest first, stamped by its clock", function()
+    local ticks = 0
+    local hc = health.new{clock = function() ticks = ticks + 1; return ticks end}
+    hc:add{name = "many", kind = "lua", interval = 0, jitter = 0, fn = function(done) done(true) end}
+    hc:start()
+    helpers.run_until(function() return hc:status("many").successes >= 150 end)
+    hc:close()
+    local hist = hc:history("many")
     assert.equal(100, #hist)
-    for i = 2, #hist do assert.is_true(hist[i].at >= hist[i - 1].at) end
+    for i = 2, #hist do assert.is_true(hist[i].at > hist[i - 1].at) end
+    hc:remove("many")
   end)
 
+  -- The scheduler's clock standing still: due times are exact, and the
+  -- spec needs no waiting for them.
+  local function frozen()
+    return health.new{clock = function() return 1000 end}
+  end
+
   it("spreads the first runs over the jitter", function()
-    local first, t0 = {}, uv.hrtime()
+    local hc = frozen()
     for i = 1, 100 do
-      h:add{name = "c" .. i, kind = "lua", interval = 100000, jitter = 300,
-            fn = function(done) first[#first + 1] = (uv.hrtime() - t0) / 1e6; done(true) end}
+      hc:add{name = "c" .. i, kind = "lua", interval = 100000, jitter = 300, fn = function(done) done(true) end}
     end
-    h:start()
-    helpers.run_until(function() return #first == 100 end)
-    table.sort(first)
+    hc:start()
+    local due = {}
+    for i = 1, 100 do due[i] = hc:status("c" .. i).due - 1000 end
+    hc:close()
+    for i = 1, 100 do assert.is_nil(hc:status("c" .. i).due) end -- stopped: nothing due
+    table.sort(due)
     -- 100 uniform draws over 300 ms: all inside 150 ms has odds below 1e-27
-    assert.is_true(first[100] - first[1] > 150)
-    assert.is_true(first[100] <= 300 + 100) -- no run later than the jitter allows (plus slack for the loop)
+    assert.is_true(due[100] - due[1] > 150)
+    assert.is_true(due[1] >= 1 and due[100] <= 300) -- inside the jitter
+    for _, name in ipairs(hc:names()) do hc:remove(name) end
   end)
 
   it("honours the initial delay", function()
+    local hc = frozen()
+    hc:add{name = "late", kind = "lua", initial_delay = 50, jitter = 0, fn = function(done) done(true) end}
+    hc:add{name = "later", kind = "lua", initial_delay = 50, jitter = 20, fn = function(done) done(true) end}
+    hc:start()
+    assert.equal(1050, hc:status("late").due)
+    assert.is_true(hc:status("later").due >= 1050 and hc:status("later").due <= 1070)
+    hc:close()
+    hc:remove("late")
+    hc:remove("later")
+  end)
+
+  it("runs a check when it is due, on a timer", function()
     local ran_at, t0 = nil, uv.hrtime()
-    h:add{name = "late", kind = "lua", initial_delay = 50, jitter = 0,
+    h:add{name = "soon", kind = "lua", initial_delay = 20, jitter = 0, interval = 100000,
           fn = function(done) ran_at = (uv.hrtime() - t0) / 1e6; done(true) end}
     h:start()
+    assert.truthy(h:status("soon").due)
     helpers.run_until(function() return ran_at ~= nil end)
-    assert.is_true(ran_at >= 49)
+    assert.is_true(ran_at >= 19)
+    assert.is_true(h:status("soon").last.lag < 100)
+    assert.truthy(h:status("soon").due) -- the next run, an interval on
   end)
 
   it("reports in_use for a bound port and healthy for a free one", function()
@@ -114,6 +142,73 @@ describe("portman.health", function()
     assert.equal("in_use", h:status("udp-taken").status)
     server:close()
     u:close()
+  end)
+
+  describe("with a host name", function()
+    local resolver = require "portman.resolver"
+    local path
+
+    -- The default resolver reads a hosts file of this spec's and asks no
+    -- server but a dead loopback port: no query leaves the host.
+    before_each(function()
+      path = os.tmpname()
+      helpers.write(path, "127.0.0.1 web.health.test\n")
+      resolver.set_default{hosts = path, servers = {"127.0.0.1:" .. free_port("udp")}, timeout = 200, tries = 1}
+    end)
+    after_each(function()
+      resolver.set_default(nil)
+      os.remove(path)
+    end)
+
+    it("resolves it for tcp, udp and bind checks", function()
+      local server, port = tcp_server()
+      local echo = uv.new_udp()
+      echo:bind("127.0.0.1", 0)
+      echo:recv_start(function(_, data, addr) if data then echo:send(data, addr.ip, addr.port) end end)
+      h:add{name = "tcp", kind = "tcp", host = "web.health.test", port = port, interval = 5, jitter = 0, rise = 1}
+      h:add{name = "udp", kind = "udp", host = "WEB.health.test", port = echo:getsockname().port, interval = 5,
+            jitter = 0, rise = 1}
+      h:add{name = "bind", kind = "bind", host = "web.health.test", port = port, interval = 5, jitter = 0, fall = 1}
+      h:start()
+      assert.is_true(helpers.run_until(function()
+        return h:status("tcp").status ~= "unknown" and h:status("udp").status ~= "unknown"
+          and h:status("bind").status ~= "unknown"
+      end))
+      assert.equal("healthy", h:status("tcp").status)
+      assert.equal("healthy", h:status("udp").status)
+      assert.equal("in_use", h:status("bind").status)
+      server:close()
+      echo:close()
+    end)
+
+    it("marks a name that does not resolve unreachable, with the resolver's message", function()
+      h:add{name = "nx", kind = "tcp", host = "nx.invalid", port = 80, interval = 5, jitter = 0, fall = 1}
+      h:add{name = "nxbind", kind = "bind", host = "nx.invalid", port = 80, interval = 5, jitter = 0, fall = 1}
+      h:start()
+      assert.is_true(helpers.run_until(function()
+        return h:status("nx").status ~= "unknown" and h:status("nxbind").status ~= "unknown"
+      end))
+      assert.equal("unreachable", h:status("nx").status)
+      assert.matches("^not_found: nx%.invalid", h:status("nx").last.msg)
+      assert.equal("bind_error", h:status("nxbind").status)
+    end)
+  end)
+
+  it("times out a silent target as unreachable, and takes silence as healthy when no reply is expected", function()
+    local silent = uv.new_udp()
+    silent:bind("127.0.0.1", 0)
+    local port = silent:getsockname().port
+    h:add{name = "mute", kind = "udp", port = port, timeout = 30, interval = 5, jitter = 0, fall = 1}
+    h:add{name = "ok", kind = "udp", port = port, timeout = 30, expect_reply = false, interval = 5, jitter = 0,
+          rise = 1}
+    h:start()
+    assert.is_true(helpers.run_until(function()
+      return h:status("mute").status ~= "unknown" and h:status("ok").status ~= "unknown"
+    end))
+    assert.equal("unreachable", h:status("mute").status)
+    assert.equal("timeout: udp check 'mute' after 30 ms", h:status("mute").last.msg)
+    assert.equal("healthy", h:status("ok").status)
+    silent:close()
   end)
 
   it("checks UDP: a reply is healthy, an ICMP port unreachable is not", function()
@@ -180,6 +275,7 @@ describe("portman.health", function()
       {{name = "a", kind = "lua"}, "fn: function expected"},
       {{name = "a", kind = "tcp", port = 1, interval = -1}, "interval: non-negative number expected"},
       {{name = "a", kind = "tcp", port = 1, intervl = 5}, "unknown option 'intervl'"},
+      {{name = "a", kind = "tcp", port = 1, host = 127}, "host: string expected, got number"},
     }
     for _, case in ipairs(cases) do
       it("raises on " .. case[2], function()
@@ -187,6 +283,11 @@ describe("portman.health", function()
           helpers.raises(function() h:add(case[1]) end))
       end)
     end
+
+    it("raises on a bad clock", function()
+      assert.matches("bad argument #1 to 'new' %(clock: function expected, got string%)",
+        helpers.raises(function() health.new{clock = "now"} end))
+    end)
 
     it("raises on a duplicate name", function()
       h:add{name = "a", kind = "lua", fn = function() end}

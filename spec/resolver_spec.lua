@@ -8,7 +8,7 @@ local cjson = require "cjson"
 local SRV_NAME = "_sip._udp.pm.test"
 
 describe("portman.resolver", function()
-  local resolver, portman, async
+  local resolver, portman
   local server -- the main dnsmasq
   local resolvers = {}
   local fds_before
@@ -40,7 +40,6 @@ describe("portman.resolver", function()
     local before = helpers.globals()
     resolver = require "portman.resolver"
     portman = require "portman"
-    async = require "portman.async"
     for k in pairs(helpers.globals()) do
       assert(before[k], "require wrote global " .. k)
     end
@@ -54,6 +53,8 @@ describe("portman.resolver", function()
       "--host-record=coal.pm.test,10.0.0.4,300",
       "--host-record=clamp.pm.test,10.0.0.5,77",
       "--host-record=target.pm.test,10.0.0.7,100",
+      "--host-record=xn--bcher-kva.pm.test,10.0.0.9,300", -- bücher.pm.test
+      "--srv-host=_sip._udp.xn--bcher-kva.pm.test,sip1.pm.test,5060,10,60",
       "--cname=alias.pm.test,target.pm.test,5",
       "--srv-host=" .. SRV_NAME .. ",sip1.pm.test,5060,10,60",
       "--srv-host=" .. SRV_NAME .. ",sip2.pm.test,5061,10,40",
@@ -98,6 +99,8 @@ describe("portman.resolver", function()
         helpers.raises(resolver.new, {cache = "yes"}):match("bad argument.*"))
       assert.equal("bad argument #1 to 'new' (hosts: path or false expected, got number)",
         helpers.raises(resolver.new, {hosts = 1}):match("bad argument.*"))
+      assert.equal("bad argument #1 to 'new' (clock: function expected, got number)",
+        helpers.raises(resolver.new, {clock = 1}):match("bad argument.*"))
     end)
 
     it("takes IPv4 and IPv6 servers with and without ports", function()
@@ -248,6 +251,57 @@ describe("portman.resolver", function()
       assert.equal(0, rh:stats().queries)
     end)
 
+    it("reads the hosts file again when it changes, looking no more than once a second by its clock", function()
+      local path = os.tmpname()
+      helpers.write(path, "10.9.9.1 moving.pm.test\n")
+      local now = 0
+      local rh = new{servers = {server.address}, hosts = path, clock = function() return now end}
+      local function address()
+        return run(function() return rh:resolve("moving.pm.test", {family = "inet"}) end)[1].address
+      end
+      assert.equal("10.9.9.1", address())
+      helpers.write(path, "10.9.9.2 moving.pm.test # a longer line, so the size differs too\n")
+      now = 999
+      assert.equal("10.9.9.1", address()) -- not looked at again yet
+      now = 1000
+      assert.equal("10.9.9.2", address())
+      os.remove(path)
+      now = 2000 -- gone: the name is no longer there, and DNS has no such name
+      local records, _, code = run(function() return rh:resolve("moving.pm.test", {family = "inet"}) end)
+      assert.is_nil(records)
+      assert.equal("not_found", code)
+    end)
+
+    it("asks for an internationalized name in its IDNA ASCII form", function()
+      local base = server.count("A", "xn--bcher-kva.pm.test")
+      local records = run(function() return r:resolve("bücher.pm.test", {family = "inet"}) end)
+      assert.same({{address = "10.0.0.9", family = "inet", ttl = 300}}, records)
+      assert.equal(base + 1, server.count("A", "xn--bcher-kva.pm.test"))
+      -- the same name in upper case, or already in ASCII, is the same cache entry
+      for _, name in ipairs{"BÜCHER.PM.TEST", "xn--bcher-kva.pm.test"} do
+        assert.equal("10.0.0.9", run(function() return r:resolve(name, {family = "inet"}) end)[1].address)
+      end
+      assert.equal(base + 1, server.count("A", "xn--bcher-kva.pm.test"))
+      assert.equal("10.0.0.9", r:cached("bücher.pm.test")[1].address)
+      local srv = run(function() return r:srv("_sip._udp.bücher.pm.test") end)
+      assert.same({{target = "sip1.pm.test", port = 5060, priority = 10, weight = 60, ttl = 42}}, srv)
+      assert.equal("bad argument #1 to 'resolve' (invalid domain name '\255x' (IDNA: name is not valid UTF-8))",
+        helpers.raises(r.resolve, r, "\255x", function() end):match("bad argument.*"))
+      assert.equal("bad argument #1 to 'resolve' (invalid domain name 'a b.ü' ('a b.xn--tda'))",
+        helpers.raises(r.resolve, r, "a b.ü", function() end):match("bad argument.*"))
+    end)
+
+    it("answers names under .invalid with not_found, without a query (RFC 6761)", function()
+      for _, name in ipairs{"x.invalid", "invalid.", "A.B.INVALID"} do
+        local records, err, code = run(function() return r:resolve(name, {family = "inet"}) end)
+        assert.is_nil(records)
+        assert.equal("not_found", code)
+        assert.equal("not_found: " .. name:lower() .. ": no such name (.invalid, RFC 6761)", err)
+      end
+      assert.equal("not_found", select(3, run(function() return r:srv("_x._tcp.invalid") end)))
+      assert.equal(0, r:stats().queries)
+    end)
+
     it("queries many names at once", function()
       local got, names = {}, {}
       local r2 = new{servers = {server.address}, hosts = false, max_inflight = 3}
@@ -362,8 +416,16 @@ describe("portman.resolver", function()
   end)
 
   describe("cache", function()
-    -- Each expiry is proven by a wait longer than the TTL; each hit by a TTL
-    -- far longer than the spec can take, so a slow machine cannot fail it.
+    -- Each expiry is proven by the resolver's clock moved past the TTL (a
+    -- fake clock: no waiting); each hit by a TTL far longer than the spec
+    -- can take, so a slow machine cannot fail it.
+    local function fake_clock()
+      local clock = {now = 1000000}
+      function clock.read() return clock.now end
+      function clock.advance(ms) clock.now = clock.now + ms end
+      return clock
+    end
+
     it("answers from the cache while the TTL lasts", function()
       local r = new{servers = {server.address}, hosts = false}
       local base = server.count("A", "clamp.pm.test")
@@ -383,16 +445,21 @@ describe("portman.resolver", function()
     end)
 
     it("asks again once the TTL has expired", function()
-      local r = new{servers = {server.address}, hosts = false}
+      local clock = fake_clock()
+      local r = new{servers = {server.address}, hosts = false, clock = clock.read}
       local base = server.count("A", "short.pm.test")
       local first = run(function() return r:resolve("short.pm.test", {family = "inet"}) end)
       assert.equal(1, first[1].ttl)
       assert.equal(base + 1, server.count("A", "short.pm.test"))
-      run(function() async.sleep(1100) end) -- a luv timer past the 1 s TTL
+      clock.advance(999) -- still within the 1 s TTL
+      assert.equal("10.0.0.3", run(function() return r:resolve("short.pm.test", {family = "inet"}) end)[1].address)
+      assert.equal(base + 1, server.count("A", "short.pm.test"))
+      assert.equal(1, r:stats().hits)
+      clock.advance(1) -- past it
       local again = run(function() return r:resolve("short.pm.test", {family = "inet"}) end)
       assert.equal("10.0.0.3", again[1].address)
       assert.equal(base + 2, server.count("A", "short.pm.test"))
-      assert.equal(0, r:stats().hits)
+      assert.equal(1, r:stats().hits)
     end)
 
     it("clamps TTLs to min_ttl and max_ttl", function()
@@ -401,9 +468,11 @@ describe("portman.resolver", function()
       local hi = new{servers = {server.address}, hosts = false, max_ttl = 10}
       assert.equal(10, run(function() return hi:resolve("clamp.pm.test", {family = "inet"}) end)[1].ttl)
       local base = server.count("A", "short.pm.test")
-      local held = new{servers = {server.address}, hosts = false, min_ttl = 60}
+      local clock = fake_clock()
+      local held = new{servers = {server.address}, hosts = false, min_ttl = 60, clock = clock.read}
       run(function() return held:resolve("short.pm.test", {family = "inet"}) end)
-      run(function() async.sleep(1100) end)
+      clock.advance(59000) -- past the record's 1 s, within min_ttl's 60
+      assert.equal(1, held:cached("short.pm.test")[1].ttl)
       local again = run(function() return held:resolve("short.pm.test", {family = "inet"}) end)
       assert.equal("10.0.0.3", again[1].address)
       assert.equal(base + 1, server.count("A", "short.pm.test"))
@@ -422,16 +491,22 @@ describe("portman.resolver", function()
     end)
 
     it("asks again once negative_ttl has passed", function()
-      local r = new{servers = {server.address}, hosts = false, negative_ttl = 1}
+      local clock = fake_clock()
+      local r = new{servers = {server.address}, hosts = false, negative_ttl = 1, clock = clock.read}
       local name = "neg-expiry" .. helpers.pid() .. ".pm.test"
       local _, _, code = run(function() return r:resolve(name, {family = "inet"}) end)
       assert.equal("not_found", code)
       assert.equal(1, server.count("A", name))
-      run(function() async.sleep(1100) end)
+      clock.advance(999)
+      _, _, code = run(function() return r:resolve(name, {family = "inet"}) end)
+      assert.equal("not_found", code)
+      assert.equal(1, server.count("A", name))
+      assert.equal(1, r:stats().negative_hits)
+      clock.advance(1)
       _, _, code = run(function() return r:resolve(name, {family = "inet"}) end)
       assert.equal("not_found", code)
       assert.equal(2, server.count("A", name))
-      assert.equal(0, r:stats().negative_hits)
+      assert.equal(1, r:stats().negative_hits)
     end)
 
     it("keeps at most cache_size entries", function()
@@ -464,21 +539,121 @@ describe("portman.resolver", function()
     it("serves a stale answer for stale_ttl when the server fails", function()
       local flaky = dnsmasq.start{"--local=/pm.test/", "--host-record=stale.pm.test,10.0.0.8,1"}
       local ok, e = pcall(function()
-        local stale = new{servers = {flaky.address}, hosts = false, stale_ttl = 60, timeout = 1000, tries = 2}
-        local strict = new{servers = {flaky.address}, hosts = false, timeout = 1000, tries = 2}
+        local clock = fake_clock()
+        local stale = new{servers = {flaky.address}, hosts = false, stale_ttl = 60, timeout = 1000, tries = 2,
+                          clock = clock.read}
+        local strict = new{servers = {flaky.address}, hosts = false, timeout = 1000, tries = 2, clock = clock.read}
         assert.equal(1, run(function() return stale:resolve("stale.pm.test", {family = "inet"}) end)[1].ttl)
         assert.equal(1, run(function() return strict:resolve("stale.pm.test", {family = "inet"}) end)[1].ttl)
         flaky.stop()
-        run(function() async.sleep(1100) end)
+        clock.advance(1100)
         local records, err = run(function() return stale:resolve("stale.pm.test", {family = "inet"}) end)
         assert.same({{address = "10.0.0.8", family = "inet", ttl = 0}, stale = true}, records, err)
         assert.equal(1, stale:stats().stale)
         local none, _, code = run(function() return strict:resolve("stale.pm.test", {family = "inet"}) end)
         assert.is_nil(none)
         assert.equal("refused", code)
+        clock.advance(60000) -- past the stale window: the failure stands
+        none, _, code = run(function() return stale:resolve("stale.pm.test", {family = "inet"}) end)
+        assert.is_nil(none)
+        assert.equal("refused", code)
+        assert.equal(1, stale:stats().stale)
       end)
       flaky.stop()
       assert(ok, e)
+    end)
+  end)
+
+  describe("lookup and the default resolver", function()
+    after_each(function() resolver.set_default(nil) end)
+
+    -- luv handles not closing, in the whole loop
+    local function handles()
+      local n = 0
+      uv.walk(function(h) if not h:is_closing() then n = n + 1 end end)
+      return n
+    end
+
+    it("answers a literal address at once, with its family", function()
+      local got = {}
+      resolver.lookup("192.0.2.1", function(...) got[#got + 1] = table.pack(...) end)
+      resolver.lookup("[2001:DB8::1]", nil, function(...) got[#got + 1] = table.pack(...) end)
+      resolver.lookup("::1", "inet", function(...) got[#got + 1] = table.pack(...) end)
+      assert.equal(3, #got) -- before any turn of the loop
+      assert.same({"192.0.2.1", "inet"}, {got[1][1], got[1][2]})
+      assert.same({"2001:db8::1", "inet6"}, {got[2][1], got[2][2]})
+      assert.same({nil, "not_found: ::1: no inet address", "not_found"}, {got[3][1], got[3][2], got[3][3]})
+      assert.same({"192.0.2.1", "inet"}, {run(function() return resolver.lookup("192.0.2.1") end)})
+    end)
+
+    it("resolves names through the default resolver, sharing its cache", function()
+      resolver.set_default{servers = {server.address}, hosts = false}
+      local base = server.count("A", "web.pm.test")
+      for _ = 1, 3 do
+        assert.same({"10.0.0.1", "inet"}, {run(function() return resolver.lookup("web.pm.test") end)})
+      end
+      assert.equal(base + 1, server.count("A", "web.pm.test"))
+      assert.equal("10.0.0.1", resolver.default():cached("web.pm.test")[1].address)
+      -- both families: IPv4 first unless asked for IPv6
+      assert.same({"10.0.0.2", "inet"}, {run(function() return resolver.lookup("dual.pm.test") end)})
+      assert.same({"fd00::2", "inet6"}, {run(function() return resolver.lookup("dual.pm.test", "inet6") end)})
+      assert.same({"fd00::66", "inet6"}, {run(function() return resolver.lookup("v6.pm.test") end)})
+      assert.same({"10.0.0.9", "inet"}, {run(function() return resolver.lookup("bücher.pm.test") end)})
+      local r = new{servers = {server.address}, hosts = false}
+      assert.same({"10.0.0.1", "inet"}, {run(function() return r:lookup("web.pm.test") end)})
+    end)
+
+    it("fails with a code word, never raising on a bad name", function()
+      resolver.set_default{servers = {server.address}, hosts = false}
+      local function lookup(...)
+        local args = table.pack(...)
+        return run(function() return resolver.lookup(table.unpack(args, 1, args.n)) end)
+      end
+      assert.same({nil, "not_found: nx.pm.test: no such name (NXDOMAIN)", "not_found"}, {lookup("nx.pm.test")})
+      assert.same({nil, "not_found: invalid domain name 'a b'", "not_found"}, {lookup("a b")})
+      local function code_of(...) return select(3, lookup(...)) end
+      assert.equal("not_found", code_of("\255"))
+      assert.equal("refused", code_of("elsewhere.example"))
+      assert.equal("not_found", code_of("no.invalid"))
+    end)
+
+    it("raises on misuse", function()
+      assert.equal("bad argument #1 to 'lookup' (string expected, got number)",
+        helpers.raises(resolver.lookup, 1, function() end):match("bad argument.*"))
+      assert.equal("bad argument #2 to 'lookup' (unknown family 'any' (inet, inet6))",
+        helpers.raises(resolver.lookup, "x.pm.test", "any", function() end):match("bad argument.*"))
+      assert.truthy(helpers.raises(resolver.lookup, "x.pm.test")
+        :find("not inside portman.run or portman.spawn: pass a callback", 1, true))
+      assert.equal("bad argument #1 to 'set_default' (resolver, options or nil expected, got string)",
+        helpers.raises(resolver.set_default, "x"):match("bad argument.*"))
+    end)
+
+    it("holds no fd or handle while idle, so the loop ends and nothing is left open", function()
+      resolver.set_default{servers = {server.address}, hosts = false}
+      collectgarbage()
+      uv.run("nowait")
+      local fds, open = fd_count(), handles()
+      -- helpers.loop fails when the task leaves a luv handle open
+      assert.same({"10.0.0.4", "inet"}, {helpers.loop(function() return resolver.lookup("coal.pm.test") end, 10)})
+      local none, _, code = helpers.loop(function() return resolver.lookup("nx.pm.test", "inet6") end, 10)
+      assert.same({nil, "not_found"}, {none, code})
+      uv.run("nowait")
+      assert.equal(open, handles())
+      assert.equal(fds, fd_count())
+      assert.equal(0, resolver.default():stats().inflight)
+    end)
+
+    it("is made once from resolv.conf, and replaced by set_default", function()
+      local d = resolver.default() -- no query: resolv.conf's server is not ours to ask
+      assert.equal(d, resolver.default())
+      assert.equal("portman.resolver (resolv.conf)", tostring(d))
+      local mine = new{servers = {server.address}, hosts = false}
+      assert.is_nil(resolver.set_default(mine)) -- the one made here is closed
+      assert.equal("portman.resolver (closed)", tostring(d))
+      assert.equal(mine, resolver.default())
+      assert.equal(mine, resolver.set_default(nil)) -- the one given is handed back, still open
+      assert.equal(("portman.resolver (%s)"):format(server.address), tostring(mine))
+      assert.are_not.equal(mine, resolver.default())
     end)
   end)
 

@@ -1,6 +1,14 @@
 --- Argument checks that raise in Lua's standard words, blaming the caller.
 local M = {}
 
+-- Where portman's modules were loaded from ("@lua/portman/"): a source
+-- under it is portman's own, in a subdirectory (portman/resolver/) too.
+local OWN = debug.getinfo(1, "S").source:match("^(@.*/)check%.lua$")
+
+local function own(source)
+  return (OWN and source:sub(1, #OWN) == OWN) or source:match("[/@]portman/[%w_/]+%.lua$") ~= nil
+end
+
 -- The stack level of the first function outside portman's own modules: the
 -- code that made the bad call, wherever in portman the check happened.
 local function blame_level()
@@ -8,7 +16,7 @@ local function blame_level()
   while true do
     local info = debug.getinfo(level, "S")
     if not info then return 1 end
-    if not info.source:match("[/@]portman/[%w_/]+%.lua$") then return level - 1 end
+    if not own(info.source) then return level - 1 end
     level = level + 1
   end
 end

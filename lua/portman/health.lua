@@ -5,10 +5,25 @@
 -- the check's status moves to "healthy" after `rise` successes in a row
 -- and to the failure's status after `fall` failures in a row (HAProxy's
 -- rise/fall), so a flapping target does not flap the status.
--- Statuses: healthy, in_use, bind_error, unreachable, permission_denied, unknown.
+-- Statuses: healthy, in_use, bind_error, unreachable, denied, unknown. A
+-- failure's status comes from its code word (portman.errors): denied is
+-- "denied" for every kind; a bind check's conflict (EADDRINUSE) is
+-- "in_use" and its other failures "bind_error"; any other failure of a tcp
+-- or udp check (refused, a timeout, a name that does not resolve) is
+-- "unreachable".
+--
+-- A check's host may be a name: it is resolved through portman.resolver's
+-- default resolver (its cache and TTLs) before each run.
+--
+-- Due times and the history's timestamps go by the scheduler's clock
+-- (`clock`, a function giving ms; by default a monotonic clock with
+-- sub-millisecond precision); the checks themselves fire on luv timers.
 local uv = require "luv"
 local check = require "portman.check"
 local async = require "portman.async"
+local events = require "portman.events"
+local errors = require "portman.errors"
+local resolver = require "portman.resolver"
 
 local M = {}
 local mt = {__index = M}
@@ -18,35 +33,33 @@ local KINDS = {"tcp", "udp", "bind", "lua"}
 local CHECK_KEYS = {name = true, kind = true, host = true, port = true, proto = true, fn = true,
                     payload = true, expect_reply = true, interval = true, unhealthy_interval = true,
                     timeout = true, rise = true, fall = true, initial_delay = true, jitter = true}
-local NEW_KEYS = {concurrency = true, on_event = true}
+local NEW_KEYS = {concurrency = true, on_event = true, clock = true}
 
-local function now_ms() return uv.hrtime() / 1e6 end
+local function precise_ms() return uv.hrtime() / 1e6 end
 
 --- Creates a scheduler.
 -- @tparam[opt] table opts `concurrency` (checks running at once, 256 by
---   default), `on_event` (a function called with each event table)
+--   default), `on_event` (a function called with each event table),
+--   `clock` (a function giving ms: due times and history timestamps;
+--   default monotonic, sub-millisecond)
 function M.new(opts)
   opts = opts or {}
   check.table("new", 1, opts)
   check.known("new", 1, opts, NEW_KEYS)
-  local self = setmetatable({_checks = {}, _pools = {}, _queue = {}, _running = 0, _listeners = {},
-    _concurrency = opts.concurrency or 256, _started = false}, mt)
+  if opts.clock ~= nil and type(opts.clock) ~= "function" then
+    check.argerror("new", 1, "clock: function expected, got " .. type(opts.clock))
+  end
+  local self = setmetatable({_checks = {}, _pools = {}, _queue = {}, _running = 0,
+    _concurrency = opts.concurrency or 256, _started = false, _clock = opts.clock or precise_ms}, mt)
   if opts.on_event then self:on(opts.on_event) end
   return self
 end
 
 --- Adds a listener for events: {event = "status", check, from, to, msg}
--- and {event = "exhaustion", pool, level, utilization}.
-function M:on(fn)
-  if type(fn) ~= "function" then check.argerror("on", 1, "function expected, got " .. type(fn)) end
-  self._listeners[#self._listeners + 1] = fn
-end
-
-function M:_emit(ev)
-  for _, fn in ipairs(self._listeners) do
-    async.safe(fn, "health event")(ev)
-  end
-end
+-- and {event = "exhaustion", pool, level, utilization}; returns a function
+-- that removes it (portman.events).
+-- @function on
+events.mixin(M)
 
 local function positive(fname, opts, key, default)
   local v = opts[key]
@@ -65,6 +78,9 @@ local function check_spec(opts)
   else
     check.port("add", 1, opts.port, "port")
   end
+  if opts.host ~= nil and type(opts.host) ~= "string" then
+    check.argerror("add", 1, "host: string expected, got " .. type(opts.host))
+  end
   local interval = positive("add", opts, "interval", 5000)
   return {
     name = opts.name, kind = kind, host = opts.host or "127.0.0.1", port = opts.port,
@@ -81,8 +97,12 @@ local function check_spec(opts)
   }
 end
 
+-- The scheduler's internals: locals, not methods (nothing outside calls them).
+local arm, enqueue, run
+
 --- Adds a check (started at once if the scheduler runs).
--- @tparam table opts `name`, `kind`, `host` ("127.0.0.1"), `port`, `proto`
+-- @tparam table opts `name`, `kind`, `host` (an address or a name,
+--   "127.0.0.1"), `port`, `proto`
 --   (bind checks: "tcp" or "udp"), `fn` (lua checks: `fn(done)`, calling
 --   `done(true)` or `done(false, status, msg)`), `payload`, `expect_reply`
 --   (udp: false counts silence as success), `interval` (ms, 5000),
@@ -93,11 +113,12 @@ function M:add(opts)
   local c = check_spec(opts)
   if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
   self._checks[c.name] = c
-  if self._started then self:_arm(c, c.initial_delay + math.random() * c.jitter) end
+  if self._started then arm(self, c, c.initial_delay + math.random() * c.jitter) end
   return c.name
 end
 
 local function disarm(c)
+  c.due = nil
   if c.timer then
     c.timer:close()
     c.timer = nil
@@ -114,30 +135,30 @@ function M:remove(name)
   return true
 end
 
-function M:_arm(c, delay)
+function arm(self, c, delay)
   c.timer = c.timer or uv.new_timer()
   -- at least 1 ms: libuv 1.44 runs a 0 ms timer restarted from a timer
   -- callback again in the same pass, forever
   delay = math.max(1, math.floor(delay))
-  c.due = now_ms() + delay
-  local fire = async.safe(function() self:_enqueue(c) end, "health timer")
+  c.due = self._clock() + delay
+  local fire = async.safe(function() enqueue(self, c) end, "health timer")
   c.timer:start(delay, 0, fire)
 end
 
-function M:_enqueue(c)
+function enqueue(self, c)
   if self._running < self._concurrency then
-    self:_run(c)
+    run(self, c)
   else
     self._queue[#self._queue + 1] = c
   end
 end
 
-function M:_record(c, ok, status, msg, started)
-  local t = now_ms()
+local function record(self, c, ok, status, msg, started, due)
+  local t = self._clock()
   -- lag: libuv fires timers on its cached millisecond clock, up to 1 ms
   -- before the precise due time; that counts as on time
   c.history[c.hist_next] = {ok = ok, status = ok and "healthy" or status, msg = msg,
-                            at = t, ms = t - started, lag = math.max(0, started - c.due)}
+                            at = t, ms = t - started, lag = due and math.max(0, started - due) or 0}
   c.hist_next = c.hist_next % M.HISTORY + 1
   if ok then
     c.successes, c.failures = c.successes + 1, 0
@@ -150,31 +171,32 @@ function M:_record(c, ok, status, msg, started)
   if new ~= c.status then
     local old = c.status
     c.status = new
-    self:_emit({event = "status", check = c.name, from = old, to = new, msg = msg})
+    events.emit(self, {event = "status", check = c.name, from = old, to = new, msg = msg})
   end
 end
 
-function M:_run(c)
+function run(self, c)
   self._running = self._running + 1
-  local started = now_ms()
+  local started, due = self._clock(), c.due
+  c.due = nil
   local finished = false
   local ok, err = pcall(M.probe, c, function(ok, status, msg)
     finished = true
     self._running = self._running - 1
     if not c.removed then
-      self:_record(c, ok, status, msg, started)
+      record(self, c, ok, status, msg, started, due)
       if self._started then
-        self:_arm(c, c.status == "healthy" and c.interval or c.unhealthy_interval)
+        arm(self, c, c.status == "healthy" and c.interval or c.unhealthy_interval)
       end
     end
     local nxt = table.remove(self._queue, 1)
-    if nxt and not nxt.removed then self:_run(nxt) end
+    if nxt and not nxt.removed then run(self, nxt) end
   end)
   -- a probe that raised before finishing still gives back its slot
   if not ok and not finished then
     self._running = self._running - 1
-    self:_record(c, false, "unknown", tostring(err), started)
-    if self._started then self:_arm(c, c.unhealthy_interval) end
+    record(self, c, false, "unknown", tostring(err), started, due)
+    if self._started then arm(self, c, c.unhealthy_interval) end
   end
 end
 
@@ -184,7 +206,7 @@ function M:start()
   if self._started then return end
   self._started = true
   uv.update_time() -- started from outside the loop, its clock may be stale
-  for _, c in pairs(self._checks) do self:_arm(c, c.initial_delay + math.random() * c.jitter) end
+  for _, c in pairs(self._checks) do arm(self, c, c.initial_delay + math.random() * c.jitter) end
   for _, p in pairs(self._pools) do p.timer:start(0, p.interval, p.tick) end
 end
 
@@ -204,12 +226,14 @@ function M:close()
   self._pools = {}
 end
 
---- {status, successes, failures, last} of a check, or nil.
+--- {status, successes, failures, last, due} of a check, or nil; `due` is
+-- when its next run is due by the scheduler's clock (nil while it runs, or
+-- while the scheduler is stopped).
 function M:status(name)
   local c = self._checks[name]
   if not c then return nil end
   local h = self:history(name)
-  return {status = c.status, successes = c.successes, failures = c.failures, last = h[#h]}
+  return {status = c.status, successes = c.successes, failures = c.failures, last = h[#h], due = c.due}
 end
 
 --- The last results of a check (at most health.HISTORY), oldest first.
@@ -232,79 +256,97 @@ end
 
 -- ---- the probes: each calls done(ok, status, msg) exactly once ----
 
-local function once(done)
-  local called = false
-  return function(...)
-    if called then return end
-    called = true
-    done(...)
-  end
-end
-
-local function errno_status(err)
-  if err == "EACCES" or err == "EPERM" then return "permission_denied" end
+-- A failure's status, from its code word (portman.errors).
+local function status_of(code, kind)
+  if code == "denied" then return "denied" end
+  if kind == "bind" then return code == "conflict" and "in_use" or "bind_error" end
   return "unreachable"
 end
 
-local function with_timeout(ms, handle, done)
-  local t = uv.new_timer()
-  local finish = once(function(...)
-    t:close()
-    if not handle:is_closing() then handle:close() end
-    done(...)
-  end)
-  t:start(ms, 0, function() finish(false, "unreachable", "timeout") end)
-  return finish
+-- A probe racing c.timeout: returns st, with st.finish(ok, status, msg)
+-- (once), which closes st.handle (the probe's socket, once it has one) and
+-- calls done; at the timeout, done gets on_timeout(msg)'s verdict. st.over
+-- tells a late callback (the name's lookup) that the probe has finished.
+local function timed(c, done, on_timeout)
+  local st = {}
+  st.finish = async.with_timeout(c.timeout, function(ok, status, msg)
+    st.over = true
+    if st.handle and not st.handle:is_closing() then st.handle:close() end
+    if ok == nil then return done(on_timeout(status)) end -- (nil, "timeout: ...", "timeout")
+    done(ok, status, msg)
+  end, ("%s check '%s'"):format(c.kind, c.name))
+  return st
 end
 
-local function probe_tcp(c, done)
-  local tcp = uv.new_tcp()
-  local finish = with_timeout(c.timeout, tcp, done)
-  local ok, err = pcall(tcp.connect, tcp, c.host, c.port, function(cerr)
-    if cerr then
-      finish(false, errno_status(cerr:match("^(%u+)")), cerr)
-    else
-      finish(true)
-    end
+-- Calls on_ip(ip) with c.host's address (a literal at once; a name through
+-- the default resolver), or st.finish with the lookup's failure.
+local function with_address(c, st, on_ip)
+  resolver.lookup(c.host, nil, function(ip, msg, code)
+    if st.over then return end
+    if not ip then return st.finish(false, status_of(code, c.kind), msg) end
+    on_ip(ip)
   end)
-  if not ok then finish(false, "unknown", tostring(err)) end
+end
+
+local function unreachable(msg) return false, "unreachable", msg end
+
+local function probe_tcp(c, done)
+  local st = timed(c, done, unreachable)
+  with_address(c, st, function(ip)
+    local tcp = uv.new_tcp()
+    st.handle = tcp
+    local ok, ret, err = pcall(tcp.connect, tcp, ip, c.port, function(cerr)
+      if cerr then
+        st.finish(false, status_of(errors.code(cerr), "tcp"), cerr)
+      else
+        st.finish(true)
+      end
+    end)
+    if not ok then return st.finish(false, "unknown", tostring(ret)) end
+    if not ret then st.finish(false, status_of(errors.code(err), "tcp"), err) end
+  end)
 end
 
 local function probe_udp(c, done)
-  local udp = uv.new_udp()
-  local finish = with_timeout(c.timeout, udp, function(ok, status, msg)
-    if not ok and msg == "timeout" and not c.expect_reply then return done(true) end
-    done(ok, status, msg)
+  local st = timed(c, done, function(msg)
+    if not c.expect_reply then return true end -- silence is the answer asked for
+    return unreachable(msg)
   end)
-  local ok, err = udp:connect(c.host, c.port)
-  if not ok then return finish(false, errno_status(err), err) end
-  udp:recv_start(function(rerr, data)
-    if rerr then
-      finish(false, errno_status(rerr:match("^(%u+)")), rerr)
-    elseif data then
-      finish(true)
-    end
-  end)
-  udp:send(c.payload, nil, nil, function(serr) -- connected: no address
-    if serr then finish(false, errno_status(serr:match("^(%u+)")), serr) end
+  with_address(c, st, function(ip)
+    local udp = uv.new_udp()
+    st.handle = udp
+    local function fail(err) st.finish(false, status_of(errors.code(err), "udp"), err) end
+    local ok, err = udp:connect(ip, c.port)
+    if not ok then return fail(err) end
+    udp:recv_start(function(rerr, data)
+      if rerr then
+        fail(rerr)
+      elseif data then
+        st.finish(true)
+      end
+    end)
+    udp:send(c.payload, nil, nil, function(serr) -- connected: no address
+      if serr then fail(serr) end
+    end)
   end)
 end
 
-local BIND_STATUS = {EADDRINUSE = "in_use", EACCES = "permission_denied", EPERM = "permission_denied"}
-
 local function probe_bind(c, done)
-  local h = c.proto == "udp" and uv.new_udp() or uv.new_tcp()
-  local ok, err, code = h:bind(c.host, c.port)
-  if ok and c.proto == "tcp" then
-    ok, err, code = h:listen(1, function() end) -- libuv reports EADDRINUSE at listen
-  end
-  h:close()
-  if ok then return done(true) end
-  done(false, BIND_STATUS[code] or "bind_error", err)
+  resolver.lookup(c.host, nil, function(ip, msg, code)
+    if not ip then return done(false, status_of(code, "bind"), msg) end
+    local h = c.proto == "udp" and uv.new_udp() or uv.new_tcp()
+    local ok, err = h:bind(ip, c.port)
+    if ok and c.proto == "tcp" then
+      ok, err = h:listen(1, function() end) -- libuv reports EADDRINUSE at listen
+    end
+    h:close()
+    if ok then return done(true) end
+    done(false, status_of(errors.code(err), "bind"), err)
+  end)
 end
 
 local function probe_lua(c, done)
-  local finish = once(done)
+  local finish = async.once(done)
   local ok, err = xpcall(c.fn, debug.traceback, function(success, status, msg)
     if success then finish(true) else finish(false, status or "unknown", msg) end
   end)
@@ -320,6 +362,15 @@ end
 
 -- ---- exhaustion monitor ----
 
+local function check_pool(self, name, p)
+  local u = p.pool:utilization()
+  local level = u >= p.critical and "critical" or u >= p.warning and "warning" or "ok"
+  if level ~= p.level then
+    p.level = level
+    events.emit(self, {event = "exhaustion", pool = name, level = level, utilization = u})
+  end
+end
+
 --- Watches a pool's utilization every `interval` ms and emits
 -- {event = "exhaustion", pool, level, utilization} when it crosses
 -- `warning` or `critical` (percent; 80 and 95 by default), and level "ok"
@@ -331,7 +382,7 @@ function M:watch_pool(name, pool, opts)
   local p = {pool = pool, warning = opts.warning or 80, critical = opts.critical or 95,
              interval = opts.interval or 1000, level = "ok", timer = uv.new_timer()}
   if p.warning > p.critical then check.argerror("watch_pool", 3, "warning above critical") end
-  p.tick = async.safe(function() self:_check_pool(name, p) end, "pool monitor")
+  p.tick = async.safe(function() check_pool(self, name, p) end, "pool monitor")
   if self._pools[name] then self._pools[name].timer:close() end
   self._pools[name] = p
   if self._started then p.timer:start(0, p.interval, p.tick) end
@@ -343,15 +394,6 @@ function M:unwatch_pool(name)
   if p then
     p.timer:close()
     self._pools[name] = nil
-  end
-end
-
-function M:_check_pool(name, p)
-  local u = p.pool:utilization()
-  local level = u >= p.critical and "critical" or u >= p.warning and "warning" or "ok"
-  if level ~= p.level then
-    p.level = level
-    self:_emit({event = "exhaustion", pool = name, level = level, utilization = u})
   end
 end
 

@@ -3,11 +3,14 @@
 --
 -- `query` and `nat_type` take a callback as their last argument, or, called
 -- inside `portman.run` / `portman.spawn`, wait and return their result.
--- Either way the result is `result` or `nil, msg, code`.
+-- Either way the result is `result` or `nil, msg, code`. A server named by
+-- host name is resolved through portman.resolver's default resolver.
 local uv = require "luv"
 local core = require "portman.core"
 local async = require "portman.async"
 local check = require "portman.check"
+local errors = require "portman.errors"
+local resolver = require "portman.resolver"
 
 local M = {}
 
@@ -45,26 +48,16 @@ function M.parse_server(text)
   return host, port
 end
 
-local function is_ip(host)
-  return host:match("^%d+%.%d+%.%d+%.%d+$") or host:find(":", 1, true)
-end
-
--- Resolves host to its first address: cb(ip, family) or cb(nil, msg, code).
+-- Resolves a server's host to one address (a literal at once; IPv4
+-- preferred when a name has both): cb(ip, family) or cb(nil, "code: cannot
+-- resolve 'host' (reason)", code).
 local function resolve(host, cb)
-  if is_ip(host) then
-    return cb(host, host:find(":", 1, true) and "inet6" or "inet")
-  end
-  uv.getaddrinfo(host, nil, {socktype = "dgram"}, async.safe(function(err, res)
-    if err or not res or not res[1] then
-      return cb(nil, ("not_found: cannot resolve '%s' (%s)"):format(host, err or "no address"),
-        "not_found")
+  resolver.lookup(host, nil, function(ip, family_or_err, code)
+    if not ip then
+      return cb(nil, ("%s: cannot resolve '%s' (%s)"):format(code, host, (family_or_err:gsub("^%w+: ", ""))), code)
     end
-    cb(res[1].addr, res[1].family)
-  end, "stun.resolve"))
-end
-
-local function errcode(err)
-  return tostring(err):match("^(E[%u%d]+)") or "EUNKNOWN"
+    cb(ip, family_or_err)
+  end)
 end
 
 -- An Endpoint is one UDP socket with its transactions in flight, keyed by
@@ -78,17 +71,25 @@ Endpoint.__index = Endpoint
 -- with peer, connects it there (the kernel then drops other sources and
 -- reports ICMP refusals). Returns the endpoint or nil, msg, code.
 function Endpoint.open(family, local_port, peer_ip, peer_port)
-  local udp = uv.new_udp(family)
-  if not udp then return nil, "EAFNOSUPPORT: no UDP socket for " .. family, "EAFNOSUPPORT" end
+  local udp, uerr = uv.new_udp(family)
+  if not udp then return errors.from(uerr or "EAFNOSUPPORT", "UDP socket (" .. family .. ")") end
   local self = setmetatable({udp = udp, pending = {}, family = family}, Endpoint)
-  local ok, err = udp:bind(family == "inet6" and "::" or "0.0.0.0", local_port or 0)
-  if ok and peer_ip then ok, err = udp:connect(peer_ip, peer_port) end
-  if ok then ok, err = udp:recv_start(async.safe(function(e, data, addr)
-    self:_receive(e, data, addr)
-  end, "stun.recv")) end
+  local any = family == "inet6" and "::" or "0.0.0.0"
+  local what = "bind " .. M.format(any, local_port or 0)
+  local ok, err = udp:bind(any, local_port or 0)
+  if ok and peer_ip then
+    what = "connect " .. M.format(peer_ip, peer_port)
+    ok, err = udp:connect(peer_ip, peer_port)
+  end
+  if ok then
+    what = "recv"
+    ok, err = udp:recv_start(async.safe(function(e, data, addr)
+      self:_receive(e, data, addr)
+    end, "stun.recv"))
+  end
   if not ok then
     self:close()
-    return nil, err, errcode(err)
+    return errors.from(err, what)
   end
   self.connected = peer_ip ~= nil
   return self
@@ -100,10 +101,11 @@ function Endpoint:local_address()
 end
 
 function Endpoint:_receive(err, data, addr)
-  if err then -- an ICMP error on a connected socket: the peer refused
+  if err then -- an ICMP error on a connected socket: the peer refused, or is unreachable
+    local code = errors.code(err)
+    if code == "error" then code = "refused" end
     for _, t in pairs(self.pending) do
-      self:_finish(t, nil, ("refused: %s (%s)"):format(M.format(t.ip, t.port), tostring(err)),
-        "refused")
+      self:_finish(t, nil, ("%s: %s (%s)"):format(code, M.format(t.ip, t.port), tostring(err)), code)
     end
     return
   end
@@ -360,18 +362,16 @@ local function hairpinning(family, ep, x1, opts)
   local probe = Endpoint.open(family, 0)
   if not probe then return false end
   local seen = async.await(function(cb)
-    local timer, t = uv.new_timer(), nil
-    local function finish(result)
-      if timer:is_closing() then return end
-      timer:close()
+    local t
+    -- arrived(true) when the request comes in; at the timeout, arrived(nil, ...)
+    local arrived = async.with_timeout(opts.timeout, function(yes)
       ep.on_request = nil
-      cb(result)
-    end
+      cb(yes == true)
+    end, "hairpinning test")
     ep.on_request = function(msg)
-      if msg.transaction_id == t.tid then finish(true) end
+      if msg.transaction_id == t.tid then arrived(true) end
     end
     t = probe:request(x1.ip, x1.port, {timeout = opts.timeout, rto = opts.rto}, function() end)
-    timer:start(opts.timeout, 0, function() finish(false) end)
   end)
   probe:close()
   return seen

@@ -1,9 +1,10 @@
 --- Name resolution for peers: A/AAAA and SRV over c-ares on the luv loop,
--- with a TTL cache and the selection policies that pick an endpoint.
+-- with a TTL cache; and the resolver that portman's own lookups go through
+-- (`resolver.default()`, `resolver.lookup`).
 --
 -- The engine is C (portman.core's dns: one c-ares channel whose sockets sit
--- behind one epoll fd); this file polls that fd with uv.new_poll, runs a uv
--- timer for its timeouts, and keeps the cache:
+-- behind one epoll fd), driven on the loop by portman.engine (docs/design.md,
+-- "The engine contract"). This file keeps the cache:
 --
 -- * positive answers live for their TTL (the smallest over the records and
 --   the CNAMEs that led to them), clamped to `min_ttl`..`max_ttl` seconds;
@@ -14,12 +15,16 @@
 -- * when a refresh fails (timeout, refused, ...) an expired answer is served
 --   for up to `stale_ttl` seconds after it expired (RFC 8767), with ttl 0.
 --
--- The cache's clock is the loop's (uv.now), which advances as the loop runs.
+-- Every time the cache and the hosts file go by is the resolver's clock
+-- (`clock`, default the loop's uv.now, which advances as the loop runs).
 --
--- Literal addresses and names in the hosts file answer without a query, with
--- ttl 0. Failures are `nil, "code: name: reason", code` with code one of
--- not_found, timeout, refused, protocol, unreachable, closed; a network
--- failure never raises.
+-- Names: an internationalized name is asked for in its ASCII form (IDNA2008,
+-- resolver/names.lua); literal addresses and names in the hosts file
+-- (resolver/hosts.lua) answer without a query, with ttl 0; names under
+-- .invalid are "not found" without a query (RFC 6761 section 6.4). The
+-- selection policies live in resolver/select.lua. Failures are
+-- `nil, "code: name: reason", code` with code one of not_found, timeout,
+-- refused, protocol, unreachable, closed; a network failure never raises.
 --
 -- I/O methods take a callback as their last argument, called as
 -- `cb(records)` or `cb(nil, msg, code)` (a cached answer calls it before
@@ -29,15 +34,27 @@ local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
 local async = require "portman.async"
+local engine = require "portman.engine"
 local log = require "portman.log"
+local names = require "portman.resolver.names"
+local hosts = require "portman.resolver.hosts"
+local policies = require "portman.resolver.select"
 
 local M = {}
 local R = {}
 local mt = {__index = R}
 
+M.parse_server = names.parse_server
+M.valid_name = names.valid_name
+M.to_ascii = names.to_ascii
+M.read_hosts = hosts.read
+M.picker = policies.picker
+M.srv_order = policies.srv_order
+M.interleave = policies.interleave
+
 local OPTIONS = {servers = true, cache = true, min_ttl = true, max_ttl = true, negative_ttl = true,
                  stale_ttl = true, timeout = true, tries = true, hosts = true,
-                 cache_size = true, max_inflight = true, registry = true}
+                 cache_size = true, max_inflight = true, registry = true, clock = true}
 local FAMILIES = {"inet", "inet6", "any"}
 local DEFAULTS = {min_ttl = 0, max_ttl = 86400, negative_ttl = 30, stale_ttl = 0,
                   timeout = 2000, tries = 2, cache_size = 100000, max_inflight = 100}
@@ -45,25 +62,8 @@ local DEFAULTS = {min_ttl = 0, max_ttl = 86400, negative_ttl = 30, stale_ttl = 0
 -- that is an answer, and it replaces what was cached).
 local STALE_ON = {timeout = true, refused = true, protocol = true, unreachable = true}
 
---- Reads a DNS server's address, "IP", "IP:PORT", "[IPv6]" or
--- "[IPv6]:PORT" (port 53 by default).
--- @return[1] c-ares' form of it ("192.0.2.1:53", "[2001:db8::1]:53")
--- @return[2] nil, and what is wrong
-function M.parse_server(text)
-  if type(text) ~= "string" then return nil, "string expected, got " .. type(text) end
-  local host, port = text:match("^%[([^%]]+)%]:(%d+)$")
-  if not host then host, port = text:match("^([%d%.]+):(%d+)$") end
-  host = host or text:match("^%[([^%]]+)%]$") or text
-  local family, ip = core.dns_parse_ip(host)
-  port = math.tointeger(tonumber(port or 53))
-  if not family or not port or port < 1 or port > 65535 then
-    return nil, ("IP[:PORT] expected, got '%s'"):format(text)
-  end
-  return (family == "inet6" and "[%s]:%d" or "%s:%d"):format(ip, port)
-end
-
 local function server_csv(fname, n, text, what)
-  local csv, err = M.parse_server(text)
+  local csv, err = names.parse_server(text)
   if not csv then check.argerror(fname, n, ("%s: %s"):format(what, err)) end
   return csv
 end
@@ -77,71 +77,12 @@ local function number_opt(fname, opts, key, min)
   return v
 end
 
--- A name check: a DNS name (labels of 1-63 characters, 253 in all; letters,
--- digits, '-' and '_', which SRV owners use), or a literal address.
--- Names already found valid, so that a cache hit costs no pattern matching
--- (cleared when it grows large: it is only a shortcut).
-local valid_names, valid_count = {}, 0
-
---- Checks a name for a query: a DNS name (labels of 1-63 characters, 253
--- in all; letters, digits, '-' and '_', which SRV owners use), or a
--- literal address.
--- @return[1] name
--- @return[2] nil, and what is wrong
-function M.valid_name(name)
-  if valid_names[name] then return name end
-  if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
-  if core.dns_parse_ip(name) then return name end
-  local bare = name:sub(-1) == "." and name:sub(1, -2) or name
-  local bad = ("invalid domain name '%s'"):format(name)
-  if #bare == 0 or #bare > 253 or not bare:match("^[%w%-_%.]+$") then return nil, bad end
-  for label in (bare .. "."):gmatch("([^.]*)%.") do
-    if #label == 0 or #label > 63 then return nil, bad end
-  end
-  if valid_count >= 10000 then valid_names, valid_count = {}, 0 end
-  valid_names[name], valid_count = true, valid_count + 1
-  return name
-end
-
---- A name in the ASCII form DNS carries: an internationalized name
--- (UTF-8) becomes its IDNA A-labels ("xn--...").
--- @return[1] the ASCII name
--- @return[2] nil, "unsupported: ...", "unsupported" when this build cannot convert it
-function M.to_ascii(name)
-  if type(name) == "string" and not name:find("[\128-\255]") then return name end
-  return nil, ("unsupported: no IDNA conversion for '%s'"):format(tostring(name)), "unsupported"
-end
-
-local function check_name(fname, name)
-  local ok, err = M.valid_name(name)
-  if not ok then check.argerror(fname, 1, err) end
-  return name
-end
-
---- Reads a hosts file into name -> {{address, family}, ...}.
--- @return the table, or an empty one when the file cannot be read
-function M.read_hosts(path)
-  local map = {}
-  local f = io.open(path)
-  if not f then return map end
-  for line in f:lines() do
-    line = line:gsub("#.*", "")
-    local fields = {}
-    for w in line:gmatch("%S+") do fields[#fields + 1] = w end
-    local family, ip = core.dns_parse_ip(fields[1] or "")
-    if family and not (fields[1]):find("^%[") then
-      for i = 2, #fields do
-        local key = fields[i]:lower()
-        local list = map[key] or {}
-        map[key] = list
-        local dup = false
-        for _, rec in ipairs(list) do dup = dup or rec.address == ip end
-        if not dup then list[#list + 1] = {address = ip, family = family} end
-      end
-    end
-  end
-  f:close()
-  return map
+-- The ASCII form of a query name (false: a literal address); raises on
+-- anything else, blaming the caller.
+local function query_name(fname, name)
+  local ascii, err = names.query_name(name)
+  if ascii == nil then check.argerror(fname, 1, err) end
+  return ascii
 end
 
 --- Creates a resolver.
@@ -155,7 +96,10 @@ end
 --   `cache_size` (100000 entries); `max_inflight` (100 queries on the wire
 --   at once; more wait their turn: c-ares sends them all from one UDP
 --   socket, and a burst of a few hundred overflows a server's receive
---   queue, which costs each dropped query a whole timeout).
+--   queue, which costs each dropped query a whole timeout); `registry` (a
+--   function name -> {{address, port, node}, ...} consulted first);
+--   `clock` (a function giving milliseconds, default uv.now: every TTL,
+--   the stale window and the hosts file's re-read go by it).
 -- @return a resolver
 -- @raise on a bad or unknown option, naming it
 function M.new(opts)
@@ -187,12 +131,16 @@ function M.new(opts)
     check.argerror("new", 1, "cache: boolean expected, got " .. type(opts.cache))
   end
   self._caching = opts.cache ~= false
-  local hosts = opts.hosts
-  if hosts == nil then hosts = "/etc/hosts" end
-  if hosts ~= false and type(hosts) ~= "string" then
-    check.argerror("new", 1, "hosts: path or false expected, got " .. type(hosts))
+  if opts.clock ~= nil and type(opts.clock) ~= "function" then
+    check.argerror("new", 1, "clock: function expected, got " .. type(opts.clock))
   end
-  self._hosts_path = hosts or nil
+  self._clock = opts.clock or uv.now
+  local path = opts.hosts
+  if path == nil then path = "/etc/hosts" end
+  if path ~= false and type(path) ~= "string" then
+    check.argerror("new", 1, "hosts: path or false expected, got " .. type(path))
+  end
+  self._hosts = path and hosts.new(path, self._clock) or nil
   if opts.registry ~= nil and type(opts.registry) ~= "function" then
     check.argerror("new", 1, "registry: function expected, got " .. type(opts.registry))
   end
@@ -209,45 +157,6 @@ end
 --- Is v a resolver?
 function M.is_resolver(v)
   return getmetatable(v) == mt
-end
-
-local function now_ms() return uv.now() end
-
--- The engine, its poll handle and timer, made on the first query.
-function R:_engine_get()
-  if self._closed then return nil, "closed: resolver closed", "closed" end
-  if self._engine then return self._engine end
-  local eng, err, code = core.dns_new(self._servers, self._timeout, self._tries)
-  if not eng then return nil, err, code end
-  local ok, poll = pcall(uv.new_poll, eng:fd())
-  if not ok or not poll then
-    eng:close()
-    return nil, "unreachable: uv.new_poll failed", "unreachable"
-  end
-  self._engine, self._poll, self._timer = eng, poll, uv.new_timer()
-  self._on_ready = async.safe(function() self:_step() end, "resolver")
-  return eng
-end
-
--- Arms the poll and the timer while queries are in flight; stops both when
--- idle so that the loop can end.
-function R:_arm()
-  local eng = self._engine
-  if not eng then return end
-  local ms = eng:timeout()
-  if ms == nil then
-    if self._polling then
-      self._poll:stop()
-      self._timer:stop()
-      self._polling = false
-    end
-    return
-  end
-  if not self._polling then
-    self._poll:start("r", self._on_ready)
-    self._polling = true
-  end
-  self._timer:start(ms, 0, self._on_ready)
 end
 
 local function call(cb, ...)
@@ -279,9 +188,9 @@ end
 -- Room for one more entry: drop expired ones, then (still over 90% full)
 -- arbitrary ones down to 90%, so that a full cache of live entries pays
 -- for one sweep per tenth of its size rather than one per insert.
-function R:_make_room()
+local function make_room(self)
   if self._cache_count < self._cache_size then return end
-  local now = now_ms()
+  local now = self._clock()
   for key, e in pairs(self._cache) do
     if e.stale_until <= now then
       self._cache[key] = nil
@@ -296,24 +205,24 @@ function R:_make_room()
   end
 end
 
-function R:_store(key, entry)
+local function store(self, key, entry)
   if not self._caching then return end
   if not self._cache[key] then
-    self:_make_room()
+    make_room(self)
     self._cache_count = self._cache_count + 1
   end
   self._cache[key] = entry
 end
 
 -- A query's result: into the cache, then to every waiter.
-function R:_settle(key, res)
-  local now = now_ms()
+local function settle(self, key, res)
+  local now = self._clock()
   local records, err, code
   if res.records then
     local ttl = math.huge
     for _, rec in ipairs(res.records) do ttl = math.min(ttl, rec.ttl) end
     ttl = math.tointeger(clamp(ttl, self._min_ttl, self._max_ttl) // 1) or 0
-    self:_store(key, {records = res.records, ttl = ttl, fetched = now,
+    store(self, key, {records = res.records, ttl = ttl, fetched = now,
                       expires = now + ttl * 1000, stale_until = now + (ttl + self._stale_ttl) * 1000})
     records = fresh_copy(res.records, ttl)
   else
@@ -325,7 +234,7 @@ function R:_settle(key, res)
       records, err, code = fresh_copy(old.records, 0, true), nil, nil
     elseif code == "not_found" then
       local ttl = self._negative_ttl
-      self:_store(key, {err = err, code = code, ttl = ttl, fetched = now, expires = now + ttl * 1000,
+      store(self, key, {err = err, code = code, ttl = ttl, fetched = now, expires = now + ttl * 1000,
                         stale_until = now + ttl * 1000})
     end
   end
@@ -353,29 +262,76 @@ local function without_root_targets(res)
   return res
 end
 
-function R:_step()
-  local eng = self._engine
-  if not eng then return end
-  for _, res in ipairs(eng:step()) do
+local drain, release
+
+-- A step's finished queries, from the engine's driver. A resolver that
+-- releases when idle does so before any callback runs, when this batch
+-- leaves nothing on the wire: a callback then sees it holding nothing.
+local function deliver(self, batch)
+  if self._release_when_idle and self._engine:pending() == 0 and not self._queue[self._queue_head] then
+    release(self)
+  end
+  for _, res in ipairs(batch) do
     if self._closed then return end -- a callback closed the resolver
     local key = self._queries[res.id]
     self._queries[res.id] = nil
     if key and res.records and key:find("^srv|") then res = without_root_targets(res) end
-    if key then self:_settle(key, res) end
+    if key then settle(self, key, res) end
   end
   if self._closed then return end
-  self:_drain()
-  if self._engine then self:_arm() end
+  drain(self)
+end
+
+-- Closes the engine and its driver (the resolver stays usable: the next
+-- query makes them again).
+function release(self)
+  local driver, eng = self._driver, self._engine
+  if not driver then return end
+  self._driver, self._engine = nil, nil
+  driver:close()
+  eng:close()
+  -- luv 1.44 crashes at exit on handles whose close has not completed:
+  -- outside a running loop, let the loop finish closing them now.
+  if not uv.loop_mode() then uv.run("nowait") end
+end
+
+-- The engine and its driver, made on the first query. A resolver that
+-- releases when idle (the default one) closes them whenever no query is
+-- on the wire, so that it holds no fd or handle between uses.
+local function engine_get(self)
+  if self._closed then return nil, "closed: resolver closed", "closed" end
+  if self._engine then return self._engine end
+  local eng, err, code = core.dns_new(self._servers, self._timeout, self._tries)
+  if not eng then return nil, err, code end
+  local ok, driver = pcall(engine.drive, eng, {
+    name = "resolver",
+    on_batch = function(batch) deliver(self, batch) end,
+    on_idle = self._release_when_idle and function() release(self) end or nil,
+  })
+  if not ok then
+    eng:close()
+    return nil, "unreachable: cannot poll the resolver's fd: " .. tostring(driver), "unreachable"
+  end
+  self._engine, self._driver = eng, driver
+  return eng
+end
+
+-- RFC 6761 section 6.4: names under .invalid never exist; no query asks.
+local function invalid_tld(name)
+  return name == "invalid" or name == "invalid." or name:sub(-8) == ".invalid" or name:sub(-9) == ".invalid."
 end
 
 -- Puts a query for key on the wire.
-function R:_send(key)
-  local eng, err, code = self:_engine_get()
+local function send(self, key)
+  local kind, name = key:match("^(%w+)|(.*)$")
+  if invalid_tld(name) then
+    return settle(self, key, {code = "not_found", reason = "no such name (.invalid, RFC 6761)"})
+  end
+  local eng, err, code = engine_get(self)
   local ok
   if eng then
     self._next_id = self._next_id + 1
     local id = self._next_id
-    local kind, name = key:match("^(%w+)|(.*)$")
     if kind == "srv" then ok, err, code = eng:srv(name, id)
     else ok, err, code = eng:resolve(name, kind, id) end
     if ok then
@@ -385,28 +341,28 @@ function R:_send(key)
     end
   end
   -- The engine could not take it: answer the waiters now.
-  self:_settle(key, {code = code, reason = (err or ""):gsub("^[^:]*: ", "")})
+  settle(self, key, {code = code, reason = (err or ""):gsub("^[^:]*: ", "")})
 end
 
 -- Sends queued queries while there is room on the wire.
-function R:_drain()
+function drain(self)
   local q = self._queue
   while q[self._queue_head] and (not self._engine or self._engine:pending() < self._max_inflight) do
     local key = q[self._queue_head]
     q[self._queue_head] = nil
     self._queue_head = self._queue_head + 1
-    self:_send(key)
+    send(self, key)
   end
   if not q[self._queue_head] then self._queue, self._queue_head = {}, 1 end
 end
 
--- The cached answer for key: records (fresh), or nil, err, code (a cached
--- failure), or nothing at all.
-function R:_cached(key)
+-- The cached answer for key: true and records (fresh), or true, nil, err,
+-- code (a cached failure), or false.
+local function cached(self, key)
   if not self._caching then return false end
   local e = self._cache[key]
   if not e then return false end
-  local now = now_ms()
+  local now = self._clock()
   if now >= e.expires then return false end
   if e.records then
     self._stats.hits = self._stats.hits + 1
@@ -417,8 +373,8 @@ function R:_cached(key)
 end
 
 -- Looks key up: the cache, else joins or starts its query.
-function R:_lookup(key, cb)
-  local hit, records, err, code = self:_cached(key)
+local function ask(self, key, cb)
+  local hit, records, err, code = cached(self, key)
   if hit then return cb(records, err, code) end
   if self._closed then return cb(nil, "closed: resolver closed", "closed") end
   self._stats.misses = self._stats.misses + 1
@@ -433,28 +389,13 @@ function R:_lookup(key, cb)
     self._queue[#self._queue + 1] = key
     return
   end
-  self:_send(key)
-  if self._engine then self:_arm() end
+  send(self, key)
+  if self._driver then self._driver:arm() end
 end
 
--- The hosts file's addresses for name, re-read when the file changes
--- (looked at no more than once a second).
-function R:_hosts_lookup(lname)
-  local path = self._hosts_path
-  if not path then return nil end
-  local now = now_ms()
-  if not self._hosts_checked or now - self._hosts_checked >= 1000 then
-    self._hosts_checked = now
-    local st = uv.fs_stat(path)
-    local stamp = st and (st.mtime.sec .. "." .. st.mtime.nsec .. ":" .. st.size) or "none"
-    if stamp ~= self._hosts_stamp then
-      self._hosts_stamp = stamp
-      self._hosts = M.read_hosts(path)
-    end
-  end
-  local hosts = self._hosts
-  if next(hosts) == nil then return nil end
-  return hosts[lname] or hosts[(lname:gsub("%.$", ""))]
+local function hosts_lookup(self, lname)
+  local h = self._hosts
+  return h and h:lookup(lname)
 end
 
 local function pick_family(list, family, name)
@@ -488,7 +429,7 @@ end
 
 -- Where the registry says service name runs: records like a DNS answer
 -- (ttl 0: the registry is live), or nil when it knows no such service.
-function R:_registry_lookup(name)
+local function registry_lookup(self, name)
   if not self._registry then return nil end
   local list = self._registry(name)
   if not list or #list == 0 then return nil end
@@ -502,34 +443,29 @@ function R:_registry_lookup(name)
   return #out > 0 and out or nil
 end
 
-function R:_resolve(name, family, cb)
-  local lit_family, ip
-  if not valid_names[name] then -- a name check_name found valid is no literal
-    lit_family, ip = core.dns_parse_ip(name)
-  end
-  if lit_family then
+-- Resolves name, whose ASCII form is ascii (false: name is a literal).
+local function resolve(self, name, ascii, family, cb)
+  if not ascii then
+    local lit_family, ip = core.dns_parse_ip(name)
     return cb(pick_family({{address = ip, family = lit_family}}, family, name))
   end
-  local lname = name:lower()
-  local from_registry = self:_registry_lookup(name)
-  if from_registry then return cb(pick_family(from_registry, family, name)) end
-  local from_hosts = self:_hosts_lookup(lname)
-  if from_hosts then return cb(pick_family(from_hosts, family, name)) end
-  if family ~= "any" then return self:_lookup(family .. "|" .. lname, cb) end
+  local lname = ascii:lower()
+  local from_registry = registry_lookup(self, ascii)
+  if from_registry then return cb(pick_family(from_registry, family, ascii)) end
+  local from_hosts = hosts_lookup(self, lname)
+  if from_hosts then return cb(pick_family(from_hosts, family, ascii)) end
+  if family ~= "any" then return ask(self, family .. "|" .. lname, cb) end
   local six, four
   local function both()
     if six and four then cb(combine(six, four)) end
   end
-  self:_lookup("inet6|" .. lname, function(...) six = table.pack(...); both() end)
-  self:_lookup("inet|" .. lname, function(...) four = table.pack(...); both() end)
-end
-
-local function wait(start)
-  return async.await(start)
+  ask(self, "inet6|" .. lname, function(...) six = table.pack(...); both() end)
+  ask(self, "inet|" .. lname, function(...) four = table.pack(...); both() end)
 end
 
 --- Resolves name to addresses.
--- @tparam string name a DNS name or a literal address
+-- @tparam string name a DNS name (an internationalized one is asked for in
+--   its IDNA ASCII form) or a literal address
 -- @tparam[opt] table opts `family`: "inet", "inet6" or "any" (default)
 -- @tparam[opt] function cb called with the results instead of returning them
 -- @return[1] records: `{{address = "192.0.2.1", family = "inet", ttl = 300}, ...}`
@@ -544,7 +480,7 @@ function R:resolve(name, opts, cb)
   if cb ~= nil and type(cb) ~= "function" then
     check.argerror("resolve", 3, "function expected, got " .. type(cb))
   end
-  check_name("resolve", name)
+  local ascii = query_name("resolve", name)
   local family = "any"
   if opts ~= nil then
     check.table("resolve", 2, opts)
@@ -552,19 +488,19 @@ function R:resolve(name, opts, cb)
     family = check.oneof("resolve", 2, opts.family or "any", FAMILIES, "family")
   end
   if cb then
-    self:_resolve(name, family, cb)
+    resolve(self, name, ascii, family, cb)
     return
   end
   -- In a task, a fresh cached answer for one family needs no coroutine
   -- switch (and nothing the hosts file says otherwise about).
-  if family ~= "any" and valid_names[name] and async.in_task() then
-    local lname = name:lower()
-    if not self:_hosts_lookup(lname) then
-      local hit, records, err, code = self:_cached(family .. "|" .. lname)
+  if family ~= "any" and ascii and async.in_task() then
+    local lname = ascii:lower()
+    if not hosts_lookup(self, lname) then
+      local hit, records, err, code = cached(self, family .. "|" .. lname)
       if hit then return records, err, code end
     end
   end
-  return wait(function(done) self:_resolve(name, family, done) end)
+  return async.await(function(done) resolve(self, name, ascii, family, done) end)
 end
 
 --- Looks up SRV records (RFC 2782) for name, "_service._proto.domain".
@@ -576,12 +512,12 @@ end
 -- @raise on a malformed name, no callback outside a task, or a closed resolver
 function R:srv(name, cb)
   if self._closed then error("attempt to use a closed portman.resolver", 2) end
-  check_name("srv", name)
-  if core.dns_parse_ip(name) then check.argerror("srv", 1, "SRV name expected, got an address") end
+  local ascii = query_name("srv", name)
+  if not ascii then check.argerror("srv", 1, "SRV name expected, got an address") end
   if cb ~= nil and type(cb) ~= "function" then
     check.argerror("srv", 2, "function expected, got " .. type(cb))
   end
-  local from_registry = self:_registry_lookup(name)
+  local from_registry = registry_lookup(self, ascii)
   if from_registry then -- every node running the service, as SRV records
     local records = {}
     for i, r in ipairs(from_registry) do
@@ -590,21 +526,56 @@ function R:srv(name, cb)
     if cb then return cb(records) end
     return records
   end
-  local key = "srv|" .. name:lower()
+  local key = "srv|" .. ascii:lower()
   if cb then
-    self:_lookup(key, cb)
+    ask(self, key, cb)
     return
   end
-  return wait(function(done) self:_lookup(key, done) end)
+  return async.await(function(done) ask(self, key, done) end)
+end
+
+--- One address for host, for a connection: a literal address (or
+-- "[IPv6]") answers at once; a name is resolved (cache, hosts file, DNS).
+-- Without a family, an IPv4 address is preferred when the name has both.
+-- @tparam string host
+-- @tparam[opt] string family "inet" or "inet6"
+-- @tparam[opt] function cb `cb(address, family)` or `cb(nil, msg, code)`
+--   (not_found, also for a malformed name; timeout, refused, ...)
+-- @return in a task without cb: address, family; or nil, msg, code
+-- @raise on a non-string host, an unknown family, no callback outside a
+--   task, or a closed resolver
+function R:lookup(host, family, cb)
+  if type(family) == "function" and cb == nil then family, cb = nil, family end
+  if cb == nil then return async.await(R.lookup, self, host, family) end
+  if self._closed then error("attempt to use a closed portman.resolver", 2) end
+  if type(host) ~= "string" then check.argerror("lookup", 1, "string expected, got " .. type(host)) end
+  if family ~= nil then check.oneof("lookup", 2, family, {"inet", "inet6"}, "family") end
+  if type(cb) ~= "function" then check.argerror("lookup", 3, "function expected, got " .. type(cb)) end
+  local ascii, err = names.query_name(host)
+  if ascii == nil then return cb(nil, "not_found: " .. err, "not_found") end
+  resolve(self, host, ascii, family or "any", function(records, msg, code)
+    if not records then return cb(nil, msg, code) end
+    local pick = records[1]
+    if not family then
+      for _, rec in ipairs(records) do
+        if rec.family == "inet" then
+          pick = rec
+          break
+        end
+      end
+    end
+    cb(pick.address, pick.family)
+  end)
 end
 
 --- The cached answer for name without a query, or nil.
 -- @tparam string name
 -- @tparam[opt] string kind "inet", "inet6" or "srv" (default "inet")
 function R:cached(name, kind)
-  check_name("cached", name)
+  local ascii = query_name("cached", name)
   kind = check.oneof("cached", 2, kind or "inet", {"inet", "inet6", "srv"}, "kind")
-  local hit, records = self:_cached(kind .. "|" .. name:lower())
+  if not ascii then return nil end
+  local hit, records = cached(self, kind .. "|" .. ascii:lower())
   return hit and records or nil
 end
 
@@ -627,16 +598,7 @@ end
 function R:close()
   if self._closed then return end
   self._closed = true
-  if self._engine then
-    self._poll:stop()
-    self._poll:close()
-    self._timer:close()
-    self._engine:close()
-    self._engine = nil
-    -- luv 1.44 crashes at exit on handles whose close has not completed:
-    -- outside a running loop, let the loop finish closing them now.
-    if not uv.loop_mode() then uv.run("nowait") end
-  end
+  release(self)
   local flights = self._inflight
   self._inflight, self._queries, self._queue = {}, {}, {}
   for key, waiters in pairs(flights) do
@@ -654,140 +616,64 @@ mt.__tostring = function(self)
 end
 
 ----------------------------------------------------------------------------
--- Selection policies
+-- The process-wide resolver
 
-local function weight_of(rec)
-  local w = rec.weight
-  if w == nil then return 1 end
-  return w
+local default, default_made -- the default resolver; made here (not given)?
+
+-- A resolver that releases its engine whenever idle.
+local function make_default(opts)
+  local r = M.new(opts)
+  r._release_when_idle = true
+  return r
 end
 
--- Weighted random pick from list: index.
-local function weighted_index(list)
-  local total = 0
-  for _, rec in ipairs(list) do total = total + weight_of(rec) end
-  if total <= 0 then return math.random(#list) end
-  local r = math.random() * total
-  for i, rec in ipairs(list) do
-    r = r - weight_of(rec)
-    if r < 0 then return i end
+--- The resolver portman's own name lookups go through (STUN servers,
+-- health checks, probes), so that one cache, its TTLs and its servers
+-- serve the whole program. Made on first use from /etc/resolv.conf and
+-- /etc/hosts (or set with `set_default`). One made here holds no fd or luv
+-- handle while no query is on the wire, so it never keeps the loop alive
+-- and leaves nothing open when idle.
+function M.default()
+  if not default or default._closed then
+    default, default_made = make_default({}), true
   end
-  return #list
+  return default
 end
 
--- The records sharing the lowest priority value.
-local function lowest_priority(list)
-  local best, group = math.huge, {}
-  for _, rec in ipairs(list) do
-    local p = rec.priority or 0
-    if p < best then best, group = p, {rec}
-    elseif p == best then group[#group + 1] = rec end
+--- Sets the default resolver: `opts` (a table of `new`'s options: the
+-- default is made from them, as `default()` makes it), a resolver (used as
+-- it is: its owner closes it), or nil (the next `default()` makes one from
+-- /etc/resolv.conf). A default made here is closed when replaced.
+-- @return the previous default when it was a resolver given here, else nil
+-- @raise on anything else, or on a bad option
+function M.set_default(v)
+  local new_default, made = nil, false
+  if M.is_resolver(v) then
+    new_default = v
+  elseif type(v) == "table" then
+    new_default, made = make_default(v), true
+  elseif v ~= nil then
+    check.argerror("set_default", 1, "resolver, options or nil expected, got " .. type(v))
   end
-  return group
-end
-
--- RFC 2782's pick within one priority: zero weights first, a uniform
--- integer in [0, sum], the first record whose running sum reaches it.
-local function rfc2782_index(group)
-  local order, sum = {}, 0
-  for i, rec in ipairs(group) do
-    if (rec.weight or 0) == 0 then order[#order + 1] = i end
-  end
-  for i, rec in ipairs(group) do
-    if (rec.weight or 0) ~= 0 then order[#order + 1] = i end
-    sum = sum + (rec.weight or 0)
-  end
-  local r = math.random(0, sum)
-  local running = 0
-  for _, i in ipairs(order) do
-    running = running + (group[i].weight or 0)
-    if running >= r then return i end
-  end
-  return order[#order]
-end
-
---- Orders SRV records as RFC 2782 says a client tries them: by priority,
--- lowest first; within a priority, by repeated weighted random selection.
--- @tparam table records SRV records (`priority`, `weight`)
--- @return a new list
-function M.srv_order(records)
-  check.table("srv_order", 1, records)
-  local byprio, prios = {}, {}
-  for _, rec in ipairs(records) do
-    local p = rec.priority or 0
-    if not byprio[p] then byprio[p] = {}; prios[#prios + 1] = p end
-    table.insert(byprio[p], rec)
-  end
-  table.sort(prios)
-  local out = {}
-  for _, p in ipairs(prios) do
-    local group = byprio[p]
-    while #group > 0 do
-      out[#out + 1] = table.remove(group, rfc2782_index(group))
+  local old, old_made = default, default_made
+  default, default_made = new_default, made
+  if old and old ~= new_default then
+    if old_made then
+      old:close()
+      return nil
     end
+    return old
   end
-  return out
+  return nil
 end
 
---- Orders addresses for connection attempts as RFC 8305 section 4 does:
--- `first_family_count` addresses of the preferred family, then the families
--- alternate; each family keeps its own order.
--- @tparam table records addresses (`family` "inet" or "inet6")
--- @tparam[opt] table opts `prefer` ("inet6"), `first_family_count` (1)
--- @return a new list
-function M.interleave(records, opts)
-  check.table("interleave", 1, records)
-  opts = opts or {}
-  check.table("interleave", 2, opts)
-  check.known("interleave", 2, opts, {prefer = true, first_family_count = true})
-  local prefer = check.oneof("interleave", 2, opts.prefer or "inet6", {"inet6", "inet"}, "family")
-  local count = opts.first_family_count or 1
-  if math.type(count) ~= "integer" or count < 1 then
-    check.argerror("interleave", 2, "first_family_count: integer >= 1 expected")
-  end
-  local first, second = {}, {}
-  for _, rec in ipairs(records) do
-    table.insert(rec.family == prefer and first or second, rec)
-  end
-  local out, i, j = {}, 1, 1
-  for _ = 1, count do
-    if first[i] then out[#out + 1] = first[i]; i = i + 1 end
-  end
-  while first[i] or second[j] do
-    if second[j] then out[#out + 1] = second[j]; j = j + 1 end
-    if first[i] then out[#out + 1] = first[i]; i = i + 1 end
-  end
-  return out
-end
-
-local POLICIES = {"round_robin", "weighted", "priority", "srv"}
-local Picker = {}
-Picker.__index = Picker
-
---- A picker choosing one endpoint from a list by policy:
--- "round_robin" (in turn), "weighted" (random, in proportion to `weight`,
--- 1 when absent), "priority" (the lowest `priority` value, weighted within),
--- "srv" (the first choice of RFC 2782's order).
--- @raise on an unknown policy
-function M.picker(policy)
-  check.oneof("picker", 1, policy, POLICIES, "policy")
-  return setmetatable({policy = policy, _turn = 0}, Picker)
-end
-
---- Picks one record of list, or nil when list is empty.
-function Picker:pick(list)
-  check.table("pick", 1, list)
-  if #list == 0 then return nil end
-  local p = self.policy
-  if p == "round_robin" then
-    self._turn = self._turn % #list + 1
-    return list[self._turn]
-  elseif p == "weighted" then
-    return list[weighted_index(list)]
-  end
-  local group = lowest_priority(list)
-  if p == "priority" then return group[weighted_index(group)] end
-  return group[rfc2782_index(group)]
+--- `resolver.default():lookup(host, family, cb)`: one address for host,
+-- `cb(address, family)` or `cb(nil, msg, code)`; a literal address answers
+-- at once. In a task, without cb, returns them.
+function M.lookup(host, family, cb)
+  if type(family) == "function" and cb == nil then family, cb = nil, family end
+  if cb == nil then return async.await(M.lookup, host, family) end
+  return M.default():lookup(host, family, cb)
 end
 
 return M
