@@ -80,7 +80,6 @@ build = {
     ["portman.errors"] = "lua/portman/errors.lua",
     ["portman.etcd"] = "lua/portman/etcd.lua",
     ["portman.events"] = "lua/portman/events.lua",
-    ["portman.firewall"] = "lua/portman/firewall.lua",
     ["portman.health"] = "lua/portman/health.lua",
     ["portman.http"] = "lua/portman/http.lua",
     ["portman.json"] = "lua/portman/json.lua",
@@ -90,10 +89,12 @@ build = {
     ["portman.manager"] = "lua/portman/manager.lua",
     ["portman.nat"] = "lua/portman/nat.lua",
     ["portman.netaddr"] = "lua/portman/netaddr.lua",
+    ["portman.probe"] = "lua/portman/probe.lua",
     ["portman.registry"] = "lua/portman/registry.lua",
     ["portman.resolver"] = "lua/portman/resolver.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
+    ["portman.tunnel"] = "lua/portman/tunnel.lua",
     -- END Lua modules
   },
   install = {
