@@ -1,6 +1,14 @@
 --- Argument checks that raise in Lua's standard words, blaming the caller.
 local M = {}
 
+-- portman's own modules: the files in this one's folder and its subfolders
+-- (portman/backend/file.lua too), as the chunk names the loader gave them.
+local HOME = debug.getinfo(1, "S").source:match("^(@.*/)[^/]*$")
+
+local function own(source)
+  return HOME and source:sub(1, #HOME) == HOME or source:match("portman/[%w_]+%.lua$") ~= nil
+end
+
 -- The stack level of the first function outside portman's own modules: the
 -- code that made the bad call, wherever in portman the check happened.
 local function blame_level()
@@ -8,7 +16,7 @@ local function blame_level()
   while true do
     local info = debug.getinfo(level, "S")
     if not info then return 1 end
-    if not info.source:match("portman/[%w_]+%.lua$") then return level - 1 end
+    if not own(info.source) then return level - 1 end
     level = level + 1
   end
 end
