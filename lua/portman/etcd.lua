@@ -190,10 +190,17 @@ local function send(self, path, doc, headers, cb)
   local n = #self._endpoints
   local tried, timeouts, last = 0, 0, "no member tried"
   local attempt
-  local function fail_member(msg, code)
+  -- cut_short: the attempt had less time than a member gets (the call's
+  -- deadline was near), so its timeout says nothing about the member: the
+  -- word and the last answer stay what the other attempts gave
+  local function fail_member(msg, code, cut_short)
     tried = tried + 1
-    if code == "timeout" then timeouts = timeouts + 1 end
-    last = msg
+    if not (cut_short and code == "timeout") then
+      if code == "timeout" then timeouts = timeouts + 1 end
+      last = msg
+    elseif tried == 1 then
+      last = msg
+    end
     self._current = self._current % n + 1
     local left = deadline - now()
     if left <= 0 then
@@ -212,16 +219,15 @@ local function send(self, path, doc, headers, cb)
   attempt = function()
     if not self._http then return cb(nil, "closed: etcd client closed", "closed") end
     local url = self._endpoints[self._current] .. path
-    local left = deadline - now()
-    local req = {url = url, body = body, timeout = math.max(1, math.min(self._attempt, left)),
-                 connect_timeout = math.max(1, math.min(self._attempt, left))}
+    local ms = math.max(1, math.min(self._attempt, deadline - now()))
+    local req = {url = url, body = body, timeout = ms, connect_timeout = ms}
     for k, v in pairs(self._tls) do req[k] = v end
     req.headers = headers
     self._http:request(req, function(res, err, code)
       local ok, a, b, grpc = classify(res, err, code, url)
       if ok then return cb(a) end
       if ok == nil then return cb(nil, a, b, grpc) end
-      fail_member(a, b)
+      fail_member(a, b, ms < math.min(self._attempt, self._timeout))
     end)
   end
   attempt()
