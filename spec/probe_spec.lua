@@ -325,6 +325,24 @@ describe("portman.probe", function()
       assert.equals(fds, fd_count())
     end)
 
+    it("gives a scan only its documented methods", function()
+      local names
+      local r = helpers.loop(function()
+        return require("portman.async").await(function(cb)
+          local scan = probe.start("127.83.0.1", "1-10", {timeout = 100}, cb)
+          names = {}
+          for k in pairs(getmetatable(scan).__index) do
+            if not k:match("^__") then names[#names + 1] = k end
+          end
+          table.sort(names)
+          assert.equals(10, scan:result().total)
+          scan:cancel()
+        end)
+      end)
+      assert.same({"cancel", "result", "stats"}, names)
+      assert.is_true(r.cancelled)
+    end)
+
     it("ends the scan, cancelled, when on_batch raises", function()
       local log = require "portman.log"
       local lines = {}
