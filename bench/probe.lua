@@ -23,7 +23,7 @@ end
 
 local uv = require "luv"
 local portman = require "portman"
-local firewall = require "portman.firewall"
+local probe = require "portman.probe"
 local core = require "portman.core"
 
 local function sh(cmd)
@@ -119,7 +119,7 @@ for _ = 1, ROUNDS do
   rows.cli[#rows.cli + 1] = {wall = wall, user = u, sys = s, ok = same(open, expect), n = #open}
   local u0, s0 = cpu(false)
   local t0 = uv.hrtime()
-  local r = portman.run(function() return firewall.probe("127.0.0.1", "1-65535") end)
+  local r = portman.run(function() return probe.probe("127.0.0.1", "1-65535") end)
   local lwall = (uv.hrtime() - t0) / 1e9
   local u1, s1 = cpu(false)
   rows.lib[#rows.lib + 1] = {wall = lwall, user = u1 - u0, sys = s1 - s0, ok = same(r.open, expect),
@@ -144,7 +144,7 @@ end
 
 local nmap = report("nmap -sT -p- -T5 (baseline)", rows.nmap)
 local cli = report("portman probe (the command)", rows.cli)
-local lib = report("firewall.probe (in-process)", rows.lib)
+local lib = report("probe.probe (in-process)", rows.lib)
 if nmap then
   print(("  speed-up over nmap: %.1fx (the command), %.1fx (in-process); target 2x, goal 3x")
     :format(nmap / cli, nmap / lib))
@@ -166,7 +166,7 @@ else
     :format(core.probe_default_concurrency()))
   for _, conc in ipairs({1000, 2500, 5000, 10000, 0}) do
     local r = portman.run(function()
-      return firewall.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
+      return probe.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
     end)
     local c = conc > 0 and conc or core.probe_default_concurrency()
     local expected = math.ceil(10000 / c) * 250

@@ -1,7 +1,13 @@
 /* portman.allocator: a port pool over the bitmap, with the pick strategy in
  * C so that allocate and release are one C call each from Lua. Option
  * checking lives in lua/portman/allocator.lua; this file trusts its caller
- * only for what that file checks (range and strategy), and checks ports. */
+ * only for what that file checks (range and strategy), and checks ports.
+ *
+ * The object's methods are exactly the documented API (README.md,
+ * portman.allocator), snapshot included. What restore needs besides (the
+ * cursor, the bitmap as text) are functions of the core module, not
+ * methods: core.allocator_cursor, core.allocator_serialize and
+ * core.allocator_load. */
 #include <stdint.h>
 
 #include "pool.h"
@@ -13,6 +19,9 @@
 static const char *const strategies[] = {"sequential", "random", "hash", NULL};
 
 typedef pm_pool allocator;
+
+/* The userdata's user values: what a snapshot keeps that the pool does not. */
+enum { UV_NODE_ID = 1, UV_ALLOW_PRIVILEGED = 2, NUV = 2 };
 
 static pm_bitmap *bitmap_of(allocator *a) { return pm_pool_bitmap(a); }
 
@@ -38,8 +47,9 @@ static void check_range(lua_State *L, lua_Integer lo, lua_Integer hi)
     luaL_argcheck(L, hi >= lo && hi <= PM_PORT_MAX, 2, "port out of range");
 }
 
-/* core.allocator_new(lo, hi, strategy, node_id): the hash strategy starts at
- * node_id's hash, the others at lo. */
+/* core.allocator_new(lo, hi, strategy[, node_id[, allow_privileged]]): the
+ * hash strategy starts at node_id's hash, the others at lo. node_id and
+ * allow_privileged are kept for snapshots. */
 static int l_new(lua_State *L)
 {
     lua_Integer lo = luaL_checkinteger(L, 1);
@@ -51,10 +61,21 @@ static int l_new(lua_State *L)
         size_t len;
         const char *id = luaL_checklstring(L, 4, &len);
         start = pm_hash_start(id, len, (uint32_t)lo, (uint32_t)hi);
+    } else if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TSTRING);
     }
-    allocator *a = lua_newuserdatauv(L, pm_pool_size((uint32_t)lo, (uint32_t)hi), 0);
+    int privileged = lua_toboolean(L, 5);
+    allocator *a = lua_newuserdatauv(L, pm_pool_size((uint32_t)lo, (uint32_t)hi), NUV);
     pm_pool_init(a, (uint32_t)lo, (uint32_t)hi, strategy, start);
     luaL_setmetatable(L, ALLOCATOR);
+    if (lua_type(L, 4) == LUA_TSTRING) {
+        lua_pushvalue(L, 4);
+        lua_setiuservalue(L, -2, UV_NODE_ID);
+    }
+    if (privileged) {
+        lua_pushboolean(L, 1);
+        lua_setiuservalue(L, -2, UV_ALLOW_PRIVILEGED);
+    }
     return 1;
 }
 
@@ -146,7 +167,7 @@ static int l_strategy(lua_State *L)
     return 1;
 }
 
-/* a:_cursor([port]): reads, or sets for a restore. */
+/* core.allocator_cursor(a[, port]): reads, or sets for a restore. */
 static int l_cursor(lua_State *L)
 {
     allocator *a = check_allocator(L);
@@ -179,18 +200,66 @@ static int l_ports(lua_State *L)
     return 3;
 }
 
-static int l_serialize(lua_State *L)
+/* Pushes the bitmap as text ("PMB1 lo-hi a-b,c"). */
+static void push_serialized(lua_State *L, const pm_bitmap *bm)
 {
-    pm_bitmap *bm = bitmap_of(check_allocator(L));
     luaL_Buffer b;
     size_t need = pm_bitmap_serialize(bm, NULL, 0);
     char *out = luaL_buffinitsize(L, &b, need);
     pm_bitmap_serialize(bm, out, need);
     luaL_pushresultsize(&b, need);
+}
+
+/* core.allocator_serialize(a): the allocated ports as text. */
+static int l_serialize(lua_State *L)
+{
+    push_serialized(L, bitmap_of(check_allocator(L)));
     return 1;
 }
 
-/* a:_load(text): raises on a malformed or foreign text, leaving a empty. */
+/* a:snapshot(): a plain, JSON-safe table that allocator.restore turns back
+ * into this pool: {version = 1, range = {lo, hi}, strategy, node_id,
+ * allow_privileged, cursor, bitmap}. */
+static int l_snapshot(lua_State *L)
+{
+    allocator *a = check_allocator(L);
+    pm_bitmap *bm = bitmap_of(a);
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, 1);
+    lua_setfield(L, -2, "version");
+    lua_createtable(L, 2, 0);
+    lua_pushinteger(L, bm->lo);
+    lua_rawseti(L, -2, 1);
+    lua_pushinteger(L, bm->hi);
+    lua_rawseti(L, -2, 2);
+    lua_setfield(L, -2, "range");
+    lua_pushstring(L, strategies[a->strategy]);
+    lua_setfield(L, -2, "strategy");
+    lua_getiuservalue(L, 1, UV_NODE_ID); /* nil when there is none: no field */
+    lua_setfield(L, -2, "node_id");
+    lua_getiuservalue(L, 1, UV_ALLOW_PRIVILEGED);
+    lua_setfield(L, -2, "allow_privileged");
+    lua_pushinteger(L, a->cursor);
+    lua_setfield(L, -2, "cursor");
+    push_serialized(L, bm);
+    lua_setfield(L, -2, "bitmap");
+    return 1;
+}
+
+/* core.is_allocator(v) */
+static int l_is_allocator(lua_State *L)
+{
+    int same = 0;
+    if (lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+        same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+    }
+    lua_pushboolean(L, same);
+    return 1;
+}
+
+/* core.allocator_load(a, text): raises on a malformed or foreign text,
+ * leaving a empty. */
 static int l_load(lua_State *L)
 {
     pm_bitmap *bm = bitmap_of(check_allocator(L));
@@ -241,9 +310,17 @@ static const luaL_Reg methods[] = {
     {"range", l_range},
     {"strategy", l_strategy},
     {"ports", l_ports},
-    {"_cursor", l_cursor},
-    {"_serialize", l_serialize},
-    {"_load", l_load},
+    {"snapshot", l_snapshot},
+    {NULL, NULL},
+};
+
+/* Functions of the core module that need the metatable (as upvalue 1, like
+ * the methods): restore's tools, and the type test. */
+static const luaL_Reg functions[] = {
+    {"allocator_cursor", l_cursor},
+    {"allocator_serialize", l_serialize},
+    {"allocator_load", l_load},
+    {"is_allocator", l_is_allocator},
     {NULL, NULL},
 };
 
@@ -255,24 +332,23 @@ static const luaL_Reg meta[] = {
 
 int pm_open_allocator(lua_State *L)
 {
-    luaL_newmetatable(L, ALLOCATOR);
+    /* the module table is on top: stack [core] */
+    luaL_newmetatable(L, ALLOCATOR); /* [core, mt] */
     lua_pushvalue(L, -1);
     luaL_setfuncs(L, meta, 1);
-    lua_newtable(L);
+    lua_newtable(L); /* [core, mt, methods] */
     lua_pushvalue(L, -2);
     luaL_setfuncs(L, methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    lua_setfield(L, -2, "__index"); /* [core, mt] */
+    lua_pushvalue(L, -2); /* [core, mt, core] */
+    lua_pushvalue(L, -2); /* [core, mt, core, mt] */
+    luaL_setfuncs(L, functions, 1); /* [core, mt, core] */
+    lua_pop(L, 2); /* [core] */
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "allocator_new");
     lua_pushcfunction(L, l_hash_start);
     lua_setfield(L, -2, "hash_start");
     lua_pushcfunction(L, l_fnv1a32);
     lua_setfield(L, -2, "fnv1a32");
-    /* The Lua layer adds its own methods (snapshot) to the same __index. */
-    luaL_getmetatable(L, ALLOCATOR);
-    lua_getfield(L, -1, "__index");
-    lua_setfield(L, -3, "allocator_methods");
-    lua_pop(L, 1);
     return 0;
 }

@@ -1,5 +1,5 @@
 /* portman.probe: the Lua binding of the probe engine (probe.c). The Lua
- * layer (lua/portman/firewall.lua) resolves names and checks options; this
+ * layer (lua/portman/probe.lua) resolves names and checks options; this
  * file checks every argument it is given anyway, since core is reachable. */
 #include <errno.h>
 #include <netdb.h>

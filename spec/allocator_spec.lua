@@ -16,6 +16,28 @@ describe("portman.allocator", function()
     return allocator.new(opts)
   end
 
+  describe("the object", function()
+    it("has exactly the documented methods, none of them internal", function()
+      local a = pool(20000, 20009)
+      local names = {}
+      for name in pairs(getmetatable(a).__index) do
+        assert.is_nil(name:match("^_"), "internal method " .. name)
+        names[#names + 1] = name
+      end
+      table.sort(names)
+      assert.same({"allocate", "allocated", "free", "is_allocated", "ports", "range", "release", "reserve",
+                   "size", "snapshot", "strategy", "utilization"}, names)
+      assert.is_nil(require("portman.core").allocator_methods)
+    end)
+
+    it("is told apart from other values", function()
+      assert.is_true(allocator.is_allocator(pool(20000, 20009)))
+      assert.is_false(allocator.is_allocator({}))
+      assert.is_false(allocator.is_allocator(io.stdout))
+      assert.is_false(allocator.is_allocator(nil))
+    end)
+  end)
+
   describe("new", function()
     it("makes a sequential pool by default", function()
       local a = pool(20000, 20009)
@@ -209,13 +231,13 @@ describe("portman.allocator", function()
         strategy = "hash", node_id = "node-42"} print(a:allocate())]]
       local cmd = ("cd %s && LUA_PATH='lua/?.lua;;' LUA_CPATH='%s/?.so;;' %s -e '%s'")
         :format(helpers.root, os.getenv("PORTMAN_BUILD") or "build", helpers.lua, code)
-      local function run()
+      local function first_port()
         local p = io.popen(cmd)
         local out = p:read("a")
         p:close()
         return math.tointeger(tonumber(out))
       end
-      local first, second = run(), run()
+      local first, second = first_port(), first_port()
       assert.is_not_nil(first)
       assert.equal(first, second)
       assert.equal(30000 + allocator.fnv1a32("node-42") % 10000, first)
@@ -302,6 +324,15 @@ describe("portman.allocator", function()
       assert.same(x, y)
       assert.equal(a:allocate(), copy:allocate()) -- the cursor came along
       assert.same(copy:snapshot().node_id, "db-7")
+    end)
+
+    it("keeps node_id and allow_privileged, and leaves out what was not given", function()
+      local snap = pool(1000, 1009, "sequential", {allow_privileged = true, node_id = "n1"}):snapshot()
+      assert.same({version = 1, range = {1000, 1009}, strategy = "sequential", node_id = "n1",
+                   allow_privileged = true, cursor = 1000, bitmap = "PMB1 1000-1009"}, snap)
+      assert.same({version = 1, range = {20000, 20009}, strategy = "random", cursor = 20000,
+                   bitmap = "PMB1 20000-20009"}, pool(20000, 20009, "random"):snapshot())
+      assert.is_true(allocator.restore(snap):snapshot().allow_privileged)
     end)
 
     it("keeps an empty pool empty", function()

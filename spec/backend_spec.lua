@@ -1,6 +1,7 @@
--- portman.backend: the file backend in full, the interface both kinds
--- share, and the etcd kind's option checks and failure words (the etcd
--- kind against a real cluster is in spec/lab/etcd_spec.lua).
+-- portman.backend: the file kind in full, the interface both kinds share,
+-- and the etcd kind's option checks, failure words and records against a
+-- fake gateway (the etcd kind against a real cluster is in
+-- spec/lab/etcd_spec.lua).
 local helpers = require "helpers"
 
 -- helpers.fd_count collects garbage first: a file another spec left to
@@ -9,20 +10,10 @@ local settled_fds = helpers.fd_count
 local uv = require "luv"
 local cjson = require "cjson"
 local async = require "portman.async"
+local etcd = require "portman.etcd"
 local http_server = require "support.http_server"
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = helpers.write
 
 describe("portman.backend", function()
   local backend, dir, fds
@@ -33,7 +24,7 @@ describe("portman.backend", function()
   end)
   before_each(function()
     backend = require "portman.backend"
-    dir = tmpdir()
+    dir = helpers.tmpdir()
     fds = settled_fds()
   end)
   after_each(function()
@@ -51,6 +42,46 @@ describe("portman.backend", function()
     package.loaded["portman.backend"] = nil
     require "portman.backend"
     assert.same(before, helpers.globals())
+  end)
+
+  -- The methods of a backend object, through its class and what that indexes.
+  local function methods(b)
+    local names, seen = {}, {}
+    local class = getmetatable(b).__index
+    while class do
+      for k in pairs(class) do
+        if not seen[k] and not k:match("^__") then names[#names + 1], seen[k] = k, true end
+      end
+      class = getmetatable(class) and getmetatable(class).__index
+    end
+    table.sort(names)
+    return names
+  end
+
+  it("gives both kinds the one interface, with no internal methods", function()
+    local shared = {"claim", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup", "mirror",
+                    "node", "register", "release", "renew", "services", "start", "watch"}
+    local f = backend.new{path = dir .. "/state.json"}
+    assert.same(shared, methods(f))
+    local e = assert(backend.new{kind = "etcd", endpoints = "http://127.0.0.1:1", cluster = "c"})
+    local etcd_only = {"client", "lease"}
+    local want = {table.unpack(shared)}
+    for _, m in ipairs(etcd_only) do want[#want + 1] = m end
+    table.sort(want)
+    assert.same(want, methods(e))
+    e:close()
+    f:close()
+  end)
+
+  it("blames the caller's line for a bad argument, whichever file of the backend checks it", function()
+    local b = backend.new{path = dir .. "/state.json"}
+    assert.matches("^spec/backend_spec%.lua:%d+: bad argument #1 to 'new' %(unknown kind",
+      helpers.raises(function() local x = backend.new{kind = "zk"} return x end))
+    assert.matches("^spec/backend_spec%.lua:%d+: bad argument #1 to 'new' %(path: string expected%)",
+      helpers.raises(function() local x = backend.new{path = 1} return x end))
+    assert.matches("^spec/backend_spec%.lua:%d+: bad argument #1 to 'claim' %(ns: ",
+      helpers.raises(function() local x = b:claim("a/b", "k", {}, function() end) return x end))
+    b:close()
   end)
 
   describe("file", function()
@@ -250,6 +281,28 @@ describe("portman.backend", function()
         assert.is_false(b:holds("ports", "20000"))
         b:close()
       end)
+    end)
+
+    it("reads records from the gateway's JSON with integral numbers as integers", function()
+      local value = '{"node":"n2","value":{"name":"web","node":"n2","address":"10.0.0.2","port":8080,'
+        .. '"proto":"tcp","metadata":{}}}'
+      local gateway = http_server.start(function()
+        return {body = cjson.encode({header = {revision = "9"}, count = "1",
+          kvs = {{key = etcd.b64encode("/portman/c/services/web/n2"), value = etcd.b64encode(value),
+                  create_revision = "5", mod_revision = "6", version = "1", lease = "77"}}})}
+      end)
+      async.run(function()
+        local b = new{endpoints = "http://127.0.0.1:" .. gateway.port}
+        local records, revision = assert(b:list("services"))
+        assert.equal("9", revision)
+        assert.same({{key = "web/n2", node = "n2", lease = "77", value = {name = "web", node = "n2",
+          address = "10.0.0.2", port = 8080, proto = "tcp", metadata = {}}}}, records)
+        local list = assert(b:lookup("web"))
+        assert.equal(8080, list[1].port)
+        assert.equal("integer", math.type(list[1].port))
+        b:close()
+      end)
+      gateway.close()
     end)
 
     it("closes twice and raises on use after close", function()

@@ -37,6 +37,18 @@ describe("portman.etcd", function()
     assert.same(before, helpers.globals())
   end)
 
+  it("has exactly the documented methods, none of them internal", function()
+    local c = assert(etcd.new{endpoints = "http://127.0.0.1:1"})
+    local names = {}
+    for k in pairs(getmetatable(c).__index) do
+      if not k:match("^__") then names[#names + 1] = k end
+    end
+    table.sort(names)
+    assert.same({"close", "create", "delete", "delete_if_lease", "endpoints", "grant", "keepalive", "put", "range",
+                 "revoke", "watch"}, names)
+    c:close()
+  end)
+
   it("encodes and decodes base64 as RFC 4648 does", function()
     local vectors = {[""] = "", f = "Zg==", fo = "Zm8=", foo = "Zm9v", foob = "Zm9vYg==",
                      fooba = "Zm9vYmE=", foobar = "Zm9vYmFy"}

@@ -1,6 +1,7 @@
 --- Port pools: allocate, reserve and release ports within a range.
--- The bitmap and the pick strategies are C (portman.core); this file checks
--- options and adds snapshots. Strategies:
+-- The bitmap, the pick strategies and the object's methods (snapshot
+-- too) are C (portman.core); this file checks options and restores
+-- snapshots. Strategies:
 --
 -- * `sequential`: the lowest free port at or after a rotating cursor, so a
 --   port just released is not handed out again at once.
@@ -11,14 +12,10 @@ local core = require "portman.core"
 local check = require "portman.check"
 
 local M = {}
-local methods = core.allocator_methods
 local STRATEGIES = {"sequential", "random", "hash"}
 local OPTIONS = {range = true, strategy = true, node_id = true, allow_privileged = true}
 local SNAPSHOT = {version = true, range = true, strategy = true, node_id = true,
                   allow_privileged = true, cursor = true, bitmap = true}
-
--- Options not held in C (node_id, allow_privileged), for snapshots.
-local extra = setmetatable({}, {__mode = "k"})
 
 --- FNV-1a, 32 bits, of a string's bytes.
 M.fnv1a32 = core.fnv1a32
@@ -55,9 +52,7 @@ local function build(fname, opts)
   if strategy == "hash" and not node_id then
     check.argerror(fname, 1, "strategy 'hash' needs node_id")
   end
-  local a = core.allocator_new(lo, hi, strategy, node_id)
-  extra[a] = {node_id = node_id, allow_privileged = opts.allow_privileged and true or nil}
-  return a
+  return core.allocator_new(lo, hi, strategy, node_id, opts.allow_privileged and true or nil)
 end
 
 --- Creates a pool.
@@ -71,19 +66,11 @@ function M.new(opts)
 end
 
 --- Is v an allocator?
-function M.is_allocator(v)
-  return extra[v] ~= nil
-end
+M.is_allocator = core.is_allocator
 
---- A plain table that `allocator.restore` turns back into this pool,
--- JSON-safe (the allocated ports as a text of runs, "PMB1 lo-hi a-b,c").
-function methods:snapshot()
-  local lo, hi = self:range()
-  local x = extra[self]
-  return {version = 1, range = {lo, hi}, strategy = self:strategy(), node_id = x.node_id,
-          allow_privileged = x.allow_privileged, cursor = self:_cursor(),
-          bitmap = self:_serialize()}
-end
+-- `pool:snapshot()` (C) gives a plain, JSON-safe table: version, range,
+-- strategy, node_id, allow_privileged, cursor, and the allocated ports as a
+-- text of runs ("PMB1 lo-hi a-b,c").
 
 --- Rebuilds a pool from `a:snapshot()`.
 -- @raise "bad argument #1 to 'restore' (corrupt snapshot: ...)" on anything
@@ -99,7 +86,7 @@ function M.restore(snap)
   if type(snap.bitmap) ~= "string" then check.argerror("restore", 1, "corrupt snapshot: bitmap") end
   local a = build("restore", {range = snap.range, strategy = snap.strategy,
                               node_id = snap.node_id, allow_privileged = snap.allow_privileged})
-  if not pcall(a._load, a, snap.bitmap) then
+  if not pcall(core.allocator_load, a, snap.bitmap) then
     check.argerror("restore", 1, "corrupt snapshot: bitmap")
   end
   local lo, hi = a:range()
@@ -107,7 +94,7 @@ function M.restore(snap)
   if not cursor or cursor < lo or cursor > hi then
     check.argerror("restore", 1, "corrupt snapshot: cursor")
   end
-  a:_cursor(cursor)
+  core.allocator_cursor(a, cursor)
   return a
 end
 

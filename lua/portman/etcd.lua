@@ -14,10 +14,10 @@
 -- Every call takes a callback as its last argument, or, inside
 -- `portman.run`/`portman.spawn`, yields and returns its results.
 local uv = require "luv"
-local cjson = require "cjson"
 local async = require "portman.async"
 local check = require "portman.check"
 local http = require "portman.http"
+local json = require "portman.json"
 
 local M = {}
 local Client = {}
@@ -136,7 +136,7 @@ function M.new(opts)
                        _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}}, Client)
 end
 
-function Client:_check()
+local function check_open(self)
   if not self._http then error("attempt to use a closed portman.etcd client", 3) end
 end
 
@@ -162,13 +162,14 @@ local function classify(res, err, code, url)
     if FINAL_TRANSPORT[code] then return nil, err, code end
     return false, err, code
   end
-  local ok, doc = pcall(cjson.decode, res.body)
+  local doc = json.decode(res.body)
+  local ok = type(doc) == "table"
   if res.status == 200 then
-    if ok and type(doc) == "table" then return true, doc end
+    if ok then return true, doc end
     return nil, "protocol: etcd sent a body that is not JSON (" .. url .. ")", "protocol"
   end
-  local msg = ok and type(doc) == "table" and (doc.error or doc.message) or res.body:sub(1, 200)
-  local grpc = ok and type(doc) == "table" and math.tointeger(doc.code)
+  local msg = ok and (doc.error or doc.message) or res.body:sub(1, 200)
+  local grpc = ok and math.tointeger(doc.code)
   msg = ("etcd %s: %s (HTTP %d)"):format(url, tostring(msg), res.status)
   if res.status >= 500 and not grpc or RETRY_GRPC[grpc] then
     return false, "unreachable: " .. msg, "unreachable"
@@ -183,16 +184,23 @@ end
 --- Sends a gateway method (path such as "/v3/kv/range") a JSON document
 -- with extra headers; cb(answer) or cb(nil, msg, code, grpc_code), with
 -- failover as above.
-function Client:_send(path, doc, headers, cb)
-  local body = cjson.encode(doc)
+local function send(self, path, doc, headers, cb)
+  local body = json.encode(doc)
   local deadline = now() + self._timeout
   local n = #self._endpoints
   local tried, timeouts, last = 0, 0, "no member tried"
   local attempt
-  local function fail_member(msg, code)
+  -- cut_short: the attempt had less time than a member gets (the call's
+  -- deadline was near), so its timeout says nothing about the member: the
+  -- word and the last answer stay what the other attempts gave
+  local function fail_member(msg, code, cut_short)
     tried = tried + 1
-    if code == "timeout" then timeouts = timeouts + 1 end
-    last = msg
+    if not (cut_short and code == "timeout") then
+      if code == "timeout" then timeouts = timeouts + 1 end
+      last = msg
+    elseif tried == 1 then
+      last = msg
+    end
     self._current = self._current % n + 1
     local left = deadline - now()
     if left <= 0 then
@@ -211,16 +219,15 @@ function Client:_send(path, doc, headers, cb)
   attempt = function()
     if not self._http then return cb(nil, "closed: etcd client closed", "closed") end
     local url = self._endpoints[self._current] .. path
-    local left = deadline - now()
-    local req = {url = url, body = body, timeout = math.max(1, math.min(self._attempt, left)),
-                 connect_timeout = math.max(1, math.min(self._attempt, left))}
+    local ms = math.max(1, math.min(self._attempt, deadline - now()))
+    local req = {url = url, body = body, timeout = ms, connect_timeout = ms}
     for k, v in pairs(self._tls) do req[k] = v end
     req.headers = headers
     self._http:request(req, function(res, err, code)
       local ok, a, b, grpc = classify(res, err, code, url)
       if ok then return cb(a) end
       if ok == nil then return cb(nil, a, b, grpc) end
-      fail_member(a, b)
+      fail_member(a, b, ms < math.min(self._attempt, self._timeout))
     end)
   end
   attempt()
@@ -229,7 +236,7 @@ end
 -- etcd's own auth: the gateway takes a token from /v3/auth/authenticate in
 -- the Authorization header (not HTTP basic auth). cb(headers) with the
 -- token's header, nil headers without auth, or cb(false, msg, code).
-function Client:_auth_headers(cb)
+local function auth_headers(self, cb)
   if not self._auth then return cb(nil) end
   if self._token then return cb({"Authorization: " .. self._token}) end
   if self._authing then
@@ -237,7 +244,7 @@ function Client:_auth_headers(cb)
     return
   end
   self._authing = {cb}
-  self:_send("/v3/auth/authenticate", self._auth, nil, function(res, err, code, grpc)
+  send(self, "/v3/auth/authenticate", self._auth, nil, function(res, err, code, grpc)
     local waiting = self._authing
     self._authing = nil
     if res and type(res.token) == "string" then
@@ -255,11 +262,11 @@ end
 
 --- Calls a gateway method: _send with the auth token when the client has
 -- a user; an expired token is replaced once.
-function Client:_call(path, doc, cb)
+local function call(self, path, doc, cb)
   local function go(retried)
-    self:_auth_headers(function(headers, err, code)
+    auth_headers(self, function(headers, err, code)
       if headers == false then return cb(nil, err, code) end
-      self:_send(path, doc, headers, function(res, serr, scode, grpc)
+      send(self, path, doc, headers, function(res, serr, scode, grpc)
         if not res and grpc == 16 and headers and not retried then
           self._token = nil -- etcd drops an idle simple token: authenticate again
           return go(true)
@@ -290,14 +297,14 @@ end
 -- @return[2] nil, msg, code
 Client.range = async.adapt(function(self, key, opts, cb)
   if type(opts) == "function" then cb, opts = opts, nil end
-  self:_check()
+  check_open(self)
   check_key("range", 1, key)
   opts = opts or {}
   local doc = {key = M.b64encode(key)}
   local range_end = opts.prefix and M.prefix_end(key) or opts.range_end
   if range_end then doc.range_end = M.b64encode(range_end) end
   if opts.limit then doc.limit = tostring(opts.limit) end
-  self:_call("/v3/kv/range", doc, function(res, err, code)
+  call(self, "/v3/kv/range", doc, function(res, err, code)
     if not res then return cb(nil, err, code) end
     local kvs = {}
     for i, raw in ipairs(res.kvs or {}) do kvs[i] = kv_of(raw) end
@@ -310,11 +317,11 @@ end)
 -- @return[2] nil, msg, code (`not_found` when the lease has lapsed)
 Client.put = async.adapt(function(self, key, value, opts, cb)
   if type(opts) == "function" then cb, opts = opts, nil end
-  self:_check()
+  check_open(self)
   check_key("put", 1, key)
   if type(value) ~= "string" then check.argerror("put", 2, "string expected, got " .. type(value)) end
   local doc = {key = M.b64encode(key), value = M.b64encode(value), lease = opts and opts.lease}
-  self:_call("/v3/kv/put", doc, function(res, err, code)
+  call(self, "/v3/kv/put", doc, function(res, err, code)
     if not res then return cb(nil, err, code) end
     cb(res.header and res.header.revision or "0")
   end)
@@ -325,11 +332,11 @@ end)
 -- @return[2] nil, msg, code
 Client.delete = async.adapt(function(self, key, opts, cb)
   if type(opts) == "function" then cb, opts = opts, nil end
-  self:_check()
+  check_open(self)
   check_key("delete", 1, key)
   local doc = {key = M.b64encode(key)}
   if opts and opts.prefix then doc.range_end = M.b64encode(M.prefix_end(key)) end
-  self:_call("/v3/kv/deleterange", doc, function(res, err, code)
+  call(self, "/v3/kv/deleterange", doc, function(res, err, code)
     if not res then return cb(nil, err, code) end
     cb(math.tointeger(tonumber(res.deleted or "0")))
   end)
@@ -342,7 +349,7 @@ end)
 -- @return[2] nil, msg, code (`not_found` when the lease has lapsed)
 Client.create = async.adapt(function(self, key, value, lease, cb)
   if type(lease) == "function" then cb, lease = lease, nil end
-  self:_check()
+  check_open(self)
   check_key("create", 1, key)
   if type(value) ~= "string" then check.argerror("create", 2, "string expected, got " .. type(value)) end
   local k = M.b64encode(key)
@@ -351,7 +358,7 @@ Client.create = async.adapt(function(self, key, value, lease, cb)
     success = {{request_put = {key = k, value = M.b64encode(value), lease = lease}}},
     failure = {{request_range = {key = k}}},
   }
-  self:_call("/v3/kv/txn", doc, function(res, err, code)
+  call(self, "/v3/kv/txn", doc, function(res, err, code)
     if not res then return cb(nil, err, code) end
     if res.succeeded then return cb(true) end
     local r = res.responses and res.responses[1] and res.responses[1].response_range
@@ -366,13 +373,13 @@ end)
 --   lease holds it
 -- @return[2] nil, msg, code
 Client.delete_if_lease = async.adapt(function(self, key, lease, cb)
-  self:_check()
+  check_open(self)
   check_key("delete_if_lease", 1, key)
   if type(lease) ~= "string" then check.argerror("delete_if_lease", 2, "lease id (string) expected") end
   local k = M.b64encode(key)
   local doc = {compare = {{key = k, result = "EQUAL", target = "LEASE", lease = lease}},
                success = {{request_delete_range = {key = k}}}}
-  self:_call("/v3/kv/txn", doc, function(res, err, code)
+  call(self, "/v3/kv/txn", doc, function(res, err, code)
     if not res then return cb(nil, err, code) end
     cb(res.succeeded == true)
   end)
@@ -382,11 +389,11 @@ end)
 -- @return[1] `{id = "N", ttl = seconds}`
 -- @return[2] nil, msg, code
 Client.grant = async.adapt(function(self, ttl, cb)
-  self:_check()
+  check_open(self)
   if math.type(ttl) ~= "integer" or ttl < 1 then
     check.argerror("grant", 1, "ttl: positive integer expected")
   end
-  self:_call("/v3/lease/grant", {TTL = tostring(ttl)}, function(res, err, code)
+  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, function(res, err, code)
     if not res then return cb(nil, err, code) end
     if res.error and res.error ~= "" then return cb(nil, "protocol: etcd: " .. res.error, "protocol") end
     cb({id = res.ID, ttl = math.tointeger(tonumber(res.TTL or "0"))})
@@ -398,9 +405,9 @@ end)
 --   does not revive it: grant a new one)
 -- @return[2] nil, msg, code
 Client.keepalive = async.adapt(function(self, id, cb)
-  self:_check()
+  check_open(self)
   if type(id) ~= "string" then check.argerror("keepalive", 1, "lease id (string) expected") end
-  self:_call("/v3/lease/keepalive", {ID = id}, function(res, err, code)
+  call(self, "/v3/lease/keepalive", {ID = id}, function(res, err, code)
     if not res then return cb(nil, err, code) end
     local r = res.result or {}
     if res.error then return cb(nil, "protocol: etcd: " .. tostring(res.error.message), "protocol") end
@@ -413,13 +420,15 @@ end)
 -- @return[1] true (also for a lease that had lapsed already)
 -- @return[2] nil, msg, code
 Client.revoke = async.adapt(function(self, id, cb)
-  self:_check()
+  check_open(self)
   if type(id) ~= "string" then check.argerror("revoke", 1, "lease id (string) expected") end
-  self:_call("/v3/lease/revoke", {ID = id}, function(res, err, code)
+  call(self, "/v3/lease/revoke", {ID = id}, function(res, err, code)
     if not res and code ~= "not_found" then return cb(nil, err, code) end
     cb(true)
   end)
 end)
+
+local watch_start -- below, with the rest of the watch stream
 
 --- Follows every key under prefix: fn(event) for each change, with
 -- `event = {type = "put" | "delete", key, value, lease, mod_revision}`,
@@ -433,7 +442,7 @@ end)
 -- @return a watcher with `:close()`
 Client.watch = function(self, prefix, opts, fn)
   if type(opts) == "function" then fn, opts = opts, nil end
-  self:_check()
+  check_open(self)
   check_key("watch", 1, prefix)
   if type(fn) ~= "function" then check.argerror("watch", 3, "function expected") end
   local w = {_client = self, _prefix = prefix, _fn = fn, _closed = false,
@@ -448,15 +457,15 @@ Client.watch = function(self, prefix, opts, fn)
     if w._timer then w._timer:stop(); w._timer:close(); w._timer = nil end
   end
   w.close = W.close
-  self:_watch_start(w)
+  watch_start(self, w)
   return setmetatable(W, {__index = {closed = function() return w._closed end}})
 end
 
-function Client:_watch_retry(w)
+local function watch_retry(self, w)
   if w._closed or not self._http then return end
   self._current = self._current % #self._endpoints + 1
   w._timer = w._timer or uv.new_timer()
-  w._timer:start(200, 0, function() self:_watch_start(w) end)
+  w._timer:start(200, 0, function() watch_start(self, w) end)
 end
 
 local function watch_event(w, raw)
@@ -487,21 +496,13 @@ local function watch_message(w, doc)
   end
 end
 
-function Client:_watch_start(w)
-  if w._closed or not self._http then return end
-  self:_auth_headers(function(headers)
-    if headers == false then return self:_watch_retry(w) end
-    self:_watch_open(w, headers)
-  end)
-end
-
-function Client:_watch_open(w, headers)
+local function watch_open(self, w, headers)
   if w._closed or not self._http then return end
   local create = {key = M.b64encode(w._prefix), range_end = M.b64encode(M.prefix_end(w._prefix))}
   if w._next then create.start_revision = w._next end
   local buf = ""
   local url = self._endpoints[self._current] .. "/v3/watch"
-  local req = {url = url, body = cjson.encode({create_request = create}),
+  local req = {url = url, body = json.encode({create_request = create}),
                connect_timeout = self._attempt, headers = headers}
   for k, v in pairs(self._tls) do req[k] = v end
   req.on_data = function(chunk)
@@ -510,21 +511,30 @@ function Client:_watch_open(w, headers)
       local line, rest = buf:match("^([^\n]*)\n(.*)$")
       if not line then break end
       buf = rest
-      local ok, doc = pcall(cjson.decode, line)
-      if ok and type(doc) == "table" and type(doc.error) == "table" and doc.error.http_code == 401 then
+      local doc = json.decode(line)
+      local ok = type(doc) == "table"
+      if ok and type(doc.error) == "table" and doc.error.http_code == 401 then
         self._token = nil -- an expired token: the retry authenticates again
       end
       if ok and watch_message(w, doc) == "reset" and w._id then
         self._http:cancel(w._id)
         w._id = nil
-        return self:_watch_start(w)
+        return watch_start(self, w)
       end
     end
   end
   w._id = self._http:request(req, function()
     -- the stream ended: its member went away or closed it
     w._id = nil
-    self:_watch_retry(w)
+    watch_retry(self, w)
+  end)
+end
+
+function watch_start(self, w)
+  if w._closed or not self._http then return end
+  auth_headers(self, function(headers)
+    if headers == false then return watch_retry(self, w) end
+    watch_open(self, w, headers)
   end)
 end
 

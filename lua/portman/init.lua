@@ -6,9 +6,9 @@ local M = {version = "0.1.0"}
 
 local SUBMODULES = {
   admin = true, allocator = true, async = true, backend = true, check = true, cmd = true,
-  daemon = true, etcd = true, firewall = true, health = true, http = true, json = true,
+  daemon = true, etcd = true, health = true, http = true, json = true,
   listener = true, listeners = true, log = true, manager = true, nat = true, netaddr = true,
-  registry = true, resolver = true, state = true, stun = true,
+  probe = true, registry = true, resolver = true, state = true, stun = true, tunnel = true,
 }
 
 setmetatable(M, {__index = function(t, name)

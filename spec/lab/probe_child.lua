@@ -12,7 +12,7 @@ local uv = require "luv"
 local cjson = require "cjson"
 local helpers = require "helpers"
 local portman = require "portman"
-local firewall = require "portman.firewall"
+local probe = require "portman.probe"
 
 -- portman.json keeps integral numbers integers (cjson gives floats)
 local mode, args = arg[1], assert(require("portman.json").decode(arg[2] or "{}"))
@@ -71,13 +71,13 @@ function modes.probe()
         most = math.max(most, sockets() - base)
         scan:cancel()
       end)
-      scan = firewall.start(args.host, args.ports, opts, function(...)
+      scan = probe.start(args.host, args.ports, opts, function(...)
         sampler:close()
         coroutine.resume(co, ...)
       end)
       return coroutine.yield()
     end
-    local r, e, c = firewall.probe(args.host, args.ports, opts)
+    local r, e, c = probe.probe(args.host, args.ports, opts)
     sampler:close()
     return r, e, c
   end)
@@ -107,8 +107,8 @@ function modes.range()
   listen("0.0.0.0", 30)
   listen("::", 30, false) -- dual-stack: reachable as 127.0.0.1 too
   local r4, r6 = portman.run(function()
-    return firewall.probe("127.0.0.1", "1-65535", {timeout = 2000}),
-           firewall.probe("::1", "1-65535", {timeout = 2000})
+    return probe.probe("127.0.0.1", "1-65535", {timeout = 2000}),
+           probe.probe("::1", "1-65535", {timeout = 2000})
   end)
   local doc = {
     v4 = lists(r4), v6 = lists(r6), listeners = #handles,
@@ -123,7 +123,7 @@ function modes.range()
 end
 
 function modes.selfconnect()
-  local r = portman.run(function() return firewall.probe("127.0.0.1", {args.port}, {timeout = 1000}) end)
+  local r = portman.run(function() return probe.probe("127.0.0.1", {args.port}, {timeout = 1000}) end)
   local t = uv.new_tcp()
   local naive
   t:connect("127.0.0.1", args.port, function(err)

@@ -4,7 +4,7 @@
 -- is killed.
 -- usage: lua5.4 etcd_node.lua ENDPOINTS CLUSTER NODE TTL LO-HI COUNT
 local root = arg[0]:match("^(.*)/spec/support/[^/]*$") or "."
-package.path = root .. "/lua/?.lua;" .. package.path
+package.path = root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
 package.cpath = (os.getenv("PORTMAN_BUILD") or root .. "/build") .. "/?.so;" .. package.cpath
 local cjson = require "cjson"
 local async = require "portman.async"

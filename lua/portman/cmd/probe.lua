@@ -2,7 +2,7 @@
 local uv = require "luv"
 local async = require "portman.async"
 local json = require "portman.json"
-local probe = require "portman.firewall"
+local probe = require "portman.probe"
 local cmd = require "portman.cmd"
 
 local LISTED = {"open", "filtered", "unreachable", "error"}
@@ -77,7 +77,7 @@ return {probe = {
     if not opts.json and uv.guess_handle(2) == "tty" then draw, clear = progress_bar(ctx.errout) end
     local result, err, code = async.run(function()
       return probe.probe(opts.host, ports, {timeout = opts.timeout, concurrency = opts.concurrency,
-        on_batch = draw and function(_, scan) draw(scan._result) end})
+        on_batch = draw and function(_, scan) draw(scan:result()) end})
     end)
     if clear then clear() end
     if not result then return nil, err, code end

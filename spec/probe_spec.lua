@@ -1,31 +1,17 @@
--- portman.firewall and the probe engine on loopback, with listeners this
+-- portman.probe and the probe engine on loopback, with listeners this
 -- spec opens. The lab spec (spec/lab/probe_lab_spec.lua) adds what needs a
 -- namespace: filtered by nftables, ICMP unreachable, whole-range exactness,
 -- self-connect.
 local helpers = require "helpers"
 local uv = require "luv"
 local cjson = require "cjson"
-
--- Runs fn as a portman task until it returns, even while the spec's own
--- listeners keep the loop alive (portman.run would wait for them).
-local function run(fn)
-  local async = require "portman.async"
-  local results
-  async.spawn(function()
-    results = table.pack(xpcall(fn, debug.traceback))
-    uv.stop()
-  end)
-  if not results then uv.run() end
-  assert(results, "the task never finished")
-  if not results[1] then error(results[2], 0) end
-  return table.unpack(results, 2, results.n)
-end
+local engine = require "portman.engine"
 
 -- This process's fds of the kinds the probes, servers and clients here
 -- open (sockets and epoll instances; only sockets with kind "socket"),
 -- after a collection has closed what garbage held. Pipes and files are left
 -- out: libuv's worker threads and the shell commands run here open them on
--- their own schedules.
+-- their own schedules. (helpers.fd_count counts every kind.)
 local function fd_count(kind)
   collectgarbage()
   collectgarbage()
@@ -61,12 +47,15 @@ end
 local V4 = {"0100007F", "00000000"} -- 127.0.0.1, 0.0.0.0
 local V6 = {"00000000000000000000000001000000", "00000000000000000000000000000000"} -- ::1, ::
 
+-- n listeners on host, unreferenced: helpers.loop runs a task until the
+-- loop is idle, and they must not keep it busy.
 local function listen_tcp(host, n)
   local handles, ports = {}, {}
   for i = 1, n do
     local t = uv.new_tcp()
     assert(t:bind(host, 0))
     assert(t:listen(16, function() end))
+    t:unref()
     handles[i], ports[i] = t, t:getsockname().port
   end
   return handles, ports
@@ -91,56 +80,51 @@ local function concat(...)
   return out
 end
 
--- Drives a core probe on the loop like firewall.probe does; on_batch may
--- return true to cancel; setup(pump) may arrange more before the loop runs.
--- Returns the results in the order they came, and the final stats.
-local function drive(probe, on_batch, setup)
-  local states, poll, timer = {}, uv.new_poll(probe:fd()), uv.new_timer()
-  local stats
-  local function pump()
-    if stats then return end
-    local batch = probe:step()
-    for i = 1, batch.n do
-      states[#states + 1] = {port = batch.port[i], state = batch.state[i], error = batch.error[i]}
-    end
-    if batch.n > 0 and on_batch and on_batch(batch) then probe:cancel() end
-    local ms = probe:timeout()
-    if not ms then
-      stats = probe:stats()
-      poll:close()
-      timer:close()
-      return uv.stop()
-    end
-    timer:start(ms, 0, pump)
-  end
-  poll:start("r", pump)
-  if setup then setup(pump) end
-  pump()
-  uv.run()
+-- Drives a core probe on the loop like probe.probe does; on_batch may
+-- Drives a core probe on the loop with portman.engine, as portman.probe
+-- does; on_batch may return true to cancel; setup(arm) may arrange more
+-- before the loop runs. Returns the results in the order they came, and the
+-- final stats.
+local function drive(eng, on_batch, setup)
+  local states, stats, driver = {}, nil, nil
+  driver = engine.drive(eng, {name = "probe spec",
+    on_batch = function(batch)
+      for i = 1, batch.n do
+        states[#states + 1] = {port = batch.port[i], state = batch.state[i], error = batch.error[i]}
+      end
+      if batch.n > 0 and on_batch and on_batch(batch) then eng:cancel() end
+    end,
+    on_idle = function()
+      stats = eng:stats()
+      driver:close()
+    end})
+  if setup then setup(function() driver:arm() end) end
+  driver:arm()
+  assert(helpers.run_until(function() return stats ~= nil end, 30000), "the probe did not finish")
   return states, stats
 end
 
-describe("portman.firewall", function()
-  local firewall, core
+describe("portman.probe", function()
+  local probe, core
 
   it("leaves _G alone when required", function()
     local before = helpers.globals()
-    firewall = require "portman.firewall"
+    probe = require "portman.probe"
     core = require "portman.core"
     for k in pairs(helpers.globals()) do assert.is_true(before[k], k) end
-    assert.equals(firewall, require("portman").firewall)
+    assert.equals(probe, require("portman").probe)
   end)
 
   describe("parse_ports", function()
     it("takes ranges and lists, sorted, each port once", function()
-      assert.same({22, 80, 8000, 8001, 8002}, firewall.parse_ports("8000-8002,80,22,8001"))
-      assert.same({1, 2, 65535}, firewall.parse_ports({65535, 2, 1, 2.0}))
-      assert.equals(65535, #firewall.parse_ports("1-65535"))
+      assert.same({22, 80, 8000, 8001, 8002}, probe.parse_ports("8000-8002,80,22,8001"))
+      assert.same({1, 2, 65535}, probe.parse_ports({65535, 2, 1, 2.0}))
+      assert.equals(65535, #probe.parse_ports("1-65535"))
     end)
 
     it("rejects bad lists with the port named", function()
       local function err(spec)
-        return helpers.raises(firewall.parse_ports, spec):gsub("^[^:]*:%d+: ", "")
+        return helpers.raises(probe.parse_ports, spec):gsub("^[^:]*:%d+: ", "")
       end
       assert.equals("bad argument #1 to 'parse_ports' (ports: '0' in '0-5' is not a port in 1-65535)",
                     err("0-5"))
@@ -163,12 +147,12 @@ describe("portman.firewall", function()
   describe("probe arguments", function()
     local cb = function() end
     local function err(...)
-      return helpers.raises(firewall.probe, ...)
+      return helpers.raises(probe.probe, ...)
     end
 
     it("raise in Lua's words, blaming the caller", function()
-      local msg = helpers.raises(function() firewall.probe(nil, "80", cb) end)
-      assert.matches("^spec/firewall_spec%.lua:%d+: ", msg)
+      local msg = helpers.raises(function() probe.probe(nil, "80", cb) end)
+      assert.matches("^spec/probe_spec%.lua:%d+: ", msg)
       assert.matches("bad argument #1 to 'probe' (host: non-empty string expected, got nil)", msg, 1, true)
       assert.matches("bad argument #2 to 'probe' (ports: '0' in '0' is not a port in 1-65535)",
                      err("127.0.0.1", "0", cb), 1, true)
@@ -187,10 +171,22 @@ describe("portman.firewall", function()
     end)
 
     it("a name that does not resolve gives not_found", function()
-      local r, msg, code = run(function() return firewall.probe("no-such-host.invalid", "80") end)
+      local r, msg, code = helpers.loop(function() return probe.probe("no-such-host.invalid", "80") end)
       assert.is_nil(r)
       assert.equals("not_found", code)
       assert.matches("^not_found: cannot resolve no%-such%-host%.invalid", msg)
+    end)
+
+    it("takes a literal address as it is, in the family asked for only", function()
+      local r, msg, code = helpers.loop(function()
+        return probe.probe("127.0.0.1", "1", {family = "inet6", timeout = 100})
+      end)
+      assert.is_nil(r)
+      assert.equals("not_found", code)
+      assert.equals("not_found: cannot resolve 127.0.0.1: an inet address, not inet6", msg)
+      r = helpers.loop(function() return probe.probe("[::1]", "1", {family = "inet6", timeout = 100}) end)
+      assert.equals("::1", r.address)
+      assert.equals("inet6", r.family)
     end)
   end)
 
@@ -278,9 +274,9 @@ describe("portman.firewall", function()
       local closed4, closed6 = free_ports("127.0.0.1", 40), free_ports("::1", 20)
       local ports4, ports6 = concat(open4, closed4), concat(open6, closed6)
       local before4, before6 = proc_listeners("/proc/net/tcp", V4), proc_listeners("/proc/net/tcp6", V6)
-      local r4, r6 = run(function()
-        return firewall.probe("127.0.0.1", ports4, {timeout = 2000}),
-               firewall.probe("::1", ports6, {timeout = 2000})
+      local r4, r6 = helpers.loop(function()
+        return probe.probe("127.0.0.1", ports4, {timeout = 2000}),
+               probe.probe("::1", ports6, {timeout = 2000})
       end)
       local after4, after6 = proc_listeners("/proc/net/tcp", V4), proc_listeners("/proc/net/tcp6", V6)
       local cases = {{r4, ports4, before4, after4, "inet"}, {r6, ports6, before6, after6, "inet6"}}
@@ -311,9 +307,9 @@ describe("portman.firewall", function()
     it("streams batches and cancels on request", function()
       local fds = fd_count()
       local batches = 0
-      local r = run(function()
+      local r = helpers.loop(function()
         -- 127.83.0.1: loopback, where only wildcard listeners answer
-        return firewall.probe("127.83.0.1", "1-65535", {on_batch = function(batch, scan)
+        return probe.probe("127.83.0.1", "1-65535", {on_batch = function(batch, scan)
           batches = batches + 1
           assert.equals(4096, batch.n)
           assert.equals(4096, #batch.port)
@@ -329,14 +325,32 @@ describe("portman.firewall", function()
       assert.equals(fds, fd_count())
     end)
 
+    it("gives a scan only its documented methods", function()
+      local names
+      local r = helpers.loop(function()
+        return require("portman.async").await(function(cb)
+          local scan = probe.start("127.83.0.1", "1-10", {timeout = 100}, cb)
+          names = {}
+          for k in pairs(getmetatable(scan).__index) do
+            if not k:match("^__") then names[#names + 1] = k end
+          end
+          table.sort(names)
+          assert.equals(10, scan:result().total)
+          scan:cancel()
+        end)
+      end)
+      assert.same({"cancel", "result", "stats"}, names)
+      assert.is_true(r.cancelled)
+    end)
+
     it("ends the scan, cancelled, when on_batch raises", function()
       local log = require "portman.log"
       local lines = {}
       local out = log.out
       log.out = {write = function(_, ...) lines[#lines + 1] = table.concat({...}) end, flush = function() end}
       local ports = free_ports("::1", 5)
-      local r = run(function()
-        return firewall.probe("[::1]", ports, {on_batch = function() error("boom") end})
+      local r = helpers.loop(function()
+        return probe.probe("[::1]", ports, {on_batch = function() error("boom") end})
       end)
       log.out = out
       assert.is_true(r.cancelled)
@@ -379,16 +393,16 @@ describe("portman.firewall", function()
       local port, stop = full_listener()
       local targets = {}
       for i = 1, 40 do targets[i] = port end
-      local probe = core.probe_new("tcp", {"127.0.0.1"}, targets, 60, 8)
+      local eng = core.probe_new("tcp", {"127.0.0.1"}, targets, 60, 8)
       local sockets = socket_count()
       local most, samples = 0, 0
       local sampler = uv.new_timer()
       sampler:start(0, 7, function()
         most, samples = math.max(most, socket_count() - sockets), samples + 1
       end)
-      local states, stats = drive(probe, function()
+      local states, stats = drive(eng, function()
         most = math.max(most, socket_count() - sockets)
-        if probe:done() then sampler:close() end
+        if eng:done() then sampler:close() end
       end)
       assert.equals(40, #states)
       for _, r in ipairs(states) do assert.equals("filtered", r.state) end
@@ -397,7 +411,7 @@ describe("portman.firewall", function()
       assert.is_true(samples >= 3)
       assert.equals(8, most) -- sockets in flight at the fullest
       assert.equals(sockets, socket_count())
-      probe:close()
+      eng:close()
       stop()
       assert.equals(fds, fd_count())
     end)
@@ -405,24 +419,24 @@ describe("portman.firewall", function()
     it("closes the sockets in flight when cancelled", function()
       local fds = fd_count()
       local port, stop = full_listener()
-      local probe = core.probe_new("tcp", {"127.0.0.1"}, {port, port, port, port, port, port}, 10000, 4)
+      local eng = core.probe_new("tcp", {"127.0.0.1"}, {port, port, port, port, port, port}, 10000, 4)
       local sockets = socket_count()
       local t = uv.new_timer()
       local inflight
-      local states, stats = drive(probe, nil, function(pump)
+      local states, stats = drive(eng, nil, function(arm)
         t:start(20, 0, function()
           t:close()
           inflight = socket_count() - sockets
-          probe:cancel()
-          pump()
+          eng:cancel()
+          arm()
         end)
       end)
       assert.equals(4, inflight)
       assert.equals(0, #states)
       assert.equals(0, stats.inflight)
-      assert.is_true(probe:done())
+      assert.is_true(eng:done())
       assert.equals(sockets, socket_count())
-      probe:close()
+      eng:close()
       stop()
       assert.equals(fds, fd_count())
     end)
@@ -441,6 +455,8 @@ describe("portman.firewall", function()
           if not err and data then echo:send("pong", addr.ip, addr.port) end
         end)
         silent:recv_start(function() end)
+        echo:unref() -- as listen_tcp's
+        silent:unref()
         local ports = {echo = echo:getsockname().port, silent = silent:getsockname().port,
                        gone = gone:getsockname().port}
         gone:close()
@@ -448,9 +464,9 @@ describe("portman.firewall", function()
         cases[host] = ports
       end
       local results = {}
-      run(function()
+      helpers.loop(function()
         for host, ports in pairs(cases) do
-          results[host] = firewall.probe(host, {ports.echo, ports.silent, ports.gone},
+          results[host] = probe.probe(host, {ports.echo, ports.silent, ports.gone},
                                          {proto = "udp", payload = "ping", timeout = 150})
         end
       end)
@@ -471,8 +487,8 @@ describe("portman.firewall", function()
     it("takes the first open port in priority order", function()
       local h, open = listen_tcp("127.0.0.1", 2)
       local closed = free_ports("127.0.0.1", 2)
-      local port, r = run(function()
-        return firewall.select_port("127.0.0.1", {closed[1], open[2], closed[2], open[1]}, {timeout = 500})
+      local port, r = helpers.loop(function()
+        return probe.select_port("127.0.0.1", {closed[1], open[2], closed[2], open[1]}, {timeout = 500})
       end)
       assert.equals(open[2], port)
       assert.equals("closed", r.ports[closed[1]])
@@ -483,11 +499,11 @@ describe("portman.firewall", function()
       local closed = free_ports("127.0.0.1", 1)
       local listening = proc_listeners("/proc/net/tcp", V4)
       local expect
-      for _, p in ipairs(firewall.FRIENDLY_PORTS) do
+      for _, p in ipairs(probe.FRIENDLY_PORTS) do
         if listening[p] then expect = p break end
       end
-      local port, msg, code = run(function()
-        return firewall.select_port("127.0.0.1", closed, {timeout = 500})
+      local port, msg, code = helpers.loop(function()
+        return probe.select_port("127.0.0.1", closed, {timeout = 500})
       end)
       if expect then
         assert.equals(expect, port)
@@ -498,222 +514,7 @@ describe("portman.firewall", function()
                       :format(closed[1]), msg)
       end
       assert.matches("bad argument #2 to 'select_port' (preferred[1]: port out of range 1-65535)",
-                     helpers.raises(firewall.select_port, "127.0.0.1", {0}, function() end), 1, true)
-    end)
-  end)
-
-  describe("WebSocket and CONNECT helpers", function()
-    it("hashes and encodes as RFC 3174, RFC 4648 and RFC 6455 say", function()
-      local function hex(s) return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
-      assert.equals("da39a3ee5e6b4b0d3255bfef95601890afd80709", hex(firewall.sha1("")))
-      assert.equals("a9993e364706816aba3e25717850c26c9cd0d89d", hex(firewall.sha1("abc")))
-      assert.equals("84983e441c3bd26ebaae4aa1f95129e5e54670f1",
-                    hex(firewall.sha1("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")))
-      local b64 = {[""] = "", f = "Zg==", fo = "Zm8=", foo = "Zm9v", foob = "Zm9vYg==", fooba = "Zm9vYmE=",
-                   foobar = "Zm9vYmFy"}
-      for k, v in pairs(b64) do assert.equals(v, firewall.base64(k)) end
-      -- RFC 6455 section 1.3's example
-      assert.equals("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", firewall.websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="))
-    end)
-
-    it("agrees with openssl on every padding boundary", function()
-      for _, n in ipairs({1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 200}) do
-        local s = ("x"):rep(n - 1) .. string.char(n % 256)
-        local path = os.tmpname()
-        local f = assert(io.open(path, "wb"))
-        f:write(s)
-        f:close()
-        local p = io.popen("env -u LD_PRELOAD openssl sha1 -binary < " .. path
-                           .. " | env -u LD_PRELOAD openssl base64")
-        local want = p:read("l")
-        p:close()
-        os.remove(path)
-        assert.equals(want, firewall.base64(firewall.sha1(s)), "length " .. n)
-      end
-    end)
-
-    it("builds and validates a WebSocket upgrade", function()
-      local req, key = firewall.websocket_request("::1", 8080, "/chat", {origin = "http://example.test"})
-      assert.equals(24, #key)
-      assert.equals(16, #(key:gsub("=", "")) * 3 // 4)
-      assert.equals("GET /chat HTTP/1.1\r\nHost: [::1]:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    .. "Sec-WebSocket-Key: " .. key .. "\r\nSec-WebSocket-Version: 13\r\n"
-                    .. "Origin: http://example.test\r\n\r\n", req)
-      assert.not_equals(key, select(2, firewall.websocket_request("h", 80)))
-      local accept = firewall.websocket_accept(key)
-      local good = "HTTP/1.1 101 Switching Protocols\r\nUPGRADE: WebSocket\r\n"
-                   .. "connection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: " .. accept .. "\r\n\r\n"
-      assert.is_true((firewall.websocket_validate(good, key)))
-      local function bad(text, protocols)
-        local ok, msg, code = firewall.websocket_validate(text, key, protocols)
-        assert.is_nil(ok)
-        assert.equals("protocol", code)
-        return msg
-      end
-      local with_proto = good:gsub("\r\n\r\n", "\r\nSec-WebSocket-Protocol: chat\r\n\r\n")
-      assert.equals("protocol: Sec-WebSocket-Accept mismatch",
-                    bad((good:gsub(accept:gsub("%p", "%%%0"), "x" .. accept))))
-      assert.equals("protocol: status 200, not 101", bad((good:gsub("101 Switching Protocols", "200 OK"))))
-      assert.equals("protocol: no 'Upgrade: websocket'", bad((good:gsub("WebSocket", "h2c"))))
-      assert.equals("protocol: no 'Connection: Upgrade'", bad((good:gsub("keep%-alive, Upgrade", "close"))))
-      assert.equals("protocol: subprotocol 'chat' was not asked for", bad(with_proto, {"superchat"}))
-      assert.is_true((firewall.websocket_validate(with_proto, key, {"chat"})))
-      assert.equals("protocol: an extension nobody asked for",
-                    bad((good:gsub("\r\n\r\n", "\r\nSec-WebSocket-Extensions: x\r\n\r\n"))))
-      assert.equals("protocol: incomplete response head", bad("HTTP/1.1 101 OK\r\n"))
-      assert.equals("protocol: not an HTTP/1.x status line", bad("SSH-2.0-OpenSSH\r\n\r\n"))
-      assert.equals("protocol: malformed header line", bad("HTTP/1.1 101 OK\r\nno colon\r\n\r\n"))
-    end)
-
-    it("builds and checks CONNECT", function()
-      assert.equals("CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
-                    firewall.connect_request("example.test", 443))
-      assert.equals("CONNECT [2001:db8::1]:80 HTTP/1.1\r\nHost: [2001:db8::1]:80\r\n"
-                    .. "Proxy-Authorization: Basic dXNlcjpwYXNz\r\n\r\n",
-                    firewall.connect_request("2001:db8::1", 80, {user = "user", password = "pass"}))
-      assert.is_true((firewall.connect_validate("HTTP/1.1 200 Connection established\r\n\r\n")))
-      local cases = {[407] = "denied", [403] = "denied", [502] = "unreachable", [503] = "unreachable",
-                     [504] = "timeout", [500] = "refused", [301] = "refused"}
-      for status, want in pairs(cases) do
-        local ok, msg, code = firewall.connect_validate(("HTTP/1.0 %d Nope\r\n\r\n"):format(status))
-        assert.is_nil(ok)
-        assert.equals(want, code)
-        assert.equals(("%s: proxy answered %d Nope"):format(want, status), msg)
-      end
-      assert.matches("bad argument #1 to 'connect_request' (host: string without spaces expected)",
-                     helpers.raises(firewall.connect_request, "a b", 80), 1, true)
-      assert.matches("bad argument #2 to 'connect_request' (port: port out of range 1-65535)",
-                     helpers.raises(firewall.connect_request, "a", 0), 1, true)
-    end)
-
-    it("never raises on hostile response bytes", function()
-      local seed = {"HTTP/1.1 101 OK\r\n", "\r\n", ":", "Upgrade: websocket\r\n", "\0", "\255",
-                    "HTTP/1.0 200 ", "Sec-WebSocket-Accept: ", " ", "\n"}
-      math.randomseed(helpers.pid())
-      for _ = 1, 3000 do
-        local parts = {}
-        for i = 1, math.random(0, 12) do
-          parts[i] = math.random() < 0.7 and seed[math.random(#seed)] or string.char(math.random(0, 255))
-        end
-        local text = table.concat(parts)
-        local head, off = firewall.parse_response(text)
-        assert.is_true(head == nil or type(head) == "table" and math.type(off) == "integer")
-        local ok, _, code = firewall.websocket_validate(text, "key")
-        assert.is_true(ok == true or code == "protocol")
-        ok, _, code = firewall.connect_validate(text)
-        assert.is_true(ok == true or code ~= nil)
-      end
-      assert.equals("protocol", select(3, firewall.parse_response(("x"):rep(20000))))
-    end)
-  end)
-
-  describe("check_proxy through a loopback HTTP proxy", function()
-    -- An HTTP CONNECT proxy (answers `status` when given one) and a
-    -- WebSocket server whose Sec-WebSocket-Accept comes from openssl, not
-    -- from the code under test.
-    local servers
-    local function openssl_accept(key)
-      local p = io.popen(("printf '%%s' '%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11' | env -u LD_PRELOAD "
-                          .. "openssl sha1 -binary | env -u LD_PRELOAD openssl base64"):format(key))
-      local v = p:read("l")
-      p:close()
-      return v
-    end
-
-    local function serve(on_conn)
-      local s = uv.new_tcp()
-      assert(s:bind("127.0.0.1", 0))
-      assert(s:listen(16, function()
-        local c = uv.new_tcp()
-        s:accept(c)
-        servers[#servers + 1] = c
-        on_conn(c)
-      end))
-      servers[#servers + 1] = s
-      return s:getsockname().port
-    end
-
-    local function read_head(c, cb)
-      local buf = ""
-      c:read_start(function(err, data)
-        if err or not data then return c:close() end
-        buf = buf .. data
-        local stop = buf:find("\r\n\r\n", 1, true)
-        if stop then
-          c:read_stop()
-          cb(buf:sub(1, stop + 3))
-        end
-      end)
-    end
-
-    local function websocket_server(bad)
-      return serve(function(c)
-        read_head(c, function(head)
-          local key = head:match("Sec%-WebSocket%-Key: ([^\r]+)")
-          local accept = bad and "bogus" or openssl_accept(key)
-          c:write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  .. "Sec-WebSocket-Accept: " .. accept .. "\r\n\r\n")
-        end)
-      end)
-    end
-
-    local function proxy(behaviour)
-      return serve(function(c)
-        if behaviour == "silent" then return c:read_start(function() end) end
-        if behaviour == "hangup" then return c:close() end
-        read_head(c, function(head)
-          if type(behaviour) == "number" then
-            return c:write(("HTTP/1.1 %d Nope\r\n\r\n"):format(behaviour))
-          end
-          local host, port = head:match("^CONNECT ([^ ]+):(%d+) HTTP/1%.1\r\n")
-          local up = uv.new_tcp()
-          servers[#servers + 1] = up
-          up:connect(host, tonumber(port), function(err)
-            if err then return c:write("HTTP/1.1 502 Bad Gateway\r\n\r\n") end
-            c:write("HTTP/1.1 200 Connection established\r\n\r\n")
-            c:read_start(function(e, data) if data and not e then up:write(data) end end)
-            up:read_start(function(e, data) if data and not e then c:write(data) end end)
-          end)
-        end)
-      end)
-    end
-
-    it("reaches a WebSocket server through the tunnel, and names each failure", function()
-      local fds = fd_count()
-      servers = {}
-      local ws, ws_bad = websocket_server(false), websocket_server(true)
-      local good, denied, silent, hangup = proxy("tunnel"), proxy(407), proxy("silent"), proxy("hangup")
-      local nothing = free_ports("127.0.0.1", 2)
-      local results = {}
-      run(function()
-        local function try(name, ...) results[name] = table.pack(firewall.check_proxy(...)) end
-        try("ws", "127.0.0.1:" .. good, {host = "127.0.0.1", port = ws}, {websocket = "/", timeout = 2000})
-        try("plain", {host = "127.0.0.1", port = good}, "127.0.0.1:" .. ws, {timeout = 2000})
-        try("bad_accept", "127.0.0.1:" .. good, "127.0.0.1:" .. ws_bad, {websocket = "/x", timeout = 2000})
-        try("denied", "127.0.0.1:" .. denied, "127.0.0.1:" .. ws, {timeout = 2000})
-        try("gateway", "127.0.0.1:" .. good, "127.0.0.1:" .. nothing[1], {timeout = 2000})
-        try("refused", "127.0.0.1:" .. nothing[2], "127.0.0.1:" .. ws, {timeout = 2000})
-        try("timeout", "127.0.0.1:" .. silent, "127.0.0.1:" .. ws, {timeout = 100})
-        try("closed", "127.0.0.1:" .. hangup, "127.0.0.1:" .. ws, {timeout = 2000})
-        for _, h in ipairs(servers) do if not h:is_closing() then h:close() end end
-      end)
-      local ok = results.ws[1]
-      assert.is_table(ok, tostring(results.ws[2]))
-      assert.is_true(ok.websocket)
-      assert.equals(200, ok.status)
-      assert.equals("127.0.0.1:" .. ws, ok.target)
-      assert.is_false(results.plain[1].websocket)
-      local function code(name) return results[name][3] end
-      assert.equals("protocol", code("bad_accept"))
-      assert.equals("protocol: Sec-WebSocket-Accept mismatch", results.bad_accept[2])
-      assert.equals("denied", code("denied"))
-      assert.equals("denied: proxy answered 407 Nope", results.denied[2])
-      assert.equals("unreachable", code("gateway"))
-      assert.equals("refused", code("refused"))
-      assert.equals("timeout", code("timeout"))
-      assert.equals("closed", code("closed"))
-      uv.run("nowait")
-      assert.equals(fds, fd_count())
+                     helpers.raises(probe.select_port, "127.0.0.1", {0}, function() end), 1, true)
     end)
   end)
 
