@@ -13,7 +13,7 @@ local check = require "portman.check"
 local async = require "portman.async"
 local engine = require "portman.engine"
 local log = require "portman.log"
-local netaddr = require "portman.netaddr"
+local resolver = require "portman.resolver"
 
 local M = {}
 
@@ -101,28 +101,8 @@ end
 
 -- Names ---------------------------------------------------------------------
 
--- Resolves host to one address: cb(address, family) or cb(nil, msg, code).
--- A literal address, or "[v6]" as URLs write it, answers at once; a name
--- gives the first address getaddrinfo lists (family: nil, "inet" or
--- "inet6"). The contract of portman.resolver's lookup, which replaces
--- this function once it lands: `local lookup = require("portman.resolver").lookup`.
-local function lookup(host, family, cb)
-  local name = host:match("^%[(.+)%]$") or host
-  local function fail(err)
-    cb(nil, ("not_found: cannot resolve %s: %s"):format(host, err or "no address"), "not_found")
-  end
-  if netaddr.normalize(name) == name then
-    local literal = netaddr.family(name) == 6 and "inet6" or "inet"
-    if family and family ~= literal then return fail("an " .. literal .. " address, not " .. family) end
-    return cb(name, literal)
-  end
-  local req, err = uv.getaddrinfo(name, nil, {socktype = "stream", family = family},
-    async.safe(function(gerr, res)
-      if gerr or not res or not res[1] then return fail(gerr) end
-      cb(res[1].addr, res[1].family)
-    end, "probe lookup"))
-  if not req then fail(err) end
-end
+-- Names go through portman's resolver (its cache and configured servers).
+local lookup = resolver.lookup
 
 -- Probes --------------------------------------------------------------------
 
