@@ -18,6 +18,7 @@ local async = require "portman.async"
 local check = require "portman.check"
 local http = require "portman.http"
 local json = require "portman.json"
+local log = require "portman.log"
 
 local M = {}
 local Client = {}
@@ -474,7 +475,7 @@ local function watch_event(w, raw)
   local ev = {type = raw.type == "DELETE" and "delete" or "put", key = kv.key, value = kv.value,
               lease = kv.lease, mod_revision = kv.mod_revision}
   local ok, err = xpcall(w._fn, debug.traceback, ev)
-  if not ok then require("portman.log").error("watch_callback_failed", {error = err}) end
+  if not ok then log.error("watch_callback_failed", {error = err}) end
 end
 
 -- One watch stream: newline-separated JSON messages, each `{"result":

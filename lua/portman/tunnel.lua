@@ -110,6 +110,14 @@ function M.websocket_request(host, port, path, opts)
   return table.concat(lines, "\r\n") .. "\r\n\r\n", key
 end
 
+-- A parsed head: response as it is, or parsed from its raw text.
+local function head_of(response)
+  if type(response) ~= "string" then return response end
+  local head, err, code = M.parse_response(response)
+  if not head then return nil, err or "protocol: incomplete response head", code or "protocol" end
+  return head
+end
+
 --- Validates the server's answer to an upgrade request (RFC 6455 4.1, the
 -- client's checks): status 101, Upgrade: websocket, Connection: Upgrade, and
 -- Sec-WebSocket-Accept matching key; a subprotocol only among those asked.
@@ -117,11 +125,9 @@ end
 -- @return[1] true, the parsed head
 -- @return[2] nil, "protocol: ...", "protocol"
 function M.websocket_validate(response, key, protocols)
-  if type(response) == "string" then
-    local head, err, code = M.parse_response(response)
-    if not head then return nil, err or "protocol: incomplete response head", code or "protocol" end
-    response = head
-  end
+  local err, code
+  response, err, code = head_of(response)
+  if not response then return nil, err, code end
   local h = response.headers
   local function fail(msg) return nil, "protocol: " .. msg, "protocol" end
   if response.status ~= 101 then return fail("status " .. tostring(response.status) .. ", not 101") end
@@ -164,14 +170,12 @@ end
 -- @return[2] nil, msg, code: `denied` (403, 407), `unreachable` (502, 503),
 --   `timeout` (504), `refused` (any other status), `protocol` (malformed)
 function M.connect_validate(response)
-  if type(response) == "string" then
-    local head, err, code = M.parse_response(response)
-    if not head then return nil, err or "protocol: incomplete response head", code or "protocol" end
-    response = head
-  end
+  local err, code
+  response, err, code = head_of(response)
+  if not response then return nil, err, code end
   local s = response.status
   if s >= 200 and s < 300 then return true, response end
-  local code = (s == 403 or s == 407) and "denied" or (s == 502 or s == 503) and "unreachable"
+  code = (s == 403 or s == 407) and "denied" or (s == 502 or s == 503) and "unreachable"
     or s == 504 and "timeout" or "refused"
   return nil, ("%s: proxy answered %d %s"):format(code, s, response.reason), code
 end

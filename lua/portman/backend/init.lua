@@ -43,6 +43,7 @@ local uv = require "luv"
 local async = require "portman.async"
 local check = require "portman.check"
 local json = require "portman.json"
+local allocator = require "portman.allocator"
 
 local M = {}
 
@@ -297,7 +298,7 @@ Base.claim_ports = async.adapt(function(self, opts, cb)
   if math.type(concurrency) ~= "integer" or concurrency < 1 then
     check.argerror("claim_ports", 1, "concurrency: positive integer expected")
   end
-  local pool = require("portman.allocator").new{range = opts.range, strategy = opts.strategy,
+  local pool = allocator.new{range = opts.range, strategy = opts.strategy,
     node_id = opts.node_id or (opts.strategy == "hash" and self._node or nil),
     allow_privileged = opts.allow_privileged}
   mark_claimed(self, pool, function(ok, err, code)
