@@ -127,8 +127,8 @@ describe("portman run", function()
     local d = start(dir, policy, 2)
     local first = ports(d.out)
     -- a registration made at run time, through the REPL (no terminal)
-    assert.matches("\n21390\n",
-      helpers.repl(d, {'manager:register{name = "ext", port = 21390, address = "127.0.0.3"}.port'}))
+    assert.matches("\n21490\n",
+      helpers.repl(d, {'manager:register{name = "ext", port = 21490, address = "127.0.0.3"}.port'}))
     d.proc:kill("sigkill")
     d.wait_exit()
     assert.equal("sigkill", (d.signal == 9 or d.signal == "sigkill") and "sigkill" or tostring(d.signal))
@@ -212,15 +212,15 @@ describe("portman run", function()
     {"a syntax error", "return {", "protocol: policy: .*unexpected symbol"},
     {"an unknown key", "return {pols = {}}", "protocol: policy: unknown key 'pols'"},
     {"a service with an unknown key", [[return {pools = {p = {range = {21000, 21010}}},
-      services = {{name = "a", pool = "p", prt = 1}}}]], "protocol: policy: service a: unknown option 'prt'"},
+      services = {{name = "a", pool = "p", prt = 1}}}]], "protocol: policy: services%[1%] %(a%): unknown option 'prt'"},
     {"a service in no pool", [[return {services = {{name = "a", pool = "x"}}}]],
      "services%[1%]%.pool: no pool 'x'"},
     {"two services of one name", [[return {services = {{name = "a", port = 21001}, {name = "a", port = 21002}}}]],
      "services%[2%]: a second service 'a'"},
-    {"a bad pool", [[return {pools = {p = {range = {5, 1}}}}]], "pools%.p: range: lo 5 > hi 1"},
+    {"a bad pool", [[return {pools = {p = {range = {5, 1}}}}]], "protocol: policy: pools%.p: range: lo 5 > hi 1"},
     {"two services on one fixed port", [[return {pools = {p = {range = {21000, 21010}}},
       services = {{name = "a", pool = "p", port = 21005}, {name = "b", pool = "p", port = 21005}}}]],
-     "conflict: port 21005 is already allocated %(service b%)"},
+     "protocol: policy: services%[2%] %(b%): port tcp/21005 is also 'a''s"},
   }
   for _, case in ipairs(broken) do
     it("exits 1 on a policy with " .. case[1], function()

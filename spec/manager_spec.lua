@@ -43,7 +43,10 @@ describe("portman.manager", function()
   end
 
   it("gives a service a port from its type's pool, a listener, a registration and a check", function()
+    local before = os.time()
     local s = assert(m:add_service{name = "web", type = "api"})
+    assert.is_true(s.since >= before and s.since <= os.time())
+    s.since = nil
     assert.same({name = "web", type = "api", proto = "tcp", address = "0.0.0.0", port = lo,
                  status = "unknown", pool = "api"}, s)
     assert.is_true(m.pools.api:is_allocated(lo))
@@ -128,7 +131,9 @@ describe("portman.manager", function()
     assert.equal(outside, m.registry:get("outside").port)
     local names = {}
     for _, s in ipairs(m:status().services) do names[#names + 1] = s.name .. "=" .. s.status end
-    assert.same({"a=unknown", "b=unknown", "outside=unknown"}, names)
+    -- a is checked (no result yet); b (no listener) and the registration are not
+    assert.same({"a=unknown", "b=unchecked", "outside=unchecked"}, names)
+    assert.same({"outside"}, saved.runtime)
   end)
 
   it("reports pool exhaustion", function()

@@ -182,8 +182,9 @@ local function serve_client(server, client)
       send(client, {error = "protocol: request is not a JSON object"}, close)
       return false
     end
-    if req.op == "status" then
-      send(client, server.status(), close)
+    local op = req.op ~= "repl" and server.ops[req.op]
+    if op then
+      send(client, op(req), close)
       return false
     elseif req.op == "repl" then
       repl = M.repl(server.vars)
@@ -220,8 +221,9 @@ local function allowed(client)
 end
 
 --- Serves the admin socket at path.
--- @tparam table opts `status` (a function returning the status document),
---   `vars` (the REPL's names: manager, daemon, ...), `max_request` (bytes
+-- @tparam table opts `ops` (op name -> function(request) returning the
+--   reply document: "status", "events", ...; or just `status`), `vars`
+--   (the REPL's names: manager, daemon, ...), `max_request` (bytes
 --   in a request line, MAX_REQUEST), `idle_timeout` (ms, IDLE_TIMEOUT)
 -- @return[1] a server with :close()
 -- @return[2] nil, msg, code
@@ -231,7 +233,7 @@ function M.serve(path, opts)
   local l
   l, err, code = listener.open{proto = "unix", path = path, mode = tonumber("600", 8)}
   if not l then return nil, err, code end
-  local server = {status = opts.status, vars = opts.vars, listener = l, path = path,
+  local server = {ops = opts.ops or {status = opts.status}, vars = opts.vars, listener = l, path = path,
                   max_request = opts.max_request or M.MAX_REQUEST, idle_timeout = opts.idle_timeout or M.IDLE_TIMEOUT}
   ok, err, code = l:serve(function(client)
     local permitted, peer = allowed(client)

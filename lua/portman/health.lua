@@ -30,7 +30,7 @@ local mt = {__index = M}
 
 M.HISTORY = 100
 local KINDS = {"tcp", "udp", "bind", "lua"}
-local CHECK_KEYS = {name = true, kind = true, host = true, port = true, proto = true, fn = true,
+local CHECK_KEYS = {name = true, kind = true, host = true, port = true, proto = true, fn = true, service = true,
                     payload = true, expect_reply = true, interval = true, unhealthy_interval = true,
                     timeout = true, rise = true, fall = true, initial_delay = true, jitter = true}
 local NEW_KEYS = {concurrency = true, on_event = true, clock = true}
@@ -85,7 +85,7 @@ local function check_spec(opts)
   return {
     name = opts.name, kind = kind, host = opts.host or "127.0.0.1", port = opts.port,
     proto = check.oneof("add", 1, opts.proto or "tcp", {"tcp", "udp"}, "proto"),
-    fn = opts.fn, payload = opts.payload or "\0", expect_reply = opts.expect_reply ~= false,
+    fn = opts.fn, service = opts.service, payload = opts.payload or "\0", expect_reply = opts.expect_reply ~= false,
     interval = interval,
     unhealthy_interval = positive("add", opts, "unhealthy_interval", interval),
     timeout = positive("add", opts, "timeout", 1000),
@@ -103,8 +103,10 @@ local arm, enqueue, run
 --- Adds a check (started at once if the scheduler runs).
 -- @tparam table opts `name`, `kind`, `host` (an address or a name,
 --   "127.0.0.1"), `port`, `proto`
---   (bind checks: "tcp" or "udp"), `fn` (lua checks: `fn(done)`, calling
---   `done(true)` or `done(false, status, msg)`), `payload`, `expect_reply`
+--   (bind checks: "tcp" or "udp"), `fn` (lua checks: `fn(done, service)`,
+--   calling `done(true)` or `done(false, status, msg)` once, now or later;
+--   service is opts.service, the manager's {name, address, port, proto}),
+--   `service`, `payload`, `expect_reply`
 --   (udp: false counts silence as success), `interval` (ms, 5000),
 --   `unhealthy_interval` (ms, the interval), `timeout` (ms, 1000), `rise` (2),
 --   `fall` (3), `initial_delay` (ms, 0), `jitter` (ms, a tenth of the interval)
@@ -226,14 +228,17 @@ function M:close()
   self._pools = {}
 end
 
---- {status, successes, failures, last, due} of a check, or nil; `due` is
--- when its next run is due by the scheduler's clock (nil while it runs, or
--- while the scheduler is stopped).
+--- {status, successes, failures, last, last_ago_ms, due} of a check, or
+-- nil; `last` is its last result and `last_ago_ms` how long ago that was;
+-- `due` is when its next run is due by the scheduler's clock (nil while it
+-- runs, or while the scheduler is stopped).
 function M:status(name)
   local c = self._checks[name]
   if not c then return nil end
-  local h = self:history(name)
-  return {status = c.status, successes = c.successes, failures = c.failures, last = h[#h], due = c.due}
+  local n = #c.history
+  local last = n > 0 and c.history[(c.hist_next - 2) % M.HISTORY + 1] or nil
+  return {status = c.status, successes = c.successes, failures = c.failures, last = last,
+          last_ago_ms = last and self._clock() - last.at or nil, due = c.due}
 end
 
 --- The last results of a check (at most health.HISTORY), oldest first.
@@ -349,7 +354,7 @@ local function probe_lua(c, done)
   local finish = async.once(done)
   local ok, err = xpcall(c.fn, debug.traceback, function(success, status, msg)
     if success then finish(true) else finish(false, status or "unknown", msg) end
-  end)
+  end, c.service)
   if not ok then finish(false, "unknown", err) end
 end
 

@@ -15,6 +15,7 @@ local events = require "portman.events"
 local async = require "portman.async"
 local uv = require "luv"
 local nat = require "portman.nat"
+local netaddr = require "portman.netaddr"
 
 local M = {}
 local Manager = events.mixin({})
@@ -42,6 +43,9 @@ function M.new(opts)
   local self = setmetatable({
     pools = {}, services = {}, registry = registry.new{check_host = opts.check_host},
     _state_file = opts.state_file, _previous = {}, _unclean = {},
+    pending = {},     -- services that could not start yet: retried on a back-off
+    _runtime = {},    -- names registered at run time (kept across restarts)
+    _ring = {}, _ring_next = 1, -- the last RING events, with wall-clock times
   }, mt)
   self.health = health.new{concurrency = opts.concurrency, on_event = function(ev) self:_event(ev) end}
   if opts.on_event then self:on(opts.on_event) end
@@ -114,11 +118,45 @@ end
 --- Manager:on(fn) adds a listener for events ({event = ...}); it returns
 -- a function that removes it again.
 
+M.RING = 1000 -- events kept for `portman events`
+
+-- Keeps ev, with its wall-clock time, in the ring of recent events.
+local function remember_event(self, ev)
+  local kept = {time = os.time()}
+  for k, v in pairs(ev) do
+    if type(v) ~= "table" and type(v) ~= "function" and type(v) ~= "userdata" then kept[k] = v end
+  end
+  self._ring[self._ring_next] = kept
+  self._ring_next = self._ring_next % M.RING + 1
+end
+
 function Manager:_event(ev)
   local fields = {}
   for k, v in pairs(ev) do if k ~= "event" then fields[k] = v end end
-  log.log(ev.level == "critical" and "error" or ev.level == "warning" and "warn" or "info", ev.event, fields)
+  local level = (ev.level == "critical" or ev.level == "error") and "error" or ev.level == "warning" and "warn" or "info"
+  log.log(level, ev.event, fields)
+  if ev.event == "status" then self:_status_changed(ev) end
+  remember_event(self, ev)
   events.emit(self, ev)
+end
+
+--- The events of the last `seconds` (all kept when nil), oldest first:
+-- {time = unix seconds, event = name, ...fields}.
+function Manager:recent(seconds)
+  local out, n = {}, #self._ring
+  local first = n < M.RING and 1 or self._ring_next
+  local since = seconds and os.time() - seconds
+  for i = 0, n - 1 do
+    local ev = self._ring[(first - 1 + i) % n + 1]
+    if not since or ev.time >= since then out[#out + 1] = ev end
+  end
+  return out
+end
+
+-- A check's status changed: its service remembers since when and why.
+function Manager:_status_changed(ev)
+  local svc = self.services[ev.check]
+  if svc then svc.since, svc.reason = os.time(), ev.msg end
 end
 
 --- Adds a pool. Services of a type take ports from the pool of that name
@@ -133,9 +171,24 @@ function Manager:add_pool(name, opts)
   if self.pools[name] then check.argerror("add_pool", 1, "pool '" .. name .. "' exists") end
   local pool = allocator.new{range = opts.range, strategy = opts.strategy, node_id = opts.node_id,
                              allow_privileged = opts.allow_privileged}
+  return self:set_pool(name, pool, opts)
+end
+
+--- Puts an allocator in place as pool name (a reload's new pool), watched
+-- for exhaustion at opts.warning and opts.critical.
+function Manager:set_pool(name, pool, opts)
+  if self.pools[name] then self.health:unwatch_pool(name) end
   self.pools[name] = pool
-  self.health:watch_pool(name, pool, {warning = opts.warning, critical = opts.critical})
+  self.health:watch_pool(name, pool, {warning = opts and opts.warning, critical = opts and opts.critical})
   return pool
+end
+
+--- Removes pool name (its services must be stopped first).
+function Manager:remove_pool(name)
+  if not self.pools[name] then return false end
+  self.health:unwatch_pool(name)
+  self.pools[name] = nil
+  return true
 end
 
 local function check_service(spec)
@@ -156,6 +209,35 @@ local function check_service(spec)
   if type(spec.map) == "table" then check.known("add_service", 1, spec.map, MAP_KEYS, "map.") end
 end
 
+-- The message of a raised argument error, without where and whose.
+local function reason_of(err)
+  local msg = tostring(err):gsub("^[^:]*:%d+: ", "")
+  return msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
+end
+
+--- Checks a service spec as add_service would, running nothing.
+-- @return[1] true
+-- @return[2] nil, what is wrong (a field named by its path)
+function M.validate_service(spec)
+  local ok, err = pcall(check_service, spec)
+  if ok then return true end
+  return nil, reason_of(err)
+end
+
+--- Checks pool options as add_pool would, running nothing.
+-- @return[1] true
+-- @return[2] nil, what is wrong
+function M.validate_pool(opts)
+  local ok, err = pcall(function()
+    check.table("add_pool", 2, opts)
+    check.known("add_pool", 2, opts, POOL_KEYS)
+    allocator.new{range = opts.range, strategy = opts.strategy, node_id = opts.node_id,
+                  allow_privileged = opts.allow_privileged}
+  end)
+  if ok then return true end
+  return nil, reason_of(err)
+end
+
 -- The default health check: connect to a TCP listener; none otherwise.
 local function default_check(svc)
   if svc.proto ~= "tcp" or not svc.listener then return nil end
@@ -166,7 +248,7 @@ local function default_check(svc)
 end
 
 local function in_pool(pool, port)
-  if not pool then return false end
+  if not pool or not port then return false end
   local lo, hi = pool:range()
   return port >= lo and port <= hi
 end
@@ -190,7 +272,10 @@ end
 -- @return listener or nil, port, reserved (the manager frees the port on
 --   stop); or nil, nil, err, code
 function Manager:_take_port(svc, spec, pool)
-  local wanted = spec.port or self._previous[svc.name]
+  local wanted = spec.port
+  if not wanted and in_pool(pool, self._previous[svc.name]) then
+    wanted = self._previous[svc.name] -- the port it had, if its pool still holds it
+  end
   local owned = wanted ~= nil and in_pool(pool, wanted)
   if owned and not pool:reserve(wanted) then
     if spec.port then
@@ -220,12 +305,101 @@ function Manager:_take_port(svc, spec, pool)
   return l, l.port, false -- an auto port goes back to the pool with the listener
 end
 
--- Undoes what add_service had done when a later step fails.
+-- Gives back what _prepare took: the listener and the port.
+local function release(svc)
+  if svc.listener then svc.listener:close() end
+  if svc.reserved then svc.pool:release(svc.port) end
+  svc.listener, svc.reserved = nil, nil
+end
+
+-- Undoes what _activate had done when a later step fails.
 function Manager:_undo(svc)
   if svc.check_name then self.health:remove(svc.check_name) end
   if svc.registered then self.registry:unregister(svc.name) end
-  if svc.listener then svc.listener:close() end
-  if svc.reserved then svc.pool:release(svc.port) end
+  release(svc)
+end
+
+--- Takes a service's port (binding its listener) without registering or
+-- announcing anything: the first half of add_service, so that a reload
+-- can bind every new port before it stops an old service.
+-- @tparam table spec as add_service
+-- @tparam[opt] table pools the pools to take from (a reload's new ones)
+-- @return[1] the prepared service (for activate, or discard)
+-- @return[2] nil, msg, code
+-- @raise on a bad spec
+function Manager:prepare(spec, pools)
+  check_service(spec)
+  local pool_name = spec.pool or spec.type or "default"
+  local pool = (pools or self.pools)[pool_name]
+  if spec.pool and not pool then check.argerror("add_service", 1, "pool: no pool '" .. spec.pool .. "'") end
+  local svc = {name = spec.name, type = spec.type or "custom", proto = spec.proto or "tcp",
+               address = spec.address or "0.0.0.0", pool = pool, pool_name = pool and pool_name,
+               metadata = spec.metadata or {}, spec = spec}
+  local l, port, reserved, code = self:_take_port(svc, spec, pool)
+  if not port then return nil, reserved, code end
+  svc.listener, svc.port, svc.reserved = l, port, reserved
+  return svc
+end
+
+--- Gives back a prepared service's port and listener.
+function Manager:discard(svc) -- luacheck: ignore self
+  release(svc)
+end
+
+-- The health check options of svc's spec, or nil for none.
+local function check_opts(svc)
+  local chk = svc.spec.check
+  if chk == nil then chk = default_check(svc) end
+  if not chk then return nil end
+  local opts = {name = svc.name}
+  for k, v in pairs(type(chk) == "table" and chk or {}) do opts[k] = v end
+  opts.port = opts.port or (opts.kind ~= "lua" and svc.port or nil)
+  if opts.kind == "lua" then -- a Lua check is told what it checks
+    opts.service = {name = svc.name, address = svc.address, port = svc.port, proto = svc.proto}
+  end
+  return opts
+end
+
+--- Registers, serves, health-checks and maps a prepared service: the
+-- second half of add_service. A failure undoes every step.
+-- @return[1] the service's entry
+-- @return[2] nil, msg, code
+function Manager:activate(svc)
+  local spec, l = svc.spec, svc.listener
+  local entry, err, code = self.registry:register({name = svc.name, type = svc.type, proto = svc.proto,
+    address = svc.address, port = svc.port, metadata = svc.metadata}, {check_host = l == nil})
+  if not entry then
+    self:_undo(svc)
+    return nil, err, code
+  end
+  svc.registered = true
+  svc.address = entry.address
+  if l and svc.proto == "tcp" and not svc.serving then
+    local ok, serr, scode = l:serve(spec.handler or function(c) c:close() end)
+    if not ok then
+      self:_undo(svc)
+      return nil, serr, scode
+    end
+    svc.serving = true
+  end
+  local copts = check_opts(svc)
+  if copts then
+    self.health:add(copts)
+    svc.check_name = svc.name
+  end
+  if spec.map then
+    local ok, merr = pcall(self._map, self, svc, spec)
+    if not ok then
+      self:_undo(svc)
+      check.argerror("add_service", 1, "map: " .. reason_of(merr))
+    end
+  end
+  svc.since = os.time()
+  self.services[svc.name] = svc
+  self:_drop_pending(svc.name)
+  self:_event({event = "service_started", service = svc.name, port = svc.port, proto = svc.proto})
+  self:_changed()
+  return self:service(svc.name)
 end
 
 --- Adds a service: allocates its port, registers it, opens its listener,
@@ -236,62 +410,77 @@ end
 --   name; the type's by default), `listen` (false: only reserve the port; a
 --   table: listener options), `handler` (serves accepted connections; by
 --   default they are closed at once), `check` (false, or health check
---   options; a TCP connect check by default for TCP listeners), `map`
---   (router mapping options), `metadata`
--- @return[1] the service's entry {name, type, proto, address, port, status}
+--   options; a TCP connect check by default for TCP listeners; a Lua
+--   check's fn gets the service as its second argument), `map` (router
+--   mapping options), `metadata`
+-- @return[1] the service's entry {name, type, proto, address, port, status, ...}
 -- @return[2] nil, msg, code
 -- @raise on a bad spec or a name in use
 function Manager:add_service(spec)
   check_service(spec)
-  if self.services[spec.name] then
+  if self.services[spec.name] or self.pending[spec.name] then
     check.argerror("add_service", 1, "name: service '" .. spec.name .. "' exists")
   end
-  local pool_name = spec.pool or spec.type or "default"
-  local pool = self.pools[pool_name]
-  if spec.pool and not pool then check.argerror("add_service", 1, "pool: no pool '" .. spec.pool .. "'") end
-  local svc = {name = spec.name, type = spec.type or "custom", proto = spec.proto or "tcp",
-               address = spec.address or "0.0.0.0", pool = pool, pool_name = pool and pool_name,
-               metadata = spec.metadata or {}, spec = spec}
-  local l, port, reserved, code = self:_take_port(svc, spec, pool)
-  if not port then return nil, reserved, code end
-  svc.listener, svc.port, svc.reserved = l, port, reserved
-  local entry, err
-  entry, err, code = self.registry:register({name = svc.name, type = svc.type, proto = svc.proto,
-    address = svc.address, port = port, metadata = svc.metadata}, {check_host = l == nil})
-  if not entry then
-    self:_undo(svc)
-    return nil, err, code
+  local svc, err, code = self:prepare(spec)
+  if not svc then return nil, err, code end
+  return self:activate(svc)
+end
+
+-- ---- services that cannot start yet ----
+
+M.RETRY_FIRST, M.RETRY_MAX = 1000, 30000 -- ms: the back-off doubles between these
+
+function Manager:_drop_pending(name)
+  local p = self.pending[name]
+  if not p then return false end
+  self.pending[name] = nil
+  if not p.timer:is_closing() then p.timer:close() end
+  return true
+end
+
+-- Tries a pending service again; on failure waits twice as long.
+function Manager:_retry(name)
+  local p = self.pending[name]
+  if not p then return end
+  local svc, err, code = self:prepare(p.spec)
+  local entry
+  if svc then entry, err, code = self:activate(svc) end
+  if entry then return end
+  self:_keep_trying(p.spec, err, code)
+end
+
+--- Starts a service, or, when it cannot start now (its port held by
+-- another process, no fd left, ...), keeps it pending: its status is the
+-- failure's code word (`conflict`, ...) with the reason (and the holder's
+-- pid and program where /proc tells), and it is tried again on a back-off
+-- (RETRY_FIRST doubling to RETRY_MAX ms) until it starts or is stopped.
+-- @return[1] the service's entry
+-- @return[2] nil, msg, code (the service is now pending)
+-- @raise on a bad spec or a name in use
+function Manager:start_service(spec)
+  local entry, err, code = self:add_service(spec)
+  if entry then return entry end
+  self:_keep_trying(spec, err, code)
+  return nil, err, code
+end
+
+function Manager:_keep_trying(spec, err, code)
+  local p = self.pending[spec.name]
+  if not p then
+    p = {spec = spec, since = os.time(), attempts = 0, timer = uv.new_timer()}
+    self.pending[spec.name] = p
   end
-  svc.registered = true
-  svc.address = entry.address
-  if l and svc.proto == "tcp" then
-    local ok, serr, scode = l:serve(spec.handler or function(c) c:close() end)
-    if not ok then
-      self:_undo(svc)
-      return nil, serr, scode
-    end
+  local proto, port = spec.proto or "tcp", spec.port or self._previous[spec.name]
+  p.reason, p.code, p.attempts = err, code, p.attempts + 1
+  p.holder = (code == "conflict" or code == "EADDRINUSE") and port and netaddr.holder(proto, port, spec.address) or nil
+  p.delay = math.min(M.RETRY_MAX, p.delay and p.delay * 2 or M.RETRY_FIRST)
+  p.timer:start(p.delay, 0, async.safe(function() self:_retry(spec.name) end, "service retry"))
+  if p.attempts == 1 or p.code ~= p.logged then
+    p.logged = p.code
+    self:_event({event = "service_pending", level = "warning", service = spec.name, error = err, code = code,
+                 holder_pid = p.holder and p.holder.pid, holder = p.holder and p.holder.program,
+                 retry_ms = p.delay})
   end
-  local chk = spec.check
-  if chk == nil then chk = default_check(svc) end
-  if chk then
-    local opts = {name = svc.name}
-    for k, v in pairs(type(chk) == "table" and chk or {}) do opts[k] = v end
-    opts.port = opts.port or (opts.kind ~= "lua" and port or nil)
-    self.health:add(opts)
-    svc.check_name = svc.name
-  end
-  if spec.map then
-    local ok, merr = pcall(self._map, self, svc, spec)
-    if not ok then
-      self:_undo(svc)
-      local why = tostring(merr):match("bad argument #1 to 'map' %((.*)%)$") or tostring(merr)
-      check.argerror("add_service", 1, "map: " .. why)
-    end
-  end
-  self.services[svc.name] = svc
-  self:_event({event = "service_started", service = svc.name, port = port, proto = svc.proto})
-  self:_changed()
-  return self:service(svc.name)
 end
 
 -- Maps the service's port on the router (after its listener opened); the
@@ -314,6 +503,7 @@ function Manager:_map(svc, spec)
       return after()
     end
     if not m then
+      svc.mapping_error = err
       return self:_event({event = "mapping_failed", level = "warning", service = svc.name, error = err,
                           code = code})
     end
@@ -362,19 +552,52 @@ function Manager:_mapping_records()
   return list
 end
 
---- One service's status entry, or nil.
+-- The mapping part of a service's status entry.
+local function mapping_entry(svc)
+  if svc.mapping then
+    local i = svc.mapping:info()
+    return {method = i.method, external_ip = i.external_ip, external_port = i.external_port, proto = i.proto,
+            lifetime = i.lifetime, expires = i.expires}
+  end
+  if svc.mapping_error then return {error = svc.mapping_error} end
+  return nil
+end
+
+--- One service's status entry, or nil: {name, type, proto, address, port,
+-- pool, status, reason, since, last_check, mapping}. status is the health
+-- check's (healthy, unreachable, ...; unknown until its first result),
+-- "unchecked" for a service without a check, or, for a service that could
+-- not start yet, the failure's code word (conflict, ...) with `holder`.
+-- Times are unix seconds.
 function Manager:service(name)
   local svc = self.services[name]
-  if not svc then return nil end
+  if not svc then return self:_pending_entry(name) end
   local st = svc.check_name and self.health:status(svc.check_name)
   return {name = svc.name, type = svc.type, proto = svc.proto, address = svc.address, port = svc.port,
-          status = st and st.status or "unknown", pool = svc.pool_name}
+          pool = svc.pool_name, status = st and st.status or "unchecked", reason = svc.reason,
+          since = svc.since, pid = svc.pid, mapping = mapping_entry(svc),
+          last_check = st and st.last_ago_ms and os.time() - st.last_ago_ms // 1000 or nil}
+end
+
+function Manager:_pending_entry(name)
+  local p = self.pending[name]
+  if not p then return nil end
+  local spec = p.spec
+  return {name = name, type = spec.type or "custom", proto = spec.proto or "tcp", address = spec.address or "0.0.0.0",
+          port = spec.port or self._previous[name], pool = spec.pool or spec.type, status = p.code or "unknown",
+          reason = p.reason, since = p.since, holder = p.holder, attempts = p.attempts}
 end
 
 --- Stops a service: drains its listener for grace_ms (0), removes its
--- check, unregisters it and frees its port. cb(forced) when done (or, in
--- a task, returns forced).
+-- check, unregisters it and frees its port; a pending one stops being
+-- tried. cb(forced) when done (or, in a task, returns forced).
 function Manager:stop_service(name, grace_ms, cb)
+  if self:_drop_pending(name) then
+    self:_event({event = "service_stopped", service = name, forced = 0})
+    if not self._stopping then self:_changed() end
+    if cb then cb(0) end
+    return true
+  end
   local svc = self.services[name]
   if not svc then
     if cb then return cb(nil, "not_found: no service " .. tostring(name), "not_found") end
@@ -407,7 +630,18 @@ function Manager:stop_service(name, grace_ms, cb)
   return true
 end
 
---- Names of the services.
+--- Hands svc's listener (and its port) over to the caller: stopping svc
+-- later leaves them open. A reload moves a listener to a changed service
+-- that keeps its port, so the port is never unbound.
+function Manager:take_listener(name)
+  local svc = self.services[name]
+  if not svc or not svc.listener then return nil end
+  local l, reserved = svc.listener, svc.reserved
+  svc.listener, svc.reserved = nil, nil
+  return l, reserved
+end
+
+--- Names of the running services (not the pending ones), sorted.
 function Manager:names()
   local out = {}
   for name in pairs(self.services) do out[#out + 1] = name end
@@ -417,29 +651,64 @@ end
 
 --- Registers a service that the manager does not run (another process
 -- owns its port), and writes the state so the registration survives a
--- restart. Arguments and results as registry:register.
+-- restart. A registration the state file cannot take (a full disk) is
+-- undone and reported.
+-- @return[1] the entry
+-- @return[2] nil, msg, code: conflict, or the save's failure
+-- @raise on a bad entry, as registry:register
 function Manager:register(entry, opts)
   local e, err, code = self.registry:register(entry, opts)
-  if e then self:_changed() end
-  return e, err, code
+  if not e then return nil, err, code end
+  self._runtime[e.name] = true
+  local ok, serr, scode = self:_save_now()
+  if not ok then
+    self.registry:unregister(e.name)
+    self._runtime[e.name] = nil
+    return nil, ("%s: the registration of '%s' could not be saved (%s)"):format(scode, e.name, serr), scode
+  end
+  self:_event({event = "registered", service = e.name, port = e.port, proto = e.proto})
+  return e
 end
 
---- Removes a registration made with `register`; true if it existed.
+--- Removes a registration made with `register`.
+-- @return[1] true if it existed (false if not)
+-- @return[2] nil, msg, code when the state file cannot take the change
+--   (the registration is then kept)
+-- @raise when name is a service the manager runs
 function Manager:unregister(name)
-  if self.services[name] then
+  if self.services[name] or self.pending[name] then
     check.argerror("unregister", 1, "'" .. name .. "' is a running service: use stop_service")
   end
-  local had = self.registry:unregister(name)
-  if had then self:_changed() end
-  return had
+  local e = self.registry:get(name)
+  if not e then return false end
+  self.registry:unregister(name)
+  local runtime = self._runtime[name]
+  self._runtime[name] = nil
+  local ok, serr, scode = self:_save_now()
+  if not ok then
+    self.registry:register(e, {check_host = false})
+    self._runtime[name] = runtime
+    return nil, ("%s: the removal of '%s' could not be saved (%s)"):format(scode, name, serr), scode
+  end
+  self:_event({event = "deregistered", service = name})
+  return true
 end
+
+local function round1(x) return math.floor(x * 10 + 0.5) / 10 end
 
 --- The status document of `portman status`.
 function Manager:status()
   local doc = {services = json.array(), pools = json.array(), mappings = json.array()}
-  for _, e in ipairs(self.registry:list()) do
-    doc.services[#doc.services + 1] = self:service(e.name) or {name = e.name, type = e.type, proto = e.proto,
-      address = e.address, port = e.port, status = "unknown"} -- registered only: no check here
+  local names = {}
+  for _, e in ipairs(self.registry:list()) do names[e.name] = e end
+  for name in pairs(self.pending) do names[name] = names[name] or true end
+  local sorted = {}
+  for name in pairs(names) do sorted[#sorted + 1] = name end
+  table.sort(sorted)
+  for _, name in ipairs(sorted) do
+    local e = names[name]
+    doc.services[#doc.services + 1] = self:service(name) or {name = e.name, type = e.type, proto = e.proto,
+      address = e.address, port = e.port, status = "unchecked", runtime = true} -- registered only
   end
   for _, name in ipairs(self:names()) do
     local m = self.services[name].mapping
@@ -449,25 +718,39 @@ function Manager:status()
       doc.mappings[#doc.mappings + 1] = i
     end
   end
-  local names = {}
-  for name in pairs(self.pools) do names[#names + 1] = name end
-  table.sort(names)
-  for _, name in ipairs(names) do
+  local pools = {}
+  for name in pairs(self.pools) do pools[#pools + 1] = name end
+  table.sort(pools)
+  for _, name in ipairs(pools) do
     local p = self.pools[name]
     local lo, hi = p:range()
     doc.pools[#doc.pools + 1] = {name = name, range = {lo, hi}, strategy = p:strategy(),
-      allocated = p:allocated(), size = p:size(),
-      utilization = math.floor(p:utilization() * 10 + 0.5) / 10} -- percent, one decimal
+      allocated = p:allocated(), size = p:size(), utilization = round1(p:utilization())} -- percent
   end
+  if self.reload_error then doc.reload = self.reload_error end
+  if self._save_failing then doc.state = {error = self._save_failing} end
   return doc
 end
 
---- The state to keep across a restart: pools, every service's port, and
--- the router mappings open now (so a run after a crash deletes them).
+--- The state to keep across a restart: pools, every service's port (the
+-- pending ones' too, so they get it back), the names registered at run
+-- time, and the router mappings open now (so a run after a crash deletes
+-- them).
 function Manager:snapshot()
   local pools = {}
   for name, p in pairs(self.pools) do pools[name] = p:snapshot() end
-  return {version = 1, pools = pools, registry = self.registry:snapshot(), mappings = self:_mapping_records()}
+  local reg = self.registry:snapshot()
+  for name, p in pairs(self.pending) do
+    local port = p.spec.port or self._previous[name]
+    if port then
+      reg.services[#reg.services + 1] = {name = name, type = p.spec.type or "custom", proto = p.spec.proto or "tcp",
+                                         address = p.spec.address or "0.0.0.0", port = port, metadata = {}}
+    end
+  end
+  local runtime = json.array()
+  for name in pairs(self._runtime) do runtime[#runtime + 1] = name end
+  table.sort(runtime)
+  return {version = 1, pools = pools, registry = reg, runtime = runtime, mappings = self:_mapping_records()}
 end
 
 --- Uses a saved state: services added afterwards get back the port they had.
@@ -478,13 +761,22 @@ function Manager:remember(saved)
 end
 
 --- Registers again what the saved state holds beyond the running
--- services: registrations made at run time (`register`), which a restart
--- must keep.
+-- services: the registrations made at run time (`register`), which a
+-- restart keeps. A service that left the policy is not brought back. (A
+-- state written before portman kept `runtime` names none: then every
+-- saved entry that is not running counts.)
 function Manager:restore_registrations(saved)
+  local runtime
+  if saved and type(saved.runtime) == "table" then
+    runtime = {}
+    for _, name in ipairs(saved.runtime) do runtime[name] = true end
+  end
   for _, s in ipairs(saved and saved.registry and saved.registry.services or {}) do
-    if not self.registry:get(s.name) then
+    if not self.registry:get(s.name) and not self.pending[s.name] and (not runtime or runtime[s.name]) then
       local ok, e, err = pcall(self.registry.register, self.registry, s, {check_host = false})
-      if not ok or not e then
+      if ok and e then
+        self._runtime[s.name] = true
+      else
         log.warn("registration_dropped", {service = s.name, error = ok and err or e})
       end
     end
@@ -501,30 +793,66 @@ function Manager:_changed()
   if self._autosave ~= false then self:save() end
 end
 
+-- A save a caller waits on (a registration): done now even while
+-- autosave is off, since the caller is told whether it worked.
+function Manager:_save_now()
+  if self._autosave == false then return true end
+  return self:save()
+end
+
+M.SAVE_RETRY = 2000 -- ms between tries while the state cannot be written
+
 --- Writes the state file (when the manager has one): snap, or the
--- manager's snapshot now.
+-- manager's snapshot now. While it fails (a full disk), it is tried again
+-- every SAVE_RETRY ms, and status says so.
 -- @return[1] true
 -- @return[2] nil, msg, code
 function Manager:save(snap)
   if not self._state_file then return true end
   local ok, err, code = state.save(self._state_file, snap or self:snapshot())
-  if not ok then log.error("state_save_failed", {error = err}) end
-  return ok, err, code
+  if ok then
+    if self._save_failing then
+      self._save_failing = nil
+      self:_event({event = "state_saved", note = "the state file is written again"})
+    end
+    return true
+  end
+  if not self._save_failing then
+    self:_event({event = "state_save_failed", level = "critical", error = err})
+  end
+  self._save_failing = err
+  if not self._save_timer then self._save_timer = uv.new_timer() end
+  if not self._stopping then
+    self._save_timer:start(M.SAVE_RETRY, 0, async.safe(function()
+      if self._save_failing and not self._stopping then self:save() end
+    end, "state save retry"))
+  end
+  return nil, err, code
+end
+
+local function close_timer(t)
+  if t and not t:is_closing() then t:close() end
 end
 
 --- Stops every service (listeners drained for grace_ms), writes the state
 -- as it was before the stop (so the next start gives each service its port
--- back), stops the health checks. cb() when done.
-function Manager:shutdown(grace_ms, cb)
+-- back), stops the health checks. cb() when done. With opts.save = false
+-- the state file is left as it is (a start that failed).
+function Manager:shutdown(grace_ms, cb, opts)
   local snap = self:snapshot()
   self._stopping = true
+  for name in pairs(self.pending) do self:_drop_pending(name) end
+  close_timer(self._save_timer)
   local names = self:names()
   local left = #names
   local function done()
-    snap.mappings = self:_mapping_records() -- what is left on the router: nothing, normally
-    self:save(snap)
+    if not (opts and opts.save == false) then
+      snap.mappings = self:_mapping_records() -- what is left on the router: nothing, normally
+      self:save(snap)
+      close_timer(self._save_timer)
+    end
     self.health:close()
-    if self._sync_timer then self._sync_timer:close() end
+    close_timer(self._sync_timer)
     if self.cluster_view then self.cluster_view.close() end
     if not self.cluster then return cb and cb() end
     -- revoking the lease takes this node's registrations out at once

@@ -1,5 +1,7 @@
 --- Address helpers: textual IPv4/IPv6 forms, wildcards, the kernel's
 -- /proc/net tables of bound sockets.
+local uv = require "luv"
+
 local M = {}
 
 -- The groups of "a:b:c" as numbers; nil when one is empty or not 1-4 hex
@@ -99,15 +101,54 @@ function M.bound(proto)
     if f then
       f:read("l") -- the header
       for line in f:lines() do
-        local addr, port, state = line:match("^%s*%d+: (%x+):(%x+) %x+:%x+ (%x%x)")
+        local addr, port, state, inode =
+          line:match("^%s*%d+: (%x+):(%x+) %x+:%x+ (%x%x) %x+:%x+ %x+:%x+ %x+%s+%d+%s+%d+%s+(%d+)")
         if addr and (proto ~= "tcp" or state == "0A") then
-          found[#found + 1] = {address = proc_addr(addr), port = tonumber(port, 16)}
+          found[#found + 1] = {address = proc_addr(addr), port = tonumber(port, 16), inode = tonumber(inode)}
         end
       end
       f:close()
     end
   end
   return found
+end
+
+-- The names in folder path (none when it cannot be read).
+local function entries(path)
+  local req = uv.fs_scandir(path)
+  return function()
+    if req then return (uv.fs_scandir_next(req)) end
+  end
+end
+
+-- The process that holds socket inode: {pid, program}, or nil (gone, or
+-- another user's /proc/PID/fd we may not read).
+local function socket_owner(inode)
+  local target = "socket:[" .. inode .. "]"
+  for pid in entries("/proc") do
+    if pid:match("^%d+$") then
+      for fd in entries("/proc/" .. pid .. "/fd") do
+        if uv.fs_readlink("/proc/" .. pid .. "/fd/" .. fd) == target then
+          local f = io.open("/proc/" .. pid .. "/comm")
+          local program = f and f:read("l")
+          if f then f:close() end
+          return {pid = math.tointeger(tonumber(pid)), program = program}
+        end
+      end
+    end
+  end
+  return nil
+end
+
+--- Who holds port/proto on an address overlapping address: {pid,
+-- program} from /proc, or nil when /proc does not tell.
+function M.holder(proto, port, address)
+  for _, b in ipairs(M.bound(proto)) do
+    if b.port == port and (not address or M.overlap(b.address, M.normalize(address) or address)) and b.inode ~= 0 then
+      return socket_owner(b.inode)
+    end
+  end
+  return nil
 end
 
 return M
