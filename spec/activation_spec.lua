@@ -48,14 +48,14 @@ describe("socket activation under systemd-socket-activate", function()
     error("nothing listens on " .. port)
   end
 
-  it("a child sees LISTEN_FDS and LISTEN_FDNAMES through listeners.activation() and serves on fds 3 and 4",
+  it("a child sees LISTEN_FDS and LISTEN_FDNAMES through listeners.activation() and serves on fds 3 and 4 by name",
      function()
     if not have_tool then
       pending(TOOL .. " is not installed")
       return
     end
     helpers.loop(function()
-      local web, api = table.unpack(helpers.free_ports(2))
+      local web, api, spare = table.unpack(helpers.free_ports(3))
       -- the child reports readiness as a Type=notify service does
       local name = "portman-activation-" .. pid
       local bus = assert(listener.open{proto = "unixgram", abstract = name})
@@ -63,7 +63,8 @@ describe("socket activation under systemd-socket-activate", function()
       assert(bus:serve(function(_, data) notes[#notes + 1] = data end))
 
       -- the tool passes on only PATH, TERM, USER, HOME and what -E names
-      local args = {"-l", "127.0.0.1:" .. web, "-l", "127.0.0.1:" .. api, "--fdname=web:api",
+      local args = {"-l", "127.0.0.1:" .. web, "-l", "127.0.0.1:" .. api, "-l", "127.0.0.1:" .. spare,
+                    "--fdname=web:api:spare",
                     "-E", "LUA_PATH=" .. package.path, "-E", "LUA_CPATH=" .. package.cpath,
                     "-E", "NOTIFY_SOCKET=@" .. name}
       for _, k in ipairs{"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "PORTMAN_BUILD"} do
@@ -86,11 +87,14 @@ describe("socket activation under systemd-socket-activate", function()
       local info = cjson.decode(line)
       -- exec in place: the child is the process we started, and LISTEN_PID says so
       assert.equal(child_pid, info.pid)
-      assert.same({LISTEN_FDS = "2", LISTEN_FDNAMES = "web:api", LISTEN_PID = tostring(child_pid)}, info.seen)
-      assert.same({web = {3}, api = {4}}, info.activation)
+      assert.same({LISTEN_FDS = "3", LISTEN_FDNAMES = "web:api:spare", LISTEN_PID = tostring(child_pid)},
+        info.seen)
+      assert.same({web = {3}, api = {4}, spare = {5}}, info.activation)
       assert.same({{name = "api", port = api, activated = true, fd = 4},
                    {name = "web", port = web, activated = true, fd = 3}}, info.listeners)
-      assert.equal(0, info.unclaimed)
+      -- a socket no listener claims stays open, but no child of the child gets it
+      assert.same({"spare"}, info.unclaimed)
+      assert.same({true, true, true}, info.cloexec)
       assert.equal(cjson.null, info.listen_fds_after) -- unset for the child's children
 
       local got = read_until(c1, function() return false end)

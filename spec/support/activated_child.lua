@@ -1,9 +1,11 @@
 -- Started by spec/activation_spec.lua under systemd-socket-activate, which
--- execs it in its own place (so LISTEN_PID is this process) with two
--- listening sockets named web and api as fds 3 and 4. Prints one JSON line
--- (what listeners.activation() read, and the listeners it adopted), tells
--- NOTIFY_SOCKET it is ready, serves one connection on each, then stops.
+-- execs it in its own place (so LISTEN_PID is this process) with three
+-- listening sockets named web, api and spare as fds 3, 4 and 5. Prints one
+-- JSON line (what listeners.activation() read, the listeners it adopted,
+-- whether the fds are close-on-exec now), tells NOTIFY_SOCKET it is ready,
+-- serves one connection on web and api, then stops.
 local uv = require "luv"
+local core = require "portman.core"
 local cjson = require "cjson"
 local listeners = require "portman.listeners"
 local notify = require "portman.notify"
@@ -35,9 +37,11 @@ local list = {}
 for _, d in ipairs(m:list()) do
   list[#list + 1] = {name = d.name, port = d.port, activated = d.activated, fd = m:get(d.name)[1].fd}
 end
+local cloexec = {}
+for fd = 3, 5 do cloexec[#cloexec + 1] = core.sockinfo(fd).cloexec end
 io.stdout:write(cjson.encode{
   pid = uv.os_getpid(), seen = seen, activation = activation, listeners = list,
-  unclaimed = #m:unclaimed(), listen_fds_after = os.getenv("LISTEN_FDS") or cjson.null,
+  unclaimed = m:unclaimed(), cloexec = cloexec, listen_fds_after = os.getenv("LISTEN_FDS") or cjson.null,
 }, "\n")
 io.stdout:flush()
 n:ready("serving web and api")
