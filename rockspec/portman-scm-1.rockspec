@@ -95,6 +95,7 @@ build = {
     ["portman.manager"] = "lua/portman/manager.lua",
     ["portman.nat"] = "lua/portman/nat.lua",
     ["portman.netaddr"] = "lua/portman/netaddr.lua",
+    ["portman.notify"] = "lua/portman/notify.lua",
     ["portman.probe"] = "lua/portman/probe.lua",
     ["portman.registry"] = "lua/portman/registry.lua",
     ["portman.resolver"] = "lua/portman/resolver/init.lua",

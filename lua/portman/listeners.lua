@@ -7,6 +7,7 @@
 -- LISTEN_PID and LISTEN_FDNAMES (sd_listen_fds(3)) adopts those fds, matched
 -- by name, instead of binding new ones. The inherited fds start at 3.
 local uv = require "luv"
+local core = require "portman.core"
 local check = require "portman.check"
 local async = require "portman.async"
 local listener = require "portman.listener"
@@ -56,10 +57,29 @@ function M.activation(getenv, pid)
   return byname
 end
 
+--- This process's inherited fds, as `activation` reads them, taken over
+-- the way sd_listen_fds(unset_environment = 1) does: LISTEN_PID,
+-- LISTEN_FDS and LISTEN_FDNAMES are unset, so children do not inherit
+-- them, and every socket among the fds is made close-on-exec, so no child
+-- inherits one that no listener claims either. Call it once, early.
+-- @return a table name -> array of fds, as `activation`
+function M.from_environment()
+  local byname = M.activation()
+  for _, k in ipairs{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} do uv.os_unsetenv(k) end
+  for _, fds in pairs(byname) do
+    for _, fd in ipairs(fds) do
+      -- adopt sets FD_CLOEXEC; release hands the fd back untouched
+      local s = core.socket_adopt(fd)
+      if s then s:release() end
+    end
+  end
+  return byname
+end
+
 --- Creates a manager.
 -- @tparam[opt] table opts `activation` (a table from `listeners.activation`;
---   read from the environment by default, and the LISTEN_* variables are
---   then unset so children do not inherit them; false: none),
+--   by default `from_environment()`, which unsets the LISTEN_* variables
+--   so children do not inherit them; false: none),
 --   `allocator` (default pool for entries with port = "auto")
 -- @raise on a bad option
 function M.new(opts)
@@ -68,8 +88,7 @@ function M.new(opts)
   check.known("new", 1, opts, {activation = true, allocator = true})
   local inherited = opts.activation
   if inherited == nil then
-    inherited = M.activation()
-    for _, k in ipairs{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} do uv.os_unsetenv(k) end
+    inherited = M.from_environment()
   elseif inherited == false then
     inherited = {}
   else
