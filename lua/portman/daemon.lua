@@ -26,6 +26,8 @@ local netaddr = require "portman.netaddr"
 local allocator = require "portman.allocator"
 local json = require "portman.json"
 local errors = require "portman.errors"
+local notify = require "portman.notify"
+local listeners = require "portman.listeners"
 
 local M = {}
 local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true}
@@ -219,7 +221,7 @@ function M.start(policy, opts)
     cluster, err, code = join_cluster(policy.cluster)
     if not cluster then return nil, err, code end
   end
-  local m = manager.new{state_file = opts.state_file, cluster = cluster}
+  local m = manager.new{state_file = opts.state_file, cluster = cluster, activation = opts.activation}
   m:autosave(false)
   m:remember(opts.saved)
   for name, p in pairs(policy.pools or {}) do
@@ -500,14 +502,17 @@ local function admin_ops(d)
 end
 
 -- Reloads on SIGHUP: load, check and apply the policy; on any failure the
--- old services keep running and status shows why.
+-- old services keep running and status shows why. systemd hears
+-- RELOADING=1, then READY=1 either way.
 local function reload(d)
   local m = d.manager
-  local new, err = M.load_policy(d.path)
+  d.notify:reloading("reloading " .. d.path)
   local function failed(why)
     m.reload_error = {error = why, at = os.time()}
     m:_event({event = "reload_failed", level = "error", error = why})
+    d.notify:ready("reload failed, the old policy kept: " .. why)
   end
+  local new, err = M.load_policy(d.path)
   if not new then return failed(err) end
   d.reloading = true
   M.reload(m, d.policy, new, function(ok, rerr)
@@ -516,6 +521,7 @@ local function reload(d)
     d.policy, m.reload_error = new, nil
     m:save()
     m:_event({event = "reloaded", policy = d.path, services = #m:names()})
+    d.notify:ready(#m:names() .. " services")
   end)
 end
 
@@ -524,7 +530,10 @@ end
 -- @return[2] nil, msg, code when the policy, the state dir or the admin
 --   socket cannot be used (the state file is then left as it was)
 function M.run(policy_path, opts, out)
-  local d = {path = policy_path}
+  -- systemd's variables are read (and unset, so programs started later do
+  -- not inherit them) before anything else
+  local d = {path = policy_path, notify = notify.new()}
+  local inherited = listeners.from_environment()
   local stopping = false
   local close_signals = on_signals({
     sighup = function() if d.manager and not stopping and not d.reloading then reload(d) end end,
@@ -538,6 +547,7 @@ function M.run(policy_path, opts, out)
     log.info("daemon_stopping", {signal = signame})
   end
   local function fail(err, code)
+    d.notify:close()
     close_signals()
     if d.server then d.server.close() end
     close_everything()
@@ -578,25 +588,30 @@ function M.run(policy_path, opts, out)
     return true
   end
   local m
-  m, err, code = M.start(policy, {state_file = state_file, saved = saved})
+  m, err, code = M.start(policy, {state_file = state_file, saved = saved, activation = inherited})
   if not m then return fail(err, code) end
   d.manager, vars.manager = m, m
   function d.stop(signame)
     if stopping then return end
     stopping = true
     log.info("daemon_stopping", {signal = signame})
+    d.notify:stopping("draining")
     d.server.close()
     m:shutdown(d.policy.grace or 0, close_signals)
   end
   m:autosave(true)
   m:save()
+  for name in pairs(m.inherited) do log.warn("activation_unclaimed", {name = name}) end
   log.info("daemon_started", {policy = policy_path, services = #m:names(), admin = d.server.path})
   print_services(m, out)
+  d.notify:ready(#m:names() .. " services")
+  d.notify:watchdog_start()
   if stopping then -- a signal came while the services started
     stopping = false
     d.stop("early")
   end
   uv.run()
+  d.notify:close()
   log.info("daemon_stopped", {})
   return true
 end

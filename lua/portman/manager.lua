@@ -22,7 +22,7 @@ local Manager = events.mixin({})
 local mt = {__index = Manager, __name = "portman.manager"}
 
 local NEW_KEYS = {state_file = true, check_host = true, on_event = true, concurrency = true,
-                  cluster = true}
+                  cluster = true, activation = true}
 local POOL_KEYS = {range = true, strategy = true, node_id = true, allow_privileged = true,
                    warning = true, critical = true}
 local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, port = true, pool = true,
@@ -35,7 +35,10 @@ local MAP_KEYS = {external_port = true, method = true, lifetime = true, descript
 --   `on_event` (called with each event: health status changes, pool
 --   exhaustion, service lifecycle), `concurrency` (health checks at once),
 --   `cluster` (a started portman.backend: services are registered there
---   too, and `where` answers from every node's registrations)
+--   too, and `where` answers from every node's registrations),
+--   `activation` (sockets passed by systemd, name -> {fd, ...}, from
+--   listeners.from_environment: a service of that name adopts its socket
+--   instead of binding one)
 function M.new(opts)
   opts = opts or {}
   check.table("new", 1, opts)
@@ -44,6 +47,7 @@ function M.new(opts)
     pools = {}, services = {}, registry = registry.new{check_host = opts.check_host},
     _state_file = opts.state_file, _previous = {}, _unclean = {},
     pending = {},     -- services that could not start yet: retried on a back-off
+    inherited = opts.activation or {}, -- sockets systemd passed, by name, not yet claimed
     _runtime = {},    -- names registered at run time (kept across restarts)
     _ring = {}, _ring_next = 1, -- the last RING events, with wall-clock times
   }, mt)
@@ -133,7 +137,8 @@ end
 function Manager:_event(ev)
   local fields = {}
   for k, v in pairs(ev) do if k ~= "event" then fields[k] = v end end
-  local level = (ev.level == "critical" or ev.level == "error") and "error" or ev.level == "warning" and "warn" or "info"
+  local level = (ev.level == "critical" or ev.level == "error") and "error"
+    or ev.level == "warning" and "warn" or "info"
   log.log(level, ev.event, fields)
   if ev.event == "status" then self:_status_changed(ev) end
   remember_event(self, ev)
@@ -272,6 +277,14 @@ end
 -- @return listener or nil, port, reserved (the manager frees the port on
 --   stop); or nil, nil, err, code
 function Manager:_take_port(svc, spec, pool)
+  local fds = self.inherited[svc.name]
+  if fds and spec.listen ~= false then -- socket activation: systemd bound it
+    local l, err, code = listener.adopt(fds[1], {proto = svc.proto, name = svc.name})
+    if not l then return nil, nil, err, code end
+    self.inherited[svc.name] = nil
+    if in_pool(pool, l.port) and pool:reserve(l.port) then return l, l.port, true end
+    return l, l.port, false
+  end
   local wanted = spec.port
   if not wanted and in_pool(pool, self._previous[svc.name]) then
     wanted = self._previous[svc.name] -- the port it had, if its pool still holds it
