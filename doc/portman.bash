@@ -2,11 +2,11 @@
 _portman() {
   local cur=${COMP_WORDS[COMP_CWORD]} opts
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W "alloc probe resolve stun nat-type map unmap mappings run status repl services help --version --help" -- "$cur"))
+    COMPREPLY=($(compgen -W "alloc probe resolve stun nat-type map unmap mappings run check status events register deregister repl services help --version --help" -- "$cur"))
     return
   fi
   case ${COMP_WORDS[1]} in
-    help) opts="alloc probe resolve stun nat-type map unmap mappings run status repl services" ;;
+    help) opts="alloc probe resolve stun nat-type map unmap mappings run check status events register deregister repl services" ;;
     alloc) opts="--range --strategy --node-id --count --allow-privileged --ttl --hold --etcd --cluster --timeout --cacert --cert --key --user --json --help -h" ;;
     probe) opts="--timeout --concurrency --json --no-header -H --help -h" ;;
     resolve) opts="--type --server --timeout --json --no-header -H --help -h" ;;
@@ -16,7 +16,11 @@ _portman() {
     unmap) opts="--proto --method --internal --timeout --json --help -h" ;;
     mappings) opts="--timeout --json --no-header -H --help -h" ;;
     run) opts="--state-dir --admin-socket --help -h" ;;
+    check) opts="--no-host --json --help -h" ;;
     status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;
+    events) opts="--since --admin-socket --timeout --json --no-header -H --help -h" ;;
+    register) opts="--port --proto --address --type --meta --admin-socket --timeout --json --help -h" ;;
+    deregister) opts="--admin-socket --timeout --json --help -h" ;;
     repl) opts="--admin-socket --timeout --help -h" ;;
     services) opts="--etcd --cluster --timeout --cacert --cert --key --user --json --no-header -H --help -h" ;;
     *) opts= ;;

@@ -164,7 +164,7 @@ describe("portman.stun client", function()
         return stun.query{servers = {bad .. ":3478"}}
       end)
       assert.equal("not_found", code)
-      assert.equal(("not_found: cannot resolve '%s' (EAI_NONAME)"):format(bad), err)
+      assert.equal(("not_found: cannot resolve '%s' (not_found: invalid domain name '%s')"):format(bad, bad), err)
     end)
 
     it("resolves server names through the default resolver", function()

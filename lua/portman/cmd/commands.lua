@@ -6,7 +6,8 @@ local M = {}
 M.ORDER = {
   {"alloc", "alloc"}, {"probe", "probe"}, {"resolve", "resolve"}, {"stun", "stun"},
   {"nat-type", "stun"}, {"map", "map"}, {"unmap", "map"}, {"mappings", "map"},
-  {"run", "run"}, {"status", "admin"}, {"repl", "admin"}, {"services", "services"},
+  {"run", "run"}, {"check", "check"}, {"status", "admin"}, {"events", "events"}, {"register", "register"},
+  {"deregister", "register"}, {"repl", "admin"}, {"services", "services"},
 }
 
 --- The spec of command name (see portman.cmd), or nil.

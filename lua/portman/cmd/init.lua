@@ -16,8 +16,9 @@
 --
 -- `run(opts, ctx)` returns one of: `{json = doc, text = "..."}`; `{json =
 -- doc, header = {...}, rows = {{...}, ...}, footer = "..."}` (a table sized
--- to its content); true when it printed everything itself; or nil, msg,
--- code when the operation failed. A command validates its own flags and
+-- to its content); either with `exit = 1` for a document that reports a
+-- failure (portman check); true when it printed everything itself; or nil,
+-- msg, code when the operation failed. A command validates its own flags and
 -- raises ctx.usage(msg) for bad usage (exit 2); anything else raised is an
 -- internal error (exit 1), never blamed on the user.
 local uv = require "luv"
@@ -277,7 +278,7 @@ local function run_command(spec, args, ctx)
     return fail(ctx, 1, tostring(err), code or tostring(err):match("^([%w_]+):"))
   end
   if result ~= true then ctx.out:write(render(result, opts), "\n") end
-  return 0
+  return result ~= true and result.exit or 0
 end
 
 local function has_json(argv)
