@@ -15,7 +15,7 @@ _portman() {
     map) opts="--external --proto --lifetime --method --timeout --json --help -h" ;;
     unmap) opts="--proto --method --internal --timeout --json --help -h" ;;
     mappings) opts="--timeout --json --no-header -H --help -h" ;;
-    run) opts="--state-dir --admin-socket --help -h" ;;
+    run) opts="--state-dir --admin-socket --log-level --log-format --help -h" ;;
     status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;
     repl) opts="--admin-socket --timeout --help -h" ;;
     services) opts="--etcd --cluster --timeout --cacert --cert --key --user --json --no-header -H --help -h" ;;

@@ -1,6 +1,7 @@
 -- portman.log's capture of fd 2 (docs/design.md, "Logs"): what C
 -- libraries, child processes and io.stderr write there becomes one
--- `warn library_output text=...` event a line.
+-- `warn library_output text=...` event a line; `portman run` turns it on
+-- and takes --log-level and --log-format.
 local helpers = require "helpers"
 local json = require "portman.json"
 local uv = require "luv"
@@ -122,5 +123,74 @@ describe("portman.log capture_stderr", function()
     assert.same({"mine", "info", 1}, {mine.event, mine.level, mine.n})
     assert.same({"library_output", "warn", "theirs"}, {theirs.event, theirs.level, theirs.text})
     assert.equal("after close", lines[3])
+  end)
+end)
+
+describe("portman run's log", function()
+  local dir, policy
+  before_each(function()
+    dir = helpers.tmpdir()
+    policy = dir .. "/policy.lua"
+    -- the policy's chunk runs a child that writes to the fd 2 it inherits
+    helpers.write(policy, [[
+      os.execute("echo 'hi from a child' >&2")
+      return {services = {{name = "a", port = 21501}}}
+    ]])
+  end)
+  after_each(function()
+    helpers.kill_daemons()
+    os.execute("rm -rf " .. dir)
+  end)
+
+  -- Runs the policy until SIGTERM; returns the lines of its stderr.
+  local function run(args)
+    local d = helpers.start_daemon(dir, policy, 1, {netns = true, args = args})
+    assert.is_nil(d.code, d.err)
+    assert.is_true(helpers.run_until(function() return d.err:find("library_output", 1, true) ~= nil end, 5000), d.err)
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit(), d.err)
+    local lines = {}
+    for line in d.err:gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+    assert.equal("\n", d.err:sub(-1))
+    return lines
+  end
+
+  it("with --log-format json writes only JSON lines on stderr, one event each", function()
+    local lines = run({"--log-format", "json"})
+    local seen, outputs = {}, {}
+    for _, line in ipairs(lines) do
+      local e = json.decode(line)
+      assert.is_table(e, line)
+      assert.is_string(e.event, line)
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", e.time)
+      assert.is_truthy(({debug = 1, info = 1, warn = 1, error = 1})[e.level], line)
+      seen[e.event] = true
+      if e.event == "library_output" then outputs[#outputs + 1] = e end
+    end
+    assert.is_true(seen.daemon_started and seen.daemon_stopped and true)
+    assert.equal(1, #outputs, table.concat(lines, "\n"))
+    assert.same({"warn", "hi from a child"}, {outputs[1].level, outputs[1].text})
+  end)
+
+  it("with --log-level warn hides the info lines (text by default)", function()
+    local lines = run({"--log-level", "warn"})
+    for i, line in ipairs(lines) do lines[i] = line:gsub("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ ", "") end
+    assert.same({'warn library_output text="hi from a child"'}, lines)
+  end)
+
+  it("refuses an unknown --log-level or --log-format (exit 2, naming the flag)", function()
+    local status, _, err = helpers.portman("run " .. policy .. " --log-level loud")
+    assert.equal(2, status)
+    assert.matches("portman run: --log-level: debug, info, warn, error expected, got 'loud'", err, nil, true)
+    assert.matches("usage: portman run POLICY", err, nil, true)
+    status, _, err = helpers.portman("run " .. policy .. " --log-format=xml")
+    assert.equal(2, status)
+    assert.matches("--log-format: text, json expected, got 'xml'", err, nil, true)
+  end)
+
+  it("reports a failure on the stderr it was given, as the command line does", function()
+    local status, _, err = helpers.portman("run " .. dir .. "/none.lua --log-format json")
+    assert.equal(1, status)
+    assert.equal("portman run: not_found: policy " .. dir .. "/none.lua\n", err)
   end)
 end)
