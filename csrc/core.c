@@ -21,6 +21,7 @@ static const opener parts[] = {
     pm_open_http,
     pm_open_nat,
     pm_open_sandbox,
+    pm_open_stderr,
 };
 
 PM_EXPORT int luaopen_portman_core(lua_State *L);

@@ -35,5 +35,6 @@ int pm_open_probe(lua_State *L);
 int pm_open_http(lua_State *L);
 int pm_open_nat(lua_State *L);
 int pm_open_sandbox(lua_State *L);
+int pm_open_stderr(lua_State *L);
 
 #endif

@@ -43,6 +43,7 @@ build = {
         "csrc/lua_probe.c",
         "csrc/lua_sandbox.c",
         "csrc/lua_state.c",
+        "csrc/lua_stderr.c",
         "csrc/lua_stun.c",
         "csrc/lua_util.c",
         "csrc/pmp.c",

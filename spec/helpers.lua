@@ -174,7 +174,8 @@ local daemons = {} -- started by start_daemon, killed by kill_daemons
 -- pid. With opts.netns it runs in a network namespace of its own (as
 -- M.NETNS; its admin socket is a file, reached from here all the same):
 -- the ports of its policy are then never the host's; M.in_netns with
--- {pid = d.pid} runs code beside it.
+-- {pid = d.pid} runs code beside it. opts.args: more words for `portman
+-- run` (a list), after the others.
 function M.start_daemon(dir, policy, services, opts)
   local uv = require "luv"
   local d = {out = "", err = "", sock = dir .. "/adm/admin.sock"}
@@ -194,6 +195,7 @@ function M.start_daemon(dir, policy, services, opts)
   for _, a in ipairs({M.root .. "/bin/portman", "run", policy, "--state-dir", dir, "--admin-socket", d.sock}) do
     args[#args + 1] = a
   end
+  for _, a in ipairs(opts and opts.args or {}) do args[#args + 1] = a end
   d.proc, d.pid = uv.spawn(file, {args = args, stdio = {nil, stdout, stderr}, env = env},
     function(code, signal)
       d.code, d.signal = code, signal
