@@ -582,6 +582,7 @@ function M.run(policy_path, opts, out)
   local cleaned = false
   M.remove_orphans(saved, function() cleaned = true end)
   while not cleaned and not stopping do uv.run("once") end
+  uv.run("nowait") -- a signal that came while the policy loaded
   if stopping then
     fail()
     log.info("daemon_stopped", {})
