@@ -281,3 +281,42 @@ describe("the daemon, as an operator meets it", function()
     assert.equal(saved, read(dir .. "/state.json"))
   end)
 end)
+
+describe("the daemon short of fds", function()
+  local dir, policy
+  before_each(function()
+    dir = helpers.tmpdir()
+    policy = dir .. "/policy.lua"
+  end)
+  after_each(function()
+    helpers.kill_daemons()
+    os.execute("rm -rf " .. dir)
+  end)
+
+  it("keeps every service's port in the state file when some cannot open (EMFILE)", function()
+    local lines = {"return {pools = {p = {range = {30000, 30199}}}, services = {"}
+    for i = 1, 60 do lines[#lines + 1] = ('{name = "s%d", pool = "p", check = false},'):format(i) end
+    lines[#lines + 1] = "}}"
+    write(policy, table.concat(lines, "\n"))
+    local d = start(dir, policy, 60)
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+    local function ports()
+      local t = {}
+      for _, s in ipairs(json.decode(read(dir .. "/state.json")).registry.services) do t[s.name] = s.port end
+      return t
+    end
+    local before = ports()
+    local n = 0
+    for _ in pairs(before) do n = n + 1 end
+    assert.equal(60, n)
+    -- 40 fds: the first services open, the rest fail with EMFILE and wait
+    local limited = helpers.NETNS:gsub("^unshare", "prlimit --nofile=40 unshare")
+    local code, out, err = helpers.portman(("run %s --state-dir %s --admin-socket %s/adm/admin.sock")
+      :format(policy, dir, dir), limited .. " timeout --preserve-status -s TERM 2")
+    assert.equal(0, code, err)
+    assert.matches("EMFILE", err)
+    assert.matches(" EMFILE\n", out) -- a pending service's line shows its status
+    assert.same(before, ports())
+  end)
+end)
