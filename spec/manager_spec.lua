@@ -136,6 +136,20 @@ describe("portman.manager", function()
     assert.same({"outside"}, saved.runtime)
   end)
 
+  it("gives a Lua check the service it checks, and takes its verdict as the status", function()
+    local seen
+    assert(m:add_service{name = "lua", pool = "api", check = {kind = "lua", interval = 50, rise = 1, fall = 1,
+      fn = function(done, svc)
+        seen = svc
+        done(false, "unreachable", "no answer from " .. svc.port)
+      end}})
+    assert.is_true(helpers.run_until(function() return m:service("lua").status == "unreachable" end, 5000))
+    local s = m:service("lua")
+    assert.same({name = "lua", address = "0.0.0.0", port = s.port, proto = "tcp"}, seen)
+    assert.equal("no answer from " .. s.port, s.reason)
+    assert.is_true(s.last_check <= os.time() and s.last_check >= os.time() - 5)
+  end)
+
   it("reports pool exhaustion", function()
     -- reserved ports are registered, and registering checks the host's sockets
     local tlo, thi = helpers.free_range(4, "tcp", "0.0.0.0")
