@@ -280,18 +280,6 @@ describe("the daemon, as an operator meets it", function()
     assert.is_nil(d.err:find("service_started", 1, true))
     assert.equal(saved, read(dir .. "/state.json"))
   end)
-end)
-
-describe("the daemon short of fds", function()
-  local dir, policy
-  before_each(function()
-    dir = helpers.tmpdir()
-    policy = dir .. "/policy.lua"
-  end)
-  after_each(function()
-    helpers.kill_daemons()
-    os.execute("rm -rf " .. dir)
-  end)
 
   it("keeps every service's port in the state file when some cannot open (EMFILE)", function()
     local lines = {"return {pools = {p = {range = {30000, 30199}}}, services = {"}
