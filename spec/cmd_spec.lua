@@ -281,3 +281,46 @@ describe("docs/cli.md", function()
     assert.same(keys(ex.records[1]), keys(doc.records[1]))
   end)
 end)
+
+describe("portman check", function()
+  local uv = require "luv"
+
+  it("passes every example policy", function()
+    for _, name in ipairs({"default", "db-cluster-node", "game-server"}) do
+      local status, out, err = run(("check %s/examples/%s.lua --no-host"):format(helpers.root, name))
+      assert.equal(0, status, err)
+      assert.matches(": ok %(%d+ pools?, %d+ services?%)\n$", out)
+    end
+  end)
+
+  it("lists every problem, with the holder of a fixed port on this host, and exits 1", function()
+    local dir = helpers.tmpdir()
+    local held = helpers.free_port("tcp", "0.0.0.0")
+    local s = uv.new_tcp()
+    assert(s:bind("0.0.0.0", held))
+    assert(s:listen(4, function() end))
+    helpers.write(dir .. "/p.lua", ([[return {pools = {p = {range = {5, 1}}},
+      services = {{name = "a", port = %d}, {name = "b", port = %d, prto = "tcp"}, {name = "c", pool = "q"}}}]])
+      :format(held, held))
+    local status, out = run("check " .. dir .. "/p.lua --json")
+    assert.equal(1, status)
+    local doc = cjson.decode(out)
+    assert.is_false(doc.ok)
+    assert.same({"services[3].pool: no pool 'q'", "pools.p: range: lo 5 > hi 1",
+      ("services[1] (a): port %d/tcp is held on this host by pid %d (%s)"):format(held, helpers.pid(), "lua5.4"),
+      "services[2] (b): unknown option 'prto'", ("services[2] (b): port tcp/%d is also 'a''s"):format(held),
+      ("services[2] (b): port %d/tcp is held on this host by pid %d (%s)"):format(held, helpers.pid(), "lua5.4")},
+      doc.problems)
+    status, out = run("check " .. dir .. "/p.lua")
+    assert.equal(1, status)
+    assert.matches("p%.lua: 6 problems\n  services%[3%]", out)
+    helpers.write(dir .. "/loop.lua", "while true do end")
+    status, out = run("check " .. dir .. "/loop.lua")
+    assert.equal(1, status)
+    assert.matches("ran longer than 2000 ms", out)
+    assert.equal(1, (run("check " .. dir .. "/none.lua")))
+    s:close()
+    uv.run("nowait")
+    os.execute("rm -rf " .. dir)
+  end)
+end)

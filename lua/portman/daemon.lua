@@ -73,13 +73,12 @@ local function shape_problems(policy, path)
   return problems
 end
 
---- Reads a policy file: its chunk runs under a time budget (a policy that
--- loops ends with an error, it does not freeze the daemon), and its shape
--- is checked (each pool and service is checked in full by check_policy,
--- and again when applied).
--- @return[1] the policy table
+--- Runs a policy file's chunk under a time budget (a policy that loops
+-- ends with an error, it does not freeze the daemon) and returns what it
+-- returns, unchecked.
+-- @return[1] the value
 -- @return[2] nil, msg, code ("not_found" for a missing file, "protocol" for a bad one)
-function M.load_policy(path, opts)
+function M.read_policy(path, opts)
   local chunk, err = loadfile(path, "t", setmetatable({}, {__index = _G}))
   if not chunk then
     local f = io.open(path)
@@ -87,12 +86,23 @@ function M.load_policy(path, opts)
     f:close()
     return policy_error("%s", err)
   end
-  local ok, policy, code = sandbox.run(chunk, {budget = opts and opts.budget or M.POLICY_BUDGET,
-                                               what = "policy " .. path})
+  local ok, policy = sandbox.run(chunk, {budget = opts and opts.budget or M.POLICY_BUDGET,
+                                         what = "policy " .. path})
   if not ok then return policy_error("%s", policy:gsub("^timeout: ", "")) end
+  if type(policy) ~= "table" then return policy_error("%s must return a table", path) end
+  return policy
+end
+
+--- Reads a policy file (read_policy) and checks its shape (each pool and
+-- service is checked in full by check_policy, and again when applied).
+-- @return[1] the policy table
+-- @return[2] nil, msg, code ("not_found" for a missing file, "protocol" for a bad one)
+function M.load_policy(path, opts)
+  local policy, err, code = M.read_policy(path, opts)
+  if not policy then return nil, err, code end
   local problems = shape_problems(policy, path)
   if #problems > 0 then return policy_error("%s", problems[1]) end
-  return policy, nil, code
+  return policy
 end
 
 -- The problems of one service's fixed port on this host: another process

@@ -2,6 +2,7 @@
 -- running daemon, as `nginx -t` does.
 local daemon = require "portman.daemon"
 local json = require "portman.json"
+local cmd = require "portman.cmd"
 
 local function count(t)
   local n = 0
@@ -19,7 +20,7 @@ return {check = {
   notes = "Exit status 0 when the policy is fine, 1 with every problem listed. The policy's chunk runs "
     .. "under the daemon's time budget.",
   run = function(opts)
-    local policy, err, code = daemon.load_policy(opts.policy)
+    local policy, err, code = daemon.read_policy(opts.policy)
     local problems
     if policy then
       problems = daemon.check_policy(policy, {host = not opts.no_host})
@@ -32,9 +33,10 @@ return {check = {
                  pools = policy and count(policy.pools) or 0, services = policy and #(policy.services or {}) or 0}
     local lines = {}
     if #problems == 0 then
-      lines[1] = ("%s: ok (%d pools, %d services)"):format(opts.policy, doc.pools, doc.services)
+      lines[1] = ("%s: ok (%s, %s)"):format(opts.policy, cmd.plural(doc.pools, "pool"),
+        cmd.plural(doc.services, "service"))
     else
-      lines[1] = ("%s: %d problem%s"):format(opts.policy, #problems, #problems == 1 and "" or "s")
+      lines[1] = ("%s: %s"):format(opts.policy, cmd.plural(#problems, "problem"))
       for _, p in ipairs(problems) do lines[#lines + 1] = "  " .. p end
     end
     return {json = doc, text = table.concat(lines, "\n"), exit = #problems == 0 and 0 or 1}
