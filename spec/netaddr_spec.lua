@@ -166,6 +166,10 @@ describe("portman.netaddr", function()
         return list
       ]])
       table.sort(list, function(x, y) return x.port < y.port end)
+      for _, b in ipairs(list) do
+        assert.is_true(math.type(b.inode) == "integer" and b.inode > 0) -- the socket's, for netaddr.holder
+        b.inode = nil
+      end
       assert.same({{address = "2001:db8:1:2:3:4:5:6", port = 4242}, {address = "0.0.0.0", port = 4243}}, list)
     end)
   end)
