@@ -55,6 +55,12 @@ describe("portman alloc", function()
     {"--range 20000-20010 extra", "unexpected argument 'extra'"},
     {"--range", "--range needs a value"},
     {"--range 20000-20010 --json=yes", "--json takes no value"},
+    {"--range 20000-20010 --proto sctp", "--proto: tcp, udp, both expected, got 'sctp'"},
+    {"--range 20000-20010 --no-host-check=1", "--no-host-check takes no value"},
+    {"--range 20000-20010 --etcd http://127.0.0.1:1 --cluster c --no-host-check",
+     "--no-host-check: --etcd checks no host's sockets"},
+    {"--range 20000-20010 --etcd http://127.0.0.1:1 --cluster c --proto udp",
+     "--proto: --etcd checks no host's sockets"},
   }
   for _, case in ipairs(usage) do
     it("exits 2 on 'alloc " .. case[1] .. "'", function()
@@ -70,6 +76,157 @@ describe("portman alloc", function()
     local status, out = run("alloc --range 80-81 --allow-privileged --json")
     assert.equal(0, status)
     assert.same({80}, cjson.decode(out).ports)
+  end)
+
+  -- The host check: the ports this host's sockets hold are passed over,
+  -- so that each port printed binds at once, with a plain bind (no
+  -- SO_REUSEADDR). The ranges are the kernel's choice of free ports; the
+  -- spec holds some of them itself.
+  describe("on this host", function()
+    local uv = require "luv"
+    local listener = require "portman.listener"
+    local netaddr = require "portman.netaddr"
+    local held
+
+    before_each(function() held = {} end)
+    after_each(function()
+      for _, h in ipairs(held) do if not h:is_closing() then h:close() end end
+      uv.run("nowait")
+    end)
+
+    local function hold_tcp(port, listening)
+      local h = uv.new_tcp()
+      held[#held + 1] = h
+      assert(h:bind("127.0.0.1", port))
+      if listening then assert(h:listen(4, function() end)) end
+      return h
+    end
+
+    local function hold_udp(port)
+      local h = uv.new_udp()
+      held[#held + 1] = h
+      assert(h:bind("127.0.0.1", port))
+      return h
+    end
+
+    -- The ports `portman alloc ARGS --json` prints; each must bind right
+    -- after, on every IPv4 address, without SO_REUSEADDR, for each proto.
+    local function alloc_binding(args, protos)
+      local status, out, err = run("alloc " .. args .. " --json")
+      assert.equal(0, status, err)
+      local ports = cjson.decode(out).ports
+      for _, p in ipairs(ports) do
+        for _, proto in ipairs(protos or {"tcp"}) do
+          local l, lerr = listener.open{proto = proto, address = "0.0.0.0", port = p}
+          assert.truthy(l, ("%d/%s does not bind: %s"):format(p, proto, tostring(lerr)))
+          l:close()
+        end
+      end
+      uv.run("nowait")
+      table.sort(ports)
+      return ports
+    end
+
+    local function without(lo, hi, ...)
+      local skip, list = {}, {}
+      for _, p in ipairs({...}) do skip[p] = true end
+      for p = lo, hi do if not skip[p] then list[#list + 1] = p end end
+      return list
+    end
+
+    it("skips a port a TCP listener holds, and prints it with --no-host-check", function()
+      local lo, hi = helpers.free_range(8, "tcp", "0.0.0.0")
+      local port = lo + 3
+      hold_tcp(port, true)
+      -- random: the 7 ports it prints over the 8 are the 7 free ones
+      assert.same(without(lo, hi, port), alloc_binding(("--range %d-%d --count 7 --strategy random"):format(lo, hi)))
+      local ports = alloc_binding(("--range %d-%d --count 5"):format(lo, hi))
+      assert.same(without(lo, lo + 5, port), ports)
+      local status, out = run(("alloc --range %d-%d --count 8 --no-host-check"):format(lo, hi))
+      assert.equal(0, status)
+      assert.truthy(out:find("\n" .. port .. "\n", 1, true))
+      local err
+      status, out, err = run(("alloc --range %d-%d --count 8"):format(lo, hi))
+      assert.equal(1, status)
+      assert.equal("", out)
+      assert.equal(("portman alloc: exhausted: no free port in %d-%d (1 port in use on this host; "
+        .. "see --no-host-check)\n"):format(lo, hi), err)
+    end)
+
+    it("skips a TCP port bound but not listening, which /proc/net/tcp does not list", function()
+      local lo, hi = helpers.free_range(4, "tcp", "0.0.0.0")
+      hold_tcp(lo + 1, false)
+      assert.is_nil(netaddr.ports_in_use("tcp")[lo + 1])
+      assert.same(without(lo, hi, lo + 1), alloc_binding(("--range %d-%d --count 3"):format(lo, hi)))
+    end)
+
+    -- A plain bind fails while a connection on the port is in TIME_WAIT
+    -- (SO_REUSEADDR would pass it): alloc skips it.
+    it("skips a TCP port in TIME_WAIT", function()
+      local lo, hi = helpers.free_range(4, "tcp", "0.0.0.0")
+      local port = lo + 2
+      local server = hold_tcp(port, false)
+      local closed = false
+      assert(server:listen(4, function()
+        local c = uv.new_tcp()
+        server:accept(c)
+        c:close() -- the server closes first: its side waits in TIME_WAIT
+      end))
+      local client = uv.new_tcp()
+      held[#held + 1] = client
+      client:connect("127.0.0.1", port, function(err)
+        assert.is_nil(err)
+        client:read_start(function(_, data) if not data then client:close(function() closed = true end) end end)
+      end)
+      assert.is_true(helpers.run_until(function() return closed end))
+      server:close()
+      uv.run("nowait")
+      local function time_wait()
+        local f = assert(io.open("/proc/net/tcp"))
+        local text = f:read("a")
+        f:close()
+        return text:find((": 0100007F:%04X %%x+:%%x+ 06 "):format(port)) ~= nil
+      end
+      assert.is_true(helpers.run_until(time_wait, 2000, 10))
+      local l, _, code = listener.open{proto = "tcp", address = "0.0.0.0", port = port}
+      assert.is_nil(l)
+      assert.equal("conflict", code)
+      assert.same(without(lo, hi, port), alloc_binding(("--range %d-%d --count 3"):format(lo, hi)))
+    end)
+
+    -- n consecutive ports free for TCP and UDP on every IPv4 address.
+    local function free_both(n)
+      for _ = 1, 50 do
+        local lo, hi = helpers.free_range(n, "tcp", "0.0.0.0")
+        local ok = true
+        for p = lo, hi do
+          local u = uv.new_udp()
+          ok = ok and u:bind("0.0.0.0", p) ~= nil
+          u:close()
+        end
+        uv.run("nowait")
+        if ok then return lo, hi end
+      end
+      error("no range free for both TCP and UDP")
+    end
+
+    it("checks UDP with --proto udp, both with --proto both", function()
+      local lo, hi = free_both(6)
+      local tcp_port, udp_port = lo + 1, lo + 2
+      hold_tcp(tcp_port, true)
+      hold_udp(udp_port)
+      local count = ("--range %d-%d --count 5"):format(lo, hi)
+      assert.same(without(lo, hi, udp_port), alloc_binding(count .. " --proto udp", {"udp"}))
+      assert.same(without(lo, hi, tcp_port), alloc_binding(count))
+      assert.same(without(lo, hi, tcp_port, udp_port),
+        alloc_binding(("--range %d-%d --count 4 --proto both"):format(lo, hi), {"tcp", "udp"}))
+      local status, out = run(("alloc --range %d-%d --count 6 --proto both --no-host-check"):format(lo, hi))
+      assert.equal(0, status)
+      local ports = {}
+      for p in out:gmatch("%d+") do ports[#ports + 1] = math.tointeger(tonumber(p)) end
+      table.sort(ports)
+      assert.same(without(lo, hi), ports)
+    end)
   end)
 end)
 

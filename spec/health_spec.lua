@@ -230,6 +230,85 @@ describe("portman.health", function()
     echo:close()
   end)
 
+  describe("postgres checks", function()
+    local servers
+
+    before_each(function() servers = {} end)
+    after_each(function()
+      for _, s in ipairs(servers) do s:close() end
+      uv.run("nowait")
+    end)
+
+    -- A fake PostgreSQL on a kernel-chosen port: it reads the client's
+    -- first 8 bytes (kept in `got`) and writes answer; with answer false
+    -- it closes each connection at once, with nil it stays silent.
+    local function pg_server(answer)
+      local s, got = uv.new_tcp(), {}
+      servers[#servers + 1] = s
+      assert(s:bind("127.0.0.1", 0))
+      assert(s:listen(16, function()
+        local c = uv.new_tcp()
+        s:accept(c)
+        if answer == false then return c:close() end
+        local buf = ""
+        c:read_start(function(_, data)
+          if not data then return c:close() end
+          buf = buf .. data
+          if #buf >= 8 and #buf - #data < 8 then
+            got[#got + 1] = buf
+            if answer then c:write(answer) end
+          end
+        end)
+      end))
+      return s:getsockname().port, got
+    end
+
+    local function settled(...)
+      local names = {...}
+      return helpers.run_until(function()
+        for _, n in ipairs(names) do if h:status(n).status == "unknown" then return false end end
+        return true
+      end)
+    end
+
+    it("sends an SSLRequest and counts an answer of S or N as healthy", function()
+      local nport, got = pg_server("N")
+      local sport = pg_server("S")
+      h:add{name = "n", kind = "postgres", port = nport, interval = 5, jitter = 0, rise = 1}
+      h:add{name = "s", kind = "postgres", port = sport, interval = 5, jitter = 0, rise = 1}
+      h:start()
+      assert.is_true(settled("n", "s"))
+      assert.equal("healthy", h:status("n").status)
+      assert.equal("healthy", h:status("s").status)
+      -- length 8, then 80877103 = 1234 << 16 | 5679, both big-endian
+      assert.equal("\0\0\0\8\4\210\22\47", got[1])
+    end)
+
+    it("marks garbage, a closed connection, silence and a refusal unreachable, the code word in the message",
+      function()
+      h:add{name = "garbage", kind = "postgres", port = pg_server("HTTP/1.0 400 Bad Request\r\n\r\n"), interval = 5,
+            jitter = 0, fall = 1}
+      h:add{name = "binary", kind = "postgres", port = pg_server("E\0\0\0\n"), interval = 5, jitter = 0, fall = 1}
+      h:add{name = "closes", kind = "postgres", port = pg_server(false), interval = 5, jitter = 0, fall = 1}
+      h:add{name = "mute", kind = "postgres", port = pg_server(nil), timeout = 50, interval = 5, jitter = 0,
+            fall = 1}
+      h:add{name = "refused", kind = "postgres", port = free_port(), interval = 5, jitter = 0, fall = 1}
+      h:start()
+      assert.is_true(settled("garbage", "binary", "closes", "mute", "refused"))
+      for _, n in ipairs({"garbage", "binary", "closes", "mute", "refused"}) do
+        assert.equal("unreachable", h:status(n).status, n)
+      end
+      local function at(n) return "127.0.0.1:" .. h:status(n).last.msg:match("127%.0%.0%.1:(%d+)") end
+      assert.equal(("protocol: %s answered the SSLRequest with 'HTTP/1.0 400 Bad', not S or N"):format(at("garbage")),
+        h:status("garbage").last.msg)
+      assert.equal(("protocol: %s answered the SSLRequest with 'E\\x00\\x00\\x00\\x0a', not S or N")
+        :format(at("binary")), h:status("binary").last.msg)
+      assert.matches("^closed: ", h:status("closes").last.msg)
+      assert.equal("timeout: postgres check 'mute' after 50 ms", h:status("mute").last.msg)
+      assert.matches("^refused: connect 127%.0%.0%.1:%d+: ECONNREFUSED", h:status("refused").last.msg)
+    end)
+  end)
+
   it("turns a raising Lua check into a failure, not a crash", function()
     h:add{name = "bad", kind = "lua", interval = 1, jitter = 0, fall = 1, fn = function() error("oops") end}
     h:start()
@@ -270,9 +349,10 @@ describe("portman.health", function()
   describe("bad arguments", function()
     local cases = {
       {{kind = "tcp", port = 1}, "name: string expected"},
-      {{name = "a", kind = "icmp", port = 1}, "unknown kind 'icmp' (tcp, udp, bind, lua)"},
+      {{name = "a", kind = "icmp", port = 1}, "unknown kind 'icmp' (tcp, udp, bind, lua, postgres)"},
       {{name = "a", kind = "tcp"}, "port: integer port expected, got nil"},
       {{name = "a", kind = "lua"}, "fn: function expected"},
+      {{name = "a", kind = "postgres"}, "port: integer port expected, got nil"},
       {{name = "a", kind = "tcp", port = 1, interval = -1}, "interval: non-negative number expected"},
       {{name = "a", kind = "tcp", port = 1, intervl = 5}, "unknown option 'intervl'"},
       {{name = "a", kind = "tcp", port = 1, host = 127}, "host: string expected, got number"},

@@ -1,16 +1,19 @@
 --- Health checks on a schedule, and an exhaustion monitor for pools.
 -- A check has a kind: "tcp" (connect), "udp" (send a datagram, wait for a
--- reply or an ICMP error), "bind" (can the port still be bound) or "lua"
--- (a function). Each result is a success or a failure with a status word;
--- the check's status moves to "healthy" after `rise` successes in a row
--- and to the failure's status after `fall` failures in a row (HAProxy's
--- rise/fall), so a flapping target does not flap the status.
+-- reply or an ICMP error), "bind" (can the port still be bound), "lua"
+-- (a function) or "postgres" (PostgreSQL's SSLRequest, answered S or N).
+-- Each result is a success or a failure with a status word; the check's
+-- status moves to "healthy" after `rise` successes in a row and to the
+-- failure's status after `fall` failures in a row (HAProxy's rise/fall),
+-- so a flapping target does not flap the status. A postgres check's
+-- messages start with their code word: refused, closed, protocol,
+-- timeout, ...
 -- Statuses: healthy, in_use, bind_error, unreachable, denied, unknown. A
 -- failure's status comes from its code word (portman.errors): denied is
 -- "denied" for every kind; a bind check's conflict (EADDRINUSE) is
--- "in_use" and its other failures "bind_error"; any other failure of a tcp
--- or udp check (refused, a timeout, a name that does not resolve) is
--- "unreachable".
+-- "in_use" and its other failures "bind_error"; any other failure of a tcp,
+-- udp or postgres check (refused, a timeout, a name that does not resolve,
+-- a server that closes or answers out of protocol) is "unreachable".
 --
 -- A check's host may be a name: it is resolved through portman.resolver's
 -- default resolver (its cache and TTLs) before each run.
@@ -29,7 +32,7 @@ local M = {}
 local mt = {__index = M}
 
 M.HISTORY = 100
-local KINDS = {"tcp", "udp", "bind", "lua"}
+local KINDS = {"tcp", "udp", "bind", "lua", "postgres"}
 local CHECK_KEYS = {name = true, kind = true, host = true, port = true, proto = true, fn = true, service = true,
                     payload = true, expect_reply = true, interval = true, unhealthy_interval = true,
                     timeout = true, rise = true, fall = true, initial_delay = true, jitter = true}
@@ -358,7 +361,43 @@ local function probe_lua(c, done)
   if not ok then finish(false, "unknown", err) end
 end
 
-local PROBES = {tcp = probe_tcp, udp = probe_udp, bind = probe_bind, lua = probe_lua}
+-- PostgreSQL's SSLRequest: length 8, code 80877103 (1234 << 16 | 5679).
+-- A server answers it with one byte, 'S' (go on with TLS) or 'N' (not),
+-- before any authentication: a check that needs no credentials, and that
+-- the server does not log when the client then closes.
+local SSL_REQUEST = string.pack(">I4I4", 8, 80877103)
+
+local function probe_postgres(c, done)
+  local st = timed(c, done, unreachable)
+  with_address(c, st, function(ip)
+    local tcp = uv.new_tcp()
+    st.handle = tcp
+    local where = (ip:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(ip, c.port)
+    local function fail(err, what)
+      local _, msg, code = errors.from(err, what .. " " .. where)
+      st.finish(false, status_of(code, "postgres"), msg)
+    end
+    local ok, ret, err = pcall(tcp.connect, tcp, ip, c.port, function(cerr)
+      if cerr then return fail(cerr, "connect") end
+      tcp:read_start(function(rerr, data)
+        if rerr then return fail(rerr, "read") end
+        if not data then
+          return st.finish(false, "unreachable", "closed: " .. where .. " closed without answering the SSLRequest")
+        end
+        local answer = data:sub(1, 1)
+        if answer == "S" or answer == "N" then return st.finish(true) end
+        local shown = data:sub(1, 16):gsub("[^%g ]", function(ch) return ("\\x%02x"):format(ch:byte()) end)
+        st.finish(false, "unreachable", ("protocol: %s answered the SSLRequest with '%s', not S or N")
+          :format(where, shown))
+      end)
+      tcp:write(SSL_REQUEST, function(werr) if werr then fail(werr, "write") end end)
+    end)
+    if not ok then return st.finish(false, "unknown", tostring(ret)) end
+    if not ret then fail(err, "connect") end
+  end)
+end
+
+local PROBES = {tcp = probe_tcp, udp = probe_udp, bind = probe_bind, lua = probe_lua, postgres = probe_postgres}
 
 --- Runs one check once: done(ok, status, msg). Exposed for the manager.
 function M.probe(c, done)

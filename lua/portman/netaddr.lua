@@ -1,6 +1,7 @@
 --- Address helpers: textual IPv4/IPv6 forms, wildcards, the kernel's
--- /proc/net tables of bound sockets.
+-- /proc/net tables of bound sockets, and a test bind.
 local uv = require "luv"
+local core = require "portman.core"
 
 local M = {}
 
@@ -111,6 +112,51 @@ function M.bound(proto)
     end
   end
   return found
+end
+
+--- The local ports of every socket in the kernel's tables for proto
+-- ("tcp" or "udp": /proc/net/{proto,proto6}), whatever its state or
+-- address: for TCP the listeners, the connections (an outgoing one's local
+-- port too) and TIME_WAIT; for UDP every bound socket. A plain bind()
+-- (no SO_REUSEADDR) on any address fails on each of these ports. A TCP
+-- socket that is bound but neither listens nor connects is in no table:
+-- try_bind sees it. One read of each file, only the ports parsed.
+-- @return a set: {[port] = true}
+function M.ports_in_use(proto)
+  local used = {}
+  for _, file in ipairs({"/proc/net/" .. proto, "/proc/net/" .. proto .. "6"}) do
+    local f = io.open(file)
+    if f then
+      local text = f:read("a")
+      f:close()
+      -- "  12: 0100007F:1F90 00000000:0000 0A ...": the line's first port is its local one
+      for port in text:gmatch("\n%s*%d+: %x+:(%x+) ") do used[tonumber(port, 16)] = true end
+    end
+  end
+  return used
+end
+
+local function test_socket(proto, host, port)
+  local spec = {type = proto == "udp" and "dgram" or "stream", host = host, port = port, backlog = 0}
+  if host == "::" then spec.options = {v6only = false} end
+  local s, err, code = core.socket_open(spec)
+  if not s then return nil, err, code end
+  s:close()
+  return true
+end
+
+--- Does a plain bind of port/proto ("tcp" or "udp") succeed now? A socket
+-- without SO_REUSEADDR is bound to "::" with IPV6_V6ONLY off, which the
+-- kernel refuses while any socket of either family holds the port on any
+-- address ("0.0.0.0" where the host has no IPv6), and closed at once. The
+-- C core binds and listens in one step, so a TCP port listens for that
+-- moment (backlog 0).
+-- @return true, or nil, msg, code ("conflict" when the port is in use;
+--   "denied" for a privileged port without the right to bind it)
+function M.try_bind(proto, port)
+  local ok, err, code = test_socket(proto, "::", port)
+  if not ok and code == "unsupported" then return test_socket(proto, "0.0.0.0", port) end
+  return ok, err, code
 end
 
 -- The names in folder path (none when it cannot be read).

@@ -3,10 +3,12 @@
 local allocator = require "portman.allocator"
 local async = require "portman.async"
 local json = require "portman.json"
+local netaddr = require "portman.netaddr"
 local cmd = require "portman.cmd"
 local cluster = require "portman.cmd.cluster"
 
 local STRATEGIES = {"sequential", "random", "hash"}
+local PROTOS = {tcp = {"tcp"}, udp = {"udp"}, both = {"tcp", "udp"}}
 
 local flags = {
   {"range", "LO-HI", "the ports to choose from, 1-65535", required = true},
@@ -15,6 +17,8 @@ local flags = {
   {"node-id", "ID", "the node's id, for --strategy hash"},
   {"count", "N", "how many ports", kind = "int", default = 1},
   {"allow-privileged", nil, "allow ports below 1024 in the range"},
+  {"proto", "P", "the host check's protocol: tcp, udp or both (a port must be free in both)", default = "tcp"},
+  {"no-host-check", nil, "hand out ports this host's sockets use too"},
   {"ttl", "S", "with --etcd: seconds the claims live without --hold", kind = "int", default = 60},
   {"hold", nil, "with --etcd: keep the claims until SIGINT or SIGTERM, then release them"},
 }
@@ -31,7 +35,12 @@ local function check_flags(opts)
     cmd.usage_error(("--range %d-%d includes ports below 1024 (add --allow-privileged)"):format(lo, hi))
   end
   cmd.at_least(opts, "count", 1)
-  if not opts.etcd then
+  cmd.oneof("proto", opts.proto, {"tcp", "udp", "both"})
+  if opts.etcd then
+    for _, flag in ipairs({"no-host-check", opts.proto ~= "tcp" and "proto" or nil}) do
+      if opts[flag:gsub("%-", "_")] then cmd.usage_error("--" .. flag .. ": --etcd checks no host's sockets") end
+    end
+  else
     for _, flag in ipairs({"cluster", "hold", "cacert", "cert", "key", "user"}) do
       if opts[flag] then cmd.usage_error("--" .. flag .. " needs --etcd") end
     end
@@ -39,14 +48,54 @@ local function check_flags(opts)
   return lo, hi
 end
 
+-- The host check (docs/cli.md, "portman alloc"): every port in lo..hi
+-- that a socket of protos holds, in any state, as the kernel's tables say
+-- (read once), is reserved in a before it allocates. Returns how many.
+local function reserve_used(a, protos, lo, hi)
+  local n = 0
+  for _, proto in ipairs(protos) do
+    for port in pairs(netaddr.ports_in_use(proto)) do
+      if port >= lo and port <= hi and not a:is_allocated(port) then
+        a:reserve(port)
+        n = n + 1
+      end
+    end
+  end
+  return n
+end
+
+-- Does a plain bind of port succeed now, for each of protos? false when a
+-- socket the tables do not list holds it (TCP, bound and not listening);
+-- true when only the right to bind a privileged port is missing (that is
+-- not another user); nil, msg, code when the test socket fails otherwise.
+local function binds(protos, port)
+  for _, proto in ipairs(protos) do
+    local ok, err, code = netaddr.try_bind(proto, port)
+    if not ok and code == "conflict" then return false end
+    if not ok and code ~= "denied" then return nil, err, code end
+  end
+  return true
+end
+
 local function local_ports(opts, lo, hi)
   local a = allocator.new{range = {lo, hi}, strategy = opts.strategy, node_id = opts.node_id,
                           allow_privileged = opts.allow_privileged}
+  local protos = not opts.no_host_check and PROTOS[opts.proto]
+  local skipped = protos and reserve_used(a, protos, lo, hi) or 0
   local ports = {}
-  for i = 1, opts.count do
+  while #ports < opts.count do
     local p, err, code = a:allocate()
-    if not p then return nil, err, code end
-    ports[i] = p
+    if not p then
+      if skipped > 0 then
+        err = ("%s (%s in use on this host; see --no-host-check)"):format(err,
+          cmd.plural(skipped, "port"))
+      end
+      return nil, err, code
+    end
+    local ok, berr, bcode = true, nil, nil
+    if protos then ok, berr, bcode = binds(protos, p) end
+    if ok == nil then return nil, berr, bcode end
+    if ok then ports[#ports + 1] = p else skipped = skipped + 1 end
   end
   return ports
 end
@@ -79,8 +128,14 @@ return {alloc = {
   summary = "hand out free ports from a range (cluster-wide with --etcd)",
   flags = flags,
   json = true,
-  notes = "Prints one port a line. With --etcd and --cluster the ports are claimed in etcd under the "
-    .. "node's lease, so no two nodes of the cluster get the same port.",
+  notes = "Prints one port a line. Without --etcd it skips the ports this host uses, so each port it prints "
+    .. "binds at that moment with a plain bind() (no SO_REUSEADDR) on any address: it reads the kernel's "
+    .. "socket tables once (/proc/net/tcp, tcp6, udp, udp6, as --proto says) and passes over every port "
+    .. "a socket holds, TCP in any state (listening, connected, TIME_WAIT), then test-binds each port it "
+    .. "picks, which finds TCP sockets bound but not listening (no table lists them). A port in use can "
+    .. "still be taken by another program before yours binds it. --no-host-check hands out any port of the "
+    .. "range. With --etcd and --cluster the ports are claimed in etcd under the node's lease, so no two "
+    .. "nodes of the cluster get the same port; the host is not checked.",
   run = function(opts, ctx)
     local lo, hi = check_flags(opts)
     local ports, err, code
