@@ -100,6 +100,16 @@ local function check_spec(opts)
   }
 end
 
+--- Checks check options as add would, running nothing.
+-- @return[1] true
+-- @return[2] nil, what is wrong
+function M.validate(opts)
+  local ok, err = pcall(check_spec, opts)
+  if ok then return true end
+  local msg = tostring(err):gsub("^[^:]*:%d+: ", "")
+  return nil, msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
+end
+
 -- The scheduler's internals: locals, not methods (nothing outside calls them).
 local arm, enqueue, run
 

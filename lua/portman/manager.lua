@@ -225,8 +225,15 @@ end
 -- @return[2] nil, what is wrong (a field named by its path)
 function M.validate_service(spec)
   local ok, err = pcall(check_service, spec)
-  if ok then return true end
-  return nil, reason_of(err)
+  if not ok then return nil, reason_of(err) end
+  if type(spec.check) == "table" then
+    -- the check as the manager would add it (its port is known only then)
+    local opts = {name = spec.name, port = spec.port or 1}
+    for k, v in pairs(spec.check) do opts[k] = v end
+    local fine, why = health.validate(opts)
+    if not fine then return nil, "check: " .. why end
+  end
+  return true
 end
 
 --- Checks pool options as add_pool would, running nothing.
