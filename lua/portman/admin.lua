@@ -24,16 +24,22 @@ local function is_identifier(k)
   return type(k) == "string" and k:match("^[%a_][%w_]*$") ~= nil
 end
 
+-- tostring that does not raise (a closed luv handle's __tostring does)
+local function text_of(v)
+  local ok, s = pcall(tostring, v)
+  return ok and type(s) == "string" and s or "<" .. type(v) .. ">"
+end
+
 local function key_order(a, b)
   local ta, tb = type(a), type(b)
   if ta ~= tb then return ta < tb end
   if ta == "number" or ta == "string" then return a < b end
-  return tostring(a) < tostring(b)
+  return text_of(a) < text_of(b)
 end
 
 local function show(v, indent, seen, depth)
   if type(v) == "string" then return ("%q"):format(v) end
-  if type(v) ~= "table" then return tostring(v) end
+  if type(v) ~= "table" then return text_of(v) end
   if seen[v] then return "<cycle>" end
   if depth > 6 then return "{...}" end
   seen[v] = true
@@ -204,15 +210,18 @@ function Repl:feed(line, opts)
   self.env._out = {}
   self.deadline = uv.hrtime() + self.budget * 1000000
   local r = table.pack(sandbox.run(fn, {budget = self.budget, fd = self.fd, what = "REPL line"}))
-  self.deadline = nil
   local out = self.env._out
   self.env._out = nil
   if not r[1] then
     -- the traceback down to the chunk typed, not the REPL's own frames
     out[#out + 1] = (tostring(r[2]):gsub("\n%s*%[C%]: in function 'xpcall'.*$", ""))
   elseif r.n > 1 then
-    out[#out + 1] = results(table.unpack(r, 2, r.n))
+    -- showing runs code too (__tostring, __pairs): under what is left of the budget
+    local left = math.max(1, (self.deadline - uv.hrtime()) // 1000000)
+    local ok, text = sandbox.run(results, {budget = left, fd = self.fd, what = "REPL line"}, table.unpack(r, 2, r.n))
+    out[#out + 1] = ok and text or "error showing the result: " .. tostring(text)
   end
+  self.deadline = nil
   return table.concat(out, "\n"), "> "
 end
 
