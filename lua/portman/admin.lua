@@ -480,6 +480,100 @@ local function trusted_peer(pipe, path)
   return errors.fail("denied", "admin socket %s is served by uid %s, not %d or root", path, tostring(peer_uid), uid)
 end
 
+local Conn = {}
+Conn.__index = Conn
+
+-- Runs the loop until done() is true or ms pass; true, or false on timeout.
+local function wait(conn, done, ms)
+  local expired = false
+  uv.update_time()
+  conn.timer:start(ms, 0, function() expired = true end)
+  while not done() and not expired do uv.run("once") end
+  conn.timer:stop()
+  return not expired or done()
+end
+
+--- Connects to the admin socket, running the loop until connected: the
+-- caller then drives the conversation, one request and reply at a time
+-- (conn:request), and may run its own handles meanwhile.
+-- @tparam[opt] table opts `timeout`: ms to wait for each reply (TIMEOUT)
+-- @return[1] a connection: :send(doc), :send_line(text), :receive([ms]),
+--   :request(doc[, ms]), :close()
+-- @return[2] nil, msg, code: "not_found", "refused" (no daemon there),
+--   "denied" (a socket the caller should not trust), "timeout"
+function M.connect(path, opts)
+  local ok, err, code = trusted_dir(path)
+  if not ok then return nil, err, code end
+  local conn = setmetatable({path = path, timeout = opts and opts.timeout or M.TIMEOUT, pipe = uv.new_pipe(),
+                             timer = uv.new_timer(), replies = {}, framer = lines.new(M.MAX_REPLY)}, Conn)
+  local connected
+  conn.pipe:connect(path, function(cerr) connected = {cerr or true} end)
+  if not wait(conn, function() return connected end, conn.timeout) then
+    conn:close()
+    return errors.fail("timeout", "admin socket %s: no connection in %d ms", path, conn.timeout)
+  end
+  if connected[1] ~= true then
+    conn:close()
+    return errors.from(connected[1], "admin socket " .. path)
+  end
+  ok, err, code = trusted_peer(conn.pipe, path)
+  if not ok then
+    conn:close()
+    return nil, err, code
+  end
+  conn.pipe:read_start(function(rderr, data)
+    if rderr or not data then
+      conn.ended = true
+      return
+    end
+    local fed, ferr, fcode = conn.framer:feed(data, function(line)
+      local doc = json.decode(line)
+      if type(doc) ~= "table" then
+        doc = {_failed = {errors.fail("protocol", "admin socket %s: a reply that is not a JSON object", path)}}
+      end
+      conn.replies[#conn.replies + 1] = doc
+    end)
+    if not fed then conn.replies[#conn.replies + 1] = {_failed = {nil, ferr, fcode}} end
+  end)
+  return conn
+end
+
+--- Writes doc as one JSON line.
+function Conn:send(doc)
+  return self:send_line(json.encode(doc))
+end
+
+--- Writes text and a newline as they are.
+function Conn:send_line(text)
+  if self.pipe:is_closing() or self.ended then return end
+  self.pipe:write(text .. "\n")
+end
+
+--- Waits up to ms (the connection's timeout) for the next reply.
+-- @return[1] the reply
+-- @return[2] nil, msg, code: "timeout", "closed" (the daemon closed the
+--   connection), "protocol"
+function Conn:receive(ms)
+  ms = ms or self.timeout
+  wait(self, function() return #self.replies > 0 or self.ended end, ms)
+  local doc = table.remove(self.replies, 1)
+  if doc and doc._failed then return table.unpack(doc._failed, 1, 3) end
+  if doc then return doc end
+  if self.ended then return nil, "closed: the daemon closed the connection", "closed" end
+  return errors.fail("timeout", "admin socket %s: no answer in %d ms", self.path, ms)
+end
+
+--- Sends doc and waits for its reply (Conn:receive).
+function Conn:request(doc, ms)
+  self:send(doc)
+  return self:receive(ms)
+end
+
+function Conn:close()
+  if not self.timer:is_closing() then self.timer:close() end
+  if not self.pipe:is_closing() then self.pipe:close() end
+end
+
 --- Sends one request and calls on_reply(doc) for each reply line until
 -- on_reply returns a request to send next, or nil to stop.
 -- @tparam[opt] table opts `timeout`: ms to wait for each reply (TIMEOUT)
@@ -488,50 +582,18 @@ end
 --   "denied" (a socket the caller should not trust), "timeout", "closed",
 --   "protocol"
 function M.talk(path, request, on_reply, opts)
-  local timeout = opts and opts.timeout or M.TIMEOUT
-  local ok, err, code = trusted_dir(path)
-  if not ok then return nil, err, code end
-  local pipe, timer = uv.new_pipe(), uv.new_timer()
-  local result, rerr, rcode = nil, "closed: the daemon closed the connection", "closed"
-  local function finish(...)
-    result, rerr, rcode = ...
-    if not timer:is_closing() then timer:close() end
-    if not pipe:is_closing() then pipe:close() end
+  local conn, err, code = M.connect(path, opts)
+  if not conn then return nil, err, code end
+  local doc, reply = request, nil
+  while doc do
+    reply, err, code = conn:request(doc)
+    if not reply then break end
+    doc = on_reply(reply)
   end
-  local function ask(doc)
-    pipe:write(json.encode(doc) .. "\n")
-    timer:start(timeout, 0, function()
-      finish(errors.fail("timeout", "admin socket %s: no answer in %d ms", path, timeout))
-    end)
-  end
-  local framer = lines.new(M.MAX_REPLY)
-  local function on_line(line)
-    timer:stop()
-    local doc = json.decode(line)
-    if type(doc) ~= "table" then
-      finish(errors.fail("protocol", "admin socket %s: a reply that is not a JSON object", path))
-      return false
-    end
-    local nxt = on_reply(doc)
-    if not nxt then
-      finish(true)
-      return false
-    end
-    ask(nxt)
-  end
-  pipe:connect(path, function(cerr)
-    if cerr then return finish(errors.from(cerr, "admin socket " .. path)) end
-    local trusted, terr, tcode = trusted_peer(pipe, path)
-    if not trusted then return finish(nil, terr, tcode) end
-    ask(request)
-    pipe:read_start(function(rderr, data)
-      if rderr or not data then return finish(result, rerr, rcode) end
-      local fed, ferr, fcode = framer:feed(data, on_line)
-      if not fed then finish(nil, ferr, fcode) end
-    end)
-  end)
-  uv.run()
-  return result, rerr, rcode
+  conn:close()
+  uv.run("nowait") -- the close callbacks
+  if not reply then return nil, err, code end
+  return true
 end
 
 return M
