@@ -45,6 +45,14 @@ describe("the REPL object", function()
     assert.equal(20002, r.env.g())
   end)
 
+  it("takes a budget of positive integer ms", function()
+    assert.matches("bad argument #2 to 'repl' %(budget: positive integer ms expected, got 0%)",
+      helpers.raises(admin.repl, {}, {budget = 0}))
+    assert.matches("got 1.5", helpers.raises(admin.repl, {}, {budget = 1.5}))
+    assert.matches("bad argument #2 to 'serve' %(repl_budget: ",
+      helpers.raises(admin.serve, "/nonexistent/admin.sock", {repl_budget = -1}))
+  end)
+
   it("does not run a line its client already interrupted", function()
     local r = admin.repl({}, {budget = 5000})
     assert.equal("interrupted: REPL line was interrupted", (r:feed("x = 1", {interrupted = true})))

@@ -15,6 +15,7 @@ local portman = require "portman"
 local errors = require "portman.errors"
 local lines = require "portman.lines"
 local sandbox = require "portman.sandbox"
+local check = require "portman.check"
 
 local M = {}
 
@@ -125,7 +126,11 @@ function M.repl(vars, opts)
     for i = 1, t.n do t[i] = tostring(t[i]) end
     if env._out then env._out[#env._out + 1] = table.concat(t, "\t", 1, t.n) end
   end
-  local repl = setmetatable({env = env, buffer = nil, budget = opts.budget or M.REPL_BUDGET, fd = opts.fd}, Repl)
+  local budget = opts.budget or M.REPL_BUDGET
+  if math.type(budget) ~= "integer" or budget < 1 then
+    check.argerror("repl", 2, "budget: positive integer ms expected, got " .. tostring(budget))
+  end
+  local repl = setmetatable({env = env, buffer = nil, budget = budget, fd = opts.fd}, Repl)
   env.coroutine = line_coroutines(repl)
   return repl
 end
@@ -431,6 +436,9 @@ end
 -- @return[1] a server with :close()
 -- @return[2] nil, msg, code
 function M.serve(path, opts)
+  if opts.repl_budget ~= nil and (math.type(opts.repl_budget) ~= "integer" or opts.repl_budget < 1) then
+    check.argerror("serve", 2, "repl_budget: positive integer ms expected, got " .. tostring(opts.repl_budget))
+  end
   local ok, err, code = private_dir(path)
   if not ok then return nil, err, code end
   local l
