@@ -14,6 +14,8 @@ local listener = require "portman.listener"
 local portman = require "portman"
 local errors = require "portman.errors"
 local lines = require "portman.lines"
+local sandbox = require "portman.sandbox"
+local check = require "portman.check"
 
 local M = {}
 
@@ -23,16 +25,22 @@ local function is_identifier(k)
   return type(k) == "string" and k:match("^[%a_][%w_]*$") ~= nil
 end
 
+-- tostring that does not raise (a closed luv handle's __tostring does)
+local function text_of(v)
+  local ok, s = pcall(tostring, v)
+  return ok and type(s) == "string" and s or "<" .. type(v) .. ">"
+end
+
 local function key_order(a, b)
   local ta, tb = type(a), type(b)
   if ta ~= tb then return ta < tb end
   if ta == "number" or ta == "string" then return a < b end
-  return tostring(a) < tostring(b)
+  return text_of(a) < text_of(b)
 end
 
 local function show(v, indent, seen, depth)
   if type(v) == "string" then return ("%q"):format(v) end
-  if type(v) ~= "table" then return tostring(v) end
+  if type(v) ~= "table" then return text_of(v) end
   if seen[v] then return "<cycle>" end
   if depth > 6 then return "{...}" end
   seen[v] = true
@@ -66,17 +74,65 @@ end
 local Repl = {}
 Repl.__index = Repl
 
+M.REPL_BUDGET = 5000 -- ms a REPL line may run (the daemon's setting; see M.serve)
+
+-- The sandbox's hook is set on the line's own coroutine; a coroutine the
+-- line makes has the hook without a budget. So the REPL's `coroutine`
+-- arms each coroutine it resumes while a line runs with what is left of
+-- the line's budget (and disarms it after: resumed later, by the daemon,
+-- it runs free). Coroutines made by the daemon's own modules
+-- (portman.spawn) are not covered.
+local function line_coroutines(repl)
+  local lib = {}
+  for k, v in pairs(coroutine) do lib[k] = v end
+  function lib.resume(co, ...)
+    local deadline = repl.deadline
+    if not deadline or type(co) ~= "thread" or coroutine.status(co) ~= "suspended" then
+      return coroutine.resume(co, ...)
+    end
+    core.sandbox_arm(co, math.max(1, (deadline - uv.hrtime()) // 1000000), repl.fd)
+    local r = table.pack(coroutine.resume(co, ...))
+    local why = core.sandbox_why(co)
+    debug.sethook(co)
+    -- the budget is spent (or an interrupt waits): the line's own hook
+    -- ends the line within its next few thousand instructions
+    if why then while true do end end
+    return table.unpack(r, 1, r.n)
+  end
+  function lib.wrap(fn)
+    local co = coroutine.create(fn)
+    return function(...)
+      local r = table.pack(lib.resume(co, ...))
+      if not r[1] then
+        coroutine.close(co)
+        error(r[2], 0)
+      end
+      return table.unpack(r, 2, r.n)
+    end
+  end
+  return lib
+end
+
 --- A REPL with a per-client environment (reads fall through to _G).
 -- @tparam[opt] table vars names to have at hand (manager, daemon, ...)
-function M.repl(vars)
+-- @tparam[opt] table opts `budget` (ms a line may run, REPL_BUDGET), `fd`
+--   (the client's socket: an interrupt line waiting on it ends the line)
+function M.repl(vars, opts)
+  opts = opts or {}
   local env = setmetatable({}, {__index = _G})
   for k, v in pairs(vars or {}) do env[k] = v end
   env.print = function(...) -- print into the reply, not the daemon's stdout
     local t = table.pack(...)
     for i = 1, t.n do t[i] = tostring(t[i]) end
-    env._out[#env._out + 1] = table.concat(t, "\t", 1, t.n)
+    if env._out then env._out[#env._out + 1] = table.concat(t, "\t", 1, t.n) end
   end
-  return setmetatable({env = env, buffer = nil}, Repl)
+  local budget = opts.budget or M.REPL_BUDGET
+  if math.type(budget) ~= "integer" or budget < 1 then
+    check.argerror("repl", 2, "budget: positive integer ms expected, got " .. tostring(budget))
+  end
+  local repl = setmetatable({env = env, buffer = nil, budget = budget, fd = opts.fd}, Repl)
+  env.coroutine = line_coroutines(repl)
+  return repl
 end
 
 -- Loads a chunk as an expression first (so `1 + 1` prints 2), then as
@@ -94,10 +150,56 @@ local function results(...)
   return table.concat(out, "\t")
 end
 
+-- What `help` says of the names the daemon puts at hand; any other name
+-- in the environment is shown with its type.
+local DESCRIBE = {
+  manager = "the manager (portman.manager): pools, services, checks, mappings, state",
+  daemon = "the daemon: policy (the policy loaded), path (its file), manager, stop()",
+  print = "prints into this REPL's output",
+}
+
+local CALLS = {
+  {"manager:status()", "the document of `portman status`"},
+  {"manager:names()", "the names of the running services"},
+  {"manager:service(name)", "one service's status entry"},
+  {"manager:register{name = ..., port = ..., type = ...}", "registers a service another process runs"},
+  {"manager:unregister(name)", "removes such a registration"},
+  {"manager:add_service{name = ..., pool = ...}", "starts a service"},
+  {"manager:stop_service(name)", "stops a service"},
+}
+
+--- The text `help` prints: the names at hand, the common calls, the keys.
+function Repl:help()
+  local names = {}
+  for k in pairs(self.env) do
+    if type(k) == "string" and k ~= "_out" and k ~= "coroutine" then names[#names + 1] = k end
+  end
+  table.sort(names)
+  local out = {"Lua inside the running daemon: a line is an expression (its value is printed) or statements.",
+               "Names at hand:"}
+  for _, k in ipairs(names) do
+    out[#out + 1] = ("  %-9s %s"):format(k, DESCRIBE[k] or type(rawget(self.env, k)))
+  end
+  out[#out + 1] = "Common calls:"
+  for _, c in ipairs(CALLS) do out[#out + 1] = ("  %-52s %s"):format(c[1], c[2]) end
+  out[#out + 1] = ("A line may run %d ms; Ctrl-C interrupts it, and at the prompt drops the line typed.")
+    :format(self.budget)
+  out[#out + 1] = "Tab completes names and fields. .exit or Ctrl-D leaves. (A variable named help hides this text.)"
+  return table.concat(out, "\n")
+end
+
 --- Feeds one line; returns the output text and the next prompt ("> ", or
 -- ">> " while a chunk is incomplete, as lua.c decides: a syntax error at
--- <eof>).
-function Repl:feed(line)
+-- <eof>). A complete chunk runs under portman.sandbox: at most `budget`
+-- ms, and an interrupt from the client ends it; the daemon goes on either
+-- way. `help` alone on a line prints help (unless a variable named help
+-- exists: then it is Lua like any other line).
+-- @tparam[opt] table opts `interrupted`: the client already asked to
+--   interrupt this line (its interrupt came along with it): it does not run
+function Repl:feed(line, opts)
+  if not self.buffer and line:match("^%s*help%s*$") and self.env.help == nil then
+    return self:help(), "> "
+  end
   local source = self.buffer and (self.buffer .. "\n" .. line) or line
   local fn, err = self:compile(source)
   if not fn then
@@ -109,17 +211,102 @@ function Repl:feed(line)
     return err, "> "
   end
   self.buffer = nil
+  if opts and opts.interrupted then return "interrupted: REPL line was interrupted", "> " end
   self.env._out = {}
-  local r = table.pack(xpcall(fn, debug.traceback))
+  self.deadline = uv.hrtime() + self.budget * 1000000
+  local r = table.pack(sandbox.run(fn, {budget = self.budget, fd = self.fd, what = "REPL line"}))
   local out = self.env._out
   self.env._out = nil
   if not r[1] then
     -- the traceback down to the chunk typed, not the REPL's own frames
     out[#out + 1] = (tostring(r[2]):gsub("\n%s*%[C%]: in function 'xpcall'.*$", ""))
   elseif r.n > 1 then
-    out[#out + 1] = results(table.unpack(r, 2, r.n))
+    -- showing runs code too (__tostring, __pairs): under what is left of the budget
+    local left = math.max(1, (self.deadline - uv.hrtime()) // 1000000)
+    local ok, text = sandbox.run(results, {budget = left, fd = self.fd, what = "REPL line"}, table.unpack(r, 2, r.n))
+    out[#out + 1] = ok and text or "error showing the result: " .. tostring(text)
   end
+  self.deadline = nil
   return table.concat(out, "\n"), "> "
+end
+
+--- Drops a chunk left incomplete (Ctrl-C at the ">> " prompt).
+function Repl:cancel()
+  self.buffer = nil
+end
+
+-- ---- completion: names are walked, never evaluated ----
+
+local MAX_CANDIDATES = 1000
+
+-- v[k] through raw tables and __index tables only: no metamethod runs.
+local function field(v, k)
+  for _ = 1, 16 do
+    if type(v) == "table" then
+      local r = rawget(v, k)
+      if r ~= nil then return r end
+    end
+    local mt = debug.getmetatable(v)
+    local idx = type(mt) == "table" and rawget(mt, "__index")
+    if type(idx) ~= "table" then return nil end
+    v = idx
+  end
+  return nil
+end
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = debug.getmetatable(v)
+  return type(mt) == "table" and rawget(mt, "__call") ~= nil
+end
+
+-- The identifier keys of v, its __index tables' and theirs, each with its
+-- first value: key -> value.
+local function keys(v)
+  local found, seen = {}, {}
+  for _ = 1, 16 do
+    if type(v) == "table" and not seen[v] then
+      seen[v] = true
+      for k, x in next, v do
+        if is_identifier(k) and found[k] == nil then found[k] = x end
+      end
+    end
+    local mt = debug.getmetatable(v)
+    local idx = type(mt) == "table" and rawget(mt, "__index")
+    if type(idx) ~= "table" or seen[idx] then break end
+    v = idx
+  end
+  return found
+end
+
+--- Completions of text: a name (the environment's and _G's), or a chain
+-- `a.b.c`, `a.b:c` whose last part is being typed. Fields come from the
+-- value's table and its metatable's __index tables; after `:` only
+-- functions. Names starting with `_` only when the part typed does.
+-- @return a sorted list of whole texts (`manager:status`, ...)
+function Repl:complete(text)
+  local head, sep, part = text:match("^(.-)([.:]?)([%w_]*)$")
+  if not head then return {} end
+  local v = self.env
+  if sep ~= "" then
+    for name in (head .. "."):gmatch("([^.]*)%.") do
+      if not is_identifier(name) then return {} end
+      v = field(v, name)
+      if v == nil then return {} end
+    end
+  elseif head ~= "" then
+    return {}
+  end
+  local out = {}
+  for k, x in pairs(keys(v)) do
+    if k:sub(1, #part) == part and (part:sub(1, 1) == "_" or k:sub(1, 1) ~= "_")
+      and (sep ~= ":" or callable(x)) then
+      out[#out + 1] = head .. sep .. k
+      if #out >= MAX_CANDIDATES then break end
+    end
+  end
+  table.sort(out)
+  return out
 end
 
 -- ---- the server ----
@@ -160,8 +347,12 @@ local function send(client, doc, after)
   client:write(json.encode(doc) .. "\n", after and function() after() end or nil)
 end
 
+local INTERRUPT = '{"interrupt"' -- how an interrupt line starts (the sandbox's hook peeks for it)
+
 -- Serves one accepted connection: reads JSON lines, answers each. A line
--- over MAX_REQUEST or a client silent for IDLE_TIMEOUT is closed.
+-- over MAX_REQUEST or a client silent for IDLE_TIMEOUT is closed. In a
+-- REPL, {"interrupt": ...} ends the line running (the sandbox sees it on
+-- the socket); read afterwards, or with nothing running, it is ignored.
 local function serve_client(server, client)
   local repl
   local framer = lines.new(server.max_request)
@@ -176,7 +367,8 @@ local function serve_client(server, client)
       close()
     end)
   end
-  local function on_line(line)
+  -- interrupted: an interrupt line came in the same read, after this one
+  local function on_line(line, interrupted)
     local req = json.decode(line)
     if type(req) ~= "table" then
       send(client, {error = "protocol: request is not a JSON object"}, close)
@@ -187,12 +379,20 @@ local function serve_client(server, client)
       send(client, op(req), close)
       return false
     elseif req.op == "repl" then
-      repl = M.repl(server.vars)
+      repl = M.repl(server.vars, {budget = server.repl_budget, fd = client:fileno()})
       send(client, {out = "portman " .. portman.version .. " REPL: Lua inside the daemon; "
-        .. "`manager` and `daemon` are at hand. Ctrl-D or .exit leaves.", prompt = "> "})
+        .. "`manager` and `daemon` are at hand. `help` says more; Ctrl-D or .exit leaves.", prompt = "> ",
+        budget = repl.budget})
+    elseif repl and req.interrupt ~= nil then
+      return -- nothing runs now
     elseif repl and type(req["in"]) == "string" then
-      local out, prompt = repl:feed(req["in"])
+      local out, prompt = repl:feed(req["in"], {interrupted = interrupted})
       send(client, {out = out, prompt = prompt})
+    elseif repl and type(req.complete) == "string" then
+      send(client, {candidates = json.array(repl:complete(req.complete))})
+    elseif repl and req.cancel ~= nil then
+      repl:cancel()
+      send(client, {out = "", prompt = "> "})
     else
       send(client, {error = "protocol: unknown request"}, close)
       return false
@@ -202,7 +402,16 @@ local function serve_client(server, client)
   client:read_start(async.safe(function(err, data)
     if err or not data then return close() end
     touch()
-    local ok, ferr = framer:feed(data, on_line)
+    local batch = {}
+    local ok, ferr = framer:feed(data, function(line) batch[#batch + 1] = line end)
+    for i, line in ipairs(batch) do
+      if client:is_closing() then break end
+      local later = false
+      for j = i + 1, #batch do
+        if batch[j]:sub(1, #INTERRUPT) == INTERRUPT then later = true break end
+      end
+      if on_line(line, later) == false then return end
+    end
     if not ok then
       log.warn("admin_request_refused", {error = ferr})
       client:read_stop()
@@ -223,17 +432,22 @@ end
 --- Serves the admin socket at path.
 -- @tparam table opts `ops` (op name -> function(request) returning the
 --   reply document: "status", "events", ...; or just `status`), `vars`
---   (the REPL's names: manager, daemon, ...), `max_request` (bytes
---   in a request line, MAX_REQUEST), `idle_timeout` (ms, IDLE_TIMEOUT)
+--   (the REPL's names: manager, daemon, ...), `repl_budget` (ms a REPL
+--   line may run, REPL_BUDGET), `max_request` (bytes in a request line,
+--   MAX_REQUEST), `idle_timeout` (ms, IDLE_TIMEOUT)
 -- @return[1] a server with :close()
 -- @return[2] nil, msg, code
 function M.serve(path, opts)
+  if opts.repl_budget ~= nil and (math.type(opts.repl_budget) ~= "integer" or opts.repl_budget < 1) then
+    check.argerror("serve", 2, "repl_budget: positive integer ms expected, got " .. tostring(opts.repl_budget))
+  end
   local ok, err, code = private_dir(path)
   if not ok then return nil, err, code end
   local l
   l, err, code = listener.open{proto = "unix", path = path, mode = tonumber("600", 8)}
   if not l then return nil, err, code end
   local server = {ops = opts.ops or {status = opts.status}, vars = opts.vars, listener = l, path = path,
+                  repl_budget = opts.repl_budget,
                   max_request = opts.max_request or M.MAX_REQUEST, idle_timeout = opts.idle_timeout or M.IDLE_TIMEOUT}
   ok, err, code = l:serve(function(client)
     local permitted, peer = allowed(client)
@@ -277,6 +491,100 @@ local function trusted_peer(pipe, path)
   return errors.fail("denied", "admin socket %s is served by uid %s, not %d or root", path, tostring(peer_uid), uid)
 end
 
+local Conn = {}
+Conn.__index = Conn
+
+-- Runs the loop until done() is true or ms pass; true, or false on timeout.
+local function wait(conn, done, ms)
+  local expired = false
+  uv.update_time()
+  conn.timer:start(ms, 0, function() expired = true end)
+  while not done() and not expired do uv.run("once") end
+  conn.timer:stop()
+  return not expired or done()
+end
+
+--- Connects to the admin socket, running the loop until connected: the
+-- caller then drives the conversation, one request and reply at a time
+-- (conn:request), and may run its own handles meanwhile.
+-- @tparam[opt] table opts `timeout`: ms to wait for each reply (TIMEOUT)
+-- @return[1] a connection: :send(doc), :send_line(text), :receive([ms]),
+--   :request(doc[, ms]), :close()
+-- @return[2] nil, msg, code: "not_found", "refused" (no daemon there),
+--   "denied" (a socket the caller should not trust), "timeout"
+function M.connect(path, opts)
+  local ok, err, code = trusted_dir(path)
+  if not ok then return nil, err, code end
+  local conn = setmetatable({path = path, timeout = opts and opts.timeout or M.TIMEOUT, pipe = uv.new_pipe(),
+                             timer = uv.new_timer(), replies = {}, framer = lines.new(M.MAX_REPLY)}, Conn)
+  local connected
+  conn.pipe:connect(path, function(cerr) connected = {cerr or true} end)
+  if not wait(conn, function() return connected end, conn.timeout) then
+    conn:close()
+    return errors.fail("timeout", "admin socket %s: no connection in %d ms", path, conn.timeout)
+  end
+  if connected[1] ~= true then
+    conn:close()
+    return errors.from(connected[1], "admin socket " .. path)
+  end
+  ok, err, code = trusted_peer(conn.pipe, path)
+  if not ok then
+    conn:close()
+    return nil, err, code
+  end
+  conn.pipe:read_start(function(rderr, data)
+    if rderr or not data then
+      conn.ended = true
+      return
+    end
+    local fed, ferr, fcode = conn.framer:feed(data, function(line)
+      local doc = json.decode(line)
+      if type(doc) ~= "table" then
+        doc = {_failed = {errors.fail("protocol", "admin socket %s: a reply that is not a JSON object", path)}}
+      end
+      conn.replies[#conn.replies + 1] = doc
+    end)
+    if not fed then conn.replies[#conn.replies + 1] = {_failed = {nil, ferr, fcode}} end
+  end)
+  return conn
+end
+
+--- Writes doc as one JSON line.
+function Conn:send(doc)
+  return self:send_line(json.encode(doc))
+end
+
+--- Writes text and a newline as they are.
+function Conn:send_line(text)
+  if self.pipe:is_closing() or self.ended then return end
+  self.pipe:write(text .. "\n")
+end
+
+--- Waits up to ms (the connection's timeout) for the next reply.
+-- @return[1] the reply
+-- @return[2] nil, msg, code: "timeout", "closed" (the daemon closed the
+--   connection), "protocol"
+function Conn:receive(ms)
+  ms = ms or self.timeout
+  wait(self, function() return #self.replies > 0 or self.ended end, ms)
+  local doc = table.remove(self.replies, 1)
+  if doc and doc._failed then return table.unpack(doc._failed, 1, 3) end
+  if doc then return doc end
+  if self.ended then return nil, "closed: the daemon closed the connection", "closed" end
+  return errors.fail("timeout", "admin socket %s: no answer in %d ms", self.path, ms)
+end
+
+--- Sends doc and waits for its reply (Conn:receive).
+function Conn:request(doc, ms)
+  self:send(doc)
+  return self:receive(ms)
+end
+
+function Conn:close()
+  if not self.timer:is_closing() then self.timer:close() end
+  if not self.pipe:is_closing() then self.pipe:close() end
+end
+
 --- Sends one request and calls on_reply(doc) for each reply line until
 -- on_reply returns a request to send next, or nil to stop.
 -- @tparam[opt] table opts `timeout`: ms to wait for each reply (TIMEOUT)
@@ -285,50 +593,18 @@ end
 --   "denied" (a socket the caller should not trust), "timeout", "closed",
 --   "protocol"
 function M.talk(path, request, on_reply, opts)
-  local timeout = opts and opts.timeout or M.TIMEOUT
-  local ok, err, code = trusted_dir(path)
-  if not ok then return nil, err, code end
-  local pipe, timer = uv.new_pipe(), uv.new_timer()
-  local result, rerr, rcode = nil, "closed: the daemon closed the connection", "closed"
-  local function finish(...)
-    result, rerr, rcode = ...
-    if not timer:is_closing() then timer:close() end
-    if not pipe:is_closing() then pipe:close() end
+  local conn, err, code = M.connect(path, opts)
+  if not conn then return nil, err, code end
+  local doc, reply = request, nil
+  while doc do
+    reply, err, code = conn:request(doc)
+    if not reply then break end
+    doc = on_reply(reply)
   end
-  local function ask(doc)
-    pipe:write(json.encode(doc) .. "\n")
-    timer:start(timeout, 0, function()
-      finish(errors.fail("timeout", "admin socket %s: no answer in %d ms", path, timeout))
-    end)
-  end
-  local framer = lines.new(M.MAX_REPLY)
-  local function on_line(line)
-    timer:stop()
-    local doc = json.decode(line)
-    if type(doc) ~= "table" then
-      finish(errors.fail("protocol", "admin socket %s: a reply that is not a JSON object", path))
-      return false
-    end
-    local nxt = on_reply(doc)
-    if not nxt then
-      finish(true)
-      return false
-    end
-    ask(nxt)
-  end
-  pipe:connect(path, function(cerr)
-    if cerr then return finish(errors.from(cerr, "admin socket " .. path)) end
-    local trusted, terr, tcode = trusted_peer(pipe, path)
-    if not trusted then return finish(nil, terr, tcode) end
-    ask(request)
-    pipe:read_start(function(rderr, data)
-      if rderr or not data then return finish(result, rerr, rcode) end
-      local fed, ferr, fcode = framer:feed(data, on_line)
-      if not fed then finish(nil, ferr, fcode) end
-    end)
-  end)
-  uv.run()
-  return result, rerr, rcode
+  conn:close()
+  uv.run("nowait") -- the close callbacks
+  if not reply then return nil, err, code end
+  return true
 end
 
 return M
