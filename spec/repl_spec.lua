@@ -272,7 +272,7 @@ describe("portman repl against a daemon", function()
     local t = terminal(d, dir, "xterm")
     t.expect("> ")
     -- one candidate: completed in place
-    t.send("manager:sta\t")
+    t.send("manager:stat\t")
     t.expect("manager:status")
     t.send("().services[1].name\r")
     t.expect('\n"a"\n> ')
