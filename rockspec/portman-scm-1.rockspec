@@ -42,6 +42,7 @@ build = {
         "csrc/lua_nat.c",
         "csrc/lua_probe.c",
         "csrc/lua_sandbox.c",
+        "csrc/lua_spawn.c",
         "csrc/lua_state.c",
         "csrc/lua_stderr.c",
         "csrc/lua_stun.c",
