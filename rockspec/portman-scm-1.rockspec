@@ -111,6 +111,7 @@ build = {
     ["portman.sandbox"] = "lua/portman/sandbox.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
+    ["portman.supervisor"] = "lua/portman/supervisor.lua",
     ["portman.tunnel"] = "lua/portman/tunnel.lua",
     -- END Lua modules
   },
