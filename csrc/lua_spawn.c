@@ -47,6 +47,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -145,7 +146,7 @@ static lua_Integer opt_int(lua_State *L, const char *k, lua_Integer lo, lua_Inte
         return dflt;
     }
     int isint = 0;
-    lua_Integer n = lua_tointegerx(L, -1, &isint);
+    lua_Integer n = t == LUA_TNUMBER ? lua_tointegerx(L, -1, &isint) : 0;
     if (!isint || n < lo || n > hi)
         luaL_argerror(L, 1, lua_pushfstring(L, "%s: integer %I-%I expected", k, lo, hi));
     lua_pop(L, 1);
@@ -201,9 +202,8 @@ static const char *list_string(lua_State *L, const char *k, lua_Integer i, int n
 
 static lua_Integer list_int(lua_State *L, const char *k, lua_Integer i, lua_Integer lo, lua_Integer hi)
 {
-    lua_rawgeti(L, -1, i);
     int isint = 0;
-    lua_Integer n = lua_tointegerx(L, -1, &isint);
+    lua_Integer n = lua_rawgeti(L, -1, i) == LUA_TNUMBER ? lua_tointegerx(L, -1, &isint) : 0;
     if (!isint || n < lo || n > hi)
         luaL_argerror(L, 1, lua_pushfstring(L, "%s[%I]: integer %I-%I expected", k, i, lo, hi));
     lua_pop(L, 1);
@@ -275,9 +275,16 @@ static void child(child_plan *c)
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; sig++)
-        if (sig != SIGKILL && sig != SIGSTOP)
-            (void)sigaction(sig, &dfl, NULL); /* glibc's own signals refuse: fine */
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, &dfl, NULL) == 0)
+            continue;
+        /* glibc keeps its own signals (32, 33) from sigaction; one ignored
+         * by whoever started portman would stay ignored in the program.
+         * The kernel's struct with every field zero is SIG_DFL, no flags,
+         * an empty mask, whatever its layout. */
+        long zero[8] = {0};
+        (void)syscall(SYS_rt_sigaction, sig, zero, NULL, (size_t)(NSIG / 8));
+    }
     sigset_t none;
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
