@@ -130,7 +130,7 @@ end
 local function ms_option(fname, opts, key, default)
   local v = opts[key]
   if v == nil then return default end
-  local n = math.tointeger(v)
+  local n = type(v) == "number" and math.tointeger(v)
   if not n or n < 0 then check.argerror(fname, 1, key .. ": non-negative integer (ms) expected") end
   return n
 end
@@ -153,7 +153,7 @@ end
 
 local function id_option(fname, key, v)
   if v == nil then return nil end
-  if math.tointeger(v) and v >= 0 then return math.tointeger(v) end
+  if type(v) == "number" and math.tointeger(v) and v >= 0 then return math.tointeger(v) end
   if type(v) == "string" and v ~= "" then return v end
   check.argerror(fname, 1, key .. ": name or id expected, got " .. type(v))
 end
@@ -165,8 +165,8 @@ local function fd_list(v)
   local out = {}
   for i = 1, #v do
     local x = v[i]
-    local fd = math.tointeger(x)
-    if not fd and type(x) == "table" then fd = math.tointeger(x.fd) end
+    local fd = type(x) == "number" and math.tointeger(x)
+    if type(x) == "table" and type(x.fd) == "number" then fd = math.tointeger(x.fd) end
     if not fd or fd < 0 then check.argerror("start", 1, ("fds[%d]: fd or listener expected"):format(i)) end
     out[i] = fd
   end
@@ -301,10 +301,13 @@ end
 
 -- --- output --------------------------------------------------------------
 
--- Logs a program's lines, at most MAX_LINES_PER_SECOND a second.
+-- Logs a program's lines: at most MAX_LINE bytes of each (the event says
+-- how many more were dropped), at most MAX_LINES_PER_SECOND a second.
 local function output_logger(p, stream)
-  local framer = lines.new(M.MAX_LINE)
+  local max = M.MAX_LINE
+  local framer = lines.new(max) -- fed at most max bytes a line: never over its cap
   local window, count, dropped = nil, 0, 0
+  local fed, cut = 0, 0 -- of the line in progress: bytes passed on, bytes dropped
   local function flush_dropped()
     if dropped > 0 then
       log.warn("program_output_dropped", {service = p.name, stream = stream, lines = dropped})
@@ -321,18 +324,34 @@ local function output_logger(p, stream)
     if count > M.MAX_LINES_PER_SECOND then
       dropped = dropped + 1
     else
-      log.info("program_output", {service = p.name, stream = stream, text = text})
+      log.info("program_output", {service = p.name, stream = stream, text = text,
+                                  truncated = cut > 0 and cut or nil})
     end
   end
   local obj = {}
   function obj.feed(data)
-    local ok = framer:feed(data, line)
-    if not ok then
-      log.warn("program_output_cut", {service = p.name, stream = stream, max = M.MAX_LINE})
+    local start, n = 1, #data
+    while start <= n do
+      local nl = data:find("\n", start, true)
+      local stop = nl and nl - 1 or n
+      local take = math.min(stop - start + 1, max - fed)
+      if take > 0 then
+        framer:feed(data:sub(start, start + take - 1), line)
+        fed = fed + take
+      end
+      cut = cut + (stop - start + 1 - take)
+      if nl then
+        framer:feed("\n", line)
+        fed, cut = 0, 0
+      end
+      start = stop + 2
     end
   end
   function obj.finish()
-    if framer:pending() > 0 then framer:feed("\n", line) end
+    if fed > 0 or cut > 0 then
+      framer:feed("\n", line)
+      fed, cut = 0, 0
+    end
     flush_dropped()
   end
   return obj
