@@ -480,9 +480,13 @@ describe("portman.supervisor", function()
       for _, info in ipairs(sup:list()) do assert.equal("stopped", info.status) end
       assert.same({"one", "two"}, {sup:list()[1].name, sup:list()[2].name})
       -- a stopped program's name can be used again
-      local again = assert(sup:start{name = "one", restart = "no", argv = {"true"}})
+      local again = assert(sup:start{name = "one", restart = "no", argv = {"sleep", "60"}})
       assert.equal(again, sup:get("one"))
-      until_true(function() return again:info().status == "stopped" end, "the end")
+      assert.is_false(sup:remove("one")) -- live: kept
+      again:stop()
+      assert.is_true(sup:remove("one"))
+      assert.is_nil(sup:get("one"))
+      assert.same({"two"}, {sup:list()[1].name, sup:list()[2]})
       sup:close()
     end)
   end)

@@ -672,6 +672,16 @@ end
 --- The program of that name, or nil.
 function Supervisor:get(name) return self._programs[name] end
 
+--- Forgets a program that is down (stopped or failed, no restart
+-- pending): it leaves list(). Returns true, or false while it is live.
+function Supervisor:remove(name)
+  local p = self._programs[name]
+  if not p then return true end
+  if live(p) then return false end
+  self._programs[name] = nil
+  return true
+end
+
 --- Every program's info, by name.
 function Supervisor:list()
   local out = {}
