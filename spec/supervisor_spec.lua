@@ -295,6 +295,49 @@ describe("portman.supervisor", function()
     end)
   end)
 
+  it("a restart whose exec fails is tried again on the back-off (start_failed)", function()
+    helpers.loop(function()
+      local dir = helpers.tmpdir()
+      local prog = dir .. "/vanishing"
+      helpers.write(prog, "#!/bin/sh\nrm -f \"$0\"\nexit 1\n")
+      assert(os.execute("chmod +x " .. prog))
+      local sup = new_sup()
+      local p = assert(sup:start{name = "vanishing", argv = {prog}})
+      until_true(function() return count(sup.events, "start_failed") >= 2 end, "two failed restarts")
+      p:stop()
+      os.remove(dir)
+      local seq, delays = {}, {}
+      for _, ev in ipairs(sup.events) do
+        seq[#seq + 1] = ev.event
+        if ev.event == "restarting" then delays[#delays + 1] = ev.delay end
+        if ev.event == "start_failed" then
+          assert.equal("not_found", ev.code)
+          assert.matches("^not_found: exec .*vanishing: ENOENT", ev.error)
+        end
+      end
+      assert.same({"started", "exited", "restarting", "start_failed", "restarting", "start_failed", "restarting"},
+        {table.unpack(seq, 1, 7)})
+      assert.same({10, 20, 40}, {table.unpack(delays, 1, 3)})
+      assert.equal("stopped", p:info().status)
+      sup:close()
+    end)
+  end)
+
+  it("close ends what still runs, and the stops under way", function()
+    helpers.loop(function()
+      local sup = new_sup()
+      local p = assert(sup:start{name = "stubborn", stop_timeout = 60000,
+        argv = {"sh", "-c", 'trap "" TERM; echo ready; while :; do sleep 1; done'}})
+      local pid = p:info().pid
+      until_true(function() return #log_lines("text=ready") == 1 end, "ready")
+      local stopped
+      p:stop(function(info) stopped = info end)
+      sup:close()
+      assert.equal("stopped", stopped.status)
+      assert.is_nil(supervisor.process_info(pid))
+    end)
+  end)
+
   it("restart = no leaves a failed program down with its exit code or signal", function()
     helpers.loop(function()
       local sup = new_sup()

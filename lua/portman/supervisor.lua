@@ -705,7 +705,8 @@ Supervisor.stop_all = async.adapt(function(self, cb)
 end)
 
 --- Ends the supervisor: SIGKILL to the group of any program still
--- running (stop_all first for a clean stop), and its handles closed.
+-- running (stop_all first for a clean stop), its handles closed, and the
+-- callbacks of stops under way called.
 function Supervisor:close()
   if self._closed then return end
   self._closed = true
@@ -721,8 +722,10 @@ function Supervisor:close()
       set_status(p, "stopped")
     end
     for _, key in ipairs{"_kill_timer", "_poll_timer", "_start_timer", "_restart_timer"} do stop_timer(p, key) end
+    p._drain_done, p._stopping = nil, false
     for h in pairs(p._readers) do close_handle(h) end
     p._readers = {}
+    finish_stop_callbacks(p) -- a stop under way ends here
   end
   close_handle(self._sigchld)
 end
