@@ -22,6 +22,7 @@ static const opener parts[] = {
     pm_open_nat,
     pm_open_sandbox,
     pm_open_stderr,
+    pm_open_spawn,
 };
 
 PM_EXPORT int luaopen_portman_core(lua_State *L);

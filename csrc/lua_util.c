@@ -33,7 +33,7 @@ int pm_fail_errno(lua_State *L, int err, const char *what)
 #define E(x, code) { x, #x, code }
 static const struct { int err; const char *name; const char *code; } errno_table[] = {
     E(EPERM, "denied"), E(EACCES, "denied"),
-    E(ENOENT, "not_found"),
+    E(ENOENT, "not_found"), E(ESRCH, "not_found"), E(ECHILD, "not_found"),
     E(EADDRINUSE, "conflict"),
     E(ECONNREFUSED, "refused"),
     E(ETIMEDOUT, "timeout"),
@@ -48,6 +48,7 @@ static const struct { int err; const char *name; const char *code; } errno_table
     E(ERANGE, NULL), E(ENAMETOOLONG, NULL), E(ENOTSOCK, NULL), E(EDESTADDRREQ, NULL),
     E(EMSGSIZE, NULL), E(EPROTOTYPE, NULL), E(EADDRNOTAVAIL, NULL), E(ENOBUFS, NULL),
     E(EISCONN, NULL), E(EALREADY, NULL), E(EINPROGRESS, NULL), E(EROFS, NULL), E(ELOOP, NULL),
+    E(ENOEXEC, NULL), E(ETXTBSY, NULL), E(E2BIG, NULL),
 };
 #undef E
 #define N_ERRNO (sizeof(errno_table) / sizeof(errno_table[0]))

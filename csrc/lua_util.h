@@ -36,5 +36,6 @@ int pm_open_http(lua_State *L);
 int pm_open_nat(lua_State *L);
 int pm_open_sandbox(lua_State *L);
 int pm_open_stderr(lua_State *L);
+int pm_open_spawn(lua_State *L);
 
 #endif

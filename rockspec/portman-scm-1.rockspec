@@ -42,6 +42,7 @@ build = {
         "csrc/lua_nat.c",
         "csrc/lua_probe.c",
         "csrc/lua_sandbox.c",
+        "csrc/lua_spawn.c",
         "csrc/lua_state.c",
         "csrc/lua_stderr.c",
         "csrc/lua_stun.c",
@@ -110,6 +111,7 @@ build = {
     ["portman.sandbox"] = "lua/portman/sandbox.lua",
     ["portman.state"] = "lua/portman/state.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
+    ["portman.supervisor"] = "lua/portman/supervisor.lua",
     ["portman.tunnel"] = "lua/portman/tunnel.lua",
     -- END Lua modules
   },

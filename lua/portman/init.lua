@@ -8,7 +8,7 @@ local SUBMODULES = {
   admin = true, allocator = true, async = true, backend = true, check = true, cmd = true,
   daemon = true, etcd = true, health = true, http = true, json = true,
   listener = true, listeners = true, log = true, manager = true, nat = true, netaddr = true,
-  probe = true, registry = true, resolver = true, state = true, stun = true, tunnel = true,
+  probe = true, registry = true, resolver = true, state = true, stun = true, supervisor = true, tunnel = true,
 }
 
 setmetatable(M, {__index = function(t, name)
