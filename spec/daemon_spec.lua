@@ -33,6 +33,7 @@ end
 local function status(d)
   local code, out, err = helpers.portman("status --json --admin-socket " .. d.sock)
   assert.equal(0, code, err)
+  assert.is_nil(out:find('"mappings":{}', 1, true)) -- an empty list is []
   return json.decode(out)
 end
 

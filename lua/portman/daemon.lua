@@ -28,6 +28,7 @@ local json = require "portman.json"
 local errors = require "portman.errors"
 local notify = require "portman.notify"
 local listeners = require "portman.listeners"
+local supervisor = require "portman.supervisor"
 
 local M = {}
 local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true}
@@ -201,6 +202,24 @@ function M.remove_orphans(saved, cb)
       left = left - 1
       if left == 0 then cb(deleted, failed) end
     end)
+  end
+end
+
+--- Ends the programs a killed run left (their pids and start times are in
+-- the saved state): a pid that is now another process's is left alone.
+-- cb() when done.
+function M.reap_programs(saved, cb)
+  local list = type(saved) == "table" and type(saved.programs) == "table" and saved.programs or {}
+  if #list == 0 then return cb() end
+  local ok, err = pcall(supervisor.reap_orphans, list, function(report)
+    for _, r in ipairs(report) do
+      log.info("orphan_program", {service = r.name, pid = r.pid, result = r.result})
+    end
+    cb()
+  end)
+  if not ok then
+    log.warn("orphan_programs_unread", {error = tostring(err)})
+    cb()
   end
 end
 
@@ -589,9 +608,10 @@ function M.run(policy_path, opts, out)
   if not d.server then return fail(err, code) end
   -- what a killed run left on the router goes first, so that a service
   -- mapping the same port again is not deleted after it mapped
-  local cleaned = false
+  local cleaned, reaped = false, false
   M.remove_orphans(saved, function() cleaned = true end)
-  while not cleaned and not stopping do uv.run("once") end
+  M.reap_programs(saved, function() reaped = true end)
+  while not (cleaned and reaped) and not stopping do uv.run("once") end
   uv.run("nowait") -- a signal that came while the policy loaded
   if stopping then
     fail()

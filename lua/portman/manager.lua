@@ -15,18 +15,24 @@ local events = require "portman.events"
 local async = require "portman.async"
 local uv = require "luv"
 local nat = require "portman.nat"
+local supervisor = require "portman.supervisor"
 local netaddr = require "portman.netaddr"
+local errors = require "portman.errors"
+local core = require "portman.core"
 
 local M = {}
 local Manager = events.mixin({})
 local mt = {__index = Manager, __name = "portman.manager"}
 
 local NEW_KEYS = {state_file = true, check_host = true, on_event = true, concurrency = true,
-                  cluster = true, activation = true}
+                  cluster = true, activation = true, supervisor = true}
 local POOL_KEYS = {range = true, strategy = true, node_id = true, allow_privileged = true,
                    warning = true, critical = true}
 local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, port = true, pool = true,
-                      listen = true, handler = true, check = true, map = true, metadata = true}
+                      listen = true, handler = true, check = true, map = true, metadata = true,
+                      -- a program that serves the port (portman.supervisor)
+                      exec = true, env = true, cwd = true, user = true, group = true, activation = true,
+                      restart = true, stop_signal = true, stop_timeout = true, output = true}
 local MAP_KEYS = {external_port = true, method = true, lifetime = true, description = true, timeout = true}
 
 --- Creates a manager.
@@ -38,7 +44,8 @@ local MAP_KEYS = {external_port = true, method = true, lifetime = true, descript
 --   too, and `where` answers from every node's registrations),
 --   `activation` (sockets passed by systemd, name -> {fd, ...}, from
 --   listeners.from_environment: a service of that name adopts its socket
---   instead of binding one)
+--   instead of binding one), `supervisor` (a portman.supervisor that runs
+--   the services' programs; one is made when a service has `exec`)
 function M.new(opts)
   opts = opts or {}
   check.table("new", 1, opts)
@@ -48,6 +55,7 @@ function M.new(opts)
     _state_file = opts.state_file, _previous = {}, _unclean = {},
     pending = {},     -- services that could not start yet: retried on a back-off
     inherited = opts.activation or {}, -- sockets systemd passed, by name, not yet claimed
+    _sup = opts.supervisor,
     _runtime = {},    -- names registered at run time (kept across restarts)
     _ring = {}, _ring_next = 1, -- the last RING events, with wall-clock times
   }, mt)
@@ -140,6 +148,11 @@ function Manager:_event(ev)
   local level = (ev.level == "critical" or ev.level == "error") and "error"
     or ev.level == "warning" and "warn" or "info"
   log.log(level, ev.event, fields)
+  self:_note(ev)
+end
+
+-- An event kept and passed on, not logged (its source logged it).
+function Manager:_note(ev)
   if ev.event == "status" then self:_status_changed(ev) end
   remember_event(self, ev)
   events.emit(self, ev)
@@ -212,6 +225,31 @@ local function check_service(spec)
     end
   end
   if type(spec.map) == "table" then check.known("add_service", 1, spec.map, MAP_KEYS, "map.") end
+  if spec.exec ~= nil then
+    if type(spec.exec) ~= "table" or #spec.exec == 0 then
+      check.argerror("add_service", 1, "exec: {program, args...} expected")
+    end
+    for i, a in ipairs(spec.exec) do
+      if type(a) ~= "string" and math.type(a) ~= "integer" then
+        check.argerror("add_service", 1, ("exec[%d]: string expected, got %s"):format(i, type(a)))
+      end
+    end
+  else
+    for _, k in ipairs({"env", "cwd", "user", "group", "activation", "restart", "stop_signal", "stop_timeout",
+                        "output"}) do
+      if spec[k] ~= nil then check.argerror("add_service", 1, k .. ": only with exec") end
+    end
+  end
+  if spec.env ~= nil and type(spec.env) ~= "table" then check.argerror("add_service", 1, "env: table expected") end
+  if spec.activation ~= nil and type(spec.activation) ~= "boolean" then
+    check.argerror("add_service", 1, "activation: boolean expected")
+  end
+end
+
+-- Does the service bind its own port (a program started with exec and no
+-- activation)? portman then only reserves the port.
+local function program_binds(spec)
+  return spec.exec ~= nil and not spec.activation
 end
 
 -- The message of a raised argument error, without where and whose.
@@ -252,7 +290,7 @@ end
 
 -- The default health check: connect to a TCP listener; none otherwise.
 local function default_check(svc)
-  if svc.proto ~= "tcp" or not svc.listener then return nil end
+  if svc.proto ~= "tcp" or not (svc.listener or svc.spec.exec) then return nil end
   local host = svc.address
   if host == "0.0.0.0" then host = "127.0.0.1" elseif host == "::" then host = "::1" end
   return {kind = "tcp", host = host, port = svc.port, interval = 2000, timeout = 1000, rise = 1, fall = 2,
@@ -285,7 +323,7 @@ end
 --   stop); or nil, nil, err, code
 function Manager:_take_port(svc, spec, pool)
   local fds = self.inherited[svc.name]
-  if fds and spec.listen ~= false then -- socket activation: systemd bound it
+  if fds and spec.listen ~= false and not program_binds(spec) then -- socket activation: systemd bound it
     local l, err, code = listener.adopt(fds[1], {proto = svc.proto, name = svc.name})
     if not l then return nil, nil, err, code end
     self.inherited[svc.name] = nil
@@ -303,7 +341,7 @@ function Manager:_take_port(svc, spec, pool)
     end
     wanted, owned = nil, false -- the port it had went to another service
   end
-  if spec.listen == false then
+  if spec.listen == false or program_binds(spec) then
     if wanted then return nil, wanted, owned end
     if not pool then return nil, nil, no_pool(svc) end
     local port, err, code = pool:allocate()
@@ -337,6 +375,89 @@ function Manager:_undo(svc)
   if svc.check_name then self.health:remove(svc.check_name) end
   if svc.registered then self.registry:unregister(svc.name) end
   release(svc)
+end
+
+-- ---- the programs that serve the ports (portman.supervisor) ----
+
+-- The supervisor, made on first use; its events become the manager's
+-- (logged by the supervisor already), and a program that started or
+-- ended changes the state (its pid is kept for orphan cleanup).
+function Manager:_supervisor()
+  if self._sup_hooked then return self._sup end
+  self._sup = self._sup or supervisor.new{}
+  self._sup_hooked = true
+  self._sup:on(function(ev)
+    self:_note({event = "program_" .. ev.event, service = ev.name, pid = ev.pid, exit_code = ev.exit_code,
+                signal = ev.signal, delay = ev.delay})
+    if ev.event == "started" or ev.event == "stopped" or ev.event == "exited" then self:_changed() end
+  end)
+  return self._sup
+end
+
+-- "{port}" and its kin in a word of exec, cwd or env.
+local function substitute(word, vars)
+  return (tostring(word):gsub("{(%a+)}", function(k) return vars[k] end))
+end
+
+local function env_name(name) return (name:upper():gsub("[^%w]", "_")) end
+
+-- The service's own directory under the state dir ("{state}"), made 0700
+-- (owned by the program's user when it runs as another).
+function Manager:_service_dir(svc)
+  if not self._state_file then
+    return nil, "not_found: {state} needs a state dir (portman run --state-dir)", "not_found"
+  end
+  local base = (self._state_file:match("^(.*)/[^/]*$") or ".") .. "/services"
+  local dir = base .. "/" .. svc.name
+  for _, d in ipairs({base, dir}) do
+    local ok, err = uv.fs_mkdir(d, tonumber("700", 8))
+    if not ok and not tostring(err):match("^EEXIST") then return errors.from(err, "mkdir " .. d) end
+  end
+  if svc.spec.user ~= nil then
+    local u = core.user_info(svc.spec.user)
+    if u then uv.fs_chown(dir, u.uid, u.gid) end
+  end
+  return dir
+end
+
+-- Starts svc's program: argv and env with {port}, {address}, {name},
+-- {state} filled in, PORTMAN_PORT, PORTMAN_ADDRESS, PORTMAN_SERVICE and
+-- PORTMAN_PORT_<NAME> of every running service (Nomad's convention), the
+-- listener as fd 3 with activation.
+function Manager:_start_program(svc)
+  local spec = svc.spec
+  local vars = {port = svc.port, address = svc.address, name = svc.name}
+  local words = table.concat(spec.exec, " ") .. " " .. tostring(spec.cwd)
+  for _, v in pairs(spec.env or {}) do words = words .. " " .. tostring(v) end
+  if words:find("{state}", 1, true) then
+    local dir, err, code = self:_service_dir(svc)
+    if not dir then return nil, err, code end
+    vars.state = dir
+  end
+  local argv = {}
+  for i, a in ipairs(spec.exec) do argv[i] = substitute(a, vars) end
+  local env = {PORTMAN_PORT = tostring(svc.port), PORTMAN_ADDRESS = svc.address, PORTMAN_SERVICE = svc.name}
+  for name, other in pairs(self.services) do env["PORTMAN_PORT_" .. env_name(name)] = tostring(other.port) end
+  env["PORTMAN_PORT_" .. env_name(svc.name)] = tostring(svc.port)
+  for k, v in pairs(spec.env or {}) do env[k] = v and substitute(v, vars) end
+  local p, err, code = self:_supervisor():start{name = svc.name, argv = argv, env = env,
+    cwd = spec.cwd and substitute(spec.cwd, vars), user = spec.user, group = spec.group,
+    fds = spec.activation and {svc.listener} or nil, activation = spec.activation or nil,
+    fdnames = spec.activation and {svc.name} or nil, restart = spec.restart, stop_signal = spec.stop_signal,
+    stop_timeout = spec.stop_timeout, output = spec.output}
+  if not p then return nil, ("%s (service %s)"):format(err, svc.name), code end
+  svc.program = p
+  return true
+end
+
+-- The program part of a service's status entry: a program that is not
+-- running makes the service "starting" (a restart waits) or "stopped".
+local function program_status(svc, entry)
+  local info = svc.program:info()
+  entry.pid, entry.restarts, entry.exit_code, entry.signal = info.pid, info.restarts, info.exit_code, info.signal
+  if info.status == "running" and info.pid then return end
+  local restarting = info.status == "failed" and (svc.spec.restart or "on-failure") ~= "no"
+  entry.status = (info.status == "starting" or restarting) and "starting" or "stopped"
 end
 
 --- Takes a service's port (binding its listener) without registering or
@@ -394,13 +515,20 @@ function Manager:activate(svc)
   end
   svc.registered = true
   svc.address = entry.address
-  if l and svc.proto == "tcp" and not svc.serving then
+  if l and svc.proto == "tcp" and not svc.serving and not spec.exec then
     local ok, serr, scode = l:serve(spec.handler or function(c) c:close() end)
     if not ok then
       self:_undo(svc)
       return nil, serr, scode
     end
     svc.serving = true
+  end
+  if spec.exec then
+    local ok, perr, pcode = self:_start_program(svc)
+    if not ok then
+      self:_undo(svc)
+      return nil, perr, pcode
+    end
   end
   local copts = check_opts(svc)
   if copts then
@@ -593,10 +721,12 @@ function Manager:service(name)
   local svc = self.services[name]
   if not svc then return self:_pending_entry(name) end
   local st = svc.check_name and self.health:status(svc.check_name)
-  return {name = svc.name, type = svc.type, proto = svc.proto, address = svc.address, port = svc.port,
+  local entry = {name = svc.name, type = svc.type, proto = svc.proto, address = svc.address, port = svc.port,
           pool = svc.pool_name, status = st and st.status or "unchecked", reason = svc.reason,
-          since = svc.since, pid = svc.pid, mapping = mapping_entry(svc),
+          since = svc.since, mapping = mapping_entry(svc),
           last_check = st and st.last_ago_ms and os.time() - st.last_ago_ms // 1000 or nil}
+  if svc.program then program_status(svc, entry) end
+  return entry
 end
 
 function Manager:_pending_entry(name)
@@ -641,11 +771,21 @@ function Manager:stop_service(name, grace_ms, cb)
       if cb then cb(forced) end
     end)
   end
-  if svc.listener and svc.proto == "tcp" then
-    svc.listener:drain(grace_ms or 0, finish)
+  local function release_socket()
+    if svc.listener and svc.proto == "tcp" and not svc.spec.exec then
+      svc.listener:drain(grace_ms or 0, finish)
+    else
+      if svc.listener then svc.listener:close() end
+      finish(0)
+    end
+  end
+  if svc.program then -- the program first: it may still use the socket
+    svc.program:stop(function()
+      self._sup:remove(name)
+      release_socket()
+    end)
   else
-    if svc.listener then svc.listener:close() end
-    finish(0)
+    release_socket()
   end
   return true
 end
@@ -770,7 +910,14 @@ function Manager:snapshot()
   local runtime = json.array()
   for name in pairs(self._runtime) do runtime[#runtime + 1] = name end
   table.sort(runtime)
-  return {version = 1, pools = pools, registry = reg, runtime = runtime, mappings = self:_mapping_records()}
+  local programs = json.array()
+  for _, name in ipairs(self:names()) do
+    local p = self.services[name].program
+    local rec = p and p:record()
+    if rec then programs[#programs + 1] = rec end
+  end
+  return {version = 1, pools = pools, registry = reg, runtime = runtime, mappings = self:_mapping_records(),
+          programs = programs}
 end
 
 --- Uses a saved state: services added afterwards get back the port they had.
@@ -868,10 +1015,12 @@ function Manager:shutdown(grace_ms, cb, opts)
   local function done()
     if not (opts and opts.save == false) then
       snap.mappings = self:_mapping_records() -- what is left on the router: nothing, normally
+      snap.programs = json.array() -- every program was stopped
       self:save(snap)
       close_timer(self._save_timer)
     end
     self.health:close()
+    if self._sup then self._sup:close() end
     close_timer(self._sync_timer)
     if self.cluster_view then self.cluster_view.close() end
     if not self.cluster then return cb and cb() end

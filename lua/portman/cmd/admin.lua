@@ -2,6 +2,7 @@
 local uv = require "luv"
 local admin = require "portman.admin"
 local cmd = require "portman.cmd"
+local json = require "portman.json"
 
 local SOCKET = {"admin-socket", "PATH", "the daemon's admin socket (default: $XDG_RUNTIME_DIR/portman/admin.sock, "
   .. "/run/portman/admin.sock for root); its directory must be yours or root's and writable by no one else"}
@@ -209,6 +210,8 @@ return {
         function(reply) doc = reply end, {timeout = opts.timeout})
       if not ok then return nil, err, code end
       if not doc then return nil, "closed: the daemon sent no status", "closed" end
+      -- lists stay lists when empty (a decoded [] is a table like {})
+      for _, key in ipairs({"services", "pools", "mappings"}) do doc[key] = json.array(doc[key] or {}) end
       return {json = doc, header = {"SERVICE", "TYPE", "PROTO", "ADDRESS", "PORT", "STATUS"},
               rows = service_rows(doc), footer = footer(doc)}
     end,
