@@ -8,10 +8,30 @@ local SOCKET = {"admin-socket", "PATH", "the daemon's admin socket (default: $XD
   .. "/run/portman/admin.sock for root); its directory must be yours or root's and writable by no one else"}
 local TIMEOUT = {"timeout", "MS", "ms to wait for each answer of the daemon", kind = "int", default = admin.TIMEOUT}
 
+-- How long ago unix time t was: "42s", "5m", "3h", "2d".
+local function age(t)
+  if type(t) ~= "number" then return "-" end
+  local s = math.max(0, os.time() - t)
+  if s < 120 then return s .. "s" end
+  if s < 7200 then return s // 60 .. "m" end
+  if s < 172800 then return s // 3600 .. "h" end
+  return s // 86400 .. "d"
+end
+
+-- The status column's reason, on one short line.
+local function short(reason)
+  if type(reason) ~= "string" then return "" end
+  reason = reason:gsub("%s+", " ")
+  return #reason > 60 and reason:sub(1, 57) .. "..." or reason
+end
+
 local function service_rows(doc)
   local rows = {}
   for i, s in ipairs(doc.services or {}) do
-    rows[i] = {s.name, s.type or "-", s.proto, s.address, math.tointeger(s.port) or s.port, s.status}
+    local status = s.status
+    if s.holder then status = ("%s (pid %s %s)"):format(status, tostring(s.holder.pid), s.holder.program or "?") end
+    rows[i] = {s.name, s.type or "-", s.proto, s.address, math.tointeger(s.port) or s.port or "-", status,
+               age(s.since), s.pid and math.tointeger(s.pid) or "-", short(s.reason)}
   end
   return rows
 end
@@ -26,6 +46,8 @@ local function footer(doc)
     lines[#lines + 1] = ("mapping %s %s:%d -> %d (%s)"):format(m.proto, m.external_ip or "?", m.external_port,
       m.internal_port, m.method)
   end
+  if doc.reload then lines[#lines + 1] = "last reload failed (the old policy runs): " .. short(doc.reload.error) end
+  if doc.state then lines[#lines + 1] = "the state file cannot be written: " .. short(doc.state.error) end
   return #lines > 0 and table.concat(lines, "\n") or nil
 end
 
@@ -212,7 +234,7 @@ return {
       if not doc then return nil, "closed: the daemon sent no status", "closed" end
       -- lists stay lists when empty (a decoded [] is a table like {})
       for _, key in ipairs({"services", "pools", "mappings"}) do doc[key] = json.array(doc[key] or {}) end
-      return {json = doc, header = {"SERVICE", "TYPE", "PROTO", "ADDRESS", "PORT", "STATUS"},
+      return {json = doc, header = {"SERVICE", "TYPE", "PROTO", "ADDRESS", "PORT", "STATUS", "SINCE", "PID", "REASON"},
               rows = service_rows(doc), footer = footer(doc)}
     end,
   },

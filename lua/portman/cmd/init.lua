@@ -199,7 +199,7 @@ function M.format_table(header, rows)
       cell = tostring(cell)
       cells[c] = c < #r and cell .. (" "):rep(widths[c] - #cell) or cell
     end
-    lines[i] = table.concat(cells, "  ")
+    lines[i] = (table.concat(cells, "  "):gsub("%s+$", ""))
   end
   return table.concat(lines, "\n")
 end
