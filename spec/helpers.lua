@@ -158,6 +158,38 @@ function M.in_netns(chunk, opts)
   return table.unpack(values, 1, doc.n)
 end
 
+--- The text of the file at path, or nil when it cannot be read.
+function M.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Is pid gone: no such process, or a zombie (an init that does not reap
+-- leaves them)?
+function M.gone(pid)
+  local info = require("portman.supervisor").process_info(pid)
+  return info == nil or info.state == "Z"
+end
+
+--- This process's children that are zombies (exited, never reaped), as a
+-- set of pids; with since (an earlier result), only those not in it
+-- (other spec files may leave theirs).
+function M.zombies(since)
+  local uv = require "luv"
+  local process_info = require("portman.supervisor").process_info
+  local me, out = M.pid(), {}
+  local req = assert(uv.fs_scandir("/proc"))
+  for name in uv.fs_scandir_next, req do
+    local pid = name:match("^%d+$") and math.tointeger(tonumber(name))
+    local info = pid and process_info(pid)
+    if info and info.ppid == me and info.state == "Z" and not (since and since[pid]) then out[pid] = true end
+  end
+  return out
+end
+
 --- Writes text to the file at path.
 function M.write(path, text)
   local f = assert(io.open(path, "w"))

@@ -8,15 +8,7 @@ local helpers = require "helpers"
 local uv = require "luv"
 local json = require "portman.json"
 
-local write = helpers.write
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local write, read = helpers.write, helpers.read
 
 local function start(dir, policy, n, args)
   return helpers.start_daemon(dir, policy, n, {netns = true, args = args})

@@ -15,13 +15,6 @@ describe("core.spawn", function()
     sup_mod = require "portman.supervisor"
   end)
 
-  local function slurp(path)
-    local f = assert(io.open(path))
-    local s = f:read("a")
-    f:close()
-    return s
-  end
-
   -- Waits (polling, up to 10 s) for our child pid to end; returns what
   -- core.reap said.
   local function wait(pid)
@@ -33,11 +26,7 @@ describe("core.spawn", function()
     error("child " .. pid .. " did not end")
   end
 
-  -- Is pid gone (no process, or a zombie nobody reaps)?
-  local function gone(pid)
-    local info = sup_mod.process_info(pid)
-    return info == nil or info.state == "Z"
-  end
+  local slurp, gone, zombies = helpers.read, helpers.gone, helpers.zombies
 
   local function wait_gone(pid)
     for _ = 1, 1000 do
@@ -45,21 +34,6 @@ describe("core.spawn", function()
       uv.sleep(5)
     end
     return false
-  end
-
-  -- Our children that are zombies (exited, never reaped), as a set; with
-  -- since (an earlier result), only those not in it (other spec files may
-  -- leave theirs).
-  local function zombies(since)
-    local out = {}
-    local req = assert(uv.fs_scandir("/proc"))
-    for name in uv.fs_scandir_next, req do
-      local info = name:match("^%d+$") and sup_mod.process_info(tonumber(name))
-      if info and info.ppid == me and info.state == "Z" and not (since and since[tonumber(name)]) then
-        out[tonumber(name)] = true
-      end
-    end
-    return out
   end
 
   -- Runs argv with stdout (and stderr) to a file; returns exit code, signal, output.

@@ -5,7 +5,6 @@ local helpers = require "helpers"
 describe("portman.supervisor", function()
   local uv, core, cjson, async, log, listener, supervisor
   local q = helpers.shell_quote
-  local me = helpers.pid()
   local saved_out, saved_threshold
   local logged -- what the log wrote while a spec ran
 
@@ -47,13 +46,6 @@ describe("portman.supervisor", function()
   after_each(function()
     log.out, log.threshold = saved_out, saved_threshold
   end)
-
-  local function slurp(path)
-    local f = assert(io.open(path))
-    local s = f:read("a")
-    f:close()
-    return s
-  end
 
   -- Waits (in a task) until pred() holds; fails after 10 s.
   local function until_true(pred, what)
@@ -102,25 +94,7 @@ describe("portman.supervisor", function()
     return n
   end
 
-  local function gone(pid)
-    local info = supervisor.process_info(pid)
-    return info == nil or info.state == "Z" -- an init that does not reap leaves zombies
-  end
-
-  -- Our children that are zombies (exited, never reaped), as a set; with
-  -- since (an earlier result), only those not in it (other spec files may
-  -- leave theirs).
-  local function zombies(since)
-    local out = {}
-    local req = assert(uv.fs_scandir("/proc"))
-    for name in uv.fs_scandir_next, req do
-      local info = name:match("^%d+$") and supervisor.process_info(tonumber(name))
-      if info and info.ppid == me and info.state == "Z" and not (since and since[tonumber(name)]) then
-        out[tonumber(name)] = true
-      end
-    end
-    return out
-  end
+  local slurp, gone, zombies = helpers.read, helpers.gone, helpers.zombies
 
   local function lua_env()
     return {LUA_PATH = package.path, LUA_CPATH = package.cpath}
