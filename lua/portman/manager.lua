@@ -418,7 +418,8 @@ end
 local function env_name(name) return (name:upper():gsub("[^%w]", "_")) end
 
 -- The service's own directory under the state dir ("{state}"), made 0700
--- (owned by the program's user when it runs as another).
+-- (owned by the program's user when it runs as another; the services
+-- directory above it is then 0711, so that user can reach it).
 function Manager:_service_dir(svc)
   if not self._state_file then
     return nil, "not_found: {state} needs a state dir (portman run --state-dir)", "not_found"
@@ -432,6 +433,9 @@ function Manager:_service_dir(svc)
   if svc.spec.user ~= nil then
     local u = core.user_info(svc.spec.user)
     if u then uv.fs_chown(dir, u.uid, u.gid) end
+    -- the user must reach its directory: "services" is searchable by all,
+    -- never listable (each service's own stays 0700)
+    uv.fs_chmod(base, tonumber("711", 8))
   end
   return dir
 end
