@@ -443,7 +443,7 @@ describe("portman check", function()
   local uv = require "luv"
 
   it("passes every example policy", function()
-    for _, name in ipairs({"default", "db-cluster-node", "game-server"}) do
+    for _, name in ipairs({"default", "db-cluster-node", "game-server", "postgres-cluster", "web-activation"}) do
       local status, out, err = run(("check %s/examples/%s.lua --no-host"):format(helpers.root, name))
       assert.equal(0, status, err)
       assert.matches(": ok %(%d+ pools?, %d+ services?%)\n$", out)

@@ -175,4 +175,60 @@ describe("portman.manager", function()
     assert.matches("name: service 'x' exists", helpers.raises(function() m:add_service{name = "x", pool = "api"} end))
     assert.matches("'x' is a running service", helpers.raises(function() m:unregister("x") end))
   end)
+
+  describe("setup", function()
+    -- a program that only sleeps: the service's "server"
+    local function service(extra)
+      local spec = {name = "db", pool = "api", check = false, restart = "no",
+                    exec = {"sh", "-c", "echo served >> {state}/log; exec sleep 30"}}
+      for k, v in pairs(extra) do spec[k] = v end
+      return spec
+    end
+    local function log_of()
+      local f = io.open(dir .. "/services/db/log")
+      if not f then return "" end
+      local s = f:read("a")
+      f:close()
+      return s
+    end
+
+    it("runs once before exec when `creates` is missing, the service starting meanwhile", function()
+      local e = assert(m:start_service(service{
+        setup = {"sh", "-c", "sleep 0.2; echo setup >> {state}/log; echo 1 > {state}/done"},
+        creates = "{state}/done"}))
+      assert.equal("starting", e.status)
+      assert.is_true(e.setup)
+      assert.is_true(helpers.run_until(function() return log_of() == "setup\nserved\n" end, 5000, 20))
+      local st = m:service("db")
+      assert.is_nil(st.setup)
+      assert.equal("unchecked", st.status)
+      local kinds = {}
+      for _, ev in ipairs(events) do kinds[ev.event] = true end
+      assert.is_true(kinds.setup_done)
+      -- a second start finds `creates`: no setup
+      local done = false
+      m:stop_service("db", 0, function() done = true end)
+      helpers.run_until(function() return done end)
+      assert(m:start_service(service{setup = {"sh", "-c", "echo setup >> {state}/log"},
+                                     creates = "{state}/done"}))
+      assert.is_true(helpers.run_until(function() return log_of() == "setup\nserved\nserved\n" end, 5000, 20))
+    end)
+
+    it("that fails keeps the service pending with its exit status, and the program never starts", function()
+      assert(m:start_service(service{setup = {"sh", "-c", "exit 3"}}))
+      assert.is_true(helpers.run_until(function() return m.pending.db ~= nil end, 5000))
+      local st = m:service("db")
+      assert.equal("protocol", st.status)
+      assert.equal("protocol: setup of service db exited with status 3", st.reason)
+      assert.equal("", log_of())
+    end)
+
+    it("is checked: an argv, and creates only with setup", function()
+      assert.matches("setup: {program, args...} expected", select(2, manager.validate_service{name = "x",
+        exec = {"a"}, setup = "initdb"}), 1, true)
+      assert.matches("creates: only with setup", select(2, manager.validate_service{name = "x", exec = {"a"},
+                                                                                     creates = "{state}/x"}), 1, true)
+      assert.matches("setup: only with exec", select(2, manager.validate_service{name = "x", setup = {"a"}}), 1, true)
+    end)
+  end)
 end)

@@ -32,7 +32,9 @@ local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, po
                       listen = true, handler = true, check = true, map = true, metadata = true,
                       -- a program that serves the port (portman.supervisor)
                       exec = true, env = true, cwd = true, user = true, group = true, activation = true,
-                      restart = true, stop_signal = true, stop_timeout = true, output = true}
+                      restart = true, stop_signal = true, stop_timeout = true, output = true,
+                      -- run once before exec when `creates` does not exist (initdb)
+                      setup = true, creates = true}
 local MAP_KEYS = {external_port = true, method = true, lifetime = true, description = true, timeout = true}
 
 --- Creates a manager.
@@ -236,11 +238,25 @@ local function check_service(spec)
     end
   else
     for _, k in ipairs({"env", "cwd", "user", "group", "activation", "restart", "stop_signal", "stop_timeout",
-                        "output"}) do
+                        "output", "setup", "creates"}) do
       if spec[k] ~= nil then check.argerror("add_service", 1, k .. ": only with exec") end
     end
   end
   if spec.env ~= nil and type(spec.env) ~= "table" then check.argerror("add_service", 1, "env: table expected") end
+  if spec.setup ~= nil then
+    if type(spec.setup) ~= "table" or #spec.setup == 0 then
+      check.argerror("add_service", 1, "setup: {program, args...} expected")
+    end
+    for i, a in ipairs(spec.setup) do
+      if type(a) ~= "string" and math.type(a) ~= "integer" then
+        check.argerror("add_service", 1, ("setup[%d]: string expected, got %s"):format(i, type(a)))
+      end
+    end
+  end
+  if spec.creates ~= nil and (type(spec.creates) ~= "string" or spec.creates == "") then
+    check.argerror("add_service", 1, "creates: non-empty string expected")
+  end
+  if spec.creates ~= nil and spec.setup == nil then check.argerror("add_service", 1, "creates: only with setup") end
   if spec.activation ~= nil and type(spec.activation) ~= "boolean" then
     check.argerror("add_service", 1, "activation: boolean expected")
   end
@@ -402,7 +418,8 @@ end
 local function env_name(name) return (name:upper():gsub("[^%w]", "_")) end
 
 -- The service's own directory under the state dir ("{state}"), made 0700
--- (owned by the program's user when it runs as another).
+-- (owned by the program's user when it runs as another; the services
+-- directory above it is then 0711, so that user can reach it).
 function Manager:_service_dir(svc)
   if not self._state_file then
     return nil, "not_found: {state} needs a state dir (portman run --state-dir)", "not_found"
@@ -416,6 +433,9 @@ function Manager:_service_dir(svc)
   if svc.spec.user ~= nil then
     local u = core.user_info(svc.spec.user)
     if u then uv.fs_chown(dir, u.uid, u.gid) end
+    -- the user must reach its directory: "services" is searchable by all,
+    -- never listable (each service's own stays 0700)
+    uv.fs_chmod(base, tonumber("711", 8))
   end
   return dir
 end
@@ -424,30 +444,88 @@ end
 -- {state} filled in, PORTMAN_PORT, PORTMAN_ADDRESS, PORTMAN_SERVICE and
 -- PORTMAN_PORT_<NAME> of every running service (Nomad's convention), the
 -- listener as fd 3 with activation.
+--
+-- With `setup`, and unless `creates` names a path that exists, the setup
+-- program runs first, under the same supervisor name, user, env, cwd and
+-- output, with restart "no" and no fds; this returns at once and the
+-- service is "starting" (svc.setting_up) until it exits. On exit 0 the
+-- program starts; otherwise the service stops and is pending with a
+-- "protocol" error naming the exit status, retried on the back-off.
 function Manager:_start_program(svc)
   local spec = svc.spec
   local vars = {port = svc.port, address = svc.address, name = svc.name}
-  local words = table.concat(spec.exec, " ") .. " " .. tostring(spec.cwd)
+  local words = table.concat(spec.exec, " ") .. " " .. tostring(spec.cwd) .. " " ..
+    table.concat(spec.setup or {}, " ") .. " " .. tostring(spec.creates)
   for _, v in pairs(spec.env or {}) do words = words .. " " .. tostring(v) end
   if words:find("{state}", 1, true) then
     local dir, err, code = self:_service_dir(svc)
     if not dir then return nil, err, code end
     vars.state = dir
   end
-  local argv = {}
-  for i, a in ipairs(spec.exec) do argv[i] = substitute(a, vars) end
   local env = {PORTMAN_PORT = tostring(svc.port), PORTMAN_ADDRESS = svc.address, PORTMAN_SERVICE = svc.name}
   for name, other in pairs(self.services) do env["PORTMAN_PORT_" .. env_name(name)] = tostring(other.port) end
   env["PORTMAN_PORT_" .. env_name(svc.name)] = tostring(svc.port)
   for k, v in pairs(spec.env or {}) do env[k] = v and substitute(v, vars) end
-  local p, err, code = self:_supervisor():start{name = svc.name, argv = argv, env = env,
-    cwd = spec.cwd and substitute(spec.cwd, vars), user = spec.user, group = spec.group,
-    fds = spec.activation and {svc.listener} or nil, activation = spec.activation or nil,
-    fdnames = spec.activation and {svc.name} or nil, restart = spec.restart, stop_signal = spec.stop_signal,
-    stop_timeout = spec.stop_timeout, output = spec.output}
-  if not p then return nil, ("%s (service %s)"):format(err, svc.name), code end
-  svc.program = p
+  local function start(words_of, setup)
+    local argv = {}
+    for i, a in ipairs(words_of) do argv[i] = substitute(a, vars) end
+    local act = spec.activation and not setup
+    local p, err, code = self:_supervisor():start{name = svc.name, argv = argv, env = env,
+      cwd = spec.cwd and substitute(spec.cwd, vars), user = spec.user, group = spec.group,
+      fds = act and {svc.listener} or nil, activation = act or nil,
+      fdnames = act and {svc.name} or nil, restart = setup and "no" or spec.restart,
+      stop_signal = spec.stop_signal, stop_timeout = spec.stop_timeout, output = spec.output}
+    if not p then return nil, ("%s (service %s%s)"):format(err, svc.name, setup and " setup" or ""), code end
+    svc.program = p
+    return true
+  end
+  if not spec.setup or (spec.creates and uv.fs_stat(substitute(spec.creates, vars))) then
+    return start(spec.exec)
+  end
+  local ok, err, code = start(spec.setup, true)
+  if not ok then return nil, err, code end
+  svc.setting_up = true
+  local off
+  off = self._sup:on(function(ev)
+    if ev.name ~= svc.name or ev.event ~= "stopped" then return end
+    off()
+    svc.setting_up = nil
+    if self.services[svc.name] ~= svc or self._stopping then return end -- stopped meanwhile
+    local why
+    if ev.signal then
+      why = ("protocol: setup of service %s was killed by %s"):format(svc.name, ev.signal)
+    elseif ev.exit_code ~= 0 then
+      why = ("protocol: setup of service %s exited with status %s"):format(svc.name, tostring(ev.exit_code))
+    else
+      self:_event({event = "setup_done", service = svc.name})
+      -- after the supervisor is done with the setup program's exit
+      local t = uv.new_timer()
+      t:start(0, 0, async.safe(function()
+        t:close()
+        if self.services[svc.name] ~= svc or self._stopping then return end
+        local started, serr = start(spec.exec)
+        if not started then why = serr end
+        if why then self:_setup_failed(svc, why) end
+      end, "start after setup"))
+      return
+    end
+    self:_setup_failed(svc, why)
+  end)
   return true
+end
+
+-- The setup program (or the start after it) failed: the service stops and
+-- waits on the back-off as a pending one.
+function Manager:_setup_failed(svc, why)
+  self:_event({event = "setup_failed", level = "error", service = svc.name, error = why})
+  local t = uv.new_timer()
+  t:start(0, 0, async.safe(function()
+    t:close()
+    if self.services[svc.name] ~= svc or self._stopping then return end
+    self:stop_service(svc.name, 0, function()
+      if not self._stopping then self:_keep_trying(svc.spec, why, "protocol") end
+    end)
+  end, "setup failure"))
 end
 
 -- The program part of a service's status entry: a program that is not
@@ -455,6 +533,10 @@ end
 local function program_status(svc, entry)
   local info = svc.program:info()
   entry.pid, entry.restarts, entry.exit_code, entry.signal = info.pid, info.restarts, info.exit_code, info.signal
+  if svc.setting_up then -- the setup program runs (initdb): the service is not up yet
+    entry.status, entry.setup = "starting", true
+    return
+  end
   if info.status == "running" and info.pid then return end
   local restarting = info.status == "failed" and (svc.spec.restart or "on-failure") ~= "no"
   entry.status = (info.status == "starting" or restarting) and "starting" or "stopped"
