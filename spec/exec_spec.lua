@@ -104,6 +104,22 @@ describe("services that run their programs", function()
     assert.equal(0, d.wait_exit())
   end)
 
+  it("stops a program whose check does not pass within start_timeout, and counts it as a failure", function()
+    helpers.write(policy, ([[return {pools = {p = {range = {30000, 30099}}}, services = {
+      {name = "mute", pool = "p", exec = {"sleep", "600"}, start_timeout = 300, restart = "no",
+       check = {kind = "tcp", interval = 100, timeout = 100}},
+      {name = "ok", pool = "p", exec = {%q, %q, "{port}"}, start_timeout = 5000,
+       check = {kind = "tcp", interval = 100, timeout = 500, rise = 1}}}}]]):format(helpers.lua, SERVER))
+    local d = start(dir, policy, 2)
+    assert.is_true(helpers.run_until(function()
+      local s = status(d)
+      return s.mute.status == "stopped" and s.ok.status == "healthy"
+    end, 10000, 100))
+    assert.matches("start_timeout", d.err)
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
   it("restarts only the program whose service changed at a reload", function()
     write_policy()
     local d = start(dir, policy, 2)

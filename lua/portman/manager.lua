@@ -32,7 +32,7 @@ local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, po
                       listen = true, handler = true, check = true, map = true, metadata = true,
                       -- a program that serves the port (portman.supervisor)
                       exec = true, env = true, cwd = true, user = true, group = true, activation = true,
-                      restart = true, stop_signal = true, stop_timeout = true, output = true,
+                      restart = true, stop_signal = true, stop_timeout = true, start_timeout = true, output = true,
                       -- run once before exec when `creates` does not exist (initdb)
                       setup = true, creates = true}
 local MAP_KEYS = {external_port = true, method = true, lifetime = true, description = true, timeout = true}
@@ -176,7 +176,10 @@ end
 -- A check's status changed: its service remembers since when and why.
 function Manager:_status_changed(ev)
   local svc = self.services[ev.check]
-  if svc then svc.since, svc.reason = os.time(), ev.msg end
+  if not svc then return end
+  svc.since, svc.reason = os.time(), ev.msg
+  -- a program with a start_timeout is started once its check passes
+  if ev.to == "healthy" and svc.program then svc.program:ready() end
 end
 
 --- Adds a pool. Services of a type take ports from the pool of that name
@@ -238,7 +241,7 @@ local function check_service(spec)
     end
   else
     for _, k in ipairs({"env", "cwd", "user", "group", "activation", "restart", "stop_signal", "stop_timeout",
-                        "output", "setup", "creates"}) do
+                        "start_timeout", "output", "setup", "creates"}) do
       if spec[k] ~= nil then check.argerror("add_service", 1, k .. ": only with exec") end
     end
   end
@@ -474,7 +477,8 @@ function Manager:_start_program(svc)
       cwd = spec.cwd and substitute(spec.cwd, vars), user = spec.user, group = spec.group,
       fds = act and {svc.listener} or nil, activation = act or nil,
       fdnames = act and {svc.name} or nil, restart = setup and "no" or spec.restart,
-      stop_signal = spec.stop_signal, stop_timeout = spec.stop_timeout, output = spec.output}
+      stop_signal = spec.stop_signal, stop_timeout = spec.stop_timeout,
+      start_timeout = not setup and spec.start_timeout or nil, output = spec.output}
     if not p then return nil, ("%s (service %s%s)"):format(err, svc.name, setup and " setup" or ""), code end
     svc.program = p
     return true
