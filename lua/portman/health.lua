@@ -150,6 +150,21 @@ function M:remove(name)
   return true
 end
 
+--- Starts a check over: its status is "unknown" and its counters zero
+-- until new results come (the program it checks was restarted, say); its
+-- history stays. Emits a status event when the status changes.
+function M:reset(name)
+  local c = self._checks[name]
+  if not c then return false end
+  c.successes, c.failures = 0, 0
+  if c.status ~= "unknown" then
+    local old = c.status
+    c.status = "unknown"
+    events.emit(self, {event = "status", check = c.name, from = old, to = "unknown", msg = "restarted"})
+  end
+  return true
+end
+
 function arm(self, c, delay)
   c.timer = c.timer or uv.new_timer()
   -- at least 1 ms: libuv 1.44 runs a 0 ms timer restarted from a timer

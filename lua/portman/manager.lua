@@ -408,6 +408,9 @@ function Manager:_supervisor()
   self._sup:on(function(ev)
     self:_note({event = "program_" .. ev.event, service = ev.name, pid = ev.pid, exit_code = ev.exit_code,
                 signal = ev.signal, delay = ev.delay})
+    -- a new instance is unknown until its own check passes
+    local svc = self.services[ev.name]
+    if ev.event == "started" and svc and svc.check_name and svc.program then self.health:reset(svc.check_name) end
     if ev.event == "started" or ev.event == "stopped" or ev.event == "exited" then self:_changed() end
   end)
   return self._sup
