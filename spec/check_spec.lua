@@ -128,6 +128,15 @@ describe("portman.check", function()
     end)
   end)
 
+  describe("optional", function()
+    it("returns an absent or fitting value, and names the key of any other", function()
+      assert.is_nil(check.optional("f", 1, {}, "clock", "function"))
+      assert.equal(print, check.optional("f", 1, {clock = print}, "clock", "function"))
+      assert.equal("bad argument #2 to 'f' (clock: function expected, got number)",
+        helpers.raises(check.optional, "f", 2, {clock = 5}, "clock", "function"))
+    end)
+  end)
+
   describe("oneof", function()
     it("returns a listed value", function()
       assert.equal("udp", check.oneof("f", 1, "udp", {"tcp", "udp"}, "proto"))

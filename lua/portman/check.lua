@@ -34,6 +34,16 @@ function M.table(fname, n, value)
   return value
 end
 
+--- Checks that opts[key], when given, is of Lua type kind ("function",
+-- "table", ...); returns it.
+function M.optional(fname, n, opts, key, kind)
+  local v = opts[key]
+  if v ~= nil and type(v) ~= kind then
+    M.argerror(fname, n, ("%s: %s expected, got %s"):format(key, kind, type(v)))
+  end
+  return v
+end
+
 --- Rejects keys of opts not in allowed (a set); prefix names nested tables.
 -- @raise on the first unknown key, named by its dotted path.
 function M.known(fname, n, opts, allowed, prefix)

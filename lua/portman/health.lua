@@ -49,9 +49,7 @@ function M.new(opts)
   opts = opts or {}
   check.table("new", 1, opts)
   check.known("new", 1, opts, NEW_KEYS)
-  if opts.clock ~= nil and type(opts.clock) ~= "function" then
-    check.argerror("new", 1, "clock: function expected, got " .. type(opts.clock))
-  end
+  check.optional("new", 1, opts, "clock", "function")
   local self = setmetatable({_checks = {}, _pools = {}, _queue = {}, _running = 0,
     _concurrency = opts.concurrency or 256, _started = false, _clock = opts.clock or precise_ms}, mt)
   if opts.on_event then self:on(opts.on_event) end

@@ -124,9 +124,7 @@ local function check_probe_opts(fname, opts)
   if opts.payload ~= nil and type(opts.payload) ~= "string" then
     check.argerror(fname, 3, "payload: string expected, got " .. type(opts.payload))
   end
-  if opts.on_batch ~= nil and type(opts.on_batch) ~= "function" then
-    check.argerror(fname, 3, "on_batch: function expected, got " .. type(opts.on_batch))
-  end
+  check.optional(fname, 3, opts, "on_batch", "function")
   if opts.family ~= nil then check.oneof(fname, 3, opts.family, {"inet", "inet6"}, "family") end
   return timeout, conc, proto
 end

@@ -596,12 +596,8 @@ function M.new(opts)
   opts = opts or {}
   check.table("new", 1, opts)
   check.known("new", 1, opts, NEW_KEYS)
-  if opts.clock ~= nil and type(opts.clock) ~= "function" then
-    check.argerror("new", 1, "clock: function expected, got " .. type(opts.clock))
-  end
-  if opts.on_event ~= nil and type(opts.on_event) ~= "function" then
-    check.argerror("new", 1, "on_event: function expected, got " .. type(opts.on_event))
-  end
+  check.optional("new", 1, opts, "clock", "function")
+  check.optional("new", 1, opts, "on_event", "function")
   local b = {}
   if opts.backoff ~= nil then
     check.table("new", 1, opts.backoff)

@@ -131,9 +131,7 @@ function M.new(opts)
     check.argerror("new", 1, "cache: boolean expected, got " .. type(opts.cache))
   end
   self._caching = opts.cache ~= false
-  if opts.clock ~= nil and type(opts.clock) ~= "function" then
-    check.argerror("new", 1, "clock: function expected, got " .. type(opts.clock))
-  end
+  check.optional("new", 1, opts, "clock", "function")
   self._clock = opts.clock or uv.now
   local path = opts.hosts
   if path == nil then path = "/etc/hosts" end
@@ -141,9 +139,7 @@ function M.new(opts)
     check.argerror("new", 1, "hosts: path or false expected, got " .. type(path))
   end
   self._hosts = path and hosts.new(path, self._clock) or nil
-  if opts.registry ~= nil and type(opts.registry) ~= "function" then
-    check.argerror("new", 1, "registry: function expected, got " .. type(opts.registry))
-  end
+  check.optional("new", 1, opts, "registry", "function")
   self._registry = opts.registry
   self._cache, self._cache_count = {}, 0
   self._inflight = {} -- key -> {waiters}, one query on the wire per key
