@@ -92,8 +92,8 @@ local function conflict(self, s, check_host)
     end
   end
   if check_host then
-    for _, b in ipairs(netaddr.bound(s.proto)) do
-      if b.port == s.port and netaddr.overlap(b.address, s.address) then
+    for _, b in ipairs(netaddr.bound_by_port(s.proto)[s.port] or {}) do
+      if netaddr.overlap(b.address, s.address) then
         return ("conflict: port %d/%s is already bound on this host (%s)"):format(s.port, s.proto, b.address)
       end
     end
