@@ -4,9 +4,9 @@ local admin = require "portman.admin"
 local cmd = require "portman.cmd"
 local json = require "portman.json"
 
-local SOCKET = {"admin-socket", "PATH", "the daemon's admin socket (default: $XDG_RUNTIME_DIR/portman/admin.sock, "
-  .. "/run/portman/admin.sock for root); its directory must be yours or root's and writable by no one else"}
-local TIMEOUT = {"timeout", "MS", "ms to wait for each answer of the daemon", kind = "int", default = admin.TIMEOUT}
+local client = require "portman.cmd.client"
+
+local SOCKET, TIMEOUT = client.SOCKET, client.TIMEOUT
 
 -- How long ago unix time t was: "42s", "5m", "3h", "2d".
 local function age(t)
@@ -226,12 +226,8 @@ return {
     json = true,
     table = true,
     run = function(opts)
-      cmd.at_least(opts, "timeout", 1)
-      local doc
-      local ok, err, code = admin.talk(opts.admin_socket or admin.default_path(), {op = "status"},
-        function(reply) doc = reply end, {timeout = opts.timeout})
-      if not ok then return nil, err, code end
-      if not doc then return nil, "closed: the daemon sent no status", "closed" end
+      local doc, err, code = client.ask(opts, {op = "status"})
+      if not doc then return nil, err, code end
       -- lists stay lists when empty (a decoded [] is a table like {})
       for _, key in ipairs({"services", "pools", "mappings"}) do doc[key] = json.array(doc[key] or {}) end
       return {json = doc, header = {"SERVICE", "TYPE", "PROTO", "ADDRESS", "PORT", "STATUS", "SINCE", "PID", "REASON"},
