@@ -26,6 +26,14 @@ function M.argerror(fname, n, msg)
   error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), blame_level())
 end
 
+--- The message of a raised argument error without where and whose:
+-- "x.lua:3: bad argument #1 to 'new' (range: lo 5 > hi 1)" gives
+-- "range: lo 5 > hi 1"; any other error its text without the position.
+function M.reason(err)
+  local msg = tostring(err):gsub("^[^:]*:%d+: ", "")
+  return msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
+end
+
 --- Checks that value is a table; returns it.
 function M.table(fname, n, value)
   if type(value) ~= "table" then

@@ -25,6 +25,7 @@ local sandbox = require "portman.sandbox"
 local netaddr = require "portman.netaddr"
 local allocator = require "portman.allocator"
 local json = require "portman.json"
+local check = require "portman.check"
 local errors = require "portman.errors"
 local notify = require "portman.notify"
 local listeners = require "portman.listeners"
@@ -157,8 +158,7 @@ end
 local function apply(what, fn, ...)
   local ok, res, err, code = pcall(fn, ...)
   if not ok then
-    local msg = tostring(res):gsub("^[^:]*:%d+: ", "")
-    return policy_error("%s: %s", what, msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg)
+    return policy_error("%s: %s", what, check.reason(res))
   end
   if res == nil then return nil, ("%s (%s)"):format(err, what), code end
   return res

@@ -104,8 +104,7 @@ end
 function M.validate(opts)
   local ok, err = pcall(check_spec, opts)
   if ok then return true end
-  local msg = tostring(err):gsub("^[^:]*:%d+: ", "")
-  return nil, msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
+  return nil, check.reason(err)
 end
 
 -- The scheduler's internals: locals, not methods (nothing outside calls them).

@@ -271,11 +271,7 @@ local function program_binds(spec)
   return spec.exec ~= nil and not spec.activation
 end
 
--- The message of a raised argument error, without where and whose.
-local function reason_of(err)
-  local msg = tostring(err):gsub("^[^:]*:%d+: ", "")
-  return msg:match("^bad argument #%d+ to '[^']*' %((.*)%)$") or msg
-end
+local reason_of = check.reason
 
 --- Checks a service spec as add_service would, running nothing.
 -- @return[1] true
