@@ -267,8 +267,9 @@ static int l_pmp_step(lua_State *L)
         return 1;
     }
     if (r.error) {
-        const char *why = r.error == NATPMP_ERR_NOTAUTHORIZED ? "the gateway refused the mapping"
-                        : r.error == NATPMP_ERR_NOGATEWAYSUPPORT ? "no NAT-PMP answer from the gateway"
+        /* r.why says what the gateway answered; the others are failures to hear it */
+        if (r.why[0]) return pm_fail(L, r.code, "NAT-PMP %s: %s", u->p.gateway, r.why);
+        const char *why = r.error == NATPMP_ERR_NOGATEWAYSUPPORT ? "no NAT-PMP answer from the gateway"
                         : r.sys_errno ? strerror(r.sys_errno) : "request failed";
         return pm_fail(L, r.code, "NAT-PMP %s: %s (%d)", u->p.gateway, why, r.error);
     }

@@ -1,6 +1,8 @@
 /* UPnP IGD jobs on worker threads (see upnp.h). */
 #include "upnp.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <miniupnpc/miniupnpc.h>
 #include <miniupnpc/upnpcommands.h>
@@ -9,12 +11,86 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include "visibility.h" /* last: see there */
 
 #define MAX_ENTRIES 4096
 
+
+/* The decimal number that is the whole of s (1-10 digits), at most max; or -1. */
+static int parse_uint(const char *s, unsigned long max, unsigned long *out)
+{
+    unsigned long v = 0;
+    size_t i = 0;
+    for (; s[i]; i++) {
+        if (s[i] < '0' || s[i] > '9' || i >= 10) return -1;
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    if (i == 0 || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+int pm_upnp_parse_port(const char *s)
+{
+    unsigned long v;
+    if (parse_uint(s, 65535, &v) < 0 || v == 0) return -1;
+    return (int)v;
+}
+
+int pm_upnp_parse_lease(const char *s, unsigned *out)
+{
+    unsigned long v;
+    if (parse_uint(s, PM_UPNP_MAX_LEASE, &v) < 0) return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+int pm_upnp_parse_bool(const char *s)
+{
+    static const char *const words[] = {"0", "1", "false", "true", "no", "yes"};
+    for (int i = 0; i < 6; i++)
+        if (strcasecmp(s, words[i]) == 0) return i % 2;
+    return -1;
+}
+
+int pm_upnp_parse_ipv4(const char *s, int external)
+{
+    struct in_addr a;
+    if (inet_pton(AF_INET, s, &a) != 1) return -1;
+    unsigned top = ntohl(a.s_addr) >> 24;
+    if (external && (top == 0 || top == 127 || top >= 224)) return -1;
+    return 0;
+}
+
+int pm_upnp_parse_entry(struct pm_upnp_entry *e, const char *ext, const char *client, const char *in,
+                        const char *proto, const char *desc, const char *en, const char *dur, char *why,
+                        size_t n)
+{
+    memset(e, 0, sizeof *e);
+    const char *field = NULL;
+    int enabled = pm_upnp_parse_bool(en);
+    e->external_port = pm_upnp_parse_port(ext);
+    e->internal_port = pm_upnp_parse_port(in);
+    if (e->external_port < 0) field = "external port";
+    else if (e->internal_port < 0) field = "internal port";
+    else if (pm_upnp_parse_ipv4(client, 0) < 0) field = "internal client";
+    else if (strcasecmp(proto, "TCP") != 0 && strcasecmp(proto, "UDP") != 0) field = "protocol";
+    else if (enabled < 0) field = "enabled flag";
+    else if (pm_upnp_parse_lease(dur, &e->lease) < 0) field = "lease duration";
+    if (field) {
+        memset(e, 0, sizeof *e);
+        snprintf(why, n, "bad %s in the IGD's answer", field);
+        return -1;
+    }
+    e->enabled = enabled;
+    snprintf(e->proto, sizeof e->proto, "%s", toupper((unsigned char)proto[0]) == 'U' ? "UDP" : "TCP");
+    snprintf(e->internal_ip, sizeof e->internal_ip, "%s", client);
+    snprintf(e->desc, sizeof e->desc, "%s", desc);
+    return 0;
+}
 
 static void fail(struct pm_upnp_job *j, int status, const char *code, const char *what)
 {
@@ -107,15 +183,14 @@ static int list(struct pm_upnp_job *j)
             return -1;
         }
         j->entries = grown;
-        struct pm_upnp_entry *e = &grown[i];
-        memset(e, 0, sizeof *e);
-        e->external_port = atoi(ext);
-        e->internal_port = atoi(in);
-        e->enabled = atoi(en);
-        e->lease = (unsigned)strtoul(dur, NULL, 10);
-        snprintf(e->proto, sizeof e->proto, "%s", proto);
-        snprintf(e->internal_ip, sizeof e->internal_ip, "%s", client);
-        snprintf(e->desc, sizeof e->desc, "%s", desc);
+        char why[64];
+        if (pm_upnp_parse_entry(&grown[i], ext, client, in, proto, desc, en, dur, why,
+                                sizeof why) < 0) {
+            snprintf(j->msg, sizeof j->msg, "GetGenericPortMappingEntry %d: %s", i, why);
+            j->status = -1;
+            j->code = "protocol";
+            return -1;
+        }
         j->n_entries = i + 1;
     }
     return 0;
@@ -141,6 +216,11 @@ static int call(struct pm_upnp_job *j)
             fail(j, -1, "not_found", "the IGD has no external address");
             return -1;
         }
+        if (r == 0 && pm_upnp_parse_ipv4(j->external_ip, 1) < 0) {
+            j->external_ip[0] = 0;
+            fail(j, -1, "protocol", "GetExternalIPAddress: bad external address in the IGD's answer");
+            return -1;
+        }
         if (r) fail_status(j, r, "GetExternalIPAddress");
         return r;
     case PM_UPNP_ADD:
@@ -155,9 +235,19 @@ static int call(struct pm_upnp_job *j)
         }
         char got[16] = "";
         r = UPNP_AddAnyPortMapping(url, st, ext, in, client, desc, j->proto, NULL, lease, got);
-        if (r) fail_status(j, r, "AddAnyPortMapping");
-        else j->got_port = atoi(got) > 0 ? atoi(got) : j->external_port;
-        return r;
+        if (r) {
+            fail_status(j, r, "AddAnyPortMapping");
+            return r;
+        }
+        /* the router made a mapping on a port it did not say right: it
+         * lapses at the end of its lease (nothing here can name it) */
+        j->got_port = pm_upnp_parse_port(got);
+        if (j->got_port < 0) {
+            j->got_port = 0;
+            fail(j, -1, "protocol", "AddAnyPortMapping: bad reserved port in the IGD's answer");
+            return -1;
+        }
+        return 0;
     }
     case PM_UPNP_DELETE:
         r = UPNP_DeletePortMapping(url, st, ext, j->proto, NULL);
@@ -170,14 +260,13 @@ static int call(struct pm_upnp_job *j)
             fail_status(j, r, "GetSpecificPortMappingEntry");
             return r;
         }
-        struct pm_upnp_entry *e = &j->entry;
-        e->external_port = j->external_port;
-        e->internal_port = atoi(iport);
-        e->enabled = atoi(en);
-        e->lease = (unsigned)strtoul(dur, NULL, 10);
-        snprintf(e->proto, sizeof e->proto, "%s", j->proto);
-        snprintf(e->internal_ip, sizeof e->internal_ip, "%s", iclient);
-        snprintf(e->desc, sizeof e->desc, "%s", idesc);
+        char why[64];
+        if (pm_upnp_parse_entry(&j->entry, ext, iclient, iport, j->proto, idesc, en, dur, why, sizeof why) < 0) {
+            snprintf(j->msg, sizeof j->msg, "GetSpecificPortMappingEntry: %s", why);
+            j->status = -1;
+            j->code = "protocol";
+            return -1;
+        }
         return 0;
     }
     case PM_UPNP_LIST:

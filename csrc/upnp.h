@@ -6,6 +6,7 @@
 
 #include <stdatomic.h>
 #include <pthread.h>
+#include <stddef.h>
 
 enum pm_upnp_op {
     PM_UPNP_DISCOVER,    /* find a valid connected IGD */
@@ -52,6 +53,27 @@ struct pm_upnp_job {
     atomic_int refs;
     pthread_t thread;
 };
+
+/* The values portman takes from the IGD's answers, as miniupnpc hands
+ * them over (the SOAP answer's strings, NUL-terminated): each is parsed
+ * strictly, and one that does not parse makes the call fail with the code
+ * "protocol" (and nothing of it is used or saved). Pure functions. */
+#define PM_UPNP_MAX_LEASE 2147483648u /* 2^31 s: UPnP's ui4, kept within an int32 */
+/* A port: decimal digits only (no sign, space or suffix), 1-65535; or -1. */
+int pm_upnp_parse_port(const char *s);
+/* A lease duration: decimal digits only, 0-PM_UPNP_MAX_LEASE; 0 or -1. */
+int pm_upnp_parse_lease(const char *s, unsigned *out);
+/* A UPnP boolean ("0", "1", "false", "true", "no", "yes", any case): 0, 1 or -1. */
+int pm_upnp_parse_bool(const char *s);
+/* An address: a dotted quad (inet_pton); with external, also one a router
+ * can be reached at (not 0/8, 127/8, multicast or reserved). 0 or -1. */
+int pm_upnp_parse_ipv4(const char *s, int external);
+/* A port mapping entry from GetGenericPortMappingEntry (or
+ * GetSpecificPortMappingEntry, with the external port and protocol that
+ * were asked): fills e and returns 0, or writes why (n bytes) and returns -1. */
+int pm_upnp_parse_entry(struct pm_upnp_entry *e, const char *ext, const char *client, const char *in,
+                        const char *proto, const char *desc, const char *en, const char *dur, char *why,
+                        size_t n);
 
 /* Starts a copy of args on a new thread; returns it, or NULL with errno
  * set. The job's fd becomes readable when the result is ready. */
