@@ -329,6 +329,9 @@ end
 --   the one asked for was taken. It renews itself until closed.
 -- @return[2] nil, msg, code: `not_found` (no gateway answered), `denied`
 --   (the router refused), `conflict`, `timeout`, `unreachable`, `protocol`
+--   (the router's answer was malformed or did not fit the request: an
+--   external port 0, another internal port, a lifetime of 0 or over a
+--   week, ...; nothing of it is kept)
 -- @raise on a bad option
 M.map = async.adapt(function(opts, cb)
   local o = check_map(opts)
