@@ -183,6 +183,18 @@ describe("portman.state", function()
     end)
   end
 
+  -- found by fuzz/state_fuzz.c: a key from the file went into the message
+  -- (and the log line) raw, escape sequences and all, however long
+  it("names a field whose key is odd in a short, printable message", function()
+    local text = assert(helpers.read(helpers.root .. "/fuzz/seeds/state/escape-in-keys.json"))
+    helpers.write(path, text)
+    assert.same({nil, ("protocol: corrupt state: pools['p?[31m'].bitmap: not a PMB1 bitmap (in %s)"):format(path),
+                 "protocol"}, {state.load_checked(path)})
+    helpers.write(path, '{"mappings":[{"service":"a","external_port":1,"' .. ("k"):rep(5000) .. '":1}]}')
+    assert.equal(("protocol: corrupt state: mappings[1]['%s'...]: unknown field (in %s)"):format(("k"):rep(40), path),
+      select(2, state.load_checked(path)))
+  end)
+
   it("refuses truncated JSON and a document that is not an object", function()
     local text = read(VALID)
     for _, bad in ipairs{text:sub(1, #text // 2), "[1,2]", '"x"', "{} {}"} do

@@ -109,8 +109,15 @@ end
 
 local validate -- rule, value, path -> nil or "path: reason"
 
+-- A field's path: a key that is not a plain short word (a map's name, an
+-- unknown field's, from the file) shown as ['...'], cut short and with
+-- its control bytes replaced, so that a message and the log line stay
+-- one short line.
 local function join(path, key)
   if math.type(key) == "integer" then return ("%s[%d]"):format(path, key) end
+  if type(key) ~= "string" or not key:match("^[%w_%-]+$") or #key > 40 then
+    return ("%s[%s]"):format(path, show(key))
+  end
   return path == "" and key or path .. "." .. key
 end
 
@@ -119,9 +126,7 @@ function KINDS.object(v, rule, path)
     return nil, ("%s: object expected, got %s"):format(path, type(v) == "table" and "an array" or show(v))
   end
   for k in pairs(v) do
-    if type(k) ~= "string" or not rule.fields[k] then
-      return nil, ("%s: unknown field"):format(type(k) == "string" and join(path, k) or path .. show(k))
-    end
+    if type(k) ~= "string" or not rule.fields[k] then return nil, join(path, k) .. ": unknown field" end
   end
   -- in a fixed order, so the same file always names the same field; a
   -- field that is wrong before one that is missing
