@@ -183,7 +183,7 @@ describe("portman.state", function()
     end)
   end
 
-  -- found by fuzz/state_fuzz.c: a key from the file went into the message
+  -- seen in the fuzz corpus: a key from the file went into the message
   -- (and the log line) raw, escape sequences and all, however long
   it("names a field whose key is odd in a short, printable message", function()
     local text = assert(helpers.read(helpers.root .. "/fuzz/seeds/state/escape-in-keys.json"))
