@@ -273,6 +273,15 @@ describe("portman run", function()
     end)
   end
 
+  it("refuses a FIFO at state.json at once, where the open used to block with SIGTERM unheard", function()
+    write(policy, [[return {services = {{name = "a", port = 21703}}}]])
+    assert.is_true(os.execute("mkfifo " .. dir .. "/state.json"))
+    local d = start(dir, policy, 1)
+    assert.equal(1, d.wait_exit())
+    assert.is_truthy(d.err:find("protocol: " .. dir .. "/state.json is not a regular file", 1, true), d.err)
+    assert.equal("fifo", uv.fs_lstat(dir .. "/state.json").type)
+  end)
+
   it("starts once the corrupt state is moved away, as the message says", function()
     write(policy, [[return {pools = {p = {range = {21600, 21699}}}, services = {{name = "a", pool = "p"}}}]])
     write(dir .. "/state.json", '{"mappings":"x"}')
