@@ -110,6 +110,7 @@ build = {
     ["portman.resolver.select"] = "lua/portman/resolver/select.lua",
     ["portman.sandbox"] = "lua/portman/sandbox.lua",
     ["portman.state"] = "lua/portman/state.lua",
+    ["portman.state_schema"] = "lua/portman/state_schema.lua",
     ["portman.stun"] = "lua/portman/stun.lua",
     ["portman.supervisor"] = "lua/portman/supervisor.lua",
     ["portman.tunnel"] = "lua/portman/tunnel.lua",

@@ -243,4 +243,107 @@ describe("portman run", function()
     assert.matches("not_found: policy", err)
     assert.equal(2, (helpers.portman("run")))
   end)
+
+  -- ---- a state file or directory that others may have written ----
+
+  local seeds = helpers.root .. "/fuzz/seeds/state/"
+  local corrupt = {
+    {"mappings-string.json", "mappings: array expected, got 'x'"},
+    {"services-number.json", "registry.services: array expected, got 5"},
+    {"port-99999.json", "registry.services[1].port: 99999 is not a port (1-65535)"},
+    {"external-port-0.json", "mappings[3].external_port: 0 is not a port (1-65535)"},
+    {"wrong-types.json", "runtime[1]: string expected, got 1"},
+    {"version-2.json", "version: unknown version 2 (this portman reads 1)"},
+    {"truncated.json", "is not a JSON state document"},
+    {"not-object.json", "is not a JSON state document"},
+  }
+  for _, case in ipairs(corrupt) do
+    it("refuses the corrupt state " .. case[1] .. " by itself: exit 1, the field named, the file kept", function()
+      write(policy, [[return {pools = {p = {range = {21600,21699}}}, services = {{name = "a", pool = "p"}}}]])
+      local text = assert(helpers.read(seeds .. case[1]))
+      write(dir .. "/state.json", text)
+      local d = start(dir, policy, 1) -- returns once it exited: it must not hang
+      assert.equal(1, d.wait_exit())
+      assert.is_truthy(d.err:find(case[2], 1, true), d.err)
+      assert.matches("error state_refused", d.err)
+      assert.matches("portman run: protocol: [^\n]*move it away to start without the saved state\n", d.err)
+      assert.is_nil(d.err:find("service_started", 1, true))
+      assert.is_nil(d.err:find("traceback", 1, true))
+      assert.equal(text, helpers.read(dir .. "/state.json")) -- byte for byte
+    end)
+  end
+
+  it("refuses a FIFO at state.json at once, where the open used to block with SIGTERM unheard", function()
+    write(policy, [[return {services = {{name = "a", port = 21703}}}]])
+    assert.is_true(os.execute("mkfifo " .. dir .. "/state.json"))
+    local d = start(dir, policy, 1)
+    assert.equal(1, d.wait_exit())
+    assert.is_truthy(d.err:find("protocol: " .. dir .. "/state.json is not a regular file", 1, true), d.err)
+    assert.equal("fifo", uv.fs_lstat(dir .. "/state.json").type)
+  end)
+
+  it("starts once the corrupt state is moved away, as the message says", function()
+    write(policy, [[return {pools = {p = {range = {21600, 21699}}}, services = {{name = "a", pool = "p"}}}]])
+    write(dir .. "/state.json", '{"mappings":"x"}')
+    assert.equal(1, start(dir, policy, 1).wait_exit())
+    assert(os.rename(dir .. "/state.json", dir .. "/state.json.corrupt"))
+    local d = start(dir, policy, 1)
+    assert.same({a = 21600}, ports(d.out))
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+    assert.equal('{"mappings":"x"}', helpers.read(dir .. "/state.json.corrupt"))
+  end)
+
+  it("removes the temporary state files of dead runs at start, and only those", function()
+    write(policy, [[return {services = {{name = "a", port = 21701}}}]])
+    local p = io.popen("sh -c 'echo $$'")
+    local dead = math.tointeger(tonumber(p:read("l")))
+    p:close()
+    assert.is_true(helpers.gone(dead))
+    local stale = {("state.json.tmp.%d"):format(dead), (".portman-write-test.%d"):format(dead)}
+    local kept = {("state.json.tmp.%d"):format(helpers.pid()), "state.json.tmp.old", "notes.tmp.1"}
+    for _, n in ipairs(stale) do write(dir .. "/" .. n, "{") end
+    for _, n in ipairs(kept) do write(dir .. "/" .. n, "{") end
+    local d = start(dir, policy, 1)
+    for _, n in ipairs(stale) do
+      assert.is_nil(uv.fs_lstat(dir .. "/" .. n), n)
+      assert.is_truthy(d.err:find("info state_temp_removed dir=" .. dir .. " file=" .. n, 1, true), d.err)
+    end
+    for _, n in ipairs(kept) do assert.equal("{", helpers.read(dir .. "/" .. n), n) end
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
+  it("refuses a state dir that others can write, naming it and its mode", function()
+    write(policy, [[return {services = {{name = "a", port = 21702}}}]])
+    local shared = dir .. "/shared"
+    assert(uv.fs_mkdir(shared, tonumber("700", 8)))
+    local function run() -- refused: it ends by itself
+      return helpers.portman(("run %s --state-dir %s --admin-socket %s/adm/admin.sock"):format(policy, shared, dir),
+        helpers.NETNS)
+    end
+    for _, mode in ipairs{"777", "775", "722"} do
+      assert(uv.fs_chmod(shared, tonumber(mode, 8)))
+      local code, _, err = run()
+      assert.equal(1, code, err)
+      assert.is_truthy(err:find(("denied: state dir %s has mode 0%s: others can write it"):format(shared, mode),
+        1, true), err)
+      assert.is_nil(err:find("service_started", 1, true))
+      assert.is_nil(helpers.read(shared .. "/state.json"))
+    end
+    -- owned by another uid
+    assert(uv.fs_chmod(shared, tonumber("700", 8)))
+    assert(uv.fs_chown(shared, 65534, 65534))
+    local code, _, err = run()
+    assert.equal(1, code, err)
+    assert.is_truthy(err:find(("denied: state dir %s belongs to uid 65534 (mode 0700)"):format(shared), 1, true), err)
+    -- a sticky directory of our own (as /tmp is root's) is fine
+    assert(uv.fs_chown(shared, 0, 0))
+    assert(uv.fs_chmod(shared, tonumber("1777", 8)))
+    local d = start(shared, policy, 1)
+    assert.same({a = 21702}, ports(d.out))
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+    assert.truthy(helpers.read(shared .. "/state.json"))
+  end)
 end)

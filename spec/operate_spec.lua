@@ -258,7 +258,7 @@ describe("the daemon, as an operator meets it", function()
   end)
 
   it("stops at SIGTERM during its start, leaving the state file alone", function()
-    local saved = '{"version":1,"registry":{"version":1,"services":[]},"note":"as it was"}'
+    local saved = '{"version":1,"registry":{"version":1,"services":[]},"runtime":["as it was"]}'
     write(dir .. "/state.json", saved)
     -- a policy whose chunk takes a second: the signal comes while it runs
     write(policy, [[local t = os.clock() while os.clock() - t < 1 do end

@@ -30,6 +30,7 @@ local errors = require "portman.errors"
 local notify = require "portman.notify"
 local listeners = require "portman.listeners"
 local supervisor = require "portman.supervisor"
+local core = require "portman.core"
 
 local M = {}
 local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true}
@@ -37,6 +38,7 @@ local CLUSTER_KEYS = {etcd = true, name = true, node = true, ttl = true, timeout
                       password = true, cacert = true, cert = true, key = true, insecure = true}
 
 M.POLICY_BUDGET = 2000 -- ms a policy file's chunk may run
+local STATE_NAME = "state.json" -- in the state dir
 
 local function policy_error(fmt, ...)
   return nil, "protocol: policy: " .. fmt:format(...), "protocol"
@@ -443,7 +445,26 @@ end
 
 -- ---- the daemon ----
 
--- A state directory that exists (made 0700 when missing) and takes a write.
+local PROBE = ".portman-write-test."
+
+-- nil, or why others than this uid (and root) can write dir: it is owned
+-- by another uid, or it is group- or other-writable and not a sticky
+-- directory of ours (there no one else may rename or remove our files).
+local function shared_dir_problem(dir, st)
+  local _, uid = core.ids()
+  local mode = st.mode & tonumber("7777", 8)
+  if st.uid ~= uid and st.uid ~= 0 then
+    return ("denied: state dir %s belongs to uid %d (mode %04o), not to %d or root"):format(dir, st.uid, mode, uid)
+  end
+  local sticky_ours = mode & tonumber("1000", 8) ~= 0 and st.uid == uid
+  if mode & tonumber("022", 8) ~= 0 and not sticky_ours then
+    return ("denied: state dir %s has mode %04o: others can write it (chmod go-w %s)"):format(dir, mode, dir)
+  end
+end
+
+-- A state directory that exists (made 0700 when missing), that no one
+-- else can write, and that takes a write; the temporary files killed runs
+-- left in it are removed.
 local function state_dir(dir)
   local st = uv.fs_stat(dir)
   if not st then
@@ -462,11 +483,26 @@ local function state_dir(dir)
   if not st or st.type ~= "directory" then
     return nil, ("protocol: state dir %s is not a directory"):format(dir), "protocol"
   end
-  local probe = ("%s/.portman-write-test.%d"):format(dir, uv.os_getpid())
+  local shared = shared_dir_problem(dir, st)
+  if shared then return nil, shared, "denied" end
+  local removed = state.remove_stale(dir, {STATE_NAME .. ".tmp.", PROBE}) or {}
+  for _, name in ipairs(removed) do log.info("state_temp_removed", {dir = dir, file = name}) end
+  local probe = ("%s/%s%d"):format(dir, PROBE, uv.os_getpid())
   local ok, err, code = state.save(probe, {})
   if not ok then return nil, ("%s (the state dir %s cannot be written)"):format(err, dir), code end
   os.remove(probe)
   return true
+end
+
+-- The saved state, checked in full; a corrupt or foreign file refuses the
+-- start and is left as it is for the operator (docs/design.md, "The
+-- state file").
+local function load_state(file)
+  local saved, err, code = state.load_checked(file)
+  if saved then return saved end
+  err = ("%s; the file is left as it is: move it away to start without the saved state"):format(err)
+  log.error("state_refused", {file = file, error = err})
+  return nil, err, code
 end
 
 local function print_services(m, out)
@@ -592,8 +628,8 @@ function M.run(policy_path, opts, out)
   if opts.state_dir then
     local ok, serr, scode = state_dir(opts.state_dir)
     if not ok then return fail(serr, scode) end
-    state_file = opts.state_dir .. "/state.json"
-    saved, err, code = state.load(state_file)
+    state_file = opts.state_dir .. "/" .. STATE_NAME
+    saved, err, code = load_state(state_file)
     if not saved then return fail(err, code) end
   end
   -- the admin socket first: a directory it may not use refuses the start
