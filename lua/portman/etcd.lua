@@ -18,6 +18,7 @@ local async = require "portman.async"
 local check = require "portman.check"
 local http = require "portman.http"
 local json = require "portman.json"
+local lines = require "portman.lines"
 local log = require "portman.log"
 
 local M = {}
@@ -25,7 +26,11 @@ local Client = {}
 Client.__index = Client
 
 local OPTIONS = {endpoints = true, timeout = true, attempt_timeout = true, user = true,
-                 password = true, cacert = true, cert = true, key = true, insecure = true}
+                 password = true, cacert = true, cert = true, key = true, insecure = true, max_message = true}
+
+-- The most a gateway answer or one watch message may hold, by default:
+-- far above 10,000 services' keys, far below what would hurt the daemon.
+M.MAX_MESSAGE = 16 * 1024 * 1024
 
 -- base64 (RFC 4648), for the gateway's bytes fields.
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -77,6 +82,9 @@ end
 
 local function now() return uv.hrtime() // 1000000 end
 
+-- Endpoint URLs; credentials written into one (http://user:pass@host:port)
+-- are taken out of it, so that no URL portman prints carries them, and
+-- returned as etcd's own auth (the gateway takes no basic auth).
 local function parse_endpoints(fname, eps)
   if type(eps) == "string" then
     local list = {}
@@ -86,15 +94,27 @@ local function parse_endpoints(fname, eps)
   if type(eps) ~= "table" or #eps == 0 then
     check.argerror(fname, 1, "endpoints: non-empty list of URLs expected")
   end
-  local out = {}
+  local out, user, password = {}, nil, nil
   for i, e in ipairs(eps) do
-    if type(e) ~= "string" or not e:match("^https?://[^/]+$") then
+    local scheme, info, host
+    if type(e) == "string" then scheme, info, host = e:match("^(https?://)([^/@]*@)(.+)$") end
+    if info then
+      e = scheme .. host
+      user, password = info:sub(1, -2):match("^([^:]*):?(.*)$")
+    end
+    if type(e) ~= "string" or not e:match("^https?://[^/@]+$") then
       check.argerror(fname, 1, ("endpoints[%d]: URL like http://127.0.0.1:2379 expected, got %s")
-        :format(i, tostring(e)))
+        :format(i, type(e) == "string" and e:gsub("//[^/]*@", "//***@") or type(e)))
     end
     out[i] = e
   end
-  return out
+  if not user or user == "" then return out end
+  return out, M.unescape(user), M.unescape(password)
+end
+
+--- Undoes a URL's percent-encoding (a password in an endpoint URL).
+function M.unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
 local function check_ms(fname, opts, key, default)
@@ -114,14 +134,17 @@ end
 --   for a token at /v3/auth/authenticate, as etcd's gateway wants; a wrong
 --   password fails calls with `denied`), `cacert`, `cert`, `key` (PEM
 --   files for TLS: the CA to trust, a client certificate), `insecure`
---   (skip TLS verification).
+--   (skip TLS verification), `max_message` (bytes an answer or one watch
+--   message may hold, M.MAX_MESSAGE: a larger one fails its call with
+--   `protocol`, or restarts the watch). Credentials in an endpoint URL
+--   (http://user:password@host:2379) are etcd's user and password.
 -- @return[1] a client
 -- @return[2] nil, msg, code when no epoll fd is left
 -- @raise on a bad or unknown option
 function M.new(opts)
   check.table("new", 1, opts)
   check.known("new", 1, opts, OPTIONS)
-  local eps = parse_endpoints("new", opts.endpoints)
+  local eps, url_user, url_password = parse_endpoints("new", opts.endpoints)
   local timeout = check_ms("new", opts, "timeout", 5000)
   local attempt = check_ms("new", opts, "attempt_timeout", math.min(1500, timeout))
   for _, k in ipairs({"user", "password", "cacert", "cert", "key"}) do
@@ -132,9 +155,14 @@ function M.new(opts)
   local client, err, code = http.new()
   if not client then return nil, err, code end
   local tls = {cacert = opts.cacert, cert = opts.cert, key = opts.key, insecure = opts.insecure or nil}
-  local auth = opts.user and {name = opts.user, password = opts.password or ""}
+  local user = opts.user or url_user
+  local auth = user and {name = user, password = opts.password or url_password or ""}
+  local max = opts.max_message or M.MAX_MESSAGE
+  if math.type(max) ~= "integer" or max < 1024 then
+    check.argerror("new", 1, "max_message: integer (bytes) of at least 1024 expected")
+  end
   return setmetatable({_http = client, _endpoints = eps, _current = 1, _timeout = timeout,
-                       _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}}, Client)
+                       _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}, _max_message = max}, Client)
 end
 
 local function check_open(self)
@@ -160,7 +188,10 @@ local AUTH_WORDS = {"user name is empty", "authentication failed", "permission d
 
 local function classify(res, err, code, url)
   if not res then
-    if FINAL_TRANSPORT[code] then return nil, err, code end
+    -- an answer over a cap: every member would send the same
+    if FINAL_TRANSPORT[code] or code == "protocol" and err:find("too large", 1, true) then
+      return nil, err, code
+    end
     return false, err, code
   end
   local doc = json.decode(res.body)
@@ -221,7 +252,7 @@ local function send(self, path, doc, headers, cb)
     if not self._http then return cb(nil, "closed: etcd client closed", "closed") end
     local url = self._endpoints[self._current] .. path
     local ms = math.max(1, math.min(self._attempt, deadline - now()))
-    local req = {url = url, body = body, timeout = ms, connect_timeout = ms}
+    local req = {url = url, body = body, timeout = ms, connect_timeout = ms, max_body = self._max_message}
     for k, v in pairs(self._tls) do req[k] = v end
     req.headers = headers
     self._http:request(req, function(res, err, code)
@@ -279,10 +310,85 @@ local function call(self, path, doc, cb)
   go(false)
 end
 
-local function kv_of(raw)
-  return {key = M.b64decode(raw.key or "") or "", value = M.b64decode(raw.value or "") or "",
-          create_revision = raw.create_revision or "0", mod_revision = raw.mod_revision or "0",
-          version = raw.version or "0", lease = raw.lease}
+-- Readers of the gateway's JSON: every field portman uses is checked
+-- before it is used. A reader raises "field: what is wrong" on a field of
+-- the wrong shape; reading() turns that into a `protocol` failure of its
+-- call alone.
+local function bad(field, v)
+  error(("%s: %s"):format(field, v == nil and "missing" or "malformed (" .. type(v) .. ")"), 0)
+end
+
+-- etcd's int64: a string of digits in the gateway's JSON, which leaves out
+-- fields that are zero (so `default` where zero is a valid answer).
+local function int64(field, v, default)
+  if v == nil and default then return default end
+  if math.type(v) == "integer" and v >= 0 then return tostring(v) end
+  if type(v) ~= "string" or #v > 19 or not v:match("^%d+$") then bad(field, v) end
+  return v
+end
+
+local function object(field, v, optional)
+  if v == nil and optional then return {} end
+  if type(v) ~= "table" then bad(field, v) end
+  return v
+end
+
+local function list(field, v)
+  if v == nil then return {} end
+  if type(v) ~= "table" then bad(field, v) end
+  local n = #v
+  for k in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then bad(field, v) end
+  end
+  return v
+end
+
+local function bytes(field, v, default)
+  if v == nil and default then return default end
+  local s = M.b64decode(v)
+  if not s then bad(field, v) end
+  return s
+end
+
+local function kv_of(raw, field)
+  object(field, raw)
+  return {key = bytes(field .. ".key", raw.key), value = bytes(field .. ".value", raw.value, ""),
+          create_revision = int64(field .. ".create_revision", raw.create_revision, "0"),
+          mod_revision = int64(field .. ".mod_revision", raw.mod_revision, "0"),
+          version = int64(field .. ".version", raw.version, "0"),
+          lease = raw.lease ~= nil and int64(field .. ".lease", raw.lease) or nil}
+end
+
+local function kvs_of(raw, field)
+  local out = {}
+  for i, kv in ipairs(list(field, raw)) do out[i] = kv_of(kv, ("%s[%d]"):format(field, i)) end
+  return out
+end
+
+local function revision_of(res)
+  return int64("header.revision", object("header", res.header, true).revision, "0")
+end
+
+-- The callback for call(): parse(res) reads the answer, and its results go
+-- to cb. cb runs outside the pcall, so an error in the caller's own code
+-- stays the caller's (portman.engine logs it) and is never taken for a bad
+-- answer.
+local function reading(path, parse, cb)
+  return function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    local out = table.pack(pcall(parse, res))
+    if not out[1] then
+      return cb(nil, ("protocol: etcd's answer to %s: %s"):format(path, tostring(out[2])),
+        "protocol")
+    end
+    return cb(table.unpack(out, 2, out.n))
+  end
+end
+
+-- A txn's outcome: the gateway leaves out `succeeded` when it is false.
+local function succeeded(res)
+  if res.succeeded ~= nil and type(res.succeeded) ~= "boolean" then bad("succeeded", res.succeeded) end
+  return res.succeeded == true
 end
 
 local function check_key(fname, n, key)
@@ -305,12 +411,9 @@ Client.range = async.adapt(function(self, key, opts, cb)
   local range_end = opts.prefix and M.prefix_end(key) or opts.range_end
   if range_end then doc.range_end = M.b64encode(range_end) end
   if opts.limit then doc.limit = tostring(opts.limit) end
-  call(self, "/v3/kv/range", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    local kvs = {}
-    for i, raw in ipairs(res.kvs or {}) do kvs[i] = kv_of(raw) end
-    cb({kvs = kvs, revision = res.header and res.header.revision or "0"})
-  end)
+  call(self, "/v3/kv/range", doc, reading("/v3/kv/range", function(res)
+    return {kvs = kvs_of(res.kvs, "kvs"), revision = revision_of(res)}
+  end, cb))
 end)
 
 --- Writes key = value, bound to `opts.lease` (an id) when given.
@@ -322,10 +425,7 @@ Client.put = async.adapt(function(self, key, value, opts, cb)
   check_key("put", 1, key)
   if type(value) ~= "string" then check.argerror("put", 2, "string expected, got " .. type(value)) end
   local doc = {key = M.b64encode(key), value = M.b64encode(value), lease = opts and opts.lease}
-  call(self, "/v3/kv/put", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    cb(res.header and res.header.revision or "0")
-  end)
+  call(self, "/v3/kv/put", doc, reading("/v3/kv/put", revision_of, cb))
 end)
 
 --- Deletes key, or with `opts.prefix` every key under it.
@@ -337,10 +437,9 @@ Client.delete = async.adapt(function(self, key, opts, cb)
   check_key("delete", 1, key)
   local doc = {key = M.b64encode(key)}
   if opts and opts.prefix then doc.range_end = M.b64encode(M.prefix_end(key)) end
-  call(self, "/v3/kv/deleterange", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    cb(math.tointeger(tonumber(res.deleted or "0")))
-  end)
+  call(self, "/v3/kv/deleterange", doc, reading("/v3/kv/deleterange", function(res)
+    return math.tointeger(tonumber(int64("deleted", res.deleted, "0")))
+  end, cb))
 end)
 
 --- Creates key = value only if it does not exist (a txn comparing its
@@ -359,14 +458,14 @@ Client.create = async.adapt(function(self, key, value, lease, cb)
     success = {{request_put = {key = k, value = M.b64encode(value), lease = lease}}},
     failure = {{request_range = {key = k}}},
   }
-  call(self, "/v3/kv/txn", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    if res.succeeded then return cb(true) end
-    local r = res.responses and res.responses[1] and res.responses[1].response_range
-    local raw = r and r.kvs and r.kvs[1]
+  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", function(res)
+    if succeeded(res) then return true end
+    local r = object("responses[1]", list("responses", res.responses)[1], true)
+    local kvs = kvs_of(object("responses[1].response_range", r.response_range, true).kvs,
+      "responses[1].response_range.kvs")
     -- deleted between the compare and the read: report no holder
-    cb(false, raw and kv_of(raw) or {key = key})
-  end)
+    return false, kvs[1] or {key = key}
+  end, cb))
 end)
 
 --- Deletes key only if it is bound to lease (a txn on the key's lease).
@@ -380,10 +479,7 @@ Client.delete_if_lease = async.adapt(function(self, key, lease, cb)
   local k = M.b64encode(key)
   local doc = {compare = {{key = k, result = "EQUAL", target = "LEASE", lease = lease}},
                success = {{request_delete_range = {key = k}}}}
-  call(self, "/v3/kv/txn", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    cb(res.succeeded == true)
-  end)
+  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", succeeded, cb))
 end)
 
 --- Grants a lease of ttl seconds.
@@ -394,11 +490,10 @@ Client.grant = async.adapt(function(self, ttl, cb)
   if math.type(ttl) ~= "integer" or ttl < 1 then
     check.argerror("grant", 1, "ttl: positive integer expected")
   end
-  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    if res.error and res.error ~= "" then return cb(nil, "protocol: etcd: " .. res.error, "protocol") end
-    cb({id = res.ID, ttl = math.tointeger(tonumber(res.TTL or "0"))})
-  end)
+  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, reading("/v3/lease/grant", function(res)
+    if res.error ~= nil and res.error ~= "" then error("an error: " .. tostring(res.error), 0) end
+    return {id = int64("ID", res.ID), ttl = math.tointeger(tonumber(int64("TTL", res.TTL, "0")))}
+  end, cb))
 end)
 
 --- Refreshes a lease once.
@@ -408,13 +503,13 @@ end)
 Client.keepalive = async.adapt(function(self, id, cb)
   check_open(self)
   if type(id) ~= "string" then check.argerror("keepalive", 1, "lease id (string) expected") end
-  call(self, "/v3/lease/keepalive", {ID = id}, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    local r = res.result or {}
-    if res.error then return cb(nil, "protocol: etcd: " .. tostring(res.error.message), "protocol") end
-    local ttl = math.tointeger(tonumber(r.TTL or "0")) or 0
-    cb(ttl > 0 and ttl or 0)
-  end)
+  call(self, "/v3/lease/keepalive", {ID = id}, reading("/v3/lease/keepalive", function(res)
+    if res.error ~= nil then
+      error("an error: " .. tostring(type(res.error) == "table" and res.error.message or res.error), 0)
+    end
+    local r = object("result", res.result, true)
+    return math.tointeger(tonumber(int64("result.TTL", r.TTL, "0")))
+  end, cb))
 end)
 
 --- Revokes a lease: every key bound to it is deleted.
@@ -469,59 +564,102 @@ local function watch_retry(self, w)
   w._timer:start(200, 0, function() watch_start(self, w) end)
 end
 
-local function watch_event(w, raw)
-  local kv = kv_of(raw.kv or {})
-  w._next = tostring(math.tointeger(tonumber(kv.mod_revision)) + 1)
-  local ev = {type = raw.type == "DELETE" and "delete" or "put", key = kv.key, value = kv.value,
-              lease = kv.lease, mod_revision = kv.mod_revision}
+-- Reads one watch event: {type, key, value, lease, mod_revision}.
+local function event_of(raw, field)
+  object(field, raw)
+  local kv = kv_of(raw.kv, field .. ".kv")
+  if raw.type ~= nil and raw.type ~= "PUT" and raw.type ~= "DELETE" then bad(field .. ".type", raw.type) end
+  if kv.mod_revision == "0" then bad(field .. ".kv.mod_revision", raw.kv.mod_revision) end
+  return {type = raw.type == "DELETE" and "delete" or "put", key = kv.key, value = kv.value,
+          lease = kv.lease, mod_revision = kv.mod_revision}
+end
+
+-- Reads one message of a watch stream, `{"result": {"header", "created",
+-- "events", "canceled", "compact_revision"}}`, into
+-- {created = revision or nil, compacted = bool, events = {...}}; raises
+-- on a malformed field (see bad()). An error document reads as nothing.
+local function watch_read(doc)
+  if type(doc) ~= "table" or doc.result == nil then return {events = {}} end
+  local r = object("result", doc.result)
+  local out = {events = {}}
+  if r.created ~= nil and r.created ~= false then
+    out.created = int64("result.header.revision", object("result.header", r.header).revision, "0")
+  end
+  out.compacted = int64("result.compact_revision", r.compact_revision, "0") ~= "0"
+  for i, raw in ipairs(list("result.events", r.events)) do
+    out.events[i] = event_of(raw, ("result.events[%d]"):format(i))
+  end
+  return out
+end
+M._watch_read = watch_read -- for the fuzz harness (fuzz/etcd_fuzz.c)
+
+local function watch_deliver(w, ev)
+  w._next = tostring(math.tointeger(tonumber(ev.mod_revision)) + 1)
   local ok, err = xpcall(w._fn, debug.traceback, ev)
   if not ok then log.error("watch_callback_failed", {error = err}) end
 end
 
--- One watch stream: newline-separated JSON messages, each `{"result":
--- {"header", "created", "events", "canceled", "compact_revision"}}`.
+-- Handles one message; returns "reset" when the revision was compacted away
+-- (the caller is told), "malformed" for a message of the wrong shape
+-- (logged): either way the stream starts over, after the last event
+-- delivered.
 local function watch_message(w, doc)
-  local r = type(doc) == "table" and doc.result
-  if type(r) ~= "table" then return end
-  if r.created and not w._next then
-    w._next = tostring(math.tointeger(tonumber(r.header and r.header.revision or "0")) + 1)
+  local ok, m = pcall(watch_read, doc)
+  if not ok then
+    log.error("etcd_watch_malformed", {prefix = w._prefix, error = "protocol: " .. tostring(m)})
+    return "malformed"
   end
-  if r.compact_revision and r.compact_revision ~= "0" then
+  if m.created and not w._next then
+    w._next = tostring(math.tointeger(tonumber(m.created)) + 1)
+  end
+  if m.compacted then
     w._next = nil -- compacted away: start again from now, tell the caller
     pcall(w._fn, {type = "reset"})
     return "reset"
   end
-  for _, raw in ipairs(r.events or {}) do
+  for _, ev in ipairs(m.events) do
     if w._closed then return end
-    watch_event(w, raw)
+    watch_deliver(w, ev)
   end
+end
+
+-- Drops the stream; a compacted one opens again at once, a broken one
+-- after the usual pause, on the next member.
+local function watch_restart(self, w, at_once)
+  if w._id then
+    self._http:cancel(w._id)
+    w._id = nil
+  end
+  if at_once then return watch_start(self, w) end
+  watch_retry(self, w)
 end
 
 local function watch_open(self, w, headers)
   if w._closed or not self._http then return end
   local create = {key = M.b64encode(w._prefix), range_end = M.b64encode(M.prefix_end(w._prefix))}
   if w._next then create.start_revision = w._next end
-  local buf = ""
+  local framer = lines.new(self._max_message)
   local url = self._endpoints[self._current] .. "/v3/watch"
-  local req = {url = url, body = json.encode({create_request = create}),
+  local req = {url = url, body = json.encode({create_request = create}), max_body = self._max_message,
                connect_timeout = self._attempt, headers = headers}
   for k, v in pairs(self._tls) do req[k] = v end
+  local function on_line(line)
+    local doc = json.decode(line)
+    if type(doc) == "table" and type(doc.error) == "table" and doc.error.http_code == 401 then
+      self._token = nil -- an expired token: the retry authenticates again
+    end
+    local what = watch_message(w, doc)
+    if what then
+      watch_restart(self, w, what == "reset")
+      return false
+    end
+    return not w._closed
+  end
   req.on_data = function(chunk)
-    buf = buf .. chunk
-    while not w._closed do
-      local line, rest = buf:match("^([^\n]*)\n(.*)$")
-      if not line then break end
-      buf = rest
-      local doc = json.decode(line)
-      local ok = type(doc) == "table"
-      if ok and type(doc.error) == "table" and doc.error.http_code == 401 then
-        self._token = nil -- an expired token: the retry authenticates again
-      end
-      if ok and watch_message(w, doc) == "reset" and w._id then
-        self._http:cancel(w._id)
-        w._id = nil
-        return watch_start(self, w)
-      end
+    local ok, err = framer:feed(chunk, on_line)
+    if not ok then -- a message over the cap: drop the stream, resume after the last event
+      log.error("etcd_watch_malformed", {prefix = w._prefix, error = err})
+      watch_restart(self, w)
     end
   end
   w._id = self._http:request(req, function()
