@@ -97,6 +97,7 @@ run: deps-run
 	bin/portman run examples/default.lua
 
 fuzz: deps-fuzz
+	$(MAKE) all
 	$(MAKE) -C fuzz
 
 install: all

@@ -391,6 +391,33 @@ local function succeeded(res)
   return res.succeeded == true
 end
 
+-- The reader of each gateway method's answer (see reading()).
+local READ = {}
+function READ.range(res) return {kvs = kvs_of(res.kvs, "kvs"), revision = revision_of(res)} end
+READ.put = revision_of
+function READ.deleterange(res) return math.tointeger(tonumber(int64("deleted", res.deleted, "0"))) end
+READ.txn = succeeded
+-- A create's txn: true, or false and the holder read in the same txn (nil
+-- when it was deleted in between).
+function READ.create(res)
+  if succeeded(res) then return true end
+  local r = object("responses[1]", list("responses", res.responses)[1], true)
+  return false, kvs_of(object("responses[1].response_range", r.response_range, true).kvs,
+    "responses[1].response_range.kvs")[1]
+end
+function READ.grant(res)
+  if res.error ~= nil and res.error ~= "" then error("an error: " .. tostring(res.error), 0) end
+  return {id = int64("ID", res.ID), ttl = math.tointeger(tonumber(int64("TTL", res.TTL, "0")))}
+end
+function READ.keepalive(res)
+  if res.error ~= nil then
+    error("an error: " .. tostring(type(res.error) == "table" and res.error.message or res.error), 0)
+  end
+  return math.tointeger(tonumber(int64("result.TTL", object("result", res.result, true).TTL, "0")))
+end
+-- for the fuzz harness (fuzz/etcd_fuzz.lua): the readers, the wrapper
+M._read, M._reading = READ, reading
+
 local function check_key(fname, n, key)
   if type(key) ~= "string" or key == "" then
     check.argerror(fname, n, "key: non-empty string expected")
@@ -411,9 +438,7 @@ Client.range = async.adapt(function(self, key, opts, cb)
   local range_end = opts.prefix and M.prefix_end(key) or opts.range_end
   if range_end then doc.range_end = M.b64encode(range_end) end
   if opts.limit then doc.limit = tostring(opts.limit) end
-  call(self, "/v3/kv/range", doc, reading("/v3/kv/range", function(res)
-    return {kvs = kvs_of(res.kvs, "kvs"), revision = revision_of(res)}
-  end, cb))
+  call(self, "/v3/kv/range", doc, reading("/v3/kv/range", READ.range, cb))
 end)
 
 --- Writes key = value, bound to `opts.lease` (an id) when given.
@@ -425,7 +450,7 @@ Client.put = async.adapt(function(self, key, value, opts, cb)
   check_key("put", 1, key)
   if type(value) ~= "string" then check.argerror("put", 2, "string expected, got " .. type(value)) end
   local doc = {key = M.b64encode(key), value = M.b64encode(value), lease = opts and opts.lease}
-  call(self, "/v3/kv/put", doc, reading("/v3/kv/put", revision_of, cb))
+  call(self, "/v3/kv/put", doc, reading("/v3/kv/put", READ.put, cb))
 end)
 
 --- Deletes key, or with `opts.prefix` every key under it.
@@ -437,9 +462,7 @@ Client.delete = async.adapt(function(self, key, opts, cb)
   check_key("delete", 1, key)
   local doc = {key = M.b64encode(key)}
   if opts and opts.prefix then doc.range_end = M.b64encode(M.prefix_end(key)) end
-  call(self, "/v3/kv/deleterange", doc, reading("/v3/kv/deleterange", function(res)
-    return math.tointeger(tonumber(int64("deleted", res.deleted, "0")))
-  end, cb))
+  call(self, "/v3/kv/deleterange", doc, reading("/v3/kv/deleterange", READ.deleterange, cb))
 end)
 
 --- Creates key = value only if it does not exist (a txn comparing its
@@ -458,14 +481,11 @@ Client.create = async.adapt(function(self, key, value, lease, cb)
     success = {{request_put = {key = k, value = M.b64encode(value), lease = lease}}},
     failure = {{request_range = {key = k}}},
   }
-  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", function(res)
-    if succeeded(res) then return true end
-    local r = object("responses[1]", list("responses", res.responses)[1], true)
-    local kvs = kvs_of(object("responses[1].response_range", r.response_range, true).kvs,
-      "responses[1].response_range.kvs")
+  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", READ.create, function(ok, holder, code)
     -- deleted between the compare and the read: report no holder
-    return false, kvs[1] or {key = key}
-  end, cb))
+    if ok == false and not holder then holder = {key = key} end
+    cb(ok, holder, code)
+  end))
 end)
 
 --- Deletes key only if it is bound to lease (a txn on the key's lease).
@@ -479,7 +499,7 @@ Client.delete_if_lease = async.adapt(function(self, key, lease, cb)
   local k = M.b64encode(key)
   local doc = {compare = {{key = k, result = "EQUAL", target = "LEASE", lease = lease}},
                success = {{request_delete_range = {key = k}}}}
-  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", succeeded, cb))
+  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", READ.txn, cb))
 end)
 
 --- Grants a lease of ttl seconds.
@@ -490,10 +510,7 @@ Client.grant = async.adapt(function(self, ttl, cb)
   if math.type(ttl) ~= "integer" or ttl < 1 then
     check.argerror("grant", 1, "ttl: positive integer expected")
   end
-  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, reading("/v3/lease/grant", function(res)
-    if res.error ~= nil and res.error ~= "" then error("an error: " .. tostring(res.error), 0) end
-    return {id = int64("ID", res.ID), ttl = math.tointeger(tonumber(int64("TTL", res.TTL, "0")))}
-  end, cb))
+  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, reading("/v3/lease/grant", READ.grant, cb))
 end)
 
 --- Refreshes a lease once.
@@ -503,13 +520,7 @@ end)
 Client.keepalive = async.adapt(function(self, id, cb)
   check_open(self)
   if type(id) ~= "string" then check.argerror("keepalive", 1, "lease id (string) expected") end
-  call(self, "/v3/lease/keepalive", {ID = id}, reading("/v3/lease/keepalive", function(res)
-    if res.error ~= nil then
-      error("an error: " .. tostring(type(res.error) == "table" and res.error.message or res.error), 0)
-    end
-    local r = object("result", res.result, true)
-    return math.tointeger(tonumber(int64("result.TTL", r.TTL, "0")))
-  end, cb))
+  call(self, "/v3/lease/keepalive", {ID = id}, reading("/v3/lease/keepalive", READ.keepalive, cb))
 end)
 
 --- Revokes a lease: every key bound to it is deleted.
@@ -591,7 +602,7 @@ local function watch_read(doc)
   end
   return out
 end
-M._watch_read = watch_read -- for the fuzz harness (fuzz/etcd_fuzz.c)
+READ.watch = watch_read
 
 local function watch_deliver(w, ev)
   w._next = tostring(math.tointeger(tonumber(ev.mod_revision)) + 1)
