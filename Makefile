@@ -64,7 +64,7 @@ deps-run deps-test deps-bench deps-fuzz:
 	@scripts/deps $(@:deps-%=%)
 
 lint:
-	luacheck -q lua spec examples bench bin
+	luacheck -q lua spec examples bench bin fuzz
 
 spec: build/portman/core.so
 	scripts/run-specs plain
