@@ -224,6 +224,9 @@ describe("portman.etcd against a hostile gateway", function()
     assert.not_matches("alice", err)
     for _, e in ipairs(c:endpoints()) do assert.not_matches("alice", e) end
     assert.not_matches("s3cret", table.concat(logged))
+    -- a password over plain http: said once
+    local _, warnings = table.concat(logged):gsub("etcd_password_in_clear", "")
+    assert.equal(1, warnings)
     -- the gateway gets them as etcd's own user
     answers["/v3/auth/authenticate"] = {body = '{"token":"T1"}'}
     answers["/v3/kv/range"] = {body = '{"header":{"revision":"2"}}'}

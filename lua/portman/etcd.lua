@@ -126,6 +126,28 @@ local function check_ms(fname, opts, key, default)
   return v
 end
 
+-- Warnings about settings that expose the cluster, once a process each.
+local warned = {}
+local function warn_once(event, fields)
+  if warned[event] then return end
+  warned[event] = true
+  log.warn(event, fields)
+end
+
+local function warn_insecure(eps, insecure, auth)
+  if insecure then
+    warn_once("etcd_tls_unverified", {reason = "insecure = true: etcd's certificate is not checked"})
+  end
+  if auth and auth.password ~= "" then
+    for _, e in ipairs(eps) do
+      if e:match("^http://") then
+        warn_once("etcd_password_in_clear", {endpoint = e,
+          reason = "the etcd password travels unencrypted over http://: use https:// and cacert"})
+      end
+    end
+  end
+end
+
 --- Creates a client. No connection is made until the first call.
 -- @tparam table opts `endpoints` (a list of URLs or a comma-separated
 --   string, such as "http://127.0.0.1:2379"), `timeout` (ms a call may take
@@ -152,15 +174,16 @@ function M.new(opts)
       check.argerror("new", 1, k .. ": string expected")
     end
   end
-  local client, err, code = http.new()
-  if not client then return nil, err, code end
-  local tls = {cacert = opts.cacert, cert = opts.cert, key = opts.key, insecure = opts.insecure or nil}
-  local user = opts.user or url_user
-  local auth = user and {name = user, password = opts.password or url_password or ""}
   local max = opts.max_message or M.MAX_MESSAGE
   if math.type(max) ~= "integer" or max < 1024 then
     check.argerror("new", 1, "max_message: integer (bytes) of at least 1024 expected")
   end
+  local user = opts.user or url_user
+  local auth = user and {name = user, password = opts.password or url_password or ""}
+  warn_insecure(eps, opts.insecure, auth)
+  local client, err, code = http.new()
+  if not client then return nil, err, code end
+  local tls = {cacert = opts.cacert, cert = opts.cert, key = opts.key, insecure = opts.insecure or nil}
   return setmetatable({_http = client, _endpoints = eps, _current = 1, _timeout = timeout,
                        _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}, _max_message = max}, Client)
 end
@@ -186,6 +209,14 @@ local FINAL_TRANSPORT = {denied = true, unsupported = true}
 -- etcd's auth refusals that come with other gRPC codes (InvalidArgument).
 local AUTH_WORDS = {"user name is empty", "authentication failed", "permission denied", "invalid auth token"}
 
+-- etcd 3.4's gateway refuses every request that carries a client
+-- certificate while etcd's auth is on (HTTP 400, this text): no retry,
+-- and a message that says what works (docs/design.md, "etcd over TLS").
+local GATEWAY_CN = "CommonName of client sending a request against gateway"
+local GATEWAY_CN_HELP = "etcd's JSON gateway refuses a client certificate while etcd's auth is on; "
+  .. "use either a user and password with the CA (no cert and key; etcd without --client-cert-auth), "
+  .. "or client certificates with etcd's auth off"
+
 local function classify(res, err, code, url)
   if not res then
     -- an answer over a cap: every member would send the same
@@ -199,6 +230,9 @@ local function classify(res, err, code, url)
   if res.status == 200 then
     if ok then return true, doc end
     return nil, "protocol: etcd sent a body that is not JSON (" .. url .. ")", "protocol"
+  end
+  if res.status == 400 and res.body:find(GATEWAY_CN, 1, true) then
+    return nil, ("unsupported: %s (%s)"):format(GATEWAY_CN_HELP, url), "unsupported"
   end
   local msg = ok and (doc.error or doc.message) or res.body:sub(1, 200)
   local grpc = ok and math.tointeger(doc.code)
