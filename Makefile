@@ -64,7 +64,7 @@ deps-run deps-test deps-bench deps-fuzz:
 	@scripts/deps $(@:deps-%=%)
 
 lint:
-	luacheck -q lua spec examples bench bin
+	luacheck -q lua spec examples bench bin fuzz
 
 spec: build/portman/core.so
 	scripts/run-specs plain
@@ -97,6 +97,7 @@ run: deps-run
 	bin/portman run examples/default.lua
 
 fuzz: deps-fuzz
+	$(MAKE) all
 	$(MAKE) -C fuzz
 
 install: all

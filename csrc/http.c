@@ -19,13 +19,17 @@
 #include "visibility.h" /* last: see there */
 
 #define DEFAULT_MAX_BODY (64u << 20)
+/* A peer's response headers, all lines together: far above what etcd or a
+ * router sends, far below what would hurt (curl alone allows 300 KiB). */
+#define MAX_HEADER_BYTES (64u << 10)
 #define EPOLL_BATCH 64
 
 typedef struct xfer {
     CURL *easy;
     uint64_t id;
     int stream;
-    int too_big;
+    int too_big; /* 1: the body outgrew max; 2: the headers outgrew MAX_HEADER_BYTES */
+    size_t header_bytes;
     char *buf;
     size_t len, cap, max;
     struct curl_slist *headers;
@@ -117,6 +121,19 @@ static size_t on_body(char *data, size_t size, size_t n, void *userp)
     return len;
 }
 
+static size_t on_header(char *data, size_t size, size_t n, void *userp)
+{
+    (void)data;
+    xfer *x = userp;
+    size_t len = size * n;
+    x->header_bytes += len;
+    if (x->header_bytes > MAX_HEADER_BYTES) {
+        x->too_big = 2;
+        return 0; /* curl fails the transfer */
+    }
+    return len;
+}
+
 pm_http *pm_http_new(void)
 {
     pthread_once(&global_once, global_init);
@@ -199,6 +216,8 @@ static CURLcode configure(xfer *x, const pm_http_request *req, pm_http *h)
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, x);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, x);
     SET(CURLOPT_ERRORBUFFER, x->errbuf);
     SET(CURLOPT_HTTPHEADER, x->headers);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
@@ -347,7 +366,7 @@ static void finish(pm_http *h, CURL *easy, CURLcode rc)
         curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &os_errno);
         ev->code = code_word(rc, os_errno, x->too_big);
         if (x->too_big)
-            ev->error = "response body too large";
+            ev->error = x->too_big == 2 ? "response headers too large" : "response body too large";
         else
             ev->error = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
         /* errbuf lives in x: copy it into the event's body slot */

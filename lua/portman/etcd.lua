@@ -18,6 +18,7 @@ local async = require "portman.async"
 local check = require "portman.check"
 local http = require "portman.http"
 local json = require "portman.json"
+local lines = require "portman.lines"
 local log = require "portman.log"
 
 local M = {}
@@ -25,7 +26,11 @@ local Client = {}
 Client.__index = Client
 
 local OPTIONS = {endpoints = true, timeout = true, attempt_timeout = true, user = true,
-                 password = true, cacert = true, cert = true, key = true, insecure = true}
+                 password = true, cacert = true, cert = true, key = true, insecure = true, max_message = true}
+
+-- The most a gateway answer or one watch message may hold, by default:
+-- far above 10,000 services' keys, far below what would hurt the daemon.
+M.MAX_MESSAGE = 16 * 1024 * 1024
 
 -- base64 (RFC 4648), for the gateway's bytes fields.
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -77,6 +82,9 @@ end
 
 local function now() return uv.hrtime() // 1000000 end
 
+-- Endpoint URLs; credentials written into one (http://user:pass@host:port)
+-- are taken out of it, so that no URL portman prints carries them, and
+-- returned as etcd's own auth (the gateway takes no basic auth).
 local function parse_endpoints(fname, eps)
   if type(eps) == "string" then
     local list = {}
@@ -86,15 +94,27 @@ local function parse_endpoints(fname, eps)
   if type(eps) ~= "table" or #eps == 0 then
     check.argerror(fname, 1, "endpoints: non-empty list of URLs expected")
   end
-  local out = {}
+  local out, user, password = {}, nil, nil
   for i, e in ipairs(eps) do
-    if type(e) ~= "string" or not e:match("^https?://[^/]+$") then
+    local scheme, info, host
+    if type(e) == "string" then scheme, info, host = e:match("^(https?://)([^/@]*@)(.+)$") end
+    if info then
+      e = scheme .. host
+      user, password = info:sub(1, -2):match("^([^:]*):?(.*)$")
+    end
+    if type(e) ~= "string" or not e:match("^https?://[^/@]+$") then
       check.argerror(fname, 1, ("endpoints[%d]: URL like http://127.0.0.1:2379 expected, got %s")
-        :format(i, tostring(e)))
+        :format(i, type(e) == "string" and e:gsub("//[^/]*@", "//***@") or type(e)))
     end
     out[i] = e
   end
-  return out
+  if not user or user == "" then return out end
+  return out, M.unescape(user), M.unescape(password)
+end
+
+--- Undoes a URL's percent-encoding (a password in an endpoint URL).
+function M.unescape(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
 local function check_ms(fname, opts, key, default)
@@ -106,6 +126,28 @@ local function check_ms(fname, opts, key, default)
   return v
 end
 
+-- Warnings about settings that expose the cluster, once a process each.
+local warned = {}
+local function warn_once(event, fields)
+  if warned[event] then return end
+  warned[event] = true
+  log.warn(event, fields)
+end
+
+local function warn_insecure(eps, insecure, auth)
+  if insecure then
+    warn_once("etcd_tls_unverified", {reason = "insecure = true: etcd's certificate is not checked"})
+  end
+  if auth and auth.password ~= "" then
+    for _, e in ipairs(eps) do
+      if e:match("^http://") then
+        warn_once("etcd_password_in_clear", {endpoint = e,
+          reason = "the etcd password travels unencrypted over http://: use https:// and cacert"})
+      end
+    end
+  end
+end
+
 --- Creates a client. No connection is made until the first call.
 -- @tparam table opts `endpoints` (a list of URLs or a comma-separated
 --   string, such as "http://127.0.0.1:2379"), `timeout` (ms a call may take
@@ -114,14 +156,17 @@ end
 --   for a token at /v3/auth/authenticate, as etcd's gateway wants; a wrong
 --   password fails calls with `denied`), `cacert`, `cert`, `key` (PEM
 --   files for TLS: the CA to trust, a client certificate), `insecure`
---   (skip TLS verification).
+--   (skip TLS verification), `max_message` (bytes an answer or one watch
+--   message may hold, M.MAX_MESSAGE: a larger one fails its call with
+--   `protocol`, or restarts the watch). Credentials in an endpoint URL
+--   (http://user:password@host:2379) are etcd's user and password.
 -- @return[1] a client
 -- @return[2] nil, msg, code when no epoll fd is left
 -- @raise on a bad or unknown option
 function M.new(opts)
   check.table("new", 1, opts)
   check.known("new", 1, opts, OPTIONS)
-  local eps = parse_endpoints("new", opts.endpoints)
+  local eps, url_user, url_password = parse_endpoints("new", opts.endpoints)
   local timeout = check_ms("new", opts, "timeout", 5000)
   local attempt = check_ms("new", opts, "attempt_timeout", math.min(1500, timeout))
   for _, k in ipairs({"user", "password", "cacert", "cert", "key"}) do
@@ -129,12 +174,18 @@ function M.new(opts)
       check.argerror("new", 1, k .. ": string expected")
     end
   end
+  local max = opts.max_message or M.MAX_MESSAGE
+  if math.type(max) ~= "integer" or max < 1024 then
+    check.argerror("new", 1, "max_message: integer (bytes) of at least 1024 expected")
+  end
+  local user = opts.user or url_user
+  local auth = user and {name = user, password = opts.password or url_password or ""}
+  warn_insecure(eps, opts.insecure, auth)
   local client, err, code = http.new()
   if not client then return nil, err, code end
   local tls = {cacert = opts.cacert, cert = opts.cert, key = opts.key, insecure = opts.insecure or nil}
-  local auth = opts.user and {name = opts.user, password = opts.password or ""}
   return setmetatable({_http = client, _endpoints = eps, _current = 1, _timeout = timeout,
-                       _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}}, Client)
+                       _attempt = attempt, _tls = tls, _auth = auth, _watchers = {}, _max_message = max}, Client)
 end
 
 local function check_open(self)
@@ -158,9 +209,20 @@ local FINAL_TRANSPORT = {denied = true, unsupported = true}
 -- etcd's auth refusals that come with other gRPC codes (InvalidArgument).
 local AUTH_WORDS = {"user name is empty", "authentication failed", "permission denied", "invalid auth token"}
 
+-- etcd 3.4's gateway refuses every request that carries a client
+-- certificate while etcd's auth is on (HTTP 400, this text): no retry,
+-- and a message that says what works (docs/design.md, "etcd over TLS").
+local GATEWAY_CN = "CommonName of client sending a request against gateway"
+local GATEWAY_CN_HELP = "etcd's JSON gateway refuses a client certificate while etcd's auth is on; "
+  .. "use either a user and password with the CA (no cert and key; etcd without --client-cert-auth), "
+  .. "or client certificates with etcd's auth off"
+
 local function classify(res, err, code, url)
   if not res then
-    if FINAL_TRANSPORT[code] then return nil, err, code end
+    -- an answer over a cap: every member would send the same
+    if FINAL_TRANSPORT[code] or code == "protocol" and err:find("too large", 1, true) then
+      return nil, err, code
+    end
     return false, err, code
   end
   local doc = json.decode(res.body)
@@ -168,6 +230,9 @@ local function classify(res, err, code, url)
   if res.status == 200 then
     if ok then return true, doc end
     return nil, "protocol: etcd sent a body that is not JSON (" .. url .. ")", "protocol"
+  end
+  if res.status == 400 and res.body:find(GATEWAY_CN, 1, true) then
+    return nil, ("unsupported: %s (%s)"):format(GATEWAY_CN_HELP, url), "unsupported"
   end
   local msg = ok and (doc.error or doc.message) or res.body:sub(1, 200)
   local grpc = ok and math.tointeger(doc.code)
@@ -221,7 +286,7 @@ local function send(self, path, doc, headers, cb)
     if not self._http then return cb(nil, "closed: etcd client closed", "closed") end
     local url = self._endpoints[self._current] .. path
     local ms = math.max(1, math.min(self._attempt, deadline - now()))
-    local req = {url = url, body = body, timeout = ms, connect_timeout = ms}
+    local req = {url = url, body = body, timeout = ms, connect_timeout = ms, max_body = self._max_message}
     for k, v in pairs(self._tls) do req[k] = v end
     req.headers = headers
     self._http:request(req, function(res, err, code)
@@ -279,11 +344,113 @@ local function call(self, path, doc, cb)
   go(false)
 end
 
-local function kv_of(raw)
-  return {key = M.b64decode(raw.key or "") or "", value = M.b64decode(raw.value or "") or "",
-          create_revision = raw.create_revision or "0", mod_revision = raw.mod_revision or "0",
-          version = raw.version or "0", lease = raw.lease}
+-- Readers of the gateway's JSON: every field portman uses is checked
+-- before it is used. A reader raises "field: what is wrong" on a field of
+-- the wrong shape; reading() turns that into a `protocol` failure of its
+-- call alone.
+local function bad(field, v)
+  error(("%s: %s"):format(field, v == nil and "missing" or "malformed (" .. type(v) .. ")"), 0)
 end
+
+-- etcd's int64: a string of digits in the gateway's JSON, which leaves out
+-- fields that are zero (so `default` where zero is a valid answer).
+local function int64(field, v, default)
+  if v == nil and default then return default end
+  if math.type(v) == "integer" and v >= 0 then return tostring(v) end
+  if type(v) ~= "string" or #v > 19 or not v:match("^%d+$") then bad(field, v) end
+  return v
+end
+
+local function object(field, v, optional)
+  if v == nil and optional then return {} end
+  if type(v) ~= "table" then bad(field, v) end
+  return v
+end
+
+local function list(field, v)
+  if v == nil then return {} end
+  if type(v) ~= "table" then bad(field, v) end
+  local n = #v
+  for k in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then bad(field, v) end
+  end
+  return v
+end
+
+local function bytes(field, v, default)
+  if v == nil and default then return default end
+  local s = M.b64decode(v)
+  if not s then bad(field, v) end
+  return s
+end
+
+local function kv_of(raw, field)
+  object(field, raw)
+  return {key = bytes(field .. ".key", raw.key), value = bytes(field .. ".value", raw.value, ""),
+          create_revision = int64(field .. ".create_revision", raw.create_revision, "0"),
+          mod_revision = int64(field .. ".mod_revision", raw.mod_revision, "0"),
+          version = int64(field .. ".version", raw.version, "0"),
+          lease = raw.lease ~= nil and int64(field .. ".lease", raw.lease) or nil}
+end
+
+local function kvs_of(raw, field)
+  local out = {}
+  for i, kv in ipairs(list(field, raw)) do out[i] = kv_of(kv, ("%s[%d]"):format(field, i)) end
+  return out
+end
+
+local function revision_of(res)
+  return int64("header.revision", object("header", res.header, true).revision, "0")
+end
+
+-- The callback for call(): parse(res) reads the answer, and its results go
+-- to cb. cb runs outside the pcall, so an error in the caller's own code
+-- stays the caller's (portman.engine logs it) and is never taken for a bad
+-- answer.
+local function reading(path, parse, cb)
+  return function(res, err, code)
+    if not res then return cb(nil, err, code) end
+    local out = table.pack(pcall(parse, res))
+    if not out[1] then
+      return cb(nil, ("protocol: etcd's answer to %s: %s"):format(path, tostring(out[2])),
+        "protocol")
+    end
+    return cb(table.unpack(out, 2, out.n))
+  end
+end
+
+-- A txn's outcome: the gateway leaves out `succeeded` when it is false.
+local function succeeded(res)
+  if res.succeeded ~= nil and type(res.succeeded) ~= "boolean" then bad("succeeded", res.succeeded) end
+  return res.succeeded == true
+end
+
+-- The reader of each gateway method's answer (see reading()).
+local READ = {}
+function READ.range(res) return {kvs = kvs_of(res.kvs, "kvs"), revision = revision_of(res)} end
+READ.put = revision_of
+function READ.deleterange(res) return math.tointeger(tonumber(int64("deleted", res.deleted, "0"))) end
+READ.txn = succeeded
+-- A create's txn: true, or false and the holder read in the same txn (nil
+-- when it was deleted in between).
+function READ.create(res)
+  if succeeded(res) then return true end
+  local r = object("responses[1]", list("responses", res.responses)[1], true)
+  return false, kvs_of(object("responses[1].response_range", r.response_range, true).kvs,
+    "responses[1].response_range.kvs")[1]
+end
+function READ.grant(res)
+  if res.error ~= nil and res.error ~= "" then error("an error: " .. tostring(res.error), 0) end
+  return {id = int64("ID", res.ID), ttl = math.tointeger(tonumber(int64("TTL", res.TTL, "0")))}
+end
+function READ.keepalive(res)
+  if res.error ~= nil then
+    error("an error: " .. tostring(type(res.error) == "table" and res.error.message or res.error), 0)
+  end
+  return math.tointeger(tonumber(int64("result.TTL", object("result", res.result, true).TTL, "0")))
+end
+-- for the fuzz harness (fuzz/etcd_fuzz.lua): the readers, the wrapper
+M._read, M._reading = READ, reading
 
 local function check_key(fname, n, key)
   if type(key) ~= "string" or key == "" then
@@ -305,12 +472,7 @@ Client.range = async.adapt(function(self, key, opts, cb)
   local range_end = opts.prefix and M.prefix_end(key) or opts.range_end
   if range_end then doc.range_end = M.b64encode(range_end) end
   if opts.limit then doc.limit = tostring(opts.limit) end
-  call(self, "/v3/kv/range", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    local kvs = {}
-    for i, raw in ipairs(res.kvs or {}) do kvs[i] = kv_of(raw) end
-    cb({kvs = kvs, revision = res.header and res.header.revision or "0"})
-  end)
+  call(self, "/v3/kv/range", doc, reading("/v3/kv/range", READ.range, cb))
 end)
 
 --- Writes key = value, bound to `opts.lease` (an id) when given.
@@ -322,10 +484,7 @@ Client.put = async.adapt(function(self, key, value, opts, cb)
   check_key("put", 1, key)
   if type(value) ~= "string" then check.argerror("put", 2, "string expected, got " .. type(value)) end
   local doc = {key = M.b64encode(key), value = M.b64encode(value), lease = opts and opts.lease}
-  call(self, "/v3/kv/put", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    cb(res.header and res.header.revision or "0")
-  end)
+  call(self, "/v3/kv/put", doc, reading("/v3/kv/put", READ.put, cb))
 end)
 
 --- Deletes key, or with `opts.prefix` every key under it.
@@ -337,10 +496,7 @@ Client.delete = async.adapt(function(self, key, opts, cb)
   check_key("delete", 1, key)
   local doc = {key = M.b64encode(key)}
   if opts and opts.prefix then doc.range_end = M.b64encode(M.prefix_end(key)) end
-  call(self, "/v3/kv/deleterange", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    cb(math.tointeger(tonumber(res.deleted or "0")))
-  end)
+  call(self, "/v3/kv/deleterange", doc, reading("/v3/kv/deleterange", READ.deleterange, cb))
 end)
 
 --- Creates key = value only if it does not exist (a txn comparing its
@@ -359,14 +515,11 @@ Client.create = async.adapt(function(self, key, value, lease, cb)
     success = {{request_put = {key = k, value = M.b64encode(value), lease = lease}}},
     failure = {{request_range = {key = k}}},
   }
-  call(self, "/v3/kv/txn", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    if res.succeeded then return cb(true) end
-    local r = res.responses and res.responses[1] and res.responses[1].response_range
-    local raw = r and r.kvs and r.kvs[1]
+  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", READ.create, function(ok, holder, code)
     -- deleted between the compare and the read: report no holder
-    cb(false, raw and kv_of(raw) or {key = key})
-  end)
+    if ok == false and not holder then holder = {key = key} end
+    cb(ok, holder, code)
+  end))
 end)
 
 --- Deletes key only if it is bound to lease (a txn on the key's lease).
@@ -380,10 +533,7 @@ Client.delete_if_lease = async.adapt(function(self, key, lease, cb)
   local k = M.b64encode(key)
   local doc = {compare = {{key = k, result = "EQUAL", target = "LEASE", lease = lease}},
                success = {{request_delete_range = {key = k}}}}
-  call(self, "/v3/kv/txn", doc, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    cb(res.succeeded == true)
-  end)
+  call(self, "/v3/kv/txn", doc, reading("/v3/kv/txn", READ.txn, cb))
 end)
 
 --- Grants a lease of ttl seconds.
@@ -394,11 +544,7 @@ Client.grant = async.adapt(function(self, ttl, cb)
   if math.type(ttl) ~= "integer" or ttl < 1 then
     check.argerror("grant", 1, "ttl: positive integer expected")
   end
-  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    if res.error and res.error ~= "" then return cb(nil, "protocol: etcd: " .. res.error, "protocol") end
-    cb({id = res.ID, ttl = math.tointeger(tonumber(res.TTL or "0"))})
-  end)
+  call(self, "/v3/lease/grant", {TTL = tostring(ttl)}, reading("/v3/lease/grant", READ.grant, cb))
 end)
 
 --- Refreshes a lease once.
@@ -408,13 +554,7 @@ end)
 Client.keepalive = async.adapt(function(self, id, cb)
   check_open(self)
   if type(id) ~= "string" then check.argerror("keepalive", 1, "lease id (string) expected") end
-  call(self, "/v3/lease/keepalive", {ID = id}, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    local r = res.result or {}
-    if res.error then return cb(nil, "protocol: etcd: " .. tostring(res.error.message), "protocol") end
-    local ttl = math.tointeger(tonumber(r.TTL or "0")) or 0
-    cb(ttl > 0 and ttl or 0)
-  end)
+  call(self, "/v3/lease/keepalive", {ID = id}, reading("/v3/lease/keepalive", READ.keepalive, cb))
 end)
 
 --- Revokes a lease: every key bound to it is deleted.
@@ -469,59 +609,102 @@ local function watch_retry(self, w)
   w._timer:start(200, 0, function() watch_start(self, w) end)
 end
 
-local function watch_event(w, raw)
-  local kv = kv_of(raw.kv or {})
-  w._next = tostring(math.tointeger(tonumber(kv.mod_revision)) + 1)
-  local ev = {type = raw.type == "DELETE" and "delete" or "put", key = kv.key, value = kv.value,
-              lease = kv.lease, mod_revision = kv.mod_revision}
+-- Reads one watch event: {type, key, value, lease, mod_revision}.
+local function event_of(raw, field)
+  object(field, raw)
+  local kv = kv_of(raw.kv, field .. ".kv")
+  if raw.type ~= nil and raw.type ~= "PUT" and raw.type ~= "DELETE" then bad(field .. ".type", raw.type) end
+  if kv.mod_revision == "0" then bad(field .. ".kv.mod_revision", raw.kv.mod_revision) end
+  return {type = raw.type == "DELETE" and "delete" or "put", key = kv.key, value = kv.value,
+          lease = kv.lease, mod_revision = kv.mod_revision}
+end
+
+-- Reads one message of a watch stream, `{"result": {"header", "created",
+-- "events", "canceled", "compact_revision"}}`, into
+-- {created = revision or nil, compacted = bool, events = {...}}; raises
+-- on a malformed field (see bad()). An error document reads as nothing.
+local function watch_read(doc)
+  if type(doc) ~= "table" or doc.result == nil then return {events = {}} end
+  local r = object("result", doc.result)
+  local out = {events = {}}
+  if r.created ~= nil and r.created ~= false then
+    out.created = int64("result.header.revision", object("result.header", r.header).revision, "0")
+  end
+  out.compacted = int64("result.compact_revision", r.compact_revision, "0") ~= "0"
+  for i, raw in ipairs(list("result.events", r.events)) do
+    out.events[i] = event_of(raw, ("result.events[%d]"):format(i))
+  end
+  return out
+end
+READ.watch = watch_read
+
+local function watch_deliver(w, ev)
+  w._next = tostring(math.tointeger(tonumber(ev.mod_revision)) + 1)
   local ok, err = xpcall(w._fn, debug.traceback, ev)
   if not ok then log.error("watch_callback_failed", {error = err}) end
 end
 
--- One watch stream: newline-separated JSON messages, each `{"result":
--- {"header", "created", "events", "canceled", "compact_revision"}}`.
+-- Handles one message; returns "reset" when the revision was compacted away
+-- (the caller is told), "malformed" for a message of the wrong shape
+-- (logged): either way the stream starts over, after the last event
+-- delivered.
 local function watch_message(w, doc)
-  local r = type(doc) == "table" and doc.result
-  if type(r) ~= "table" then return end
-  if r.created and not w._next then
-    w._next = tostring(math.tointeger(tonumber(r.header and r.header.revision or "0")) + 1)
+  local ok, m = pcall(watch_read, doc)
+  if not ok then
+    log.error("etcd_watch_malformed", {prefix = w._prefix, error = "protocol: " .. tostring(m)})
+    return "malformed"
   end
-  if r.compact_revision and r.compact_revision ~= "0" then
+  if m.created and not w._next then
+    w._next = tostring(math.tointeger(tonumber(m.created)) + 1)
+  end
+  if m.compacted then
     w._next = nil -- compacted away: start again from now, tell the caller
     pcall(w._fn, {type = "reset"})
     return "reset"
   end
-  for _, raw in ipairs(r.events or {}) do
+  for _, ev in ipairs(m.events) do
     if w._closed then return end
-    watch_event(w, raw)
+    watch_deliver(w, ev)
   end
+end
+
+-- Drops the stream; a compacted one opens again at once, a broken one
+-- after the usual pause, on the next member.
+local function watch_restart(self, w, at_once)
+  if w._id then
+    self._http:cancel(w._id)
+    w._id = nil
+  end
+  if at_once then return watch_start(self, w) end
+  watch_retry(self, w)
 end
 
 local function watch_open(self, w, headers)
   if w._closed or not self._http then return end
   local create = {key = M.b64encode(w._prefix), range_end = M.b64encode(M.prefix_end(w._prefix))}
   if w._next then create.start_revision = w._next end
-  local buf = ""
+  local framer = lines.new(self._max_message)
   local url = self._endpoints[self._current] .. "/v3/watch"
-  local req = {url = url, body = json.encode({create_request = create}),
+  local req = {url = url, body = json.encode({create_request = create}), max_body = self._max_message,
                connect_timeout = self._attempt, headers = headers}
   for k, v in pairs(self._tls) do req[k] = v end
+  local function on_line(line)
+    local doc = json.decode(line)
+    if type(doc) == "table" and type(doc.error) == "table" and doc.error.http_code == 401 then
+      self._token = nil -- an expired token: the retry authenticates again
+    end
+    local what = watch_message(w, doc)
+    if what then
+      watch_restart(self, w, what == "reset")
+      return false
+    end
+    return not w._closed
+  end
   req.on_data = function(chunk)
-    buf = buf .. chunk
-    while not w._closed do
-      local line, rest = buf:match("^([^\n]*)\n(.*)$")
-      if not line then break end
-      buf = rest
-      local doc = json.decode(line)
-      local ok = type(doc) == "table"
-      if ok and type(doc.error) == "table" and doc.error.http_code == 401 then
-        self._token = nil -- an expired token: the retry authenticates again
-      end
-      if ok and watch_message(w, doc) == "reset" and w._id then
-        self._http:cancel(w._id)
-        w._id = nil
-        return watch_start(self, w)
-      end
+    local ok, err = framer:feed(chunk, on_line)
+    if not ok then -- a message over the cap: drop the stream, resume after the last event
+      log.error("etcd_watch_malformed", {prefix = w._prefix, error = err})
+      watch_restart(self, w)
     end
   end
   w._id = self._http:request(req, function()

@@ -8,6 +8,7 @@ local core = require "portman.core"
 local check = require "portman.check"
 local async = require "portman.async"
 local engine = require "portman.engine"
+local log = require "portman.log"
 
 local M = {}
 local Client = {}
@@ -33,21 +34,31 @@ function Client:_check()
   if not self._engine then error("attempt to use a closed portman.http client", 3) end
 end
 
+-- Runs one transfer's callback; an error in it is logged and stays its
+-- own, so the rest of the step's batch is still handed on (each of those
+-- transfers is finished in the engine: its callback is its only news).
+local function run(fn, ...)
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if not ok then log.error("callback_failed", {what = "http", error = err}) end
+end
+
 -- Hands a step's batch to the transfers' callbacks.
 function Client:_deliver(batch)
   for _, ev in ipairs(batch) do
     local t = self._pending[ev.id]
     if t then
       if not ev.done then
-        t.on_data(ev.body, ev.status)
+        run(t.on_data, ev.body, ev.status)
       else
-        self._pending[ev.id] = nil
-        self._count = self._count - 1
-        if ev.code then
-          t.cb(nil, ev.code .. ": " .. ev.error .. " (" .. t.url .. ")", ev.code)
-        else
-          if t.on_data and ev.body ~= "" then t.on_data(ev.body, ev.status) end
-          t.cb({status = ev.status, body = ev.body})
+        if not ev.code and t.on_data and ev.body ~= "" then run(t.on_data, ev.body, ev.status) end
+        if self._pending[ev.id] == t then -- on_data may have cancelled it: then no callback
+          self._pending[ev.id] = nil
+          self._count = self._count - 1
+          if ev.code then
+            run(t.cb, nil, ev.code .. ": " .. ev.error .. " (" .. t.url .. ")", ev.code)
+          else
+            run(t.cb, {status = ev.status, body = ev.body})
+          end
         end
       end
     end

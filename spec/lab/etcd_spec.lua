@@ -17,7 +17,7 @@ local etcd_cluster = require "support.etcd_cluster"
 local RUN = "r" .. helpers.pid() -- cluster names unique per run
 
 -- portman.run with a watchdog: a spec that waits forever fails instead.
-local function run(fn) helpers.run(fn, {watchdog = 180}) end
+local function run(fn) return helpers.run(fn, {watchdog = 180}) end
 
 -- Starts a child: helpers.lua with args; collects stdout and stderr.
 -- on_line(line) is called for each stdout line. Returns a handle with
@@ -435,4 +435,45 @@ describe("etcd over TLS with etcd's auth #lab", function()
       end)
     end)
   end
+end)
+
+describe("etcd with client certificates #lab", function()
+  local cluster
+
+  setup(function()
+    cluster = etcd_cluster.start{n = 1, tls = true, client_cert_auth = true}
+  end)
+  teardown(function()
+    if cluster then cluster:stop() end
+    uv.run("nowait")
+  end)
+
+  local function claim(extra)
+    return run(function()
+      local opts = {kind = "etcd", endpoints = cluster:endpoints(), cluster = RUN .. "mtls", node = "n",
+                    cacert = cluster.cert, cert = cluster.cert, key = cluster.key, timeout = 5000}
+      for k, v in pairs(extra or {}) do opts[k] = v end
+      local b = assert(backend.new(opts))
+      local ports, err, code = b:claim_ports{range = {46200, 46299}, count = 1}
+      b:close()
+      return ports, err, code
+    end)
+  end
+
+  it("claims with a client certificate while etcd's auth is off", function()
+    local ports, err = claim()
+    assert.same({46200}, ports, err)
+  end)
+
+  it("says which combination etcd's gateway cannot serve: a client certificate with etcd's auth on", function()
+    local out, ok = cluster:etcdctl("user add root:pw")
+    assert(ok, out)
+    out, ok = cluster:etcdctl("auth enable")
+    assert(ok, out)
+    local ports, err, code = claim{user = "root", password = "pw"}
+    assert.is_nil(ports)
+    assert.equal("unsupported", code)
+    assert.matches("refuses a client certificate while etcd's auth is on", err)
+    assert.matches("user and password with the CA", err)
+  end)
 end)

@@ -56,13 +56,16 @@ M.wait_until = wait_until
 -- @param opts `n`, `fsync` (true: etcd's default durability; false by
 --   default, for speed: kills in specs are process kills, not power loss),
 --   `tls` (true: clients talk HTTPS with a self-signed certificate for
---   127.0.0.1, cluster.cert, which is also the CA to trust)
+--   127.0.0.1, cluster.cert, which is also the CA to trust),
+--   `client_cert_auth` (with tls: clients must show a certificate the CA
+--   signed; cluster.cert and cluster.key serve as one)
 function M.start(opts)
   opts = opts or {}
   local n = opts.n or 3
   local dir = shell("mktemp -d /tmp/portman-etcd.XXXXXX"):gsub("%s+$", "")
   local ports = free_ports(2 * n)
-  local self = setmetatable({dir = dir, n = n, members = {}, fsync = opts.fsync}, Cluster)
+  local self = setmetatable({dir = dir, n = n, members = {}, fsync = opts.fsync,
+                             client_cert_auth = opts.client_cert_auth}, Cluster)
   if opts.tls then
     self.cert, self.key = dir .. "/cert.pem", dir .. "/key.pem"
     shell(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 1 -subj /CN=127.0.0.1 "
@@ -109,6 +112,9 @@ function Cluster:start_member(i)
   if self.cert then
     table.move({"--cert-file", self.cert, "--key-file", self.key}, 1, 4, #args + 1, args)
   end
+  if self.client_cert_auth then
+    table.move({"--client-cert-auth", "--trusted-ca-file", self.cert}, 1, 3, #args + 1, args)
+  end
   local handle, pid
   handle, pid = uv.spawn("timeout", {args = args, stdio = {nil, fd, fd}}, function()
     handle:close()
@@ -138,16 +144,23 @@ function Cluster:kill(i, signal)
 end
 
 -- Is the member at url healthy (a leader, and serving)?
-local function healthy(url, cacert)
-  local out = shell(("curl -s -m 1 %s %s/health 2>/dev/null"):format(cacert and "--cacert " .. cacert or "", url))
+local function healthy(url, tls)
+  local out = shell(("curl -s -m 1 %s %s/health 2>/dev/null"):format(tls, url))
   return out:find('"health":"true"', 1, true) ~= nil
+end
+
+--- The TLS flags curl and etcdctl take for this cluster ("" without TLS).
+function Cluster:tls_flags()
+  if not self.cert then return "" end
+  if not self.client_cert_auth then return "--cacert " .. self.cert end
+  return ("--cacert %s --cert %s --key %s"):format(self.cert, self.cert, self.key)
 end
 
 --- Runs etcdctl against the cluster with args; returns its output and
 -- whether it succeeded.
 function Cluster:etcdctl(args)
   local cmd = ("ETCDCTL_API=3 timeout 20 etcdctl --endpoints %s %s %s 2>&1"):format(self:endpoints(),
-    self.cert and "--cacert " .. self.cert or "", args)
+    self:tls_flags(), args)
   local p = io.popen(cmd)
   local out = p:read("a")
   local ok = p:close()
@@ -158,7 +171,7 @@ end
 function Cluster:wait_healthy(ms)
   return wait_until(function()
     for _, m in ipairs(self.members) do
-      if m.running and not healthy(m.url, self.cert) then return false end
+      if m.running and not healthy(m.url, self:tls_flags()) then return false end
     end
     return true
   end, ms, 100)

@@ -1,8 +1,11 @@
 --- A small HTTP/1.1 server on luv for specs, on 127.0.0.1 and an
 -- ephemeral port. handler(req) gets {method, path, headers, body} and
--- returns {status, body, chunks, hang, raw, close}: chunks are sent with
--- chunked encoding 20 ms apart; hang never answers; raw is written as is
--- and the connection closed; close closes without a word.
+-- returns {status, body, chunks, endless, hang, raw, close, headers}: chunks
+-- are sent with chunked encoding 20 ms apart; endless is a chunk sent again
+-- and again (as fast as the client reads) until the client goes away or
+-- `limit` bytes went out; hang never answers; raw is written as is and the
+-- connection closed; close closes without a word; headers (a string) are
+-- extra header lines.
 local uv = require "luv"
 
 local M = {}
@@ -37,6 +40,17 @@ function M.start(handler)
     end
     local status = res.status or 200
     local head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"):format(status, REASONS[status] or "X")
+      .. (res.headers or "")
+    if res.endless then
+      client:write(head .. "Transfer-Encoding: chunked\r\n\r\n")
+      local frame, sent = ("%x\r\n%s\r\n"):format(#res.endless, res.endless), 0
+      local function more()
+        if client:is_closing() or sent >= (res.limit or math.huge) then return end
+        sent = sent + #res.endless
+        client:write(frame, function(err) if not err then more() end end)
+      end
+      return more()
+    end
     if not res.chunks then
       local body = res.body or ""
       return client:write(head .. ("Content-Length: %d\r\n\r\n"):format(#body) .. body)
