@@ -47,6 +47,8 @@
 #define FIRST_PACE_MS 50
 #define MAX_PACE_MS 1000
 #define RETRY_AFTER_MS 1000
+#define QUIET_AFTER 64
+#define QUIET_CHECK 16
 
 typedef struct {
     int fd; /* -1 when free */
@@ -86,6 +88,7 @@ typedef struct {
     unsigned inflight, peak; /* slots in use (waiting or queued) */
     size_t sent, retransmits;
     int spare; /* a refused TCP socket ready to connect again, or -1 */
+    unsigned quiet, skipped; /* TCP: second connect()s still waiting in a row; ones skipped */
     int spare_family;
     int blocked; /* out of fds or local ports: wait for a probe to finish */
 } shard;
@@ -491,6 +494,16 @@ static int transient(int err)
     return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EADDRNOTAVAIL;
 }
 
+/* Whether to ask a connect() in progress for its outcome at once (a local
+ * handshake is over by then) or leave it to the epoll set: after QUIET_AFTER
+ * probes in a row still waiting (a filtered or a remote host), asking is a
+ * syscall in vain, so only every QUIET_CHECK-th probe asks, to notice when
+ * the answers turn quick again. */
+static int ask_again(shard *sh)
+{
+    return sh->quiet < QUIET_AFTER || ++sh->skipped % QUIET_CHECK == 0;
+}
+
 /* Starts the probe of target t: 1 with a result in *r (it finished at
  * once), 0 when it waits in the epoll set, -1 when it must be retried. */
 static int launch_tcp(shard *sh, uint32_t t, pm_probe_result *r)
@@ -504,14 +517,17 @@ static int launch_tcp(shard *sh, uint32_t t, pm_probe_result *r)
     if (connect(fd, sa, len) == 0)
         goto connected;
     if (errno == EINPROGRESS) {
-        if (connect(fd, sa, len) == 0 || errno == EISCONN)
+        if (!ask_again(sh))
+            goto wait;
+        if (connect(fd, sa, len) == 0 || errno == EISCONN) {
+            sh->quiet = 0;
             goto connected;
-        if (errno == EALREADY) {
-            if (start_waiting(sh, fd, t) == 0)
-                return 0;
-            close(fd);
-            goto failed;
         }
+        if (errno == EALREADY) {
+            sh->quiet++;
+            goto wait;
+        }
+        sh->quiet = 0;
     }
     if (errno == ECONNREFUSED) {
         keep_spare(sh, fd, sa->sa_family);
@@ -530,6 +546,11 @@ connected:
     emit(sh, r, t, connected_state(fd, sa), 0);
     close_connected(fd);
     return 1;
+wait:
+    if (start_waiting(sh, fd, t) == 0)
+        return 0;
+    close(fd);
+    goto failed;
 }
 
 static int launch_udp(shard *sh, uint32_t t, pm_probe_result *r)

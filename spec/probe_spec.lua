@@ -670,6 +670,35 @@ describe("portman.probe", function()
       close_all(h)
     end)
 
+    it("probes UDP with --proto udp: closed, open|filtered, in the table and the JSON", function()
+      local silent = uv.new_udp() -- bound, never read: no answer
+      assert(silent:bind("127.0.0.1", 0))
+      local quiet = silent:getsockname().port
+      local closed = free_ports("127.0.0.1", 1)[1] -- a TCP port just free; UDP as well, almost surely
+      local function free_udp(p)
+        local u = uv.new_udp()
+        local ok = u:bind("127.0.0.1", p) == 0
+        u:close()
+        uv.run("nowait")
+        return ok
+      end
+      assert.is_true(free_udp(closed))
+      local args = ("probe 127.0.0.1 %d,%d --proto udp --timeout 100 --retries 1"):format(closed, quiet)
+      local status, out, err = helpers.portman(args .. " --json")
+      assert.equals(0, status, err)
+      local doc = cjson.decode(out)
+      assert.same({open = 0, closed = 1, ["open|filtered"] = 1, filtered = 0, unreachable = 0, error = 0},
+                  doc.counts)
+      assert.same({quiet}, doc.open_filtered)
+      assert.same({}, doc.open)
+      status, out = helpers.portman(args)
+      assert.equals(0, status)
+      assert.matches(("\n%d/udp%%s+open|filtered\n"):format(quiet), out)
+      assert.matches(": 2 ports in %d+ ms: open 0, closed 1, open|filtered 1, filtered 0, unreachable 0, "
+                     .. "error 0\n$", out)
+      close_all({silent})
+    end)
+
     it("exits 2 on bad usage and 1 on failure", function()
       local cases = {
         {"probe", "missing HOST"}, {"probe 127.0.0.1", "missing PORTS"},
@@ -677,6 +706,9 @@ describe("portman.probe", function()
         {"probe 127.0.0.1 80 --timeout 0", "--timeout: at least 1"},
         {"probe 127.0.0.1 80 --concurrency 0", "--concurrency: at least 1"},
         {"probe 127.0.0.1 80 --udp", "unknown option --udp"},
+        {"probe 127.0.0.1 80 --proto sctp", "--proto: tcp, udp expected, got 'sctp'"},
+        {"probe 127.0.0.1 80 --proto udp --retries -1", "--retries: at least 0"},
+        {"probe 127.0.0.1 80 --proto udp --retries 51", "--retries: at most 50"},
       }
       for _, c in ipairs(cases) do
         local status, out, err = helpers.portman(c[1])
