@@ -13,6 +13,7 @@
 --    closed ports and one UDP echo, beside `nmap -sU` on the same ports:
 --    the states each finds and the time each takes.
 local ROUNDS = 3
+local FILTERED_ROUNDS = 5
 local UDP_ROUNDS = 3
 local LISTENERS = 300
 
@@ -169,15 +170,27 @@ if not rule_ok then
 else
   print(("10,000 filtered ports (nftables drop), timeout 250 ms; the default concurrency here is %d:")
     :format(core.probe_default_concurrency()))
+  -- min/median/max of FILTERED_ROUNDS runs; cpu: this process's user +
+  -- sys ms for the run (the sockets' syscalls, mostly), median
+  print(("  %d rounds each, min/median/max, and the CPU a run takes (median):"):format(FILTERED_ROUNDS))
   for _, conc in ipairs({1000, 2500, 5000, 10000, 0}) do
-    local r = portman.run(function()
-      return probe.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
-    end)
+    local times, cpus, filtered = {}, {}, true
+    for i = 1, FILTERED_ROUNDS do
+      local u0, s0 = cpu(false)
+      local r = portman.run(function()
+        return probe.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
+      end)
+      local u1, s1 = cpu(false)
+      times[i], cpus[i] = r.elapsed_ms, math.floor((u1 - u0 + s1 - s0) * 1000 + 0.5)
+      filtered = filtered and r.counts.filtered == 10000
+    end
+    table.sort(times)
     local c = conc > 0 and conc or core.probe_default_concurrency()
     local expected = math.ceil(10000 / c) * 250
-    print(("  concurrency %-6s %6d ms  (ceil(10000/%d) x 250 ms = %d ms, +%.1f%%)  %d filtered")
-      :format(conc > 0 and conc or "default", r.elapsed_ms, c, expected,
-              100 * (r.elapsed_ms - expected) / expected, r.counts.filtered))
+    local mid = median(times)
+    print(("  concurrency %-7s %5d / %5d / %5d ms  floor ceil(10000/%d) x 250 = %d ms, median +%.1f%%  "
+      .. "cpu %d ms  %s"):format(conc > 0 and conc or "default", times[1], mid, times[#times], c, expected,
+      100 * (mid - expected) / expected, median(cpus), filtered and "all 10000 filtered" or "NOT ALL FILTERED"))
   end
 end
 

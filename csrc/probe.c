@@ -692,6 +692,65 @@ static int resend(shard *sh, int32_t s, uint64_t now, pm_probe_result *r)
     return 0;
 }
 
+/* TCP: the next target, on the socket and slot of probe s, which timed
+ * out: connect() with AF_UNSPEC takes a socket out of SYN_SENT, ready to
+ * connect again, still in the epoll set with its options, which saves a
+ * close(), a socket(), a setsockopt() and an epoll_ctl() a probe when a
+ * run of filtered ports is larger than the concurrency. 1 with a result in
+ * *r when the new probe finished at once (its socket is then closed), else
+ * 0; -1 when the socket could not be reused (the caller closes it). */
+static int reuse_expired(shard *sh, int32_t s, pm_probe_result *r)
+{
+    pm_probe *p = sh->p;
+    slot *sl = &sh->slots[s];
+    int fd = sl->fd;
+    uint32_t t = (uint32_t)sh->next_target;
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    if (target_address(p, t)->sa.ss_family != target_address(p, sl->target)->sa.ss_family ||
+        connect(fd, &unspec, sizeof(unspec)) < 0)
+        return -1;
+    sh->next_target += p->nshards;
+    struct sockaddr_storage buf;
+    socklen_t len;
+    const struct sockaddr *sa = target_addr(p, t, &buf, &len);
+    int rc = connect(fd, sa, len), state, err = 0;
+    if (rc < 0 && transient(errno)) { /* out of local ports: launch_tcp() waits for them */
+        sh->next_target -= p->nshards;
+        return -1;
+    }
+    if (rc < 0 && errno == EINPROGRESS) {
+        if (!ask_again(sh))
+            goto waiting;
+        rc = connect(fd, sa, len);
+        if (rc < 0 && errno == EALREADY) {
+            sh->quiet++;
+            goto waiting;
+        }
+        sh->quiet = 0;
+    }
+    if (rc == 0 || errno == EISCONN) {
+        state = connected_state(fd, sa);
+    } else {
+        state = errno_state(err = errno);
+        if (state == PM_PROBE_CLOSED)
+            err = 0;
+    }
+    finish_slot(sh, s);
+    if (state == PM_PROBE_OPEN)
+        close_connected(fd);
+    else
+        close(fd);
+    emit(sh, r, t, state, err);
+    return 1;
+waiting: /* the slot goes to the end of the in-flight list */
+    list_unlink(sh, s);
+    sl->target = t;
+    sl->sent = now_ms();
+    sl->deadline = sl->sent + p->timeout_ms;
+    list_push(sh, s);
+    return 0;
+}
+
 static size_t shard_step(shard *sh, pm_probe_result *out, size_t max)
 {
     pm_probe *p = sh->p;
@@ -714,9 +773,16 @@ static size_t shard_step(shard *sh, pm_probe_result *out, size_t max)
             break;
         int fd = sh->slots[s].fd;
         uint32_t t = sh->slots[s].target;
+        emit(sh, &out[n++], t, p->udp ? PM_PROBE_OPEN_FILTERED : PM_PROBE_FILTERED, 0);
+        if (!p->udp && n < max && sh->next_target < p->ntargets) {
+            int rc = reuse_expired(sh, s, &out[n]);
+            if (rc >= 0) {
+                n += (size_t)rc;
+                continue;
+            }
+        }
         finish_slot(sh, s);
         close(fd);
-        emit(sh, &out[n++], t, p->udp ? PM_PROBE_OPEN_FILTERED : PM_PROBE_FILTERED, 0);
     }
     /* retransmissions first: they have waited longest */
     while (n < max && sh->rq_head >= 0) {

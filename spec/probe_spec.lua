@@ -416,6 +416,35 @@ describe("portman.probe", function()
       assert.equals(fds, fd_count())
     end)
 
+    -- A probe that timed out hands its socket to the next port (connect()
+    -- with AF_UNSPEC, then the new connect()): the ports after it must come
+    -- out as if on fresh sockets.
+    it("probes the ports after a timeout right on the sockets it frees", function()
+      local fds = fd_count()
+      local port, stop = full_listener()
+      local h, open = listen_tcp("127.0.0.1", 6)
+      local closed = free_ports("127.0.0.1", 6)
+      local targets = {}
+      for i = 1, 4 do targets[i] = port end
+      for i = 1, 6 do targets[#targets + 1], targets[#targets + 2] = open[i], closed[i] end
+      local eng = core.probe_new("tcp", {"127.0.0.1"}, targets, 60, 4)
+      local states, stats = drive(eng)
+      eng:close()
+      local found = {}
+      for _, r in ipairs(states) do
+        if r.port ~= port then found[r.port] = r.state end
+      end
+      for i = 1, 6 do
+        assert.equals("open", found[open[i]], "port " .. open[i])
+        assert.equals("closed", found[closed[i]], "port " .. closed[i])
+      end
+      assert.equals(16, #states)
+      assert.equals(4, stats.peak)
+      close_all(h)
+      stop()
+      assert.equals(fds, fd_count())
+    end)
+
     it("closes the sockets in flight when cancelled", function()
       local fds = fd_count()
       local port, stop = full_listener()
