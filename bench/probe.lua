@@ -8,7 +8,13 @@
 --    exactly the ports the kernel lists as listening.
 -- 2. 10,000 ports that an nftables rule drops (filtered), 250 ms timeout, at
 --    several concurrencies, beside ceil(10000 / concurrency) x 250 ms.
+-- 3. UDP: a host in a namespace of its own (a veth pair away, so that the
+--    kernel's default ICMP rate limit applies: loopback is exempt) with 20
+--    closed ports and one UDP echo, beside `nmap -sU` on the same ports:
+--    the states each finds and the time each takes.
 local ROUNDS = 3
+local FILTERED_ROUNDS = 5
+local UDP_ROUNDS = 3
 local LISTENERS = 300
 
 if not os.getenv("PORTMAN_BENCH_NETNS") then
@@ -164,17 +170,106 @@ if not rule_ok then
 else
   print(("10,000 filtered ports (nftables drop), timeout 250 ms; the default concurrency here is %d:")
     :format(core.probe_default_concurrency()))
+  -- min/median/max of FILTERED_ROUNDS runs; cpu: this process's user +
+  -- sys ms for the run (the sockets' syscalls, mostly), median
+  print(("  %d rounds each, min/median/max, and the CPU a run takes (median):"):format(FILTERED_ROUNDS))
   for _, conc in ipairs({1000, 2500, 5000, 10000, 0}) do
-    local r = portman.run(function()
-      return probe.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
-    end)
+    local times, cpus, filtered = {}, {}, true
+    for i = 1, FILTERED_ROUNDS do
+      local u0, s0 = cpu(false)
+      local r = portman.run(function()
+        return probe.probe("127.0.0.1", "20000-29999", {timeout = 250, concurrency = conc})
+      end)
+      local u1, s1 = cpu(false)
+      times[i], cpus[i] = r.elapsed_ms, math.floor((u1 - u0 + s1 - s0) * 1000 + 0.5)
+      filtered = filtered and r.counts.filtered == 10000
+    end
+    table.sort(times)
     local c = conc > 0 and conc or core.probe_default_concurrency()
     local expected = math.ceil(10000 / c) * 250
-    print(("  concurrency %-6s %6d ms  (ceil(10000/%d) x 250 ms = %d ms, +%.1f%%)  %d filtered")
-      :format(conc > 0 and conc or "default", r.elapsed_ms, c, expected,
-              100 * (r.elapsed_ms - expected) / expected, r.counts.filtered))
+    local mid = median(times)
+    print(("  concurrency %-7s %5d / %5d / %5d ms  floor ceil(10000/%d) x 250 = %d ms, median +%.1f%%  "
+      .. "cpu %d ms  %s"):format(conc > 0 and conc or "default", times[1], mid, times[#times], c, expected,
+      100 * (mid - expected) / expected, median(cpus), filtered and "all 10000 filtered" or "NOT ALL FILTERED"))
   end
 end
+
+-- UDP against the kernel's ICMP rate limit. Each run starts with the
+-- host's ICMP budget full (6 s without a probe refills it), so every run,
+-- portman's and nmap's, meets the same limit.
+local function udp_bench()
+  local ns = "pmbench-udp-" .. sh("echo $PPID"):match("%d+")
+  local function run(cmd) return os.execute(cmd .. " >/dev/null 2>&1") end
+  run("ip netns del " .. ns)
+  if not (run("ip netns add " .. ns)
+          and run("ip link add pmb0 type veth peer name pmb1 netns " .. ns)
+          and run("ip addr add 10.91.0.1/24 dev pmb0") and run("ip link set pmb0 up")
+          and run(("ip -n %s addr add 10.91.0.2/24 dev pmb1"):format(ns))
+          and run(("ip -n %s link set pmb1 up"):format(ns)) and run(("ip -n %s link set lo up"):format(ns))) then
+    print("UDP: could not make the target namespace, skipped")
+    run("ip netns del " .. ns)
+    return
+  end
+  local echo = io.popen(("exec ip netns exec %s sh -c 'echo $$; exec %s -e %q'"):format(ns, arg[-1] or "lua5.4", [[
+    local uv = require "luv"
+    local u = uv.new_udp()
+    assert(u:bind("0.0.0.0", 4010))
+    u:recv_start(function(err, data, addr) if data and not err then u:send(data, addr.ip, addr.port) end end)
+    uv.run()]]))
+  local echo_pid = echo:read("l")
+  local limit = sh(("ip netns exec %s sysctl -n net.ipv4.icmp_ratelimit"):format(ns)):match("%d+")
+  print(("UDP: 10.91.0.2:4000-4020 (20 closed, an echo on 4010), ICMP rate limit %s ms (the default), "
+    .. "%d rounds, min/median/max:"):format(limit, UDP_ROUNDS))
+  local function states_text(counts)
+    local parts = {}
+    for _, s in ipairs({"open", "closed", "open|filtered", "filtered"}) do
+      if (counts[s] or 0) > 0 then parts[#parts + 1] = ("%s %d"):format(s, counts[s]) end
+    end
+    return table.concat(parts, ", ")
+  end
+  local udp_rows = {portman = {}, nmap = {}}
+  for _ = 1, UDP_ROUNDS do
+    uv.sleep(6500)
+    local scan
+    local t0 = uv.hrtime()
+    local r = portman.run(function()
+      return probe.probe("10.91.0.2", "4000-4020", {proto = "udp", on_batch = function(_, s) scan = s end})
+    end)
+    local st = scan and scan:stats() or {}
+    udp_rows.portman[#udp_rows.portman + 1] = {wall = (uv.hrtime() - t0) / 1e9, states = states_text(r.counts),
+      extra = ("%s probes sent, %s retransmitted, pace %s ms"):format(st.sent or "?", st.retransmits or "?",
+        st.pace_ms or "?")}
+    if nmap_have then
+      uv.sleep(6500)
+      local out, wall = timed("nmap -sU -n -Pn -p 4000-4020 10.91.0.2 -oG - 2>&1")
+      local counts = {}
+      for state in (out:match("Ports: ([^\t\n]*)") or ""):gmatch("%d+/([^/]+)/udp") do
+        counts[state] = (counts[state] or 0) + 1
+      end
+      udp_rows.nmap[#udp_rows.nmap + 1] = {wall = wall, states = states_text(counts), extra = ""}
+    end
+  end
+  local function show(name, list)
+    if #list == 0 then
+      print(("  %-30s not installed"):format(name))
+      return
+    end
+    local walls, seen = {}, {}
+    for i, row in ipairs(list) do
+      walls[i] = row.wall
+      seen[#seen + 1] = row.states
+    end
+    table.sort(walls)
+    print(("  %-30s %6.1f / %6.1f / %6.1f s  found: %s  %s"):format(name, walls[1], walls[(#walls + 1) // 2],
+      walls[#walls], table.concat(seen, " | "), list[#list].extra))
+  end
+  show("nmap -sU (baseline)", udp_rows.nmap)
+  show("probe.probe proto udp", udp_rows.portman)
+  os.execute("kill " .. echo_pid)
+  echo:close()
+  run("ip netns del " .. ns)
+end
+udp_bench()
 
 for _, t in ipairs(handles) do t:close() end
 uv.run("nowait")

@@ -99,9 +99,11 @@ static int add_ports(lua_State *L, pm_probe *p, int naddrs, int arg)
     return 0;
 }
 
-/* core.probe_new(proto, addresses, ports, timeout_ms, concurrency[, payload]):
+/* core.probe_new(proto, addresses, ports, timeout_ms, concurrency[, payload[, retries]]):
  * probes every address at every port, address by address. concurrency 0
  * takes the default; a value above what RLIMIT_NOFILE allows is lowered.
+ * retries (UDP: retransmissions of an unanswered probe, 0-50) defaults to
+ * PM_PROBE_DEFAULT_RETRIES.
  * Returns the probe, or nil, msg, errno name (EMFILE when no fd is left). */
 static int l_new(lua_State *L)
 {
@@ -112,15 +114,17 @@ static int l_new(lua_State *L)
     lua_Integer concurrency = luaL_checkinteger(L, 5);
     size_t plen = 0;
     const char *payload = luaL_optlstring(L, 6, "", &plen);
+    lua_Integer retries = luaL_optinteger(L, 7, PM_PROBE_DEFAULT_RETRIES);
     luaL_argcheck(L, timeout >= 1 && timeout <= 3600000, 4, "timeout out of range 1-3600000 ms");
     luaL_argcheck(L, concurrency >= 0 && concurrency <= 1 << 20, 5, "concurrency out of range 0-1048576");
+    luaL_argcheck(L, retries >= 0 && retries <= PM_PROBE_MAX_RETRIES, 7, "retries out of range 0-50");
     probe_ud *u = lua_newuserdatauv(L, sizeof(*u), 1);
     memset(u, 0, sizeof(*u));
     luaL_setmetatable(L, PROBE);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1); /* the addresses, to name them in results */
     pm_probe_opts opts = {.udp = udp, .timeout_ms = (unsigned)timeout, .concurrency = (unsigned)concurrency,
-                          .payload = payload, .payload_len = plen};
+                          .payload = payload, .payload_len = plen, .retries = (unsigned)retries};
     u->p = pm_probe_new(&opts);
     if (!u->p)
         return pm_fail_errno(L, errno, "probe");
@@ -221,7 +225,7 @@ static int l_stats(lua_State *L)
 {
     pm_probe_stats st;
     pm_probe_get_stats(check_open(L)->p, &st);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 9);
     lua_pushinteger(L, (lua_Integer)st.targets);
     lua_setfield(L, -2, "targets");
     lua_pushinteger(L, (lua_Integer)st.reported);
@@ -234,6 +238,12 @@ static int l_stats(lua_State *L)
     lua_setfield(L, -2, "concurrency");
     lua_pushinteger(L, st.shards);
     lua_setfield(L, -2, "shards");
+    lua_pushinteger(L, (lua_Integer)st.sent);
+    lua_setfield(L, -2, "sent");
+    lua_pushinteger(L, (lua_Integer)st.retransmits);
+    lua_setfield(L, -2, "retransmits");
+    lua_pushinteger(L, st.pace_ms);
+    lua_setfield(L, -2, "pace_ms");
     return 1;
 }
 

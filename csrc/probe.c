@@ -41,17 +41,33 @@
 #define DEFAULT_TIMEOUT_MS 1000
 #define EVENTS 256
 #define SHARD_MIN_TARGETS 2048 /* below this a second thread is not worth it */
+/* UDP pacing (see probe.h): nmap's first send delay after drops, Linux's
+ * default ICMP rate limit (one a second) as the slowest pace, and as the
+ * least wait before a retry. */
+#define FIRST_PACE_MS 50
+#define MAX_PACE_MS 1000
+#define RETRY_AFTER_MS 1000
+#define QUIET_AFTER 64
+#define QUIET_CHECK 16
 
 typedef struct {
     int fd; /* -1 when free */
     uint32_t target;
-    uint64_t deadline; /* ms, CLOCK_MONOTONIC */
-    int32_t prev, next; /* the in-flight list, oldest first; next links the free list */
+    uint64_t deadline; /* ms, CLOCK_MONOTONIC; in the retry queue: when it may be sent again */
+    uint64_t sent; /* ms: when its last try went out */
+    int32_t prev, next; /* its list, oldest first; next links the free list */
+    uint8_t tries; /* UDP: retransmissions so far */
+    uint8_t queued; /* in the retry queue, not the in-flight list */
 } slot;
 
 typedef struct {
     struct sockaddr_storage sa;
     socklen_t len;
+    /* UDP pacing: the least ms between two probes, when the next may go,
+     * when the pace last grew, the highest try an answer came back on */
+    unsigned pace;
+    uint64_t next_send, boosted;
+    int best_try;
 } address;
 
 typedef struct {
@@ -68,8 +84,11 @@ typedef struct {
     size_t next_target, reported;
     slot *slots; /* this shard's part of pm_probe.slots */
     int32_t free_slot, head, tail; /* indices into slots; -1: none */
-    unsigned inflight, peak;
+    int32_t rq_head, rq_tail; /* UDP: unanswered probes waiting to be sent again */
+    unsigned inflight, peak; /* slots in use (waiting or queued) */
+    size_t sent, retransmits;
     int spare; /* a refused TCP socket ready to connect again, or -1 */
+    unsigned quiet, skipped; /* TCP: second connect()s still waiting in a row; ones skipped */
     int spare_family;
     int blocked; /* out of fds or local ports: wait for a probe to finish */
 } shard;
@@ -77,7 +96,7 @@ typedef struct {
 struct pm_probe {
     int epfd; /* what the caller polls; with two shards it holds theirs */
     int udp;
-    unsigned timeout_ms, concurrency, nshards;
+    unsigned timeout_ms, concurrency, nshards, retries;
     int started, cancelled, turn;
     void *payload;
     size_t payload_len;
@@ -157,6 +176,7 @@ pm_probe *pm_probe_new(const pm_probe_opts *opts)
     if (!p)
         return NULL;
     p->udp = opts->udp;
+    p->retries = opts->retries > PM_PROBE_MAX_RETRIES ? PM_PROBE_MAX_RETRIES : opts->retries;
     p->timeout_ms = opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     p->concurrency = opts->concurrency ? opts->concurrency : pm_probe_default_concurrency();
     if (p->concurrency > max)
@@ -370,6 +390,72 @@ static int new_socket(shard *sh, int family)
     return fd;
 }
 
+/* Appends slot s to the end of its list: the retry queue when it is
+ * queued, else the in-flight list. */
+static void list_push(shard *sh, int32_t s)
+{
+    slot *sl = &sh->slots[s];
+    int32_t *head = sl->queued ? &sh->rq_head : &sh->head, *tail = sl->queued ? &sh->rq_tail : &sh->tail;
+    sl->prev = *tail;
+    sl->next = -1;
+    if (*tail >= 0)
+        sh->slots[*tail].next = s;
+    else
+        *head = s;
+    *tail = s;
+}
+
+static void list_unlink(shard *sh, int32_t s)
+{
+    slot *sl = &sh->slots[s];
+    int32_t *head = sl->queued ? &sh->rq_head : &sh->head, *tail = sl->queued ? &sh->rq_tail : &sh->tail;
+    if (sl->prev >= 0)
+        sh->slots[sl->prev].next = sl->next;
+    else
+        *head = sl->next;
+    if (sl->next >= 0)
+        sh->slots[sl->next].prev = sl->prev;
+    else
+        *tail = sl->prev;
+}
+
+static address *target_address(const pm_probe *p, uint32_t t)
+{
+    return &p->addrs[p->targets[t].address];
+}
+
+/* UDP: ms until the pace of t's address lets a probe go (0: now). */
+static uint64_t pace_wait(const pm_probe *p, uint32_t t, uint64_t now)
+{
+    const address *a = target_address(p, t);
+    uint64_t ready = a->next_send;
+    return ready > now ? ready - now : 0;
+}
+
+/* A UDP probe went out to t's address at now. */
+static void paced(shard *sh, uint32_t t, uint64_t now)
+{
+    address *a = target_address(sh->p, t);
+    a->next_send = now + a->pace;
+    sh->sent++;
+}
+
+/* An answer came back to slot sl's last try: a retransmission answered
+ * means an earlier answer was lost, so the address's pace doubles (once for
+ * the probes sent since it last grew: one burst of losses is one signal). */
+static void learn(shard *sh, const slot *sl, uint64_t now)
+{
+    address *a = target_address(sh->p, sl->target);
+    if (sl->tries > a->best_try)
+        a->best_try = sl->tries;
+    if (sl->tries == 0 || sl->sent <= a->boosted)
+        return;
+    a->pace = a->pace ? (a->pace * 2 < MAX_PACE_MS ? a->pace * 2 : MAX_PACE_MS) : FIRST_PACE_MS;
+    a->boosted = now;
+    if (a->next_send < now + a->pace)
+        a->next_send = now + a->pace;
+}
+
 /* Puts fd for target t into a slot and the shard's epoll set. */
 static int start_waiting(shard *sh, int fd, uint32_t t)
 {
@@ -381,14 +467,11 @@ static int start_waiting(shard *sh, int fd, uint32_t t)
     sh->free_slot = sl->next;
     sl->fd = fd;
     sl->target = t;
-    sl->deadline = now_ms() + sh->p->timeout_ms;
-    sl->prev = sh->tail;
-    sl->next = -1;
-    if (sh->tail >= 0)
-        sh->slots[sh->tail].next = s;
-    else
-        sh->head = s;
-    sh->tail = s;
+    sl->sent = now_ms();
+    sl->deadline = sl->sent + sh->p->timeout_ms;
+    sl->tries = 0;
+    sl->queued = 0;
+    list_push(sh, s);
     if (++sh->inflight > sh->peak)
         sh->peak = sh->inflight;
     return 0;
@@ -397,14 +480,7 @@ static int start_waiting(shard *sh, int fd, uint32_t t)
 static void finish_slot(shard *sh, int32_t s)
 {
     slot *sl = &sh->slots[s];
-    if (sl->prev >= 0)
-        sh->slots[sl->prev].next = sl->next;
-    else
-        sh->head = sl->next;
-    if (sl->next >= 0)
-        sh->slots[sl->next].prev = sl->prev;
-    else
-        sh->tail = sl->prev;
+    list_unlink(sh, s);
     sl->fd = -1;
     sl->next = sh->free_slot;
     sh->free_slot = s;
@@ -416,6 +492,16 @@ static void finish_slot(shard *sh, int32_t s)
 static int transient(int err)
 {
     return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM || err == EADDRNOTAVAIL;
+}
+
+/* Whether to ask a connect() in progress for its outcome at once (a local
+ * handshake is over by then) or leave it to the epoll set: after QUIET_AFTER
+ * probes in a row still waiting (a filtered or a remote host), asking is a
+ * syscall in vain, so only every QUIET_CHECK-th probe asks, to notice when
+ * the answers turn quick again. */
+static int ask_again(shard *sh)
+{
+    return sh->quiet < QUIET_AFTER || ++sh->skipped % QUIET_CHECK == 0;
 }
 
 /* Starts the probe of target t: 1 with a result in *r (it finished at
@@ -431,14 +517,17 @@ static int launch_tcp(shard *sh, uint32_t t, pm_probe_result *r)
     if (connect(fd, sa, len) == 0)
         goto connected;
     if (errno == EINPROGRESS) {
-        if (connect(fd, sa, len) == 0 || errno == EISCONN)
+        if (!ask_again(sh))
+            goto wait;
+        if (connect(fd, sa, len) == 0 || errno == EISCONN) {
+            sh->quiet = 0;
             goto connected;
-        if (errno == EALREADY) {
-            if (start_waiting(sh, fd, t) == 0)
-                return 0;
-            close(fd);
-            goto failed;
         }
+        if (errno == EALREADY) {
+            sh->quiet++;
+            goto wait;
+        }
+        sh->quiet = 0;
     }
     if (errno == ECONNREFUSED) {
         keep_spare(sh, fd, sa->sa_family);
@@ -457,6 +546,11 @@ connected:
     emit(sh, r, t, connected_state(fd, sa), 0);
     close_connected(fd);
     return 1;
+wait:
+    if (start_waiting(sh, fd, t) == 0)
+        return 0;
+    close(fd);
+    goto failed;
 }
 
 static int launch_udp(shard *sh, uint32_t t, pm_probe_result *r)
@@ -474,6 +568,7 @@ static int launch_udp(shard *sh, uint32_t t, pm_probe_result *r)
         errno = err;
         goto failed;
     }
+    paced(sh, t, sh->slots[sh->tail].sent);
     return 0;
 failed:
     if (transient(errno) && sh->inflight > 0)
@@ -492,7 +587,7 @@ static int reap(shard *sh, int32_t s, uint32_t events, pm_probe_result *r)
     socklen_t len;
     const struct sockaddr *sa = target_addr(sh->p, t, &buf, &len);
     if ((events & EPOLLERR) && icmp_state(fd, &state, &err))
-        goto done;
+        goto answered;
     if (sh->p->udp) {
         char byte;
         if (recv(fd, &byte, 1, MSG_DONTWAIT | MSG_TRUNC) >= 0)
@@ -503,7 +598,7 @@ static int reap(shard *sh, int32_t s, uint32_t events, pm_probe_result *r)
             state = errno_state(err = errno);
         if (state == PM_PROBE_CLOSED)
             err = 0;
-        goto done;
+        goto answered;
     }
     if (connect(fd, sa, len) == 0 || errno == EISCONN) {
         state = connected_state(fd, sa);
@@ -518,6 +613,10 @@ static int reap(shard *sh, int32_t s, uint32_t events, pm_probe_result *r)
     state = errno_state(err);
     if (state == PM_PROBE_CLOSED)
         err = 0;
+    goto done;
+answered:
+    if (sh->p->udp)
+        learn(sh, sl, now_ms());
 done:
     finish_slot(sh, s);
     close(fd);
@@ -528,6 +627,128 @@ done:
 static int shard_done(const shard *sh)
 {
     return sh->next_target >= sh->p->ntargets && sh->inflight == 0;
+}
+
+/* UDP: the retransmissions the port of target t gets: `retries` once its
+ * address shows losses (a pace), else one more than the highest try any of
+ * its ports was answered on. */
+static unsigned allowed_retries(const shard *sh, uint32_t t)
+{
+    const address *a = target_address(sh->p, t);
+    unsigned cap = (unsigned)a->best_try + 1;
+    return a->pace || cap > sh->p->retries ? sh->p->retries : cap;
+}
+
+/* A UDP probe s past its timeout: 1 when it goes to the retry queue (its
+ * socket stays open, so a late answer still counts), 0 when it has had
+ * all its tries. */
+static int retry_later(shard *sh, int32_t s)
+{
+    slot *sl = &sh->slots[s];
+    if (sl->tries >= allowed_retries(sh, sl->target))
+        return 0;
+    list_unlink(sh, s);
+    sl->queued = 1;
+    unsigned wait = sh->p->timeout_ms > RETRY_AFTER_MS ? sh->p->timeout_ms : RETRY_AFTER_MS;
+    sl->deadline = sl->sent + wait;
+    list_push(sh, s);
+    return 1;
+}
+
+/* Sends queued probe s again. 0, or 1 with a result in *r when the send
+ * fails: an ICMP error that came in meanwhile is the answer. */
+static int resend(shard *sh, int32_t s, uint64_t now, pm_probe_result *r)
+{
+    slot *sl = &sh->slots[s];
+    uint32_t t = sl->target;
+    int fd = sl->fd;
+    if (send(fd, sh->p->payload, sh->p->payload_len, 0) < 0) {
+        int err = errno, state;
+        if (err == EAGAIN || transient(err)) {
+            sl->deadline = now + 10; /* the socket's buffer is full: later */
+            list_unlink(sh, s);
+            list_push(sh, s);
+            return 0;
+        }
+        if (!icmp_state(fd, &state, &err)) {
+            state = errno_state(err);
+            if (state == PM_PROBE_CLOSED)
+                err = 0;
+        }
+        learn(sh, sl, now);
+        finish_slot(sh, s);
+        close(fd);
+        emit(sh, r, t, state, err);
+        return 1;
+    }
+    list_unlink(sh, s);
+    sl->queued = 0;
+    sl->tries++;
+    sl->sent = now;
+    sl->deadline = now + sh->p->timeout_ms;
+    list_push(sh, s);
+    paced(sh, t, now);
+    sh->retransmits++;
+    return 0;
+}
+
+/* TCP: the next target, on the socket and slot of probe s, which timed
+ * out: connect() with AF_UNSPEC takes a socket out of SYN_SENT, ready to
+ * connect again, still in the epoll set with its options, which saves a
+ * close(), a socket(), a setsockopt() and an epoll_ctl() a probe when a
+ * run of filtered ports is larger than the concurrency. 1 with a result in
+ * *r when the new probe finished at once (its socket is then closed), else
+ * 0; -1 when the socket could not be reused (the caller closes it). */
+static int reuse_expired(shard *sh, int32_t s, pm_probe_result *r)
+{
+    pm_probe *p = sh->p;
+    slot *sl = &sh->slots[s];
+    int fd = sl->fd;
+    uint32_t t = (uint32_t)sh->next_target;
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    if (target_address(p, t)->sa.ss_family != target_address(p, sl->target)->sa.ss_family ||
+        connect(fd, &unspec, sizeof(unspec)) < 0)
+        return -1;
+    sh->next_target += p->nshards;
+    struct sockaddr_storage buf;
+    socklen_t len;
+    const struct sockaddr *sa = target_addr(p, t, &buf, &len);
+    int rc = connect(fd, sa, len), state, err = 0;
+    if (rc < 0 && transient(errno)) { /* out of local ports: launch_tcp() waits for them */
+        sh->next_target -= p->nshards;
+        return -1;
+    }
+    if (rc < 0 && errno == EINPROGRESS) {
+        if (!ask_again(sh))
+            goto waiting;
+        rc = connect(fd, sa, len);
+        if (rc < 0 && errno == EALREADY) {
+            sh->quiet++;
+            goto waiting;
+        }
+        sh->quiet = 0;
+    }
+    if (rc == 0 || errno == EISCONN) {
+        state = connected_state(fd, sa);
+    } else {
+        state = errno_state(err = errno);
+        if (state == PM_PROBE_CLOSED)
+            err = 0;
+    }
+    finish_slot(sh, s);
+    if (state == PM_PROBE_OPEN)
+        close_connected(fd);
+    else
+        close(fd);
+    emit(sh, r, t, state, err);
+    return 1;
+waiting: /* the slot goes to the end of the in-flight list */
+    list_unlink(sh, s);
+    sl->target = t;
+    sl->sent = now_ms();
+    sl->deadline = sl->sent + p->timeout_ms;
+    list_push(sh, s);
+    return 0;
 }
 
 static size_t shard_step(shard *sh, pm_probe_result *out, size_t max)
@@ -544,16 +765,36 @@ static size_t shard_step(shard *sh, pm_probe_result *out, size_t max)
             break;
     }
     uint64_t now = now_ms();
-    while (n < max && sh->head >= 0 && sh->slots[sh->head].deadline <= now) {
+    while (sh->head >= 0 && sh->slots[sh->head].deadline <= now) {
         int32_t s = sh->head;
+        if (p->udp && retry_later(sh, s))
+            continue;
+        if (n >= max)
+            break;
         int fd = sh->slots[s].fd;
         uint32_t t = sh->slots[s].target;
+        emit(sh, &out[n++], t, p->udp ? PM_PROBE_OPEN_FILTERED : PM_PROBE_FILTERED, 0);
+        if (!p->udp && n < max && sh->next_target < p->ntargets) {
+            int rc = reuse_expired(sh, s, &out[n]);
+            if (rc >= 0) {
+                n += (size_t)rc;
+                continue;
+            }
+        }
         finish_slot(sh, s);
         close(fd);
-        emit(sh, &out[n++], t, p->udp ? PM_PROBE_OPEN_FILTERED : PM_PROBE_FILTERED, 0);
+    }
+    /* retransmissions first: they have waited longest */
+    while (n < max && sh->rq_head >= 0) {
+        int32_t s = sh->rq_head;
+        if (sh->slots[s].deadline > now || pace_wait(p, sh->slots[s].target, now) > 0)
+            break;
+        n += (size_t)resend(sh, s, now, &out[n]);
     }
     while (n < max && !sh->blocked && sh->inflight < sh->concurrency && sh->next_target < p->ntargets) {
         uint32_t t = (uint32_t)sh->next_target;
+        if (p->udp && pace_wait(p, t, now) > 0)
+            break;
         int rc = p->udp ? launch_udp(sh, t, &out[n]) : launch_tcp(sh, t, &out[n]);
         if (rc < 0) {
             sh->blocked = 1;
@@ -573,12 +814,23 @@ static int shard_timeout(const shard *sh)
 {
     if (shard_done(sh))
         return -1;
-    if (!sh->blocked && sh->inflight < sh->concurrency && sh->next_target < sh->p->ntargets)
+    const pm_probe *p = sh->p;
+    uint64_t now = now_ms(), due = UINT64_MAX;
+    if (!sh->blocked && sh->inflight < sh->concurrency && sh->next_target < p->ntargets)
+        due = now + (p->udp ? pace_wait(p, (uint32_t)sh->next_target, now) : 0);
+    if (sh->head >= 0 && sh->slots[sh->head].deadline < due)
+        due = sh->slots[sh->head].deadline;
+    if (sh->rq_head >= 0) {
+        const slot *sl = &sh->slots[sh->rq_head];
+        uint64_t ready = now + pace_wait(p, sl->target, now);
+        if (sl->deadline > ready)
+            ready = sl->deadline;
+        if (ready < due)
+            due = ready;
+    }
+    if (due == UINT64_MAX) /* blocked, nothing in flight: try again now */
         return 0;
-    if (sh->head < 0)
-        return sh->next_target < sh->p->ntargets ? 0 : -1;
-    uint64_t now = now_ms(), deadline = sh->slots[sh->head].deadline;
-    return deadline <= now ? 0 : (int)(deadline - now);
+    return due <= now ? 0 : due - now > INT32_MAX ? INT32_MAX : (int)(due - now);
 }
 
 static void *worker(void *arg)
@@ -608,7 +860,7 @@ static int init_shard(pm_probe *p, int k, unsigned first_slot, unsigned concurre
     sh->concurrency = concurrency;
     sh->next_target = (size_t)k;
     sh->slots = p->slots + first_slot;
-    sh->free_slot = sh->head = sh->tail = -1;
+    sh->free_slot = sh->head = sh->tail = sh->rq_head = sh->rq_tail = -1;
     for (unsigned i = concurrency; i-- > 0;) {
         sh->slots[i].fd = -1;
         sh->slots[i].next = sh->free_slot;
@@ -631,7 +883,8 @@ static void start(pm_probe *p)
 {
     p->started = 1;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    p->nshards = p->ntargets >= SHARD_MIN_TARGETS && cores >= 2 && p->concurrency >= 2 ? 2 : 1;
+    /* UDP keeps one shard: an address's pace is one thread's to keep */
+    p->nshards = !p->udp && p->ntargets >= SHARD_MIN_TARGETS && cores >= 2 && p->concurrency >= 2 ? 2 : 1;
     if (p->nshards == 2) {
         unsigned c0 = (p->concurrency + 1) / 2;
         pthread_mutex_init(&p->mu, NULL);
@@ -717,9 +970,10 @@ static void close_shard(shard *sh)
 {
     if (!sh->slots)
         return;
-    while (sh->head >= 0) {
-        int fd = sh->slots[sh->head].fd;
-        finish_slot(sh, sh->head);
+    while (sh->head >= 0 || sh->rq_head >= 0) {
+        int32_t s = sh->head >= 0 ? sh->head : sh->rq_head;
+        int fd = sh->slots[s].fd;
+        finish_slot(sh, s);
         close(fd);
     }
     if (sh->spare >= 0)
@@ -743,7 +997,12 @@ void pm_probe_get_stats(const pm_probe *p, pm_probe_stats *st)
         st->reported += p->shards[k].reported;
         st->inflight += p->shards[k].inflight;
         st->peak += p->shards[k].peak;
+        st->sent += p->shards[k].sent;
+        st->retransmits += p->shards[k].retransmits;
     }
+    for (size_t i = 0; i < p->naddrs; i++)
+        if (p->addrs[i].pace > st->pace_ms)
+            st->pace_ms = p->addrs[i].pace;
     st->shards = p->started ? p->nshards : 0;
 }
 

@@ -9,7 +9,22 @@
  * or ECONNREFUSED, an ICMP port unreachable for UDP; a socket that connected
  * to itself), filtered (no answer before the timeout), unreachable (ICMP
  * host, net or admin unreachable), error (anything else, with its errno),
- * open|filtered (UDP: no answer before the timeout). */
+ * open|filtered (UDP: no answer to any try).
+ *
+ * UDP retransmits and paces, as nmap -sU does. A host answers a closed UDP
+ * port with an ICMP port unreachable, but rate-limits those: Linux sends a
+ * burst of 6, then one a second to each source (net.ipv4.icmp_ratelimit,
+ * 1000 ms). So a probe left unanswered is sent again, up to `retries` times,
+ * before its port counts as open|filtered, and each address has a pace: the
+ * least time between two probes sent to it. The pace starts at 0 (as fast as
+ * the concurrency allows) and doubles, up to 1 s, whenever a retransmitted
+ * probe gets an answer: the answer to its earlier try was lost, which is what
+ * rate limiting looks like. The tries a port gets are capped at one more than
+ * the highest try that any port of its address was answered on, so a host
+ * that drops everything costs two tries a port, not retries + 1; and a retry
+ * waits at least a second after the try before it, so that the host's ICMP
+ * budget has refilled by then. TCP needs none of this: the kernel retransmits
+ * SYNs itself. */
 #ifndef PORTMAN_PROBE_H
 #define PORTMAN_PROBE_H
 
@@ -43,7 +58,12 @@ typedef struct {
     unsigned concurrency; /* sockets in flight; 0 takes the default */
     const void *payload; /* UDP: the datagram to send (may be empty) */
     size_t payload_len;
+    unsigned retries; /* UDP: most retransmissions of an unanswered probe */
 } pm_probe_opts;
+
+/* The retries a caller passes when it has no opinion. */
+#define PM_PROBE_DEFAULT_RETRIES 6
+#define PM_PROBE_MAX_RETRIES 50
 
 typedef struct pm_probe pm_probe;
 
@@ -86,10 +106,13 @@ void pm_probe_cancel(pm_probe *p);
 /* Counters: targets added, results reported, sockets in flight now, the
  * largest number in flight (with two shards, the sum of each one's largest,
  * so at most the true peak's upper bound), the concurrency in force, and the
- * shards the run uses (0 before the first step, then 1 or 2). */
+ * shards the run uses (0 before the first step, then 1 or 2). UDP: the
+ * probes sent (every try), how many of them were retransmissions, and the
+ * largest pace any address reached (ms between two probes). A UDP run uses
+ * one shard: the pace of an address is one thread's. */
 typedef struct {
-    size_t targets, reported;
-    unsigned inflight, peak, concurrency, shards;
+    size_t targets, reported, sent, retransmits;
+    unsigned inflight, peak, concurrency, shards, pace_ms;
 } pm_probe_stats;
 void pm_probe_get_stats(const pm_probe *p, pm_probe_stats *st);
 

@@ -416,6 +416,35 @@ describe("portman.probe", function()
       assert.equals(fds, fd_count())
     end)
 
+    -- A probe that timed out hands its socket to the next port (connect()
+    -- with AF_UNSPEC, then the new connect()): the ports after it must come
+    -- out as if on fresh sockets.
+    it("probes the ports after a timeout right on the sockets it frees", function()
+      local fds = fd_count()
+      local port, stop = full_listener()
+      local h, open = listen_tcp("127.0.0.1", 6)
+      local closed = free_ports("127.0.0.1", 6)
+      local targets = {}
+      for i = 1, 4 do targets[i] = port end
+      for i = 1, 6 do targets[#targets + 1], targets[#targets + 2] = open[i], closed[i] end
+      local eng = core.probe_new("tcp", {"127.0.0.1"}, targets, 60, 4)
+      local states, stats = drive(eng)
+      eng:close()
+      local found = {}
+      for _, r in ipairs(states) do
+        if r.port ~= port then found[r.port] = r.state end
+      end
+      for i = 1, 6 do
+        assert.equals("open", found[open[i]], "port " .. open[i])
+        assert.equals("closed", found[closed[i]], "port " .. closed[i])
+      end
+      assert.equals(16, #states)
+      assert.equals(4, stats.peak)
+      close_all(h)
+      stop()
+      assert.equals(fds, fd_count())
+    end)
+
     it("closes the sockets in flight when cancelled", function()
       local fds = fd_count()
       local port, stop = full_listener()
@@ -480,6 +509,125 @@ describe("portman.probe", function()
       end
       close_all(handles)
       assert.equals(fds, fd_count())
+    end)
+  end)
+
+  -- Linux answers a closed UDP port with an ICMP port unreachable, but sends
+  -- a burst of 6 and then one a second to each host (net.ipv4.icmp_ratelimit,
+  -- 1000 ms; loopback is exempt, so the target is a namespace of its own,
+  -- joined to the client's by a veth pair). The probes run in the client
+  -- namespace, in a child (this run's interpreter, the sanitizers' under
+  -- asan). Needs root; both namespaces are deleted in teardown.
+  describe("UDP against a host with the kernel's default ICMP rate limit", function()
+    local tag = ("%d-%d"):format(helpers.pid(), math.random(1000000))
+    local CLIENT, TARGET = "pm-udp-c-" .. tag, "pm-udp-t-" .. tag
+    local HOST, OPEN, SILENT = "10.89.0.2", 4010, "4100-4109"
+    local target -- {pid, pipe} of the target's UDP sockets
+
+    local function sh(cmd)
+      return os.execute("env -u LD_PRELOAD " .. cmd .. " >/dev/null 2>&1")
+    end
+    local function must(cmd)
+      assert(sh(cmd), "set-up failed: " .. cmd)
+    end
+    local function read_sysctl(name)
+      local p = io.popen(("env -u LD_PRELOAD ip netns exec %s sysctl -n %s"):format(TARGET, name))
+      local v = p:read("l")
+      p:close()
+      return v
+    end
+
+    -- Runs probe.probe in the client namespace; returns the result's port
+    -- lists and counts, and the scan's stats.
+    local function probe_udp(ports, opts)
+      local chunk = ([[
+        local portman, probe, cjson = require "portman", require "portman.probe", require "cjson"
+        local opts = require("portman.json").decode(%q) -- integers stay integers
+        local scan
+        opts.on_batch = function(_, s) scan = s end
+        local r = assert(portman.run(function() return probe.probe(%q, %q, opts) end))
+        io.write("\n", cjson.encode({counts = r.counts, open = r.open, closed = r.closed,
+          open_filtered = r.open_filtered, stats = scan:stats()}), "\n")
+      ]]):format(cjson.encode(opts), HOST, ports)
+      local out, ok = helpers.lua_child(chunk, "ip netns exec " .. CLIENT)
+      assert(ok, out)
+      return cjson.decode(out:match("([^\n]*)\n?$"))
+    end
+
+    setup(function()
+      must("ip netns add " .. CLIENT)
+      must("ip netns add " .. TARGET)
+      must(("ip -n %s link add veth0 type veth peer name veth1 netns %s"):format(CLIENT, TARGET))
+      must("ip -n " .. CLIENT .. " addr add 10.89.0.1/24 dev veth0")
+      must("ip -n " .. TARGET .. " addr add " .. HOST .. "/24 dev veth1")
+      for _, ns in ipairs({CLIENT, TARGET}) do
+        must("ip -n " .. ns .. " link set lo up")
+        must(("ip -n %s link set %s up"):format(ns, ns == CLIENT and "veth0" or "veth1"))
+      end
+      -- an echo on OPEN; SILENT bound but never answering
+      local script = ([[
+        local uv = require "luv"
+        local keep = {}
+        local echo = uv.new_udp()
+        assert(echo:bind("0.0.0.0", %d))
+        echo:recv_start(function(err, data, addr) if data and not err then echo:send(data, addr.ip, addr.port) end end)
+        for port = 4100, 4109 do
+          local u = uv.new_udp()
+          assert(u:bind("0.0.0.0", port))
+          u:recv_start(function() end)
+          keep[#keep + 1] = u
+        end
+        io.write("ready\n")
+        io.flush()
+        uv.run()
+      ]]):format(OPEN)
+      local p = io.popen(("exec env -u LD_PRELOAD ip netns exec %s sh -c 'echo $$; exec lua5.4 -e %s'")
+        :format(TARGET, helpers.shell_quote(script):gsub("'", "'\\''")))
+      target = {pid = math.tointeger(tonumber(p:read("l"))), pipe = p}
+      assert(p:read("l") == "ready", "the target's sockets did not start")
+    end)
+
+    teardown(function()
+      if target then
+        os.execute("kill " .. target.pid .. " 2>/dev/null")
+        target.pipe:close()
+      end
+      sh("ip netns del " .. CLIENT)
+      sh("ip netns del " .. TARGET)
+    end)
+
+    it("finds 20 closed ports closed and the open one open, as nmap -sU does", function()
+      -- the kernel's defaults, untouched: the limit is what this is about
+      assert.equals("1000", read_sysctl("net.ipv4.icmp_ratelimit"))
+      assert.equals("1000", read_sysctl("net.ipv4.icmp_msgs_per_sec"))
+      local r = probe_udp("4000-4020", {proto = "udp", payload = "ping"})
+      local closed = {}
+      for port = 4000, 4020 do if port ~= OPEN then closed[#closed + 1] = port end end
+      assert.same({OPEN}, r.open)
+      assert.same(closed, r.closed)
+      assert.same({}, r.open_filtered)
+      assert.same({open = 1, closed = 20, filtered = 0, unreachable = 0, error = 0, ["open|filtered"] = 0},
+                  r.counts)
+      -- the limit hid answers, the retransmissions found them, the pace grew
+      assert.is_true(r.stats.retransmits > 0)
+      assert.equals(r.stats.sent, 21 + r.stats.retransmits)
+      assert.is_true(r.stats.pace_ms > 0)
+    end)
+
+    it("without retries, the limit hides closed ports (what the retries are for)", function()
+      local r = probe_udp("4000-4020", {proto = "udp", payload = "ping", retries = 0, timeout = 300})
+      assert.equals(0, r.stats.retransmits)
+      assert.equals(21, r.stats.sent)
+      assert.is_true(r.counts.closed < 20)
+      assert.equals(21, r.counts.closed + r.counts["open|filtered"] + r.counts.open)
+    end)
+
+    it("gives a port of a host that never answers two tries, not retries + 1", function()
+      local r = probe_udp(SILENT, {proto = "udp", payload = "ping", timeout = 200})
+      assert.equals(10, #r.open_filtered)
+      assert.equals(10, r.stats.retransmits)
+      assert.equals(20, r.stats.sent)
+      assert.equals(0, r.stats.pace_ms)
     end)
   end)
 
@@ -551,6 +699,35 @@ describe("portman.probe", function()
       close_all(h)
     end)
 
+    it("probes UDP with --proto udp: closed, open|filtered, in the table and the JSON", function()
+      local silent = uv.new_udp() -- bound, never read: no answer
+      assert(silent:bind("127.0.0.1", 0))
+      local quiet = silent:getsockname().port
+      local closed = free_ports("127.0.0.1", 1)[1] -- a TCP port just free; UDP as well, almost surely
+      local function free_udp(p)
+        local u = uv.new_udp()
+        local ok = u:bind("127.0.0.1", p) == 0
+        u:close()
+        uv.run("nowait")
+        return ok
+      end
+      assert.is_true(free_udp(closed))
+      local args = ("probe 127.0.0.1 %d,%d --proto udp --timeout 100 --retries 1"):format(closed, quiet)
+      local status, out, err = helpers.portman(args .. " --json")
+      assert.equals(0, status, err)
+      local doc = cjson.decode(out)
+      assert.same({open = 0, closed = 1, ["open|filtered"] = 1, filtered = 0, unreachable = 0, error = 0},
+                  doc.counts)
+      assert.same({quiet}, doc.open_filtered)
+      assert.same({}, doc.open)
+      status, out = helpers.portman(args)
+      assert.equals(0, status)
+      assert.matches(("\n%d/udp%%s+open|filtered\n"):format(quiet), out)
+      assert.matches(": 2 ports in %d+ ms: open 0, closed 1, open|filtered 1, filtered 0, unreachable 0, "
+                     .. "error 0\n$", out)
+      close_all({silent})
+    end)
+
     it("exits 2 on bad usage and 1 on failure", function()
       local cases = {
         {"probe", "missing HOST"}, {"probe 127.0.0.1", "missing PORTS"},
@@ -558,6 +735,9 @@ describe("portman.probe", function()
         {"probe 127.0.0.1 80 --timeout 0", "--timeout: at least 1"},
         {"probe 127.0.0.1 80 --concurrency 0", "--concurrency: at least 1"},
         {"probe 127.0.0.1 80 --udp", "unknown option --udp"},
+        {"probe 127.0.0.1 80 --proto sctp", "--proto: tcp, udp expected, got 'sctp'"},
+        {"probe 127.0.0.1 80 --proto udp --retries -1", "--retries: at least 0"},
+        {"probe 127.0.0.1 80 --proto udp --retries 51", "--retries: at most 50"},
       }
       for _, c in ipairs(cases) do
         local status, out, err = helpers.portman(c[1])

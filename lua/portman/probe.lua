@@ -21,8 +21,10 @@ M.FRIENDLY_PORTS = {443, 80, 8080, 8443}
 M.STATES = {"open", "closed", "filtered", "unreachable", "error", "open|filtered"}
 local BATCH = 4096
 local DEFAULT_TIMEOUT = 1000
+M.DEFAULT_RETRIES = 6 -- the C engine's PM_PROBE_DEFAULT_RETRIES
+local MAX_RETRIES = 50
 local PROBE_OPTIONS = {timeout = true, concurrency = true, proto = true, payload = true,
-                       on_batch = true, family = true}
+                       on_batch = true, family = true, retries = true}
 
 -- Ports ---------------------------------------------------------------------
 
@@ -126,7 +128,11 @@ local function check_probe_opts(fname, opts)
   end
   check.optional(fname, 3, opts, "on_batch", "function")
   if opts.family ~= nil then check.oneof(fname, 3, opts.family, {"inet", "inet6"}, "family") end
-  return timeout, conc, proto
+  local retries = opts.retries or M.DEFAULT_RETRIES
+  if math.type(retries) ~= "integer" or retries < 0 or retries > MAX_RETRIES then
+    check.argerror(fname, 3, ("retries: integer in 0-%d expected"):format(MAX_RETRIES))
+  end
+  return timeout, conc, proto, retries
 end
 
 local function new_result(host, proto, total)
@@ -191,7 +197,7 @@ end
 local function start_engine(scan, address, family)
   scan._result.address, scan._result.family = address, family
   local probe, err, code = core.probe_new(scan._proto, {address}, scan._ports, scan._timeout,
-                                          scan._concurrency, scan._payload)
+                                          scan._concurrency, scan._payload, scan._retries)
   if not probe then
     scan._done = true
     return scan._cb(nil, err, code)
@@ -218,7 +224,9 @@ function Scan:cancel()
   end
 end
 
---- The sockets in flight, the peak so far and the concurrency in force.
+--- The sockets in flight, the peak so far and the concurrency in force;
+-- for UDP also the probes `sent` (every try), the `retransmits` among them,
+-- and `pace_ms`, the least time between two probes the host's answers led to.
 function Scan:stats()
   return self._probe and self._probe:stats() or self._stats
 end
@@ -240,9 +248,10 @@ function M.start(host, ports, opts, cb)
   end
   ports = M.parse_ports(ports, "probe", 2)
   opts = opts or {}
-  local timeout, conc, proto = check_probe_opts("probe", opts)
+  local timeout, conc, proto, retries = check_probe_opts("probe", opts)
   if type(cb) ~= "function" then check.argerror("probe", 4, "callback expected") end
   local scan = setmetatable({_ports = ports, _timeout = timeout, _concurrency = conc, _proto = proto,
+                             _retries = retries,
                              _payload = opts.payload, _on_batch = opts.on_batch, _cb = cb,
                              _result = new_result(host, proto, #ports)}, Scan)
   lookup(host, opts.family, function(address, family, code)
@@ -262,7 +271,11 @@ end
 -- @tparam[opt] table opts `timeout` (ms per probe, 1000), `concurrency`
 --   (sockets in flight; 0 or nil: derived from RLIMIT_NOFILE, and never
 --   above what it allows), `proto` ("tcp" or "udp"), `payload` (the UDP
---   datagram), `family` ("inet" or "inet6" when resolving),
+--   datagram), `retries` (UDP: how many times an unanswered probe is sent
+--   again before its port counts as open|filtered, 6; fewer when no port of
+--   the host ever needed a retry to answer; the probes to a host are paced
+--   down to one a second when retries get answers, as an ICMP rate limit
+--   makes them), `family` ("inet" or "inet6" when resolving),
 --   `on_batch(batch, scan)` (progress: each batch as it comes, in columns:
 --   `{n, port = {...}, state = {...}, error = {[i] = errno name}}`;
 --   `scan:cancel()` stops the run, `scan:result()` is the result so far)
