@@ -128,10 +128,18 @@ static int set_options(int fd, const pm_sockspec *s, pm_sockerr *e)
     return 0;
 }
 
-int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
+/* The failed step with the address it was for ("bind 127.0.0.1:80"); the
+ * address is formatted only here, so an open that succeeds never pays it. */
+static int fail_at(pm_sockerr *e, int err, const char *step, const pm_sockspec *s)
 {
     char name[128];
     pm_addr_format((const struct sockaddr *)&s->addr, s->addrlen, name, sizeof(name));
+    return fail(e, err, "%s %s", step, name);
+}
+
+int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
+{
+    /* SOCK_NONBLOCK and SOCK_CLOEXEC here: no fcntl() afterwards */
     int fd = socket(s->family, s->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return fail(e, errno, "socket");
@@ -139,24 +147,24 @@ int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
         goto fail;
     if (s->connect) {
         if (connect(fd, (const struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS) {
-            fail(e, errno, "connect %s", name);
+            fail_at(e, errno, "connect", s);
             goto fail;
         }
         return fd;
     }
     if (bind_or_reclaim(fd, s) < 0) {
-        fail(e, errno, "bind %s", name);
+        fail_at(e, errno, "bind", s);
         goto fail;
     }
     const struct sockaddr_un *u = (const struct sockaddr_un *)&s->addr;
     int path = s->family == AF_UNIX && u->sun_path[0] != '\0';
     if (path && s->mode >= 0 && chmod(u->sun_path, (mode_t)s->mode) < 0) {
-        fail(e, errno, "chmod %s", name);
+        fail_at(e, errno, "chmod", s);
         unlink(u->sun_path);
         goto fail;
     }
     if (s->type == SOCK_STREAM && listen(fd, s->backlog) < 0) {
-        fail(e, errno, "listen %s", name);
+        fail_at(e, errno, "listen", s);
         if (path)
             unlink(u->sun_path);
         goto fail;
@@ -165,4 +173,26 @@ int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
 fail:
     close(fd);
     return -1;
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+    return -1;
+}
+
+int pm_socket_bound(int fd, const pm_sockspec *s, struct sockaddr_storage *out, socklen_t *len)
+{
+    /* a Unix name or a port asked is known already; a connected socket's
+     * own end never is */
+    if (!s->connect && port_of(&s->addr) != 0) {
+        *out = s->addr;
+        *len = s->addrlen;
+        return 0;
+    }
+    *len = sizeof(*out);
+    return getsockname(fd, (struct sockaddr *)out, len);
 }

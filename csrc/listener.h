@@ -52,6 +52,10 @@ void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t s
  * that nothing answers on (a stale file left by a crash). */
 int pm_socket_open(const pm_sockspec *s, pm_sockerr *e);
 
+/* The address fd (opened from s) is bound to: s's own when it names a port
+ * or a Unix name, else the kernel's pick (getsockname). 0, or -1 and errno. */
+int pm_socket_bound(int fd, const pm_sockspec *s, struct sockaddr_storage *out, socklen_t *len);
+
 /* Is a process accepting (stream) or bound (dgram) on this Unix address?
  * Answers 1 also when unsure, so a caller never deletes a live socket.
  * It asks by connecting: a live stream server sees one connection that

@@ -1,6 +1,7 @@
 /* portman.socket: the Lua side of csrc/listener.c and csrc/sockopt.c.
  *
  *   core.socket_open(spec)        -> socket | nil, msg, code
+ *   core.listen(spec)             -> socket, address, host, port, ino | nil, msg, code
  *   core.socket_adopt(fd)         -> socket | nil, msg, code (an inherited fd)
  *   core.sockopts()               -> {name = {available, cname, kind, inet, ...}}
  *   core.getsockopt(fd, name)     -> value | nil, msg, code
@@ -227,6 +228,11 @@ static lua_Integer int_field(lua_State *L, const char *k, lua_Integer dflt, lua_
     return n;
 }
 
+/* The table index of each option in s->opts, to sort them by. */
+static size_t opt_index(const pm_sockopt *o) { return (size_t)(o - pm_sockopt_at(0)); }
+
+/* Sets only the options given (no walk over every known one), then sorts
+ * them into the table's fixed order, so runs are reproducible. */
 static void spec_options(lua_State *L, pm_sockspec *s)
 {
     int t = field_type(L, "options");
@@ -238,25 +244,25 @@ static void spec_options(lua_State *L, pm_sockspec *s)
     int opts = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, opts)) {
-        if (lua_type(L, -2) != LUA_TSTRING || !pm_sockopt_find(lua_tostring(L, -2)))
+        const pm_sockopt *o = lua_type(L, -2) == LUA_TSTRING ? pm_sockopt_find(lua_tostring(L, -2)) : NULL;
+        if (!o)
             luaL_argerror(L, 1, lua_pushfstring(L, "unknown socket option 'options.%s'",
                                                 luaL_tolstring(L, -2, NULL)));
-        lua_pop(L, 1);
-    }
-    /* set in the table's fixed order, so runs are reproducible */
-    for (size_t i = 0; i < pm_sockopt_count(); i++) {
-        const pm_sockopt *o = pm_sockopt_at(i);
-        if (lua_getfield(L, opts, o->name) != LUA_TNIL) {
-            int value = lua_gettop(L);
-            const char *what = lua_pushfstring(L, "options.%s", o->name);
-            pm_optset *slot = &s->opts[s->nopts++];
-            slot->opt = o;
-            check_value(L, value, 1, what, o, &slot->val);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
+        /* keys are unique and name options of the table: never full */
+        luaL_argcheck(L, s->nopts < PM_MAX_OPTS, 1, "options: too many");
+        int value = lua_gettop(L);
+        pm_optset *slot = &s->opts[s->nopts++];
+        slot->opt = o;
+        check_value(L, value, 1, lua_pushfstring(L, "options.%s", o->name), o, &slot->val);
+        lua_pop(L, 2); /* the message, the value */
     }
     lua_pop(L, 1);
+    for (size_t i = 1; i < s->nopts; i++) /* insertion sort: at most a few */
+        for (size_t j = i; j > 0 && opt_index(s->opts[j].opt) < opt_index(s->opts[j - 1].opt); j--) {
+            pm_optset tmp = s->opts[j];
+            s->opts[j] = s->opts[j - 1];
+            s->opts[j - 1] = tmp;
+        }
 }
 
 static void spec_address(lua_State *L, pm_sockspec *s)
@@ -321,21 +327,68 @@ static lsock *new_socket(lua_State *L, int fd)
     return s;
 }
 
-static int l_socket_open(lua_State *L)
+/* Opens the socket the spec at 1 describes into a new socket object (on
+ * top of the stack); returns 1, or pushes nil, msg, code and returns 3. */
+static int open_spec(lua_State *L, pm_sockspec *spec)
 {
-    pm_sockspec spec;
     pm_sockerr err;
-    check_spec(L, &spec);
-    for (size_t i = 0; i < spec.nopts; i++)
-        if (!spec.opts[i].opt->available)
-            return fail_unavailable(L, spec.opts[i].opt);
+    check_spec(L, spec);
+    for (size_t i = 0; i < spec->nopts; i++)
+        if (!spec->opts[i].opt->available)
+            return fail_unavailable(L, spec->opts[i].opt);
     /* the userdata first: a failure to allocate it must not leak the fd */
     lsock *s = new_socket(L, -1);
-    int fd = pm_socket_open(&spec, &err);
+    int fd = pm_socket_open(spec, &err);
     if (fd < 0)
         return pm_fail_errno(L, err.err, err.what);
     s->fd = fd;
     return 1;
+}
+
+static int l_socket_open(lua_State *L)
+{
+    pm_sockspec spec;
+    return open_spec(L, &spec);
+}
+
+/* core.listen(spec) -> socket, address, host, port, ino | nil, msg, code:
+ * socket_open and the bound address in one call, with no syscall for what
+ * the spec already says (getsockname only for port 0; stat only for the
+ * inode of a Unix path, which close needs to remove the right file). */
+static int l_listen(lua_State *L)
+{
+    pm_sockspec spec;
+    if (open_spec(L, &spec) != 1)
+        return 3;
+    lsock *s = lua_touserdata(L, -1);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (pm_socket_bound(s->fd, &spec, &ss, &len) < 0) {
+        int err = errno;
+        close(s->fd);
+        s->fd = -1;
+        return pm_fail_errno(L, err, "getsockname");
+    }
+    char name[128];
+    pm_addr_format((struct sockaddr *)&ss, len, name, sizeof(name));
+    lua_pushstring(L, name);
+    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+        char ip[INET6_ADDRSTRLEN];
+        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+        int v4 = ss.ss_family == AF_INET;
+        inet_ntop(ss.ss_family, v4 ? (void *)&a4->sin_addr : (void *)&a6->sin6_addr, ip, sizeof(ip));
+        lua_pushstring(L, ip);
+        lua_pushinteger(L, ntohs(v4 ? a4->sin_port : a6->sin6_port));
+        return 4;
+    }
+    struct stat st;
+    if (name[0] == '@' || !name[0] || stat(name, &st) != 0)
+        return 2;
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)st.st_ino);
+    return 5;
 }
 
 /* An fd inherited from systemd (or any parent): must be a socket; we set
@@ -516,6 +569,7 @@ static const luaL_Reg meta[] = {
 
 static const luaL_Reg functions[] = {
     {"socket_open", l_socket_open},
+    {"listen", l_listen},
     {"socket_adopt", l_socket_adopt},
     {"sockopts", l_sockopts},
     {"ip_family", l_ip_family},

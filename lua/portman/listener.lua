@@ -29,11 +29,6 @@ M.SOCKOPTS = core.sockopts()
 for name in pairs(M.SOCKOPTS) do OPTIONS[name] = true end
 M.DEFAULT_BACKLOG = 511 -- nginx's default: the kernel caps it at net.core.somaxconn
 
-local function family_of(proto, address)
-  if proto == "unix" or proto == "unixgram" then return "unix" end
-  return core.ip_family(address)
-end
-
 local VALUE = { -- checks of a socket option's value, by kind: nil when fine
   bool = function(v) return type(v) ~= "boolean" and "boolean expected" end,
   int = function(v)
@@ -78,20 +73,25 @@ local function check_port(fname, port)
   return p
 end
 
+-- The socket options among opts, checked; nil when there are none to set.
+-- Walks opts (a few keys), not every known option.
 local function check_sockopts(fname, opts, family, proto)
-  local options = {}
-  for name, info in pairs(M.SOCKOPTS) do
-    if opts[name] ~= nil then
+  local options
+  for name, value in pairs(opts) do
+    local info = M.SOCKOPTS[name]
+    if info then
       if not (info[family] and info[TYPE[proto]]) then
         local v4 = family == "inet" and info.inet6 and info[TYPE[proto]]
         check.argerror(fname, 1, ("option '%s' does not apply to %s listeners%s"):format(
           name, proto, v4 and " on IPv4" or ""))
       end
-      check_value(fname, 1, name, opts[name])
-      options[name] = opts[name]
+      check_value(fname, 1, name, value)
+      options = options or {}
+      options[name] = value
     end
   end
-  if family == "inet6" and options.v6only == nil then
+  if family == "inet6" and (options == nil or options.v6only == nil) then
+    options = options or {}
     options.v6only = false -- dual-stack on "::", whatever net.ipv6.bindv6only says
   end
   return options
@@ -104,12 +104,14 @@ local function build_spec(fname, opts)
   local proto = check.oneof(fname, 1, opts.proto or "tcp", PROTOS, "proto")
   local spec = {type = TYPE[proto], mode = opts.mode,
                 backlog = opts.backlog or M.DEFAULT_BACKLOG}
+  local family = "unix"
   if proto == "tcp" or proto == "udp" then
     if opts.path or opts.abstract or opts.mode then
       check.argerror(fname, 1, "path, abstract and mode are for unix listeners")
     end
     local address = opts.address or "0.0.0.0"
-    if type(address) ~= "string" or not core.ip_family(address) then
+    family = type(address) == "string" and core.ip_family(address)
+    if not family then
       check.argerror(fname, 1, "address: IP address expected, got " .. (type(address) == "string"
         and "'" .. address .. "'" or type(address)))
     end
@@ -135,7 +137,6 @@ local function build_spec(fname, opts)
   if backlog ~= nil and not (math.tointeger(backlog) and backlog >= 0 and backlog <= 0x7fffffff) then
     check.argerror(fname, 1, "backlog: non-negative integer expected")
   end
-  local family = family_of(proto, spec.host or "")
   spec.options = check_sockopts(fname, opts, family, proto)
   return spec, proto
 end
@@ -156,23 +157,31 @@ end
 
 -- Wraps an open core socket: from here the luv handle owns the fd (except
 -- for unixgram, where the socket object keeps it and a poll watches it).
-local function wrap(sock, proto, opts)
-  local info = sock:info()
-  local h, err, code = new_handle(proto, sock:fd())
+-- where: {address, host, port, path, abstract, ino} of the bound socket.
+local function wrap(sock, proto, opts, where)
+  local fd = sock:fd()
+  local h, err, code = new_handle(proto, fd)
   if not h then
     sock:close()
     return nil, err, code
   end
   local self = setmetatable({
-    proto = proto, name = opts.name, handle = h, fd = sock:fd(),
-    host = info.host, port = info.port, path = info.path, abstract = info.abstract,
-    address = info.address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
-    -- weak: a connection closed and collected leaves by itself; luv anchors
-    -- the open ones, so none is lost from the count
-    state = "open", accepted = 0, _ino = info.ino, _conns = setmetatable({}, {__mode = "k"}),
+    proto = proto, name = opts.name, handle = h, fd = fd,
+    host = where.host, port = where.port, path = where.path, abstract = where.abstract,
+    address = where.address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
+    state = "open", accepted = 0, _ino = where.ino, -- _conns: made by serve
   }, mt)
   if proto == "unixgram" then self._sock = sock else sock:release() end
   return self
+end
+
+-- core.listen: the socket and where it is bound, read from the spec (no
+-- getsockname unless the kernel picked the port). Returns sock, where.
+local function listen(spec)
+  local sock, address, host, port, ino = core.listen(spec)
+  if not sock then return nil, address, host end
+  return sock, {address = address, host = host, port = port, ino = ino,
+                path = spec.path, abstract = spec.abstract}
 end
 
 -- Allocate-and-bind as one step: a port someone else holds (EADDRINUSE)
@@ -184,7 +193,7 @@ local function open_auto(spec, proto, opts)
     port, err, code = alloc:allocate()
     if port then
       spec.port = port
-      sock, err, code = core.socket_open(spec)
+      sock, err, code = listen(spec)
       if not sock then
         if code == "conflict" then busy[#busy + 1] = port else alloc:release(port) end
       end
@@ -192,7 +201,7 @@ local function open_auto(spec, proto, opts)
   until sock or code ~= "conflict"
   for _, p in ipairs(busy) do alloc:release(p) end
   if not sock then return nil, err, code end
-  local l, werr, wcode = wrap(sock, proto, opts)
+  local l, werr, wcode = wrap(sock, proto, opts, err)
   if not l then
     alloc:release(port)
     return nil, werr, wcode
@@ -219,9 +228,9 @@ end
 function M.open(opts)
   local spec, proto = build_spec("open", opts)
   if spec.port == "auto" then return open_auto(spec, proto, opts) end
-  local sock, err, code = core.socket_open(spec)
-  if not sock then return nil, err, code end
-  return wrap(sock, proto, opts)
+  local sock, where, code = listen(spec)
+  if not sock then return nil, where, code end
+  return wrap(sock, proto, opts, where)
 end
 
 --- Wraps an inherited socket (socket activation) as a listener.
@@ -243,7 +252,7 @@ function M.adopt(fd, opts)
     return nil, ("protocol: fd %d is a %s %s socket%s, not a %s listener"):format(fd,
       info.family, info.type, info.listening and " (listening)" or "", proto), "protocol"
   end
-  local l, werr, wcode = wrap(sock, proto, opts)
+  local l, werr, wcode = wrap(sock, proto, opts, info)
   if not l then return nil, werr, wcode end
   l.activated = true
   l._ino = nil -- the socket file belongs to whoever made it (systemd), not us
@@ -350,7 +359,7 @@ end
 --- Open connections accepted by `serve` and not closed yet.
 function Listener:connections()
   local n = 0
-  for c in pairs(self._conns) do
+  for c in pairs(self._conns or {}) do
     if is_open(c) then n = n + 1 else self._conns[c] = nil end
   end
   return n
@@ -384,6 +393,9 @@ function Listener:serve(handler)
   if type(handler) ~= "function" then check.argerror("serve", 1, "function expected") end
   if self.state ~= "open" then error("listener is " .. self.state, 2) end
   if TYPE[self.proto] == "stream" then
+    -- weak: a connection closed and collected leaves by itself; luv anchors
+    -- the open ones, so none is lost from the count
+    self._conns = self._conns or setmetatable({}, {__mode = "k"})
     local ok, err, code = self.handle:listen(self.backlog, accept_stream(self, handler))
     if not ok then return nil, err, code end
   elseif self.proto == "udp" then
@@ -468,7 +480,7 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
     timer:close()
     watch:close()
     local forced = 0
-    for c in pairs(self._conns) do
+    for c in pairs(self._conns or {}) do
       if is_open(c) then
         c:close()
         forced = forced + 1
