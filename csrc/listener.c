@@ -137,42 +137,44 @@ static int fail_at(pm_sockerr *e, int err, const char *step, const pm_sockspec *
     return fail(e, err, "%s %s", step, name);
 }
 
+int pm_socket_setup(int fd, const pm_sockspec *s, pm_sockerr *e)
+{
+    if (set_options(fd, s, e) < 0)
+        return -1;
+    if (s->connect) {
+        if (connect(fd, (const struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS)
+            return fail_at(e, errno, "connect", s);
+        return 0;
+    }
+    if (bind_or_reclaim(fd, s) < 0)
+        return fail_at(e, errno, "bind", s);
+    const struct sockaddr_un *u = (const struct sockaddr_un *)&s->addr;
+    int path = s->family == AF_UNIX && u->sun_path[0] != '\0';
+    if (path && s->mode >= 0 && chmod(u->sun_path, (mode_t)s->mode) < 0) {
+        fail_at(e, errno, "chmod", s);
+        unlink(u->sun_path);
+        return -1;
+    }
+    if (s->type == SOCK_STREAM && listen(fd, s->backlog) < 0) {
+        fail_at(e, errno, "listen", s);
+        if (path)
+            unlink(u->sun_path);
+        return -1;
+    }
+    return 0;
+}
+
 int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
 {
     /* SOCK_NONBLOCK and SOCK_CLOEXEC here: no fcntl() afterwards */
     int fd = socket(s->family, s->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return fail(e, errno, "socket");
-    if (set_options(fd, s, e) < 0)
-        goto fail;
-    if (s->connect) {
-        if (connect(fd, (const struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS) {
-            fail_at(e, errno, "connect", s);
-            goto fail;
-        }
-        return fd;
-    }
-    if (bind_or_reclaim(fd, s) < 0) {
-        fail_at(e, errno, "bind", s);
-        goto fail;
-    }
-    const struct sockaddr_un *u = (const struct sockaddr_un *)&s->addr;
-    int path = s->family == AF_UNIX && u->sun_path[0] != '\0';
-    if (path && s->mode >= 0 && chmod(u->sun_path, (mode_t)s->mode) < 0) {
-        fail_at(e, errno, "chmod", s);
-        unlink(u->sun_path);
-        goto fail;
-    }
-    if (s->type == SOCK_STREAM && listen(fd, s->backlog) < 0) {
-        fail_at(e, errno, "listen", s);
-        if (path)
-            unlink(u->sun_path);
-        goto fail;
+    if (pm_socket_setup(fd, s, e) < 0) {
+        close(fd);
+        return -1;
     }
     return fd;
-fail:
-    close(fd);
-    return -1;
 }
 
 static int port_of(const struct sockaddr_storage *a)

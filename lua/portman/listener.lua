@@ -22,11 +22,13 @@ local mt = {__index = Listener, __name = "portman.listener"}
 
 local PROTOS = {"tcp", "udp", "unix", "unixgram"}
 local TYPE = {tcp = "stream", udp = "dgram", unix = "stream", unixgram = "dgram"}
-local OPTIONS = {proto = true, address = true, port = true, path = true, abstract = true,
-                 mode = true, backlog = true, allocator = true, name = true}
+-- Every key open takes, by what it is: one lookup per key tells them apart.
+local KEY, SOCKOPT, UNIX_ONLY = 1, 2, 3
+local OPTIONS = {proto = KEY, address = KEY, port = KEY, path = UNIX_ONLY, abstract = UNIX_ONLY,
+                 mode = UNIX_ONLY, backlog = KEY, allocator = KEY, name = KEY}
 --- Every socket option by name: {available, cname, kind, inet, inet6, unix, stream, dgram}.
 M.SOCKOPTS = core.sockopts()
-for name in pairs(M.SOCKOPTS) do OPTIONS[name] = true end
+for name in pairs(M.SOCKOPTS) do OPTIONS[name] = SOCKOPT end
 M.DEFAULT_BACKLOG = 511 -- nginx's default: the kernel caps it at net.core.somaxconn
 
 local VALUE = { -- checks of a socket option's value, by kind: nil when fine
@@ -97,38 +99,49 @@ local function check_sockopts(fname, opts, family, proto)
   return options
 end
 
--- The core.socket_open spec for opts; raises on bad options.
-local function build_spec(fname, opts)
-  check.table(fname, 1, opts)
-  check.known(fname, 1, opts, OPTIONS)
-  local proto = check.oneof(fname, 1, opts.proto or "tcp", PROTOS, "proto")
-  local spec = {type = TYPE[proto], mode = opts.mode,
-                backlog = opts.backlog or M.DEFAULT_BACKLOG}
-  local family = "unix"
+local function check_unix(fname, opts)
+  if opts.address or opts.port then
+    check.argerror(fname, 1, "unix listeners take path or abstract, not address or port")
+  end
+  if (opts.path == nil) == (opts.abstract == nil) then
+    check.argerror(fname, 1, "unix listeners need exactly one of path, abstract")
+  end
+  if opts.path ~= nil then check_name(fname, 1, "path", opts.path) end
+  if opts.abstract ~= nil then check_name(fname, 1, "abstract", opts.abstract) end
+end
+
+-- Checks opts; raises on a bad one. Returns proto, family, host, port (nil
+-- for unix) and the socket options to set (nil when none). No table is made
+-- for a listener without options: this runs on every open.
+local function check_opts(fname, opts)
+  if type(opts) ~= "table" then check.table(fname, 1, opts) end
+  local sockopts, unix_only = false, false
+  for k, v in next, opts do
+    local kind = OPTIONS[k]
+    if kind == SOCKOPT then sockopts = true
+    elseif kind == UNIX_ONLY then unix_only = unix_only or v ~= false
+    elseif not kind then check.known(fname, 1, opts, OPTIONS) end
+  end
+  local proto = opts.proto or "tcp"
+  if not TYPE[proto] then check.oneof(fname, 1, proto, PROTOS, "proto") end
+  local family, host, port = "unix", nil, nil
   if proto == "tcp" or proto == "udp" then
-    if opts.path or opts.abstract or opts.mode then
+    if unix_only then
       check.argerror(fname, 1, "path, abstract and mode are for unix listeners")
     end
-    local address = opts.address or "0.0.0.0"
-    family = type(address) == "string" and core.ip_family(address)
+    host = opts.address or "0.0.0.0"
+    family = type(host) == "string" and core.ip_family(host)
     if not family then
-      check.argerror(fname, 1, "address: IP address expected, got " .. (type(address) == "string"
-        and "'" .. address .. "'" or type(address)))
+      check.argerror(fname, 1, "address: IP address expected, got " .. (type(host) == "string"
+        and "'" .. host .. "'" or type(host)))
     end
-    spec.host, spec.port = address, check_port(fname, opts.port or 0)
-    if spec.port == "auto" and not opts.allocator then
+    port = opts.port or 0
+    if math.type(port) ~= "integer" or port < 0 or port > 65535 then port = check_port(fname, port) end
+    if port == "auto" and not opts.allocator then
       check.argerror(fname, 1, "port \"auto\" needs allocator")
     end
   else
-    if opts.address or opts.port then
-      check.argerror(fname, 1, "unix listeners take path or abstract, not address or port")
-    end
-    if (opts.path == nil) == (opts.abstract == nil) then
-      check.argerror(fname, 1, "unix listeners need exactly one of path, abstract")
-    end
-    if opts.path ~= nil then check_name(fname, 1, "path", opts.path) end
-    if opts.abstract ~= nil then check_name(fname, 1, "abstract", opts.abstract) end
-    spec.path, spec.abstract = opts.path, opts.abstract
+    check_unix(fname, opts)
   end
   local mode, backlog = opts.mode, opts.backlog
   if mode ~= nil and not (math.tointeger(mode) and mode >= 0 and mode <= 4095) then
@@ -137,8 +150,9 @@ local function build_spec(fname, opts)
   if backlog ~= nil and not (math.tointeger(backlog) and backlog >= 0 and backlog <= 0x7fffffff) then
     check.argerror(fname, 1, "backlog: non-negative integer expected")
   end
-  spec.options = check_sockopts(fname, opts, family, proto)
-  return spec, proto
+  local options
+  if sockopts or family == "inet6" then options = check_sockopts(fname, opts, family, proto) end
+  return proto, family, host, port, options
 end
 
 local function new_handle(proto, fd)
@@ -155,57 +169,80 @@ local function new_handle(proto, fd)
   return h
 end
 
+local function new_listener(proto, opts, h, fd, address, host, port)
+  return setmetatable({
+    proto = proto, name = opts.name, handle = h, fd = fd, host = host, port = port,
+    address = address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
+    state = "open", accepted = 0, -- _conns: made by serve
+  }, mt)
+end
+
 -- Wraps an open core socket: from here the luv handle owns the fd (except
 -- for unixgram, where the socket object keeps it and a poll watches it).
--- where: {address, host, port, path, abstract, ino} of the bound socket.
-local function wrap(sock, proto, opts, where)
+local function wrap(sock, proto, opts, address, host, port)
   local fd = sock:fd()
   local h, err, code = new_handle(proto, fd)
   if not h then
     sock:close()
     return nil, err, code
   end
-  local self = setmetatable({
-    proto = proto, name = opts.name, handle = h, fd = fd,
-    host = where.host, port = where.port, path = where.path, abstract = where.abstract,
-    address = where.address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
-    state = "open", accepted = 0, _ino = where.ino, -- _conns: made by serve
-  }, mt)
+  local self = new_listener(proto, opts, h, fd, address, host, port)
   if proto == "unixgram" then self._sock = sock else sock:release() end
   return self
 end
 
--- core.listen: the socket and where it is bound, read from the spec (no
--- getsockname unless the kernel picked the port). Returns sock, where.
-local function listen(spec)
-  local sock, address, host, port, ino = core.listen(spec)
-  if not sock then return nil, address, host end
-  return sock, {address = address, host = host, port = port, ino = ino,
-                path = spec.path, abstract = spec.abstract}
+-- TCP: libuv makes the socket (socket() with SOCK_NONBLOCK|SOCK_CLOEXEC)
+-- and the C core sets it up in place (options, bind, listen): no fd changes
+-- hands, which saves tcp:open's ioctl(FIONBIO). Returns nil alone when
+-- libuv could not make the socket: then the core path words the errno.
+local function open_tcp(family, host, port, options, opts)
+  local h = uv.new_tcp(family)
+  if not h then return nil end
+  local fd = h:fileno()
+  local address, bound_host, bound_port = core.tcp_listen(fd, host, port,
+    opts.backlog or M.DEFAULT_BACKLOG, options)
+  if not address then
+    h:close()
+    return false, bound_host, bound_port
+  end
+  return new_listener("tcp", opts, h, fd, address, bound_host, bound_port)
+end
+
+-- Opens the listener: the listener, or nil, msg, code. core.listen knows
+-- where the socket is bound from the spec: getsockname only when the
+-- kernel picked the port, as tcp_listen.
+local function open_listener(proto, family, host, port, options, opts)
+  if proto == "tcp" then
+    local l, err, code = open_tcp(family, host, port, options, opts)
+    if l ~= nil then return l or nil, err, code end
+  end
+  local spec = {type = TYPE[proto], host = host, port = port, path = opts.path,
+                abstract = opts.abstract, mode = opts.mode,
+                backlog = opts.backlog or M.DEFAULT_BACKLOG, options = options}
+  local sock, address, bound_host, bound_port, ino = core.listen(spec)
+  if not sock then return nil, address, bound_host end
+  local l, err, code = wrap(sock, proto, opts, address, bound_host, bound_port)
+  if not l then return nil, err, code end
+  l.path, l.abstract, l._ino = spec.path, spec.abstract, ino
+  return l
 end
 
 -- Allocate-and-bind as one step: a port someone else holds (EADDRINUSE)
 -- stays reserved while we try the next, then all of those go back.
-local function open_auto(spec, proto, opts)
+local function open_auto(proto, family, host, options, opts)
   local alloc, busy = opts.allocator, {}
-  local sock, err, code, port
+  local l, err, code, port
   repeat
     port, err, code = alloc:allocate()
     if port then
-      spec.port = port
-      sock, err, code = listen(spec)
-      if not sock then
+      l, err, code = open_listener(proto, family, host, port, options, opts)
+      if not l then
         if code == "conflict" then busy[#busy + 1] = port else alloc:release(port) end
       end
     end
-  until sock or code ~= "conflict"
+  until l or code ~= "conflict"
   for _, p in ipairs(busy) do alloc:release(p) end
-  if not sock then return nil, err, code end
-  local l, werr, wcode = wrap(sock, proto, opts, err)
-  if not l then
-    alloc:release(port)
-    return nil, werr, wcode
-  end
+  if not l then return nil, err, code end
   l._alloc = alloc
   return l
 end
@@ -226,11 +263,9 @@ end
 --   or an errno name
 -- @raise on a bad or unknown option, or one that does not apply to proto
 function M.open(opts)
-  local spec, proto = build_spec("open", opts)
-  if spec.port == "auto" then return open_auto(spec, proto, opts) end
-  local sock, where, code = listen(spec)
-  if not sock then return nil, where, code end
-  return wrap(sock, proto, opts, where)
+  local proto, family, host, port, options = check_opts("open", opts)
+  if port == "auto" then return open_auto(proto, family, host, options, opts) end
+  return open_listener(proto, family, host, port, options, opts)
 end
 
 --- Wraps an inherited socket (socket activation) as a listener.
@@ -252,10 +287,10 @@ function M.adopt(fd, opts)
     return nil, ("protocol: fd %d is a %s %s socket%s, not a %s listener"):format(fd,
       info.family, info.type, info.listening and " (listening)" or "", proto), "protocol"
   end
-  local l, werr, wcode = wrap(sock, proto, opts, info)
+  local l, werr, wcode = wrap(sock, proto, opts, info.address, info.host, info.port)
   if not l then return nil, werr, wcode end
-  l.activated = true
-  l._ino = nil -- the socket file belongs to whoever made it (systemd), not us
+  -- no _ino: the socket file belongs to whoever made it (systemd), not us
+  l.path, l.abstract, l.activated = info.path, info.abstract, true
   return l
 end
 
