@@ -73,6 +73,58 @@ void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t s
     }
 }
 
+/* Decimal digits of v at out; returns their count. */
+static size_t put_uint(unsigned v, char *out)
+{
+    char rev[10];
+    size_t n = 0;
+    do
+        rev[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = rev[n - 1 - i];
+    return n;
+}
+
+int pm_addr_ip_parts(const struct sockaddr_storage *a, char *host, char *addr)
+{
+    size_t n;
+    int port;
+    if (a->ss_family == AF_INET) {
+        /* by hand: inet_ntop formats IPv4 with sprintf, the costliest step
+         * of a listener's open */
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+        const unsigned char *b = (const unsigned char *)&a4->sin_addr;
+        n = 0;
+        for (int i = 0; i < 4; i++) {
+            if (i)
+                host[n++] = '.';
+            n += put_uint(b[i], host + n);
+        }
+        port = ntohs(a4->sin_port);
+    } else if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)a;
+        inet_ntop(AF_INET6, &a6->sin6_addr, host, INET6_ADDRSTRLEN);
+        n = strlen(host);
+        port = ntohs(a6->sin6_port);
+    } else {
+        return -1;
+    }
+    host[n] = '\0';
+    char *p = addr;
+    int v6 = a->ss_family == AF_INET6;
+    if (v6)
+        *p++ = '[';
+    memcpy(p, host, n);
+    p += n;
+    if (v6)
+        *p++ = ']';
+    *p++ = ':';
+    p += put_uint((unsigned)port, p);
+    *p = '\0';
+    return port;
+}
+
 static int fail(pm_sockerr *e, int err, const char *fmt, ...)
 {
     va_list ap;

@@ -370,19 +370,16 @@ static int push_bound(lua_State *L, int fd, const pm_sockspec *spec)
     socklen_t len;
     if (pm_socket_bound(fd, spec, &ss, &len) < 0)
         return -1;
-    char name[128];
-    pm_addr_format((struct sockaddr *)&ss, len, name, sizeof(name));
-    lua_pushstring(L, name);
-    if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-        char ip[INET6_ADDRSTRLEN];
-        struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-        int v4 = ss.ss_family == AF_INET;
-        inet_ntop(ss.ss_family, v4 ? (void *)&a4->sin_addr : (void *)&a6->sin6_addr, ip, sizeof(ip));
-        lua_pushstring(L, ip);
-        lua_pushinteger(L, ntohs(v4 ? a4->sin_port : a6->sin6_port));
+    char host[INET6_ADDRSTRLEN], name[PM_ADDR_IP_LEN > 128 ? PM_ADDR_IP_LEN : 128];
+    int port = pm_addr_ip_parts(&ss, host, name);
+    if (port >= 0) {
+        lua_pushstring(L, name);
+        lua_pushstring(L, host);
+        lua_pushinteger(L, port);
         return 3;
     }
+    pm_addr_format((struct sockaddr *)&ss, len, name, sizeof(name));
+    lua_pushstring(L, name);
     struct stat st;
     if (name[0] == '@' || !name[0] || stat(name, &st) != 0)
         return 1;
