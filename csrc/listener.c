@@ -189,7 +189,9 @@ static int fail_at(pm_sockerr *e, int err, const char *step, const pm_sockspec *
     return fail(e, err, "%s %s", step, name);
 }
 
-int pm_socket_setup(int fd, const pm_sockspec *s, pm_sockerr *e)
+/* Options, then connect, or bind (reclaiming a stale Unix path), chmod and
+ * listen. Returns 0, or -1 with *e filled; fd stays open. */
+static int socket_setup(int fd, const pm_sockspec *s, pm_sockerr *e)
 {
     if (set_options(fd, s, e) < 0)
         return -1;
@@ -222,7 +224,7 @@ int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
     int fd = socket(s->family, s->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return fail(e, errno, "socket");
-    if (pm_socket_setup(fd, s, e) < 0) {
+    if (socket_setup(fd, s, e) < 0) {
         close(fd);
         return -1;
     }

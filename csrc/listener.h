@@ -53,11 +53,6 @@ int pm_addr_ip_parts(const struct sockaddr_storage *a, char *host, char *addr);
 /* "127.0.0.1:80", "[::1]:80", "/run/x.sock", "@name" (abstract), "" (unnamed). */
 void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t size);
 
-/* Sets up fd, a socket of s's family and type made elsewhere (by libuv):
- * options, then connect, or bind (reclaiming a stale Unix path as below),
- * chmod and listen. Returns 0, or -1 with *e filled; fd stays open. */
-int pm_socket_setup(int fd, const pm_sockspec *s, pm_sockerr *e);
-
 /* Opens the socket s describes; returns the fd, or -1 with *e filled.
  * A Unix path already bound is taken over only when it is a socket file
  * that nothing answers on (a stale file left by a crash). */

@@ -2,7 +2,8 @@
  *
  *   core.socket_open(spec)        -> socket | nil, msg, code
  *   core.listen(spec)             -> socket, address, host, port, ino | nil, msg, code
- *   core.tcp_listen(fd, host, port, backlog[, options]) -> address, host, port | nil, msg, code
+ *   core.tcp_open(host, port, backlog[, options]) -> socket, address, host, port | nil, msg, code
+ *   core.close_fd(fd)             (a socket released from its object)
  *   core.socket_adopt(fd)         -> socket | nil, msg, code (an inherited fd)
  *   core.sockopts()               -> {name = {available, cname, kind, inet, ...}}
  *   core.getsockopt(fd, name)     -> value | nil, msg, code
@@ -409,35 +410,57 @@ static int l_listen(lua_State *L)
     return 1 + n;
 }
 
-/* core.tcp_listen(fd, host, port, backlog[, options]) -> address, host, port
- * | nil, msg, code: sets up fd, a TCP socket libuv made of host's family
- * (uv.new_tcp(family)), as socket_open would its own: options, bind,
- * listen. fd stays the caller's, open on failure too. Positional, with no
- * spec table to build and read: this is the path every TCP listener takes. */
-static int l_tcp_listen(lua_State *L)
+/* Reads host, port, backlog[, options] at args a..a+3 into a TCP spec. */
+static int check_tcp_spec(lua_State *L, int a, pm_sockspec *spec)
+{
+    const char *host = luaL_checkstring(L, a);
+    lua_Integer port = luaL_checkinteger(L, a + 1), backlog = luaL_checkinteger(L, a + 2);
+    luaL_argcheck(L, port >= 0 && port <= 65535, a + 1, "port 0-65535 expected");
+    luaL_argcheck(L, backlog >= 0 && backlog <= 0x7fffffff, a + 2, "non-negative backlog expected");
+    memset(spec, 0, offsetof(pm_sockspec, opts)); /* opts[] is filled up to nopts */
+    spec->nopts = 0;
+    spec->type = SOCK_STREAM;
+    spec->backlog = (int)backlog;
+    spec->mode = -1;
+    spec->family = pm_addr_ip(host, (int)port, &spec->addr, &spec->addrlen);
+    luaL_argcheck(L, spec->family, a, "IP address expected");
+    read_options(L, a + 3, a + 3, spec);
+    for (size_t i = 0; i < spec->nopts; i++)
+        if (!spec->opts[i].opt->available)
+            return fail_unavailable(L, spec->opts[i].opt);
+    return 0;
+}
+
+/* core.tcp_open(host, port, backlog[, options]) -> socket, address, host,
+ * port | nil, msg, code: core.listen for a TCP listener, positional, with
+ * no spec table to build and read: this is the path every TCP listener
+ * takes. */
+static int l_tcp_open(lua_State *L)
 {
     pm_sockspec spec;
     pm_sockerr err;
-    int fd = check_fd(L, 1);
-    const char *host = luaL_checkstring(L, 2);
-    lua_Integer port = luaL_checkinteger(L, 3), backlog = luaL_checkinteger(L, 4);
-    luaL_argcheck(L, port >= 0 && port <= 65535, 3, "port 0-65535 expected");
-    luaL_argcheck(L, backlog >= 0 && backlog <= 0x7fffffff, 4, "non-negative backlog expected");
-    memset(&spec, 0, offsetof(pm_sockspec, opts)); /* opts[] is filled up to nopts */
-    spec.nopts = 0;
-    spec.type = SOCK_STREAM;
-    spec.backlog = (int)backlog;
-    spec.mode = -1;
-    spec.family = pm_addr_ip(host, (int)port, &spec.addr, &spec.addrlen);
-    luaL_argcheck(L, spec.family, 2, "IP address expected");
-    read_options(L, 5, 5, &spec);
-    for (size_t i = 0; i < spec.nopts; i++)
-        if (!spec.opts[i].opt->available)
-            return fail_unavailable(L, spec.opts[i].opt);
-    if (pm_socket_setup(fd, &spec, &err) < 0)
+    if (check_tcp_spec(L, 1, &spec))
+        return 3;
+    /* the userdata first: a failure to allocate it must not leak the fd */
+    lsock *s = new_socket(L, -1);
+    s->fd = pm_socket_open(&spec, &err);
+    if (s->fd < 0)
         return pm_fail_errno(L, err.err, err.what);
-    int n = push_bound(L, fd, &spec);
-    return n < 0 ? pm_fail_errno(L, errno, "getsockname") : n;
+    int n = push_bound(L, s->fd, &spec);
+    if (n < 0) {
+        int e = errno;
+        close(s->fd);
+        s->fd = -1;
+        return pm_fail_errno(L, e, "getsockname");
+    }
+    return 1 + n;
+}
+
+/* core.close_fd(fd): closes a socket fd released from its object. */
+static int l_close_fd(lua_State *L)
+{
+    close(check_fd(L, 1));
+    return 0;
 }
 
 /* An fd inherited from systemd (or any parent): must be a socket; we set
@@ -619,7 +642,8 @@ static const luaL_Reg meta[] = {
 static const luaL_Reg functions[] = {
     {"socket_open", l_socket_open},
     {"listen", l_listen},
-    {"tcp_listen", l_tcp_listen},
+    {"tcp_open", l_tcp_open},
+    {"close_fd", l_close_fd},
     {"socket_adopt", l_socket_adopt},
     {"sockopts", l_sockopts},
     {"ip_family", l_ip_family},

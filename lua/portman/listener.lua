@@ -2,14 +2,18 @@
 -- to luv so the caller uses luv's own API on `l.handle`.
 --
 -- The C side (csrc/listener.c) makes the socket close-on-exec and
--- non-blocking, sets every option, binds, listens (streams) and chmods a
--- Unix path; this file checks options, picks "auto" ports from an allocator
--- (allocate-and-bind as one step), wraps the fd in a luv handle and counts
--- and drains the connections it accepts for `serve`.
+-- non-blocking, sets the options asked, binds, listens (streams) and chmods
+-- a Unix path; this file checks options, picks "auto" ports from an
+-- allocator (allocate-and-bind as one step), wraps the fd in a luv handle
+-- and counts and drains the connections it accepts for `serve`.
 --
 --   tcp      uv.new_tcp():open(fd)     udp       uv.new_udp():open(fd)
 --   unix     uv.new_pipe():open(fd)    unixgram  uv.new_poll(fd) (luv has no
 --            Unix datagram handle: `l:recv()` / `l:send()` do the I/O)
+--
+-- A stream's handle (tcp, unix) is made on first use: `serve`, or reading
+-- `l.handle`. A listener whose fd only goes to a child, or that only holds
+-- its port, never pays for one.
 local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
@@ -22,6 +26,7 @@ local mt = {__index = Listener, __name = "portman.listener"}
 
 local PROTOS = {"tcp", "udp", "unix", "unixgram"}
 local TYPE = {tcp = "stream", udp = "dgram", unix = "stream", unixgram = "dgram"}
+local UNIX = {unix = true, unixgram = true}
 -- Every key open takes, by what it is: one lookup per key tells them apart.
 local KEY, SOCKOPT, UNIX_ONLY = 1, 2, 3
 local OPTIONS = {proto = KEY, address = KEY, port = KEY, path = UNIX_ONLY, abstract = UNIX_ONLY,
@@ -110,8 +115,8 @@ local function check_unix(fname, opts)
   if opts.abstract ~= nil then check_name(fname, 1, "abstract", opts.abstract) end
 end
 
--- Checks opts; raises on a bad one. Returns proto, family, host, port (nil
--- for unix) and the socket options to set (nil when none). No table is made
+-- Checks opts; raises on a bad one. Returns proto, host, port (nil for
+-- unix) and the socket options to set (nil when none). No table is made
 -- for a listener without options: this runs on every open.
 local function check_opts(fname, opts)
   if type(opts) ~= "table" then check.table(fname, 1, opts) end
@@ -152,7 +157,7 @@ local function check_opts(fname, opts)
   end
   local options
   if sockopts or family == "inet6" then options = check_sockopts(fname, opts, family, proto) end
-  return proto, family, host, port, options
+  return proto, host, port, options
 end
 
 local function new_handle(proto, fd)
@@ -174,68 +179,78 @@ local function new_listener(proto, opts, h, fd, address, host, port)
     proto = proto, name = opts.name, handle = h, fd = fd, host = host, port = port,
     address = address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
     state = "open", accepted = 0, -- _conns: made by serve
+    -- present, so reading them finds them without the __index function
+    _sock = false, _group = false, _alloc = false,
   }, mt)
 end
 
--- Wraps an open core socket: from here the luv handle owns the fd (except
--- for unixgram, where the socket object keeps it and a poll watches it).
+-- Wraps an open core socket. A stream's luv handle is made on first use
+-- (see handle_of); udp's at once (luv's udp:open also sets SO_REUSEADDR,
+-- which a udp listener has always had); unixgram keeps its socket object,
+-- watched by a poll.
 local function wrap(sock, proto, opts, address, host, port)
-  local fd = sock:fd()
-  local h, err, code = new_handle(proto, fd)
-  if not h then
-    sock:close()
-    return nil, err, code
+  local fd, h = sock:fd(), nil
+  if TYPE[proto] == "dgram" then
+    local err, code
+    h, err, code = new_handle(proto, fd)
+    if not h then
+      sock:close()
+      return nil, err, code
+    end
   end
   local self = new_listener(proto, opts, h, fd, address, host, port)
   if proto == "unixgram" then self._sock = sock else sock:release() end
   return self
 end
 
--- TCP: libuv makes the socket (socket() with SOCK_NONBLOCK|SOCK_CLOEXEC)
--- and the C core sets it up in place (options, bind, listen): no fd changes
--- hands, which saves tcp:open's ioctl(FIONBIO). Returns nil alone when
--- libuv could not make the socket: then the core path words the errno.
-local function open_tcp(family, host, port, options, opts)
-  local h = uv.new_tcp(family)
-  if not h then return nil end
-  local fd = h:fileno()
-  local address, bound_host, bound_port = core.tcp_listen(fd, host, port,
-    opts.backlog or M.DEFAULT_BACKLOG, options)
-  if not address then
+-- A stream listener's luv handle, made on first use (serve, or reading
+-- l.handle): opening and closing a listener that never needed one (its fd
+-- goes to a child, or it only held the port) costs no luv handle, no
+-- ioctl(FIONBIO) of handle:open and no epoll_ctl of handle:close.
+local function handle_of(self)
+  local h, err, code
+  if self.state == "open" then
+    h, err, code = new_handle(self.proto, self.fd)
+    if not h then return nil, err, code end
+  else -- closed before it had one: a closed handle, as it would have had
+    h = self.proto == "tcp" and uv.new_tcp() or uv.new_pipe(false)
     h:close()
-    return false, bound_host, bound_port
   end
-  return new_listener("tcp", opts, h, fd, address, bound_host, bound_port)
+  rawset(self, "handle", h)
+  return h
 end
 
--- Opens the listener: the listener, or nil, msg, code. core.listen knows
--- where the socket is bound from the spec: getsockname only when the
--- kernel picked the port, as tcp_listen.
-local function open_listener(proto, family, host, port, options, opts)
+-- Opens the listener: the listener, or nil, msg, code. The C core makes
+-- the socket (SOCK_NONBLOCK|SOCK_CLOEXEC), sets the options asked, binds
+-- and listens, and knows where it is bound from the request: getsockname
+-- only when the kernel picked the port. TCP, the common case, goes
+-- positionally (core.tcp_open), with no spec table to build and read.
+local function open_listener(proto, host, port, options, opts)
+  local backlog = opts.backlog or M.DEFAULT_BACKLOG
+  local sock, address, bound_host, bound_port, ino
   if proto == "tcp" then
-    local l, err, code = open_tcp(family, host, port, options, opts)
-    if l ~= nil then return l or nil, err, code end
+    sock, address, bound_host, bound_port = core.tcp_open(host, port, backlog, options)
+  else
+    sock, address, bound_host, bound_port, ino = core.listen{
+      type = TYPE[proto], host = host, port = port, path = opts.path, abstract = opts.abstract,
+      mode = opts.mode, backlog = backlog, options = options}
   end
-  local spec = {type = TYPE[proto], host = host, port = port, path = opts.path,
-                abstract = opts.abstract, mode = opts.mode,
-                backlog = opts.backlog or M.DEFAULT_BACKLOG, options = options}
-  local sock, address, bound_host, bound_port, ino = core.listen(spec)
   if not sock then return nil, address, bound_host end
   local l, err, code = wrap(sock, proto, opts, address, bound_host, bound_port)
   if not l then return nil, err, code end
-  l.path, l.abstract, l._ino = spec.path, spec.abstract, ino
+  if UNIX[proto] then l.path, l.abstract, l._ino = opts.path, opts.abstract, ino end
   return l
 end
 
 -- Allocate-and-bind as one step: a port someone else holds (EADDRINUSE)
 -- stays reserved while we try the next, then all of those go back.
-local function open_auto(proto, family, host, options, opts)
+local function open_auto(proto, host, options, opts)
   local alloc, busy = opts.allocator, {}
   local l, err, code, port
   repeat
     port, err, code = alloc:allocate()
     if port then
-      l, err, code = open_listener(proto, family, host, port, options, opts)
+      l, err, code = open_listener(proto, host, port, options, opts)
       if not l then
         if code == "conflict" then busy[#busy + 1] = port else alloc:release(port) end
       end
@@ -263,9 +278,9 @@ end
 --   or an errno name
 -- @raise on a bad or unknown option, or one that does not apply to proto
 function M.open(opts)
-  local proto, family, host, port, options = check_opts("open", opts)
-  if port == "auto" then return open_auto(proto, family, host, options, opts) end
-  return open_listener(proto, family, host, port, options, opts)
+  local proto, host, port, options = check_opts("open", opts)
+  if port == "auto" then return open_auto(proto, host, options, opts) end
+  return open_listener(proto, host, port, options, opts)
 end
 
 --- Wraps an inherited socket (socket activation) as a listener.
@@ -428,10 +443,13 @@ function Listener:serve(handler)
   if type(handler) ~= "function" then check.argerror("serve", 1, "function expected") end
   if self.state ~= "open" then error("listener is " .. self.state, 2) end
   if TYPE[self.proto] == "stream" then
+    local h, herr, hcode = rawget(self, "handle"), nil, nil
+    if not h then h, herr, hcode = handle_of(self) end
+    if not h then return nil, herr, hcode end
     -- weak: a connection closed and collected leaves by itself; luv anchors
     -- the open ones, so none is lost from the count
     self._conns = self._conns or setmetatable({}, {__mode = "k"})
-    local ok, err, code = self.handle:listen(self.backlog, accept_stream(self, handler))
+    local ok, err, code = h:listen(self.backlog, accept_stream(self, handler))
     if not ok then return nil, err, code end
   elseif self.proto == "udp" then
     local on = async.safe(function(err, data, addr, flags)
@@ -481,7 +499,12 @@ end
 function Listener:stop_accepting()
   if self.state ~= "open" then return end
   self.state = "draining"
-  if not self.handle:is_closing() then self.handle:close() end
+  local h = rawget(self, "handle")
+  if h then
+    if not h:is_closing() then h:close() end
+  elseif not self._sock then -- a stream that never needed its handle
+    core.close_fd(self.fd)
+  end
   if self._sock then self._sock:close() end
   give_back(self)
 end
@@ -532,6 +555,15 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
   end, "listener.drain"))
   timer:start(grace_ms, 0, async.safe(finish, "listener.drain"))
 end)
+
+-- A function, for the lazy handle: every other key reads Listener (the
+-- listener's own fields, set in new_listener, never get here).
+mt.__index = function(self, k)
+  if k ~= "handle" then return Listener[k] end
+  local h, err = handle_of(self)
+  if not h then error("listener handle: " .. tostring(err), 2) end
+  return h
+end
 
 -- No __gc: at lua_close luv may free its loop and handles first, and a
 -- finalizer touching them then crashes. The luv handle outlives a lost
