@@ -2,8 +2,8 @@
  *
  *   core.socket_open(spec)        -> socket | nil, msg, code
  *   core.listen(spec)             -> socket, address, host, port, ino | nil, msg, code
- *   core.tcp_open(host, port, backlog[, options]) -> socket, address, host, port | nil, msg, code
- *   core.close_fd(fd)             (a socket released from its object)
+ *   core.tcp_open(host, port, backlog[, options]) -> fd, port, host | nil, msg, code
+ *   core.close_fd(fd)             (a raw socket fd: tcp_open's, or one released)
  *   core.socket_adopt(fd)         -> socket | nil, msg, code (an inherited fd)
  *   core.sockopts()               -> {name = {available, cname, kind, inet, ...}}
  *   core.getsockopt(fd, name)     -> value | nil, msg, code
@@ -431,32 +431,43 @@ static int check_tcp_spec(lua_State *L, int a, pm_sockspec *spec)
     return 0;
 }
 
-/* core.tcp_open(host, port, backlog[, options]) -> socket, address, host,
- * port | nil, msg, code: core.listen for a TCP listener, positional, with
- * no spec table to build and read: this is the path every TCP listener
- * takes. */
+/* core.tcp_open(host, port, backlog[, options]) -> fd, port, host | nil,
+ * msg, code: a TCP listener's socket, positionally, with no spec table to
+ * build and read and no socket object: every TCP listener comes this way.
+ * Nothing allocates once the socket exists (the host, the only string, is
+ * pushed before), so no error can leak the fd; the caller stores it in a
+ * slot its listener already has. getsockname only for port 0. */
 static int l_tcp_open(lua_State *L)
 {
     pm_sockspec spec;
     pm_sockerr err;
     if (check_tcp_spec(L, 1, &spec))
         return 3;
-    /* the userdata first: a failure to allocate it must not leak the fd */
-    lsock *s = new_socket(L, -1);
-    s->fd = pm_socket_open(&spec, &err);
-    if (s->fd < 0)
+    char host[INET6_ADDRSTRLEN], addr[PM_ADDR_IP_LEN];
+    if (spec.family == AF_INET) /* inet_pton takes only the canonical form */
+        lua_pushvalue(L, 1);
+    else {
+        pm_addr_ip_parts(&spec.addr, host, addr);
+        lua_pushstring(L, host);
+    }
+    int fd = pm_socket_open(&spec, &err);
+    if (fd < 0)
         return pm_fail_errno(L, err.err, err.what);
-    int n = push_bound(L, s->fd, &spec);
-    if (n < 0) {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (pm_socket_bound(fd, &spec, &ss, &len) < 0) {
         int e = errno;
-        close(s->fd);
-        s->fd = -1;
+        close(fd);
         return pm_fail_errno(L, e, "getsockname");
     }
-    return 1 + n;
+    lua_pushinteger(L, fd);
+    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                     : ((struct sockaddr_in6 *)&ss)->sin6_port));
+    lua_rotate(L, -3, -1); /* fd, port, host */
+    return 3;
 }
 
-/* core.close_fd(fd): closes a socket fd released from its object. */
+/* core.close_fd(fd): closes a raw socket fd (tcp_open's, or released). */
 static int l_close_fd(lua_State *L)
 {
     close(check_fd(L, 1));

@@ -104,6 +104,20 @@ local function check_sockopts(fname, opts, family, proto)
   return options
 end
 
+-- core.ip_family of recent addresses (listeners reuse a few: "0.0.0.0",
+-- "::", "127.0.0.1"), false for a non-address; bounded, so no input grows
+-- it past 64 entries.
+local FAMILY, nfamily = {}, 0
+local function ip_family(host)
+  local f = FAMILY[host]
+  if f == nil then
+    f = core.ip_family(host) or false
+    if nfamily >= 64 then FAMILY, nfamily = {}, 0 end
+    FAMILY[host], nfamily = f, nfamily + 1
+  end
+  return f
+end
+
 local function check_unix(fname, opts)
   if opts.address or opts.port then
     check.argerror(fname, 1, "unix listeners take path or abstract, not address or port")
@@ -135,7 +149,7 @@ local function check_opts(fname, opts)
       check.argerror(fname, 1, "path, abstract and mode are for unix listeners")
     end
     host = opts.address or "0.0.0.0"
-    family = type(host) == "string" and core.ip_family(host)
+    family = type(host) == "string" and ip_family(host)
     if not family then
       check.argerror(fname, 1, "address: IP address expected, got " .. (type(host) == "string"
         and "'" .. host .. "'" or type(host)))
@@ -227,14 +241,18 @@ end
 -- positionally (core.tcp_open), with no spec table to build and read.
 local function open_listener(proto, host, port, options, opts)
   local backlog = opts.backlog or M.DEFAULT_BACKLOG
-  local sock, address, bound_host, bound_port, ino
   if proto == "tcp" then
-    sock, address, bound_host, bound_port = core.tcp_open(host, port, backlog, options)
-  else
-    sock, address, bound_host, bound_port, ino = core.listen{
-      type = TYPE[proto], host = host, port = port, path = opts.path, abstract = opts.abstract,
-      mode = opts.mode, backlog = backlog, options = options}
+    -- the listener first: the fd goes into a slot it already has, so
+    -- nothing can fail between the socket's making and its keeping
+    local l = new_listener("tcp", opts, nil, false, nil, host, false)
+    local fd, bound_port, bound_host = core.tcp_open(host, port, backlog, options)
+    if not fd then return nil, bound_port, bound_host end
+    l.fd, l.port, l.host = fd, bound_port, bound_host
+    return l
   end
+  local sock, address, bound_host, bound_port, ino = core.listen{
+    type = TYPE[proto], host = host, port = port, path = opts.path, abstract = opts.abstract,
+    mode = opts.mode, backlog = backlog, options = options}
   if not sock then return nil, address, bound_host end
   local l, err, code = wrap(sock, proto, opts, address, bound_host, bound_port)
   if not l then return nil, err, code end
@@ -494,9 +512,9 @@ local function give_back(self)
   if self.path and self._ino then core.unlink_socket(self.path, self._ino) end
 end
 
---- Stops accepting: closes the listening socket (queued connections that
--- were never accepted are reset), keeps accepted ones. Idempotent.
-function Listener:stop_accepting()
+-- Closes the listening socket: the handle's, or the raw fd of a stream
+-- that never needed one.
+local function stop_accepting(self)
   if self.state ~= "open" then return end
   self.state = "draining"
   local h = rawget(self, "handle")
@@ -509,11 +527,15 @@ function Listener:stop_accepting()
   give_back(self)
 end
 
+--- Stops accepting: closes the listening socket (queued connections that
+-- were never accepted are reset), keeps accepted ones. Idempotent.
+Listener.stop_accepting = stop_accepting
+
 --- Closes the listener now; accepted connections stay with their owner.
 -- Idempotent; also the __close metamethod.
 function Listener:close()
   if self.state == "closed" then return end
-  self:stop_accepting()
+  stop_accepting(self)
   self.state = "closed"
 end
 
@@ -527,7 +549,7 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
   if not math.tointeger(grace_ms) or grace_ms < 0 then
     check.argerror("drain", 1, "grace_ms: non-negative integer expected")
   end
-  self:stop_accepting()
+  stop_accepting(self)
   if self:connections() == 0 then
     self.state = "closed"
     return cb(0)
@@ -556,13 +578,21 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
   timer:start(grace_ms, 0, async.safe(finish, "listener.drain"))
 end)
 
--- A function, for the lazy handle: every other key reads Listener (the
+-- A function, for what a listener makes on first use: its luv handle, and
+-- a TCP listener's address. Every other key reads Listener (the
 -- listener's own fields, set in new_listener, never get here).
 mt.__index = function(self, k)
-  if k ~= "handle" then return Listener[k] end
-  local h, err = handle_of(self)
-  if not h then error("listener handle: " .. tostring(err), 2) end
-  return h
+  if k == "handle" then
+    local h, err = handle_of(self)
+    if not h then error("listener handle: " .. tostring(err), 2) end
+    return h
+  elseif k == "address" and rawget(self, "proto") == "tcp" then
+    local host = self.host
+    local a = (host:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(host, self.port)
+    rawset(self, "address", a)
+    return a
+  end
+  return Listener[k]
 end
 
 -- No __gc: at lua_close luv may free its loop and handles first, and a
