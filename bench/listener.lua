@@ -45,6 +45,12 @@ local CYCLE = {
     u:close()
   end,
   tcp = function() assert(listener.open{address = "127.0.0.1"}):close() end,
+  -- the luv handle made too, as serve makes it (tcp:open, and close's epoll_ctl)
+  tcp_handle = function()
+    local l = assert(listener.open{address = "127.0.0.1"})
+    assert(l.handle)
+    l:close()
+  end,
   tcp_port = function() assert(listener.open{address = "127.0.0.1", port = PORT}):close() end,
   tcp_opts = function()
     assert(listener.open{address = "127.0.0.1", reuseaddr = true, reuseport = true, nodelay = true,
@@ -128,13 +134,15 @@ print(("%d cycles per rep, %d reps; cycles/s min / median / max; syscalls per cy
 local PAIRS = {
   {"tcp port 0", "luv_tcp", "tcp", "luv tcp bind+listen+close"},
   {"tcp given port", "luv_tcp_port", "tcp_port", "luv tcp bind+listen+close"},
+  {"tcp port 0, luv handle made (as serve)", "luv_tcp", "tcp_handle", "luv tcp bind+listen+close",
+   "listener.open + l.handle + close"},
   -- luv sets none of these options (it cannot set most): a reference only
   {"tcp port 0, 6 options", "luv_tcp", "tcp_opts", "luv tcp (no options)"},
   {"udp port 0", "luv_udp", "udp", "luv udp bind+close"},
   {"unix abstract", "luv_tcp", "unix", "luv tcp (reference)"},
 }
 for _, p in ipairs(PAIRS) do
-  local title, base, mine, base_name = p[1], p[2], p[3], p[4]
+  local title, base, mine, base_name, mine_name = p[1], p[2], p[3], p[4], p[5] or "listener.open + close"
   local rb, rm, cb, cm = {}, {}, {}, {}
   for i = 1, REPS do
     rb[i], rm[i], cb[i], cm[i] = rep_pair(CYCLE[base], CYCLE[mine])
@@ -147,6 +155,6 @@ for _, p in ipairs(PAIRS) do
   print(("  baseline %-30s %7.0f / %7.0f / %7.0f /s  cpu %5.1f us  %s syscalls"):format(base_name,
     bmin, bmed, bmax, bcpu, fmt_sys(per_cycle(base))))
   print(("  portman  %-30s %7.0f / %7.0f / %7.0f /s  cpu %5.1f us  %s syscalls"):format(
-    "listener.open + close", mmin, mmed, mmax, mcpu, fmt_sys(per_cycle(mine))))
+    mine_name, mmin, mmed, mmax, mcpu, fmt_sys(per_cycle(mine))))
   print(("  portman/baseline: %.2fx (median rates), %.2fx (median cpu)"):format(mmed / bmed, bcpu / mcpu))
 end
