@@ -73,6 +73,58 @@ void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t s
     }
 }
 
+/* Decimal digits of v at out; returns their count. */
+static size_t put_uint(unsigned v, char *out)
+{
+    char rev[10];
+    size_t n = 0;
+    do
+        rev[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = rev[n - 1 - i];
+    return n;
+}
+
+int pm_addr_ip_parts(const struct sockaddr_storage *a, char *host, char *addr)
+{
+    size_t n;
+    int port;
+    if (a->ss_family == AF_INET) {
+        /* by hand: inet_ntop formats IPv4 with sprintf, the costliest step
+         * of a listener's open */
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)a;
+        const unsigned char *b = (const unsigned char *)&a4->sin_addr;
+        n = 0;
+        for (int i = 0; i < 4; i++) {
+            if (i)
+                host[n++] = '.';
+            n += put_uint(b[i], host + n);
+        }
+        port = ntohs(a4->sin_port);
+    } else if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)a;
+        inet_ntop(AF_INET6, &a6->sin6_addr, host, INET6_ADDRSTRLEN);
+        n = strlen(host);
+        port = ntohs(a6->sin6_port);
+    } else {
+        return -1;
+    }
+    host[n] = '\0';
+    char *p = addr;
+    int v6 = a->ss_family == AF_INET6;
+    if (v6)
+        *p++ = '[';
+    memcpy(p, host, n);
+    p += n;
+    if (v6)
+        *p++ = ']';
+    *p++ = ':';
+    p += put_uint((unsigned)port, p);
+    *p = '\0';
+    return port;
+}
+
 static int fail(pm_sockerr *e, int err, const char *fmt, ...)
 {
     va_list ap;
@@ -128,41 +180,75 @@ static int set_options(int fd, const pm_sockspec *s, pm_sockerr *e)
     return 0;
 }
 
-int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
+/* The failed step with the address it was for ("bind 127.0.0.1:80"); the
+ * address is formatted only here, so an open that succeeds never pays it. */
+static int fail_at(pm_sockerr *e, int err, const char *step, const pm_sockspec *s)
 {
     char name[128];
     pm_addr_format((const struct sockaddr *)&s->addr, s->addrlen, name, sizeof(name));
-    int fd = socket(s->family, s->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return fail(e, errno, "socket");
+    return fail(e, err, "%s %s", step, name);
+}
+
+/* Options, then connect, or bind (reclaiming a stale Unix path), chmod and
+ * listen. Returns 0, or -1 with *e filled; fd stays open. */
+static int socket_setup(int fd, const pm_sockspec *s, pm_sockerr *e)
+{
     if (set_options(fd, s, e) < 0)
-        goto fail;
+        return -1;
     if (s->connect) {
-        if (connect(fd, (const struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS) {
-            fail(e, errno, "connect %s", name);
-            goto fail;
-        }
-        return fd;
+        if (connect(fd, (const struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS)
+            return fail_at(e, errno, "connect", s);
+        return 0;
     }
-    if (bind_or_reclaim(fd, s) < 0) {
-        fail(e, errno, "bind %s", name);
-        goto fail;
-    }
+    if (bind_or_reclaim(fd, s) < 0)
+        return fail_at(e, errno, "bind", s);
     const struct sockaddr_un *u = (const struct sockaddr_un *)&s->addr;
     int path = s->family == AF_UNIX && u->sun_path[0] != '\0';
     if (path && s->mode >= 0 && chmod(u->sun_path, (mode_t)s->mode) < 0) {
-        fail(e, errno, "chmod %s", name);
+        fail_at(e, errno, "chmod", s);
         unlink(u->sun_path);
-        goto fail;
+        return -1;
     }
     if (s->type == SOCK_STREAM && listen(fd, s->backlog) < 0) {
-        fail(e, errno, "listen %s", name);
+        fail_at(e, errno, "listen", s);
         if (path)
             unlink(u->sun_path);
-        goto fail;
+        return -1;
+    }
+    return 0;
+}
+
+int pm_socket_open(const pm_sockspec *s, pm_sockerr *e)
+{
+    /* SOCK_NONBLOCK and SOCK_CLOEXEC here: no fcntl() afterwards */
+    int fd = socket(s->family, s->type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return fail(e, errno, "socket");
+    if (socket_setup(fd, s, e) < 0) {
+        close(fd);
+        return -1;
     }
     return fd;
-fail:
-    close(fd);
+}
+
+static int port_of(const struct sockaddr_storage *a)
+{
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
     return -1;
+}
+
+int pm_socket_bound(int fd, const pm_sockspec *s, struct sockaddr_storage *out, socklen_t *len)
+{
+    /* a Unix name or a port asked is known already; a connected socket's
+     * own end never is */
+    if (!s->connect && port_of(&s->addr) != 0) {
+        *out = s->addr;
+        *len = s->addrlen;
+        return 0;
+    }
+    *len = sizeof(*out);
+    return getsockname(fd, (struct sockaddr *)out, len);
 }

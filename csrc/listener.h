@@ -8,6 +8,7 @@
 #ifndef PORTMAN_LISTENER_H
 #define PORTMAN_LISTENER_H
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -44,6 +45,11 @@ int pm_addr_ip(const char *host, int port, struct sockaddr_storage *addr, sockle
  * set (no leading NUL in name). Returns 0, or -1 when it does not fit. */
 int pm_addr_unix(const char *name, size_t namelen, int abstract,
                  struct sockaddr_storage *addr, socklen_t *len);
+/* The host ("::1") into host (INET6_ADDRSTRLEN bytes) and the address
+ * ("[::1]:80") into addr (PM_ADDR_IP_LEN bytes) of an IPv4 or IPv6
+ * address; returns the port, or -1 for another family. */
+#define PM_ADDR_IP_LEN (INET6_ADDRSTRLEN + 8)
+int pm_addr_ip_parts(const struct sockaddr_storage *a, char *host, char *addr);
 /* "127.0.0.1:80", "[::1]:80", "/run/x.sock", "@name" (abstract), "" (unnamed). */
 void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t size);
 
@@ -51,6 +57,10 @@ void pm_addr_format(const struct sockaddr *a, socklen_t len, char *out, size_t s
  * A Unix path already bound is taken over only when it is a socket file
  * that nothing answers on (a stale file left by a crash). */
 int pm_socket_open(const pm_sockspec *s, pm_sockerr *e);
+
+/* The address fd (opened from s) is bound to: s's own when it names a port
+ * or a Unix name, else the kernel's pick (getsockname). 0, or -1 and errno. */
+int pm_socket_bound(int fd, const pm_sockspec *s, struct sockaddr_storage *out, socklen_t *len);
 
 /* Is a process accepting (stream) or bound (dgram) on this Unix address?
  * Answers 1 also when unsure, so a caller never deletes a live socket.

@@ -1,6 +1,9 @@
 /* portman.socket: the Lua side of csrc/listener.c and csrc/sockopt.c.
  *
  *   core.socket_open(spec)        -> socket | nil, msg, code
+ *   core.listen(spec)             -> socket, address, host, port, ino | nil, msg, code
+ *   core.tcp_open(host, port, backlog[, options]) -> fd, port, host | nil, msg, code
+ *   core.close_fd(fd)             (a raw socket fd: tcp_open's, or one released)
  *   core.socket_adopt(fd)         -> socket | nil, msg, code (an inherited fd)
  *   core.sockopts()               -> {name = {available, cname, kind, inet, ...}}
  *   core.getsockopt(fd, name)     -> value | nil, msg, code
@@ -227,36 +230,38 @@ static lua_Integer int_field(lua_State *L, const char *k, lua_Integer dflt, lua_
     return n;
 }
 
-static void spec_options(lua_State *L, pm_sockspec *s)
+/* The table index of each option in s->opts, to sort them by. */
+static size_t opt_index(const pm_sockopt *o) { return (size_t)(o - pm_sockopt_at(0)); }
+
+/* Reads the options table at opts (nil: none) into s, blaming argument
+ * arg. Takes only the options given (no walk over every known one), then
+ * sorts them into the table's fixed order, so runs are reproducible. */
+static void read_options(lua_State *L, int opts, int arg, pm_sockspec *s)
 {
-    int t = field_type(L, "options");
-    if (t == LUA_TNIL) {
-        lua_pop(L, 1);
+    int t = lua_type(L, opts);
+    if (t == LUA_TNIL || t == LUA_TNONE)
         return;
-    }
-    luaL_argcheck(L, t == LUA_TTABLE, 1, "options: table expected");
-    int opts = lua_gettop(L);
+    luaL_argcheck(L, t == LUA_TTABLE, arg, "options: table expected");
     lua_pushnil(L);
     while (lua_next(L, opts)) {
-        if (lua_type(L, -2) != LUA_TSTRING || !pm_sockopt_find(lua_tostring(L, -2)))
-            luaL_argerror(L, 1, lua_pushfstring(L, "unknown socket option 'options.%s'",
-                                                luaL_tolstring(L, -2, NULL)));
-        lua_pop(L, 1);
+        const pm_sockopt *o = lua_type(L, -2) == LUA_TSTRING ? pm_sockopt_find(lua_tostring(L, -2)) : NULL;
+        if (!o)
+            luaL_argerror(L, arg, lua_pushfstring(L, "unknown socket option 'options.%s'",
+                                                  luaL_tolstring(L, -2, NULL)));
+        /* keys are unique and name options of the table: never full */
+        luaL_argcheck(L, s->nopts < PM_MAX_OPTS, arg, "options: too many");
+        int value = lua_gettop(L);
+        pm_optset *slot = &s->opts[s->nopts++];
+        slot->opt = o;
+        check_value(L, value, arg, lua_pushfstring(L, "options.%s", o->name), o, &slot->val);
+        lua_pop(L, 2); /* the message, the value */
     }
-    /* set in the table's fixed order, so runs are reproducible */
-    for (size_t i = 0; i < pm_sockopt_count(); i++) {
-        const pm_sockopt *o = pm_sockopt_at(i);
-        if (lua_getfield(L, opts, o->name) != LUA_TNIL) {
-            int value = lua_gettop(L);
-            const char *what = lua_pushfstring(L, "options.%s", o->name);
-            pm_optset *slot = &s->opts[s->nopts++];
-            slot->opt = o;
-            check_value(L, value, 1, what, o, &slot->val);
-            lua_pop(L, 1);
+    for (size_t i = 1; i < s->nopts; i++) /* insertion sort: at most a few */
+        for (size_t j = i; j > 0 && opt_index(s->opts[j].opt) < opt_index(s->opts[j - 1].opt); j--) {
+            pm_optset tmp = s->opts[j];
+            s->opts[j] = s->opts[j - 1];
+            s->opts[j - 1] = tmp;
         }
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
 }
 
 static void spec_address(lua_State *L, pm_sockspec *s)
@@ -295,8 +300,9 @@ static void check_spec(lua_State *L, pm_sockspec *s)
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         int known = 0;
-        for (int i = 0; spec_keys[i]; i++)
-            known |= lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), spec_keys[i]) == 0;
+        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        for (int i = 0; key && !known && spec_keys[i]; i++)
+            known = strcmp(key, spec_keys[i]) == 0;
         if (!known)
             luaL_argerror(L, 1, lua_pushfstring(L, "unknown field '%s'", luaL_tolstring(L, -2, NULL)));
         lua_pop(L, 1);
@@ -310,7 +316,9 @@ static void check_spec(lua_State *L, pm_sockspec *s)
     s->mode = (int)int_field(L, "mode", -1, 0, 07777);
     s->connect = field_type(L, "connect") != LUA_TNIL && lua_toboolean(L, -1);
     lua_pop(L, 1);
-    spec_options(L, s);
+    lua_getfield(L, 1, "options");
+    read_options(L, lua_gettop(L), 1, s);
+    lua_pop(L, 1);
 }
 
 static lsock *new_socket(lua_State *L, int fd)
@@ -321,21 +329,149 @@ static lsock *new_socket(lua_State *L, int fd)
     return s;
 }
 
-static int l_socket_open(lua_State *L)
+/* Checks the spec at 1 into *spec; an option this system lacks pushes
+ * nil, msg, code and returns 3, else 0. */
+static int check_open_spec(lua_State *L, pm_sockspec *spec)
 {
-    pm_sockspec spec;
+    check_spec(L, spec);
+    for (size_t i = 0; i < spec->nopts; i++)
+        if (!spec->opts[i].opt->available)
+            return fail_unavailable(L, spec->opts[i].opt);
+    return 0;
+}
+
+/* Opens the socket the spec at 1 describes into a new socket object (on
+ * top of the stack); returns 1, or pushes nil, msg, code and returns 3. */
+static int open_spec(lua_State *L, pm_sockspec *spec)
+{
     pm_sockerr err;
-    check_spec(L, &spec);
-    for (size_t i = 0; i < spec.nopts; i++)
-        if (!spec.opts[i].opt->available)
-            return fail_unavailable(L, spec.opts[i].opt);
+    if (check_open_spec(L, spec))
+        return 3;
     /* the userdata first: a failure to allocate it must not leak the fd */
     lsock *s = new_socket(L, -1);
-    int fd = pm_socket_open(&spec, &err);
+    int fd = pm_socket_open(spec, &err);
     if (fd < 0)
         return pm_fail_errno(L, err.err, err.what);
     s->fd = fd;
     return 1;
+}
+
+static int l_socket_open(lua_State *L)
+{
+    pm_sockspec spec;
+    return open_spec(L, &spec);
+}
+
+/* Pushes where fd (opened from spec) is bound: address, host, port for IP;
+ * address, nil, nil, ino for a Unix path; address for a Unix name. Returns
+ * the count, or -1 with errno set. */
+static int push_bound(lua_State *L, int fd, const pm_sockspec *spec)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (pm_socket_bound(fd, spec, &ss, &len) < 0)
+        return -1;
+    char host[INET6_ADDRSTRLEN], name[PM_ADDR_IP_LEN > 128 ? PM_ADDR_IP_LEN : 128];
+    int port = pm_addr_ip_parts(&ss, host, name);
+    if (port >= 0) {
+        lua_pushstring(L, name);
+        lua_pushstring(L, host);
+        lua_pushinteger(L, port);
+        return 3;
+    }
+    pm_addr_format((struct sockaddr *)&ss, len, name, sizeof(name));
+    lua_pushstring(L, name);
+    struct stat st;
+    if (name[0] == '@' || !name[0] || stat(name, &st) != 0)
+        return 1;
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)st.st_ino);
+    return 4;
+}
+
+/* core.listen(spec) -> socket, address, host, port, ino | nil, msg, code:
+ * socket_open and where it is bound in one call, with no syscall for what
+ * the spec already says (getsockname only for port 0; stat only for the
+ * inode of a Unix path, which close needs to remove the right file). */
+static int l_listen(lua_State *L)
+{
+    pm_sockspec spec;
+    if (open_spec(L, &spec) != 1)
+        return 3;
+    lsock *s = lua_touserdata(L, -1);
+    int n = push_bound(L, s->fd, &spec);
+    if (n < 0) {
+        int err = errno;
+        close(s->fd);
+        s->fd = -1;
+        return pm_fail_errno(L, err, "getsockname");
+    }
+    return 1 + n;
+}
+
+/* Reads host, port, backlog[, options] at args a..a+3 into a TCP spec. */
+static int check_tcp_spec(lua_State *L, int a, pm_sockspec *spec)
+{
+    const char *host = luaL_checkstring(L, a);
+    lua_Integer port = luaL_checkinteger(L, a + 1), backlog = luaL_checkinteger(L, a + 2);
+    luaL_argcheck(L, port >= 0 && port <= 65535, a + 1, "port 0-65535 expected");
+    luaL_argcheck(L, backlog >= 0 && backlog <= 0x7fffffff, a + 2, "non-negative backlog expected");
+    memset(spec, 0, offsetof(pm_sockspec, opts)); /* opts[] is filled up to nopts */
+    spec->nopts = 0;
+    spec->type = SOCK_STREAM;
+    spec->backlog = (int)backlog;
+    spec->mode = -1;
+    spec->family = pm_addr_ip(host, (int)port, &spec->addr, &spec->addrlen);
+    luaL_argcheck(L, spec->family, a, "IP address expected");
+    read_options(L, a + 3, a + 3, spec);
+    for (size_t i = 0; i < spec->nopts; i++)
+        if (!spec->opts[i].opt->available)
+            return fail_unavailable(L, spec->opts[i].opt);
+    return 0;
+}
+
+/* core.tcp_open(host, port, backlog[, options]) -> fd, port, host | nil,
+ * msg, code: a TCP listener's socket, positionally, with no spec table to
+ * build and read and no socket object: every TCP listener comes this way.
+ * Nothing allocates once the socket exists (the host, the only string, is
+ * pushed before), so no error can leak the fd; the caller stores it in a
+ * slot its listener already has. getsockname only for port 0. */
+static int l_tcp_open(lua_State *L)
+{
+    pm_sockspec spec;
+    pm_sockerr err;
+    if (check_tcp_spec(L, 1, &spec))
+        return 3;
+    char host[INET6_ADDRSTRLEN], addr[PM_ADDR_IP_LEN];
+    if (spec.family == AF_INET) /* inet_pton takes only the canonical form */
+        lua_pushvalue(L, 1);
+    else {
+        pm_addr_ip_parts(&spec.addr, host, addr);
+        lua_pushstring(L, host);
+    }
+    int fd = pm_socket_open(&spec, &err);
+    if (fd < 0)
+        return pm_fail_errno(L, err.err, err.what);
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (pm_socket_bound(fd, &spec, &ss, &len) < 0) {
+        int e = errno;
+        close(fd);
+        return pm_fail_errno(L, e, "getsockname");
+    }
+    lua_pushinteger(L, fd);
+    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                     : ((struct sockaddr_in6 *)&ss)->sin6_port));
+    lua_rotate(L, -3, -1); /* fd, port, host */
+    return 3;
+}
+
+/* core.close_fd(fd): closes a raw socket fd (tcp_open's, or released). */
+static int l_close_fd(lua_State *L)
+{
+    close(check_fd(L, 1));
+    return 0;
 }
 
 /* An fd inherited from systemd (or any parent): must be a socket; we set
@@ -516,6 +652,9 @@ static const luaL_Reg meta[] = {
 
 static const luaL_Reg functions[] = {
     {"socket_open", l_socket_open},
+    {"listen", l_listen},
+    {"tcp_open", l_tcp_open},
+    {"close_fd", l_close_fd},
     {"socket_adopt", l_socket_adopt},
     {"sockopts", l_sockopts},
     {"ip_family", l_ip_family},

@@ -139,6 +139,126 @@ describe("portman.listener", function()
     end)
   end)
 
+  describe("the open path", function()
+    -- the kernel's file flags of fd: /proc/self/fdinfo's "flags" (octal),
+    -- O_CLOEXEC included when the fd is close-on-exec
+    local O_NONBLOCK, O_CLOEXEC = 2048, 524288 -- 04000, 02000000
+    local function fd_flags(fd)
+      local f = io.open("/proc/self/fdinfo/" .. fd)
+      if not f then return nil end
+      local text = f:read("a")
+      f:close()
+      return tonumber(text:match("flags:%s*(%d+)"), 8)
+    end
+    local function has(flags, bit) return flags // bit % 2 == 1 end
+
+    -- open fds of this process
+    local function fd_count()
+      local n = 0
+      for _ in io.popen("ls /proc/self/fd"):lines() do n = n + 1 end
+      return n - 1 -- the ls pipe's own
+    end
+
+    it("makes every kind of socket non-blocking and close-on-exec", function()
+      local kinds = {
+        {address = "127.0.0.1"},
+        {address = "::1", port = helpers.free_port("tcp", "::1")},
+        {proto = "udp", address = "127.0.0.1"},
+        {proto = "unix", path = ("%s/flags-%d.sock"):format(tmp, pid)},
+        {proto = "unix", abstract = "portman-flags-" .. pid},
+        {proto = "unixgram", abstract = "portman-flags-dgram-" .. pid},
+      }
+      for _, opts in ipairs(kinds) do
+        local what = (opts.proto or "tcp") .. " " .. tostring(opts.address or opts.path or opts.abstract)
+        local l = assert(listener.open(opts))
+        local flags = assert(fd_flags(l.fd), what)
+        assert.is_true(has(flags, O_NONBLOCK), what .. " non-blocking")
+        assert.is_true(has(flags, O_CLOEXEC), what .. " close-on-exec")
+        assert.equal(l.fd, l.handle:fileno(), what) -- a stream's handle made here, same fd
+        flags = assert(fd_flags(l.fd), what)
+        assert.is_true(has(flags, O_NONBLOCK) and has(flags, O_CLOEXEC), what .. " with its handle")
+        l:close()
+      end
+      uv.run("nowait")
+    end)
+
+    it("applies the options asked, read back from the socket", function()
+      local l = assert(listener.open{address = "127.0.0.1", nodelay = true, keepalive = true,
+                                     keepidle = 41, reuseport = true, linger = 3, tos = 0x08})
+      for name, want in pairs{nodelay = true, keepalive = true, keepidle = 41, reuseport = true,
+                              linger = 3, tos = 0x08} do
+        assert.equal(want, core.getsockopt(l.fd, name), name)
+      end
+      -- and nothing else: a socket libuv made (no bind: luv's sets
+      -- SO_REUSEADDR), with no option, reads the same
+      local plain = uv.new_tcp("inet")
+      for _, name in ipairs{"reuseaddr", "keepintvl", "keepcnt", "fastopen", "freebind", "bindtodevice"} do
+        assert.equal(core.getsockopt(plain:fileno(), name), core.getsockopt(l.fd, name), name)
+      end
+      plain:close()
+      l:close()
+      -- "::" is dual-stack unless asked: v6only set off, whatever the sysctl says
+      local any6 = listener.open{address = "::"}
+      if any6 then -- a host without IPv6 has no "::"
+        assert.is_false(core.getsockopt(any6.fd, "v6only"))
+        any6:close()
+      end
+      uv.run("nowait")
+    end)
+
+    it("binds the kernel's port for port 0 and the given one otherwise", function()
+      local l0 = assert(listener.open{address = "127.0.0.1", port = 0})
+      local kernel = core.sockinfo(l0.fd) -- getsockname, here in the spec
+      assert.is_true(kernel.port > 0)
+      assert.same({"127.0.0.1", kernel.port, "127.0.0.1:" .. kernel.port},
+                  {l0.host, l0.port, l0.address})
+      local port = helpers.free_port("tcp", "127.0.0.1")
+      local lp = assert(listener.open{address = "127.0.0.1", port = port})
+      assert.same({port, port, "127.0.0.1:" .. port}, {lp.port, core.sockinfo(lp.fd).port, lp.address})
+      local port6 = helpers.free_port("tcp", "::1")
+      local l6 = assert(listener.open{address = "0:0::1", port = port6})
+      assert.same({"::1", port6, "[::1]:" .. port6, port6},
+                  {l6.host, l6.port, l6.address, core.sockinfo(l6.fd).port})
+      local u = assert(listener.open{proto = "udp", address = "127.0.0.1"})
+      assert.equal(core.sockinfo(u.fd).port, u.port)
+      for _, l in ipairs{l0, lp, l6, u} do l:close() end
+      uv.run("nowait")
+    end)
+
+    it("makes a stream's luv handle on first use only", function()
+      local l = assert(listener.open{address = "127.0.0.1"})
+      assert.is_nil(rawget(l, "handle"))
+      assert.is_true(core.sockinfo(l.fd).listening) -- listening already, no handle needed
+      local fd = l.fd
+      l:close()
+      assert.is_nil(fd_flags(fd)) -- closed without a handle
+      assert.is_true(l.handle:is_closing()) -- and reads as a closed handle, as before
+      helpers.loop(function()
+        local s = assert(listener.open{address = "127.0.0.1"})
+        assert(s:serve(echo_once)) -- serve makes it
+        assert.equal(s.fd, rawget(s, "handle"):fileno())
+        assert.equal("hello\n", read_all(assert(connect("127.0.0.1", s.port))))
+        s:close()
+      end)
+    end)
+
+    it("reports a failed step with its argument and code, and keeps no fd", function()
+      local a = assert(listener.open{address = "127.0.0.1"})
+      local before = fd_count()
+      local l, msg, code = listener.open{address = "127.0.0.1", port = a.port}
+      assert.is_nil(l)
+      assert.equal("conflict", code)
+      assert.equal(("conflict: bind 127.0.0.1:%d: EADDRINUSE: Address already in use"):format(a.port), msg)
+      l, msg, code = listener.open{address = "127.0.0.1", bindtodevice = "nosuchdev0"}
+      assert.is_nil(l)
+      assert.equal("ENODEV", code)
+      assert.matches("setsockopt SO_BINDTODEVICE", msg, 1, true)
+      assert.equal(before, fd_count())
+      a:close()
+      uv.run("nowait")
+    end)
+  end)
+
   describe("TCP", function()
     it("sets every option before bind and reads each back", function()
       local opts = {proto = "tcp", address = "127.0.0.1", port = 0, reuseaddr = true,

@@ -2,14 +2,18 @@
 -- to luv so the caller uses luv's own API on `l.handle`.
 --
 -- The C side (csrc/listener.c) makes the socket close-on-exec and
--- non-blocking, sets every option, binds, listens (streams) and chmods a
--- Unix path; this file checks options, picks "auto" ports from an allocator
--- (allocate-and-bind as one step), wraps the fd in a luv handle and counts
--- and drains the connections it accepts for `serve`.
+-- non-blocking, sets the options asked, binds, listens (streams) and chmods
+-- a Unix path; this file checks options, picks "auto" ports from an
+-- allocator (allocate-and-bind as one step), wraps the fd in a luv handle
+-- and counts and drains the connections it accepts for `serve`.
 --
 --   tcp      uv.new_tcp():open(fd)     udp       uv.new_udp():open(fd)
 --   unix     uv.new_pipe():open(fd)    unixgram  uv.new_poll(fd) (luv has no
 --            Unix datagram handle: `l:recv()` / `l:send()` do the I/O)
+--
+-- A stream's handle (tcp, unix) is made on first use: `serve`, or reading
+-- `l.handle`. A listener whose fd only goes to a child, or that only holds
+-- its port, never pays for one.
 local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
@@ -22,17 +26,15 @@ local mt = {__index = Listener, __name = "portman.listener"}
 
 local PROTOS = {"tcp", "udp", "unix", "unixgram"}
 local TYPE = {tcp = "stream", udp = "dgram", unix = "stream", unixgram = "dgram"}
-local OPTIONS = {proto = true, address = true, port = true, path = true, abstract = true,
-                 mode = true, backlog = true, allocator = true, name = true}
+local UNIX = {unix = true, unixgram = true}
+-- Every key open takes, by what it is: one lookup per key tells them apart.
+local KEY, SOCKOPT, UNIX_ONLY = 1, 2, 3
+local OPTIONS = {proto = KEY, address = KEY, port = KEY, path = UNIX_ONLY, abstract = UNIX_ONLY,
+                 mode = UNIX_ONLY, backlog = KEY, allocator = KEY, name = KEY}
 --- Every socket option by name: {available, cname, kind, inet, inet6, unix, stream, dgram}.
 M.SOCKOPTS = core.sockopts()
-for name in pairs(M.SOCKOPTS) do OPTIONS[name] = true end
+for name in pairs(M.SOCKOPTS) do OPTIONS[name] = SOCKOPT end
 M.DEFAULT_BACKLOG = 511 -- nginx's default: the kernel caps it at net.core.somaxconn
-
-local function family_of(proto, address)
-  if proto == "unix" or proto == "unixgram" then return "unix" end
-  return core.ip_family(address)
-end
 
 local VALUE = { -- checks of a socket option's value, by kind: nil when fine
   bool = function(v) return type(v) ~= "boolean" and "boolean expected" end,
@@ -78,55 +80,87 @@ local function check_port(fname, port)
   return p
 end
 
+-- The socket options among opts, checked; nil when there are none to set.
+-- Walks opts (a few keys), not every known option.
 local function check_sockopts(fname, opts, family, proto)
-  local options = {}
-  for name, info in pairs(M.SOCKOPTS) do
-    if opts[name] ~= nil then
+  local options
+  for name, value in pairs(opts) do
+    local info = M.SOCKOPTS[name]
+    if info then
       if not (info[family] and info[TYPE[proto]]) then
         local v4 = family == "inet" and info.inet6 and info[TYPE[proto]]
         check.argerror(fname, 1, ("option '%s' does not apply to %s listeners%s"):format(
           name, proto, v4 and " on IPv4" or ""))
       end
-      check_value(fname, 1, name, opts[name])
-      options[name] = opts[name]
+      check_value(fname, 1, name, value)
+      options = options or {}
+      options[name] = value
     end
   end
-  if family == "inet6" and options.v6only == nil then
+  if family == "inet6" and (options == nil or options.v6only == nil) then
+    options = options or {}
     options.v6only = false -- dual-stack on "::", whatever net.ipv6.bindv6only says
   end
   return options
 end
 
--- The core.socket_open spec for opts; raises on bad options.
-local function build_spec(fname, opts)
-  check.table(fname, 1, opts)
-  check.known(fname, 1, opts, OPTIONS)
-  local proto = check.oneof(fname, 1, opts.proto or "tcp", PROTOS, "proto")
-  local spec = {type = TYPE[proto], mode = opts.mode,
-                backlog = opts.backlog or M.DEFAULT_BACKLOG}
+-- core.ip_family of recent addresses (listeners reuse a few: "0.0.0.0",
+-- "::", "127.0.0.1"), false for a non-address; bounded, so no input grows
+-- it past 64 entries.
+local FAMILY, nfamily = {}, 0
+local function ip_family(host)
+  local f = FAMILY[host]
+  if f == nil then
+    f = core.ip_family(host) or false
+    if nfamily >= 64 then FAMILY, nfamily = {}, 0 end
+    FAMILY[host], nfamily = f, nfamily + 1
+  end
+  return f
+end
+
+local function check_unix(fname, opts)
+  if opts.address or opts.port then
+    check.argerror(fname, 1, "unix listeners take path or abstract, not address or port")
+  end
+  if (opts.path == nil) == (opts.abstract == nil) then
+    check.argerror(fname, 1, "unix listeners need exactly one of path, abstract")
+  end
+  if opts.path ~= nil then check_name(fname, 1, "path", opts.path) end
+  if opts.abstract ~= nil then check_name(fname, 1, "abstract", opts.abstract) end
+end
+
+-- Checks opts; raises on a bad one. Returns proto, host, port (nil for
+-- unix) and the socket options to set (nil when none). No table is made
+-- for a listener without options: this runs on every open.
+local function check_opts(fname, opts)
+  if type(opts) ~= "table" then check.table(fname, 1, opts) end
+  local sockopts, unix_only = false, false
+  for k, v in next, opts do
+    local kind = OPTIONS[k]
+    if kind == SOCKOPT then sockopts = true
+    elseif kind == UNIX_ONLY then unix_only = unix_only or v ~= false
+    elseif not kind then check.known(fname, 1, opts, OPTIONS) end
+  end
+  local proto = opts.proto or "tcp"
+  if not TYPE[proto] then check.oneof(fname, 1, proto, PROTOS, "proto") end
+  local family, host, port = "unix", nil, nil
   if proto == "tcp" or proto == "udp" then
-    if opts.path or opts.abstract or opts.mode then
+    if unix_only then
       check.argerror(fname, 1, "path, abstract and mode are for unix listeners")
     end
-    local address = opts.address or "0.0.0.0"
-    if type(address) ~= "string" or not core.ip_family(address) then
-      check.argerror(fname, 1, "address: IP address expected, got " .. (type(address) == "string"
-        and "'" .. address .. "'" or type(address)))
+    host = opts.address or "0.0.0.0"
+    family = type(host) == "string" and ip_family(host)
+    if not family then
+      check.argerror(fname, 1, "address: IP address expected, got " .. (type(host) == "string"
+        and "'" .. host .. "'" or type(host)))
     end
-    spec.host, spec.port = address, check_port(fname, opts.port or 0)
-    if spec.port == "auto" and not opts.allocator then
+    port = opts.port or 0
+    if math.type(port) ~= "integer" or port < 0 or port > 65535 then port = check_port(fname, port) end
+    if port == "auto" and not opts.allocator then
       check.argerror(fname, 1, "port \"auto\" needs allocator")
     end
   else
-    if opts.address or opts.port then
-      check.argerror(fname, 1, "unix listeners take path or abstract, not address or port")
-    end
-    if (opts.path == nil) == (opts.abstract == nil) then
-      check.argerror(fname, 1, "unix listeners need exactly one of path, abstract")
-    end
-    if opts.path ~= nil then check_name(fname, 1, "path", opts.path) end
-    if opts.abstract ~= nil then check_name(fname, 1, "abstract", opts.abstract) end
-    spec.path, spec.abstract = opts.path, opts.abstract
+    check_unix(fname, opts)
   end
   local mode, backlog = opts.mode, opts.backlog
   if mode ~= nil and not (math.tointeger(mode) and mode >= 0 and mode <= 4095) then
@@ -135,9 +169,9 @@ local function build_spec(fname, opts)
   if backlog ~= nil and not (math.tointeger(backlog) and backlog >= 0 and backlog <= 0x7fffffff) then
     check.argerror(fname, 1, "backlog: non-negative integer expected")
   end
-  local family = family_of(proto, spec.host or "")
-  spec.options = check_sockopts(fname, opts, family, proto)
-  return spec, proto
+  local options
+  if sockopts or family == "inet6" then options = check_sockopts(fname, opts, family, proto) end
+  return proto, host, port, options
 end
 
 local function new_handle(proto, fd)
@@ -154,49 +188,94 @@ local function new_handle(proto, fd)
   return h
 end
 
--- Wraps an open core socket: from here the luv handle owns the fd (except
--- for unixgram, where the socket object keeps it and a poll watches it).
-local function wrap(sock, proto, opts)
-  local info = sock:info()
-  local h, err, code = new_handle(proto, sock:fd())
-  if not h then
-    sock:close()
-    return nil, err, code
-  end
-  local self = setmetatable({
-    proto = proto, name = opts.name, handle = h, fd = sock:fd(),
-    host = info.host, port = info.port, path = info.path, abstract = info.abstract,
-    address = info.address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
-    -- weak: a connection closed and collected leaves by itself; luv anchors
-    -- the open ones, so none is lost from the count
-    state = "open", accepted = 0, _ino = info.ino, _conns = setmetatable({}, {__mode = "k"}),
+local function new_listener(proto, opts, h, fd, address, host, port)
+  return setmetatable({
+    proto = proto, name = opts.name, handle = h, fd = fd, host = host, port = port,
+    address = address, backlog = opts.backlog or M.DEFAULT_BACKLOG,
+    state = "open", accepted = 0, -- _conns: made by serve
+    -- present, so reading them finds them without the __index function
+    _sock = false, _group = false, _alloc = false,
   }, mt)
+end
+
+-- Wraps an open core socket. A stream's luv handle is made on first use
+-- (see handle_of); udp's at once (luv's udp:open also sets SO_REUSEADDR,
+-- which a udp listener has always had); unixgram keeps its socket object,
+-- watched by a poll.
+local function wrap(sock, proto, opts, address, host, port)
+  local fd, h = sock:fd(), nil
+  if TYPE[proto] == "dgram" then
+    local err, code
+    h, err, code = new_handle(proto, fd)
+    if not h then
+      sock:close()
+      return nil, err, code
+    end
+  end
+  local self = new_listener(proto, opts, h, fd, address, host, port)
   if proto == "unixgram" then self._sock = sock else sock:release() end
   return self
 end
 
+-- A stream listener's luv handle, made on first use (serve, or reading
+-- l.handle): opening and closing a listener that never needed one (its fd
+-- goes to a child, or it only held the port) costs no luv handle, no
+-- ioctl(FIONBIO) of handle:open and no epoll_ctl of handle:close.
+local function handle_of(self)
+  local h, err, code
+  if self.state == "open" then
+    h, err, code = new_handle(self.proto, self.fd)
+    if not h then return nil, err, code end
+  else -- closed before it had one: a closed handle, as it would have had
+    h = self.proto == "tcp" and uv.new_tcp() or uv.new_pipe(false)
+    h:close()
+  end
+  rawset(self, "handle", h)
+  return h
+end
+
+-- Opens the listener: the listener, or nil, msg, code. The C core makes
+-- the socket (SOCK_NONBLOCK|SOCK_CLOEXEC), sets the options asked, binds
+-- and listens, and knows where it is bound from the request: getsockname
+-- only when the kernel picked the port. TCP, the common case, goes
+-- positionally (core.tcp_open), with no spec table to build and read.
+local function open_listener(proto, host, port, options, opts)
+  local backlog = opts.backlog or M.DEFAULT_BACKLOG
+  if proto == "tcp" then
+    -- the listener first: the fd goes into a slot it already has, so
+    -- nothing can fail between the socket's making and its keeping
+    local l = new_listener("tcp", opts, nil, false, nil, host, false)
+    local fd, bound_port, bound_host = core.tcp_open(host, port, backlog, options)
+    if not fd then return nil, bound_port, bound_host end
+    l.fd, l.port, l.host = fd, bound_port, bound_host
+    return l
+  end
+  local sock, address, bound_host, bound_port, ino = core.listen{
+    type = TYPE[proto], host = host, port = port, path = opts.path, abstract = opts.abstract,
+    mode = opts.mode, backlog = backlog, options = options}
+  if not sock then return nil, address, bound_host end
+  local l, err, code = wrap(sock, proto, opts, address, bound_host, bound_port)
+  if not l then return nil, err, code end
+  if UNIX[proto] then l.path, l.abstract, l._ino = opts.path, opts.abstract, ino end
+  return l
+end
+
 -- Allocate-and-bind as one step: a port someone else holds (EADDRINUSE)
 -- stays reserved while we try the next, then all of those go back.
-local function open_auto(spec, proto, opts)
+local function open_auto(proto, host, options, opts)
   local alloc, busy = opts.allocator, {}
-  local sock, err, code, port
+  local l, err, code, port
   repeat
     port, err, code = alloc:allocate()
     if port then
-      spec.port = port
-      sock, err, code = core.socket_open(spec)
-      if not sock then
+      l, err, code = open_listener(proto, host, port, options, opts)
+      if not l then
         if code == "conflict" then busy[#busy + 1] = port else alloc:release(port) end
       end
     end
-  until sock or code ~= "conflict"
+  until l or code ~= "conflict"
   for _, p in ipairs(busy) do alloc:release(p) end
-  if not sock then return nil, err, code end
-  local l, werr, wcode = wrap(sock, proto, opts)
-  if not l then
-    alloc:release(port)
-    return nil, werr, wcode
-  end
+  if not l then return nil, err, code end
   l._alloc = alloc
   return l
 end
@@ -217,11 +296,9 @@ end
 --   or an errno name
 -- @raise on a bad or unknown option, or one that does not apply to proto
 function M.open(opts)
-  local spec, proto = build_spec("open", opts)
-  if spec.port == "auto" then return open_auto(spec, proto, opts) end
-  local sock, err, code = core.socket_open(spec)
-  if not sock then return nil, err, code end
-  return wrap(sock, proto, opts)
+  local proto, host, port, options = check_opts("open", opts)
+  if port == "auto" then return open_auto(proto, host, options, opts) end
+  return open_listener(proto, host, port, options, opts)
 end
 
 --- Wraps an inherited socket (socket activation) as a listener.
@@ -243,10 +320,10 @@ function M.adopt(fd, opts)
     return nil, ("protocol: fd %d is a %s %s socket%s, not a %s listener"):format(fd,
       info.family, info.type, info.listening and " (listening)" or "", proto), "protocol"
   end
-  local l, werr, wcode = wrap(sock, proto, opts)
+  local l, werr, wcode = wrap(sock, proto, opts, info.address, info.host, info.port)
   if not l then return nil, werr, wcode end
-  l.activated = true
-  l._ino = nil -- the socket file belongs to whoever made it (systemd), not us
+  -- no _ino: the socket file belongs to whoever made it (systemd), not us
+  l.path, l.abstract, l.activated = info.path, info.abstract, true
   return l
 end
 
@@ -350,7 +427,7 @@ end
 --- Open connections accepted by `serve` and not closed yet.
 function Listener:connections()
   local n = 0
-  for c in pairs(self._conns) do
+  for c in pairs(self._conns or {}) do
     if is_open(c) then n = n + 1 else self._conns[c] = nil end
   end
   return n
@@ -384,7 +461,13 @@ function Listener:serve(handler)
   if type(handler) ~= "function" then check.argerror("serve", 1, "function expected") end
   if self.state ~= "open" then error("listener is " .. self.state, 2) end
   if TYPE[self.proto] == "stream" then
-    local ok, err, code = self.handle:listen(self.backlog, accept_stream(self, handler))
+    local h, herr, hcode = rawget(self, "handle"), nil, nil
+    if not h then h, herr, hcode = handle_of(self) end
+    if not h then return nil, herr, hcode end
+    -- weak: a connection closed and collected leaves by itself; luv anchors
+    -- the open ones, so none is lost from the count
+    self._conns = self._conns or setmetatable({}, {__mode = "k"})
+    local ok, err, code = h:listen(self.backlog, accept_stream(self, handler))
     if not ok then return nil, err, code end
   elseif self.proto == "udp" then
     local on = async.safe(function(err, data, addr, flags)
@@ -429,21 +512,30 @@ local function give_back(self)
   if self.path and self._ino then core.unlink_socket(self.path, self._ino) end
 end
 
---- Stops accepting: closes the listening socket (queued connections that
--- were never accepted are reset), keeps accepted ones. Idempotent.
-function Listener:stop_accepting()
+-- Closes the listening socket: the handle's, or the raw fd of a stream
+-- that never needed one.
+local function stop_accepting(self)
   if self.state ~= "open" then return end
   self.state = "draining"
-  if not self.handle:is_closing() then self.handle:close() end
+  local h = rawget(self, "handle")
+  if h then
+    if not h:is_closing() then h:close() end
+  elseif not self._sock then -- a stream that never needed its handle
+    core.close_fd(self.fd)
+  end
   if self._sock then self._sock:close() end
   give_back(self)
 end
+
+--- Stops accepting: closes the listening socket (queued connections that
+-- were never accepted are reset), keeps accepted ones. Idempotent.
+Listener.stop_accepting = stop_accepting
 
 --- Closes the listener now; accepted connections stay with their owner.
 -- Idempotent; also the __close metamethod.
 function Listener:close()
   if self.state == "closed" then return end
-  self:stop_accepting()
+  stop_accepting(self)
   self.state = "closed"
 end
 
@@ -457,7 +549,7 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
   if not math.tointeger(grace_ms) or grace_ms < 0 then
     check.argerror("drain", 1, "grace_ms: non-negative integer expected")
   end
-  self:stop_accepting()
+  stop_accepting(self)
   if self:connections() == 0 then
     self.state = "closed"
     return cb(0)
@@ -468,7 +560,7 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
     timer:close()
     watch:close()
     local forced = 0
-    for c in pairs(self._conns) do
+    for c in pairs(self._conns or {}) do
       if is_open(c) then
         c:close()
         forced = forced + 1
@@ -485,6 +577,23 @@ Listener.drain = async.adapt(function(self, grace_ms, cb)
   end, "listener.drain"))
   timer:start(grace_ms, 0, async.safe(finish, "listener.drain"))
 end)
+
+-- A function, for what a listener makes on first use: its luv handle, and
+-- a TCP listener's address. Every other key reads Listener (the
+-- listener's own fields, set in new_listener, never get here).
+mt.__index = function(self, k)
+  if k == "handle" then
+    local h, err = handle_of(self)
+    if not h then error("listener handle: " .. tostring(err), 2) end
+    return h
+  elseif k == "address" and rawget(self, "proto") == "tcp" then
+    local host = self.host
+    local a = (host:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(host, self.port)
+    rawset(self, "address", a)
+    return a
+  end
+  return Listener[k]
+end
 
 -- No __gc: at lua_close luv may free its loop and handles first, and a
 -- finalizer touching them then crashes. The luv handle outlives a lost
