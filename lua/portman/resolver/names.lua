@@ -62,19 +62,21 @@ function M.to_ascii(name)
   return ascii
 end
 
--- Names already checked, as their ASCII form (false: a literal address),
--- so that a cache hit costs no pattern matching or conversion (cleared
--- when it grows large: it is only a shortcut).
-local known, known_count = {}, 0
+-- Names already checked, as their ASCII form (false: a literal address)
+-- and its lower case (the cache's key), so that a cache hit costs no
+-- pattern matching, conversion or new string (cleared when it grows large:
+-- it is only a shortcut).
+local known, lowered, known_count = {}, {}, 0
 
 --- A name for a query: its ASCII form (`to_ascii`, then `valid_name`), or
--- false for a literal address; the answer is remembered for name.
--- @return[1] the ASCII name, or false
+-- false for a literal address, and that form in lower case (nil for a
+-- literal); the answer is remembered for name.
+-- @return[1] the ASCII name or false, and its lower case
 -- @return[2] nil, "invalid domain name '...'" (with the reason an
 --   internationalized name failed, or its ASCII form)
 function M.query_name(name)
   local ascii = known[name]
-  if ascii ~= nil then return ascii end
+  if ascii ~= nil then return ascii, lowered[name] end
   if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
   local converted = name
   if name:find("[\128-\255]") then
@@ -90,9 +92,10 @@ function M.query_name(name)
     return nil, err
   end
   ascii = not core.dns_parse_ip(converted) and converted
-  if known_count >= 10000 then known, known_count = {}, 0 end
-  known[name], known_count = ascii, known_count + 1
-  return ascii
+  local lower = ascii and ascii:lower() or nil
+  if known_count >= 10000 then known, lowered, known_count = {}, {}, 0 end
+  known[name], lowered[name], known_count = ascii, lower, known_count + 1
+  return ascii, lower
 end
 
 return M
