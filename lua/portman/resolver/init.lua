@@ -227,10 +227,14 @@ local function store(self, kind, name, entry)
   by_name[name] = entry
 end
 
--- A query's result: into the cache, then to every waiter.
+-- A query's result: into the cache, then to every waiter (the first gets
+-- the copy made here, the others copies of it).
 local function settle(self, key, res)
   local now = self._clock()
-  local kind, name = key:match("^(%w+)|(.*)$")
+  local flight = self._inflight[key]
+  local kind, name
+  if flight then kind, name = flight.kind, flight.name
+  else kind, name = key:match("^(%w+)|(.*)$") end
   local records, err, code
   if res.records then
     local ttl = math.huge
@@ -252,12 +256,12 @@ local function settle(self, key, res)
                         stale_until = now + ttl * 1000})
     end
   end
-  local flight = self._inflight[key]
   if not flight then return end -- closed meanwhile: its waiters were told
   self._inflight[key] = nil
-  for _, cb in ipairs(flight) do
-    if records then call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale))
-    else call(cb, nil, err, code) end
+  for i, cb in ipairs(flight) do
+    if not records then call(cb, nil, err, code)
+    elseif i == 1 then call(cb, records)
+    else call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale)) end
   end
 end
 
@@ -281,16 +285,24 @@ local drain, release
 -- A step's finished queries, from the engine's driver. A resolver that
 -- releases when idle does so before any callback runs, when this batch
 -- leaves nothing on the wire: a callback then sees it holding nothing.
+-- Queued queries take the room the batch made before its answers are
+-- settled, so that the server works on them meanwhile (sent after, the
+-- server would sit idle while the callbacks ran, and the client idle while
+-- it answered: the two would take turns instead of overlapping).
 local function deliver(self, batch)
   if self._release_when_idle and self._engine:pending() == 0 and not self._queue[self._queue_head] then
     release(self)
   end
+  drain(self)
   for _, res in ipairs(batch) do
     if self._closed then return end -- a callback closed the resolver
     local key = self._queries[res.id]
     self._queries[res.id] = nil
-    if key and res.records and key:find("^srv|") then res = without_root_targets(res) end
-    if key then settle(self, key, res) end
+    if key then
+      local flight = self._inflight[key]
+      if res.records and flight and flight.kind == "srv" then res = without_root_targets(res) end
+      settle(self, key, res)
+    end
   end
   if self._closed then return end
   drain(self)
@@ -332,12 +344,15 @@ end
 
 -- RFC 6761 section 6.4: names under .invalid never exist; no query asks.
 local function invalid_tld(name)
-  return name == "invalid" or name == "invalid." or name:sub(-8) == ".invalid" or name:sub(-9) == ".invalid."
+  local at = name:find("invalid", -8, true)
+  if not at then return false end
+  local tail = name:sub(at + 7)
+  return (tail == "" or tail == ".") and (at == 1 or name:byte(at - 1) == 46) -- 46: "."
 end
 
--- Puts a query for key on the wire.
-local function send(self, key)
-  local kind, name = key:match("^(%w+)|(.*)$")
+-- Puts the query for key (its flight: waiters, kind and name) on the wire.
+local function send(self, key, flight)
+  local kind, name = flight.kind, flight.name
   if invalid_tld(name) then
     return settle(self, key, {code = "not_found", reason = "no such name (.invalid, RFC 6761)"})
   end
@@ -365,7 +380,8 @@ function drain(self)
     local key = q[self._queue_head]
     q[self._queue_head] = nil
     self._queue_head = self._queue_head + 1
-    send(self, key)
+    local flight = self._inflight[key]
+    if flight then send(self, key, flight) end
   end
   if not q[self._queue_head] then self._queue, self._queue_head = {}, 1 end
 end
@@ -428,12 +444,13 @@ local function wire(self, kind, lname, cb)
     flight[#flight + 1] = cb
     return
   end
-  self._inflight[key] = {cb}
+  flight = {cb, kind = kind, name = lname}
+  self._inflight[key] = flight
   if self._engine and self._engine:pending() >= self._max_inflight then
     self._queue[#self._queue + 1] = key
     return
   end
-  send(self, key)
+  send(self, key, flight)
   if self._driver then self._driver:arm() end
 end
 

@@ -7,6 +7,9 @@ local core = require "portman.core"
 
 local M = {}
 
+-- 64 characters that are not a dot: a label too long.
+local LONG_LABEL = ("[^.]"):rep(64)
+
 --- Reads a DNS server's address, "IP", "IP:PORT", "[IPv6]" or
 -- "[IPv6]:PORT" (port 53 by default).
 -- @return[1] c-ares' form of it ("192.0.2.1:53", "[2001:db8::1]:53")
@@ -34,11 +37,11 @@ function M.valid_name(name)
   if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
   if core.dns_parse_ip(name) then return name end
   local bare = name:sub(-1) == "." and name:sub(1, -2) or name
-  local bad = ("invalid domain name '%s'"):format(name)
-  if #bare == 0 or #bare > 253 or not bare:match("^[%w%-_%.]+$") then return nil, bad end
-  for label in (bare .. "."):gmatch("([^.]*)%.") do
-    if #label == 0 or #label > 63 then return nil, bad end
-  end
+  local ok = #bare > 0 and #bare <= 253 and bare:find("^[%w%-_%.]+$") ~= nil
+  -- labels of 1-63: no empty one (at either end, or "..") and no run of 64
+  ok = ok and bare:byte(1) ~= 46 and bare:byte(-1) ~= 46 and not bare:find("..", 1, true)
+    and not bare:find(LONG_LABEL)
+  if not ok then return nil, ("invalid domain name '%s'"):format(name) end
   return name
 end
 
