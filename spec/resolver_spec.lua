@@ -322,6 +322,21 @@ describe("portman.resolver", function()
       end
       assert.equal(10, r2:stats().queries)
     end)
+
+    it("answers names queued while the queue's head has moved on", function()
+      local r2 = new{servers = {server.address}, hosts = false, max_inflight = 2, cache = false}
+      local got = {}
+      local function ask(i)
+        r2:resolve("many" .. i .. ".pm.test", {family = "inet"}, function(records, err)
+          got[i] = records and records[1].address or err
+          if i < 5 then ask(i + 5) end -- joins the queue behind what is left of it
+        end)
+      end
+      for i = 0, 4 do ask(i) end
+      uv.run()
+      for i = 0, 9 do assert.equal("10.1.0." .. i, got[i]) end
+      assert.equal(10, r2:stats().queries)
+    end)
   end)
 
   describe("a hostile server", function()

@@ -155,7 +155,9 @@ function M.new(opts)
   self._cache, self._cache_count = new_cache(), 0 -- kind -> lower-case name -> entry
   self._inflight = {} -- key -> {waiters}, one query on the wire per key
   self._queries = {} -- engine id -> key
-  self._queue, self._queue_head = {}, 1 -- keys waiting for max_inflight
+  -- keys waiting for max_inflight, from _queue_head to _queue_tail (not
+  -- #_queue: with the head's side emptied, # may name any border)
+  self._queue, self._queue_head, self._queue_tail = {}, 1, 0
   self._next_id = 0
   self._stats = {queries = 0, hits = 0, misses = 0, coalesced = 0, stale = 0, negative_hits = 0}
   return self
@@ -238,7 +240,7 @@ local function settle(self, key, res)
   local records, err, code
   if res.records then
     local ttl = math.huge
-    for _, rec in ipairs(res.records) do ttl = math.min(ttl, rec.ttl) end
+    for _, rec in ipairs(res.records) do if rec.ttl < ttl then ttl = rec.ttl end end
     ttl = math.tointeger(clamp(ttl, self._min_ttl, self._max_ttl) // 1) or 0
     store(self, kind, name, {records = res.records, ttl = ttl, fetched = now,
                       expires = now + ttl * 1000, stale_until = now + (ttl + self._stale_ttl) * 1000})
@@ -376,14 +378,18 @@ end
 -- Sends queued queries while there is room on the wire.
 function drain(self)
   local q = self._queue
-  while q[self._queue_head] and (not self._engine or self._engine:pending() < self._max_inflight) do
+  if not q[self._queue_head] then return end
+  -- each send adds one at most: the room is counted once
+  local room = self._max_inflight - (self._engine and self._engine:pending() or 0)
+  while room > 0 and q[self._queue_head] do
     local key = q[self._queue_head]
     q[self._queue_head] = nil
     self._queue_head = self._queue_head + 1
+    room = room - 1
     local flight = self._inflight[key]
     if flight then send(self, key, flight) end
   end
-  if not q[self._queue_head] then self._queue, self._queue_head = {}, 1 end
+  if not q[self._queue_head] then self._queue, self._queue_head, self._queue_tail = {}, 1, 0 end
 end
 
 -- Makes entry e's view: its records as a hit hands them out with left
@@ -447,7 +453,8 @@ local function wire(self, kind, lname, cb)
   flight = {cb, kind = kind, name = lname}
   self._inflight[key] = flight
   if self._engine and self._engine:pending() >= self._max_inflight then
-    self._queue[#self._queue + 1] = key
+    self._queue_tail = self._queue_tail + 1
+    self._queue[self._queue_tail] = key
     return
   end
   send(self, key, flight)
@@ -545,17 +552,25 @@ local function resolve(self, name, ascii, lname, family, cb)
   resolve_both(self, lname, cb, h6 and {r6, e6, c6}, h4 and {r4, e4, c4})
 end
 
--- Option tables resolve has checked for unknown keys (a table passed
--- again is not walked again: its family is still checked on every call).
-local vetted = setmetatable({}, {__mode = "k"})
+-- The option table resolve checked last: passed again (a loop's), it is
+-- not walked for unknown keys again; its family is checked on every call.
+local vetted
 
--- resolve's opts: the family.
+-- resolve's opts: the family. {family = F} and {} need no walk.
 local function family_opt(opts)
-  if opts == nil then return "any" end
+  if type(opts) == "table" then
+    local k = next(opts)
+    if k == nil then vetted = opts; return "any" end
+    local family = opts.family
+    if k == "family" and FAMILY[family] and next(opts, k) == nil then
+      vetted = opts
+      return family
+    end
+  end
   check.table("resolve", 2, opts)
   check.known("resolve", 2, opts, {family = true})
   local family = check.oneof("resolve", 2, opts.family or "any", FAMILIES, "family")
-  vetted[opts] = true
+  vetted = opts
   return family
 end
 
@@ -579,8 +594,11 @@ function R:resolve(name, opts, cb)
   end
   local ascii, lname = names.query_name(name)
   if ascii == nil then check.argerror("resolve", 1, lname) end
-  local family = vetted[opts] and opts.family or "any"
-  if not (vetted[opts] and FAMILY[family]) then family = family_opt(opts) end
+  local family = "any"
+  if opts ~= nil then
+    family = opts == vetted and opts.family or "any"
+    if not (opts == vetted and FAMILY[family]) then family = family_opt(opts) end
+  end
   if cb then
     resolve(self, name, ascii, lname, family, cb)
     return
@@ -694,7 +712,8 @@ function R:close()
   self._closed = true
   release(self)
   local flights = self._inflight
-  self._inflight, self._queries, self._queue = {}, {}, {}
+  self._inflight, self._queries = {}, {}
+  self._queue, self._queue_head, self._queue_tail = {}, 1, 0
   for key, waiters in pairs(flights) do
     for _, cb in ipairs(waiters) do
       call(cb, nil, "closed: " .. key:match("|(.*)$") .. ": resolver closed", "closed")
