@@ -680,7 +680,8 @@ function R:lookup(host, family, cb)
   end)
 end
 
---- The cached answer for name without a query, or nil.
+--- The cached answer for name without a query (read-only, as `resolve`'s
+-- records are), or nil.
 -- @tparam string name
 -- @tparam[opt] string kind "inet", "inet6" or "srv" (default "inet")
 function R:cached(name, kind)
