@@ -1,6 +1,13 @@
 -- portman.resolver: cached resolves a second from Lua, and 10,000 distinct
--- uncached names against a local dnsmasq, each beside luv's uv.getaddrinfo
--- (glibc's getaddrinfo on libuv's thread pool) in the same run.
+-- uncached names against a local dnsmasq, each beside baselines measured in
+-- the same run: luv's uv.getaddrinfo (glibc's getaddrinfo on libuv's thread
+-- pool), and for the uncached names dnsperf (the server's own capacity: the
+-- same names and record types sent to the same dnsmasq by the tool made to
+-- load a DNS server, with as many queries outstanding as portman's
+-- max_inflight). Every figure is min/median/max over PM_BENCH_REPS
+-- repetitions (default 5), the cases interleaved so that a load spike on a
+-- shared machine hits them alike. dnsmasq's own CPU time per run is shown
+-- too: the rate it could serve were it never waiting for a client.
 --
 -- Fairness: glibc cannot be pointed at a port, only at /etc/resolv.conf's
 -- nameservers on port 53. So the benchmark makes a private network
@@ -17,7 +24,9 @@ local uv = require "luv"
 
 local COUNT = 10000
 local CACHED_ITERATIONS = 1000000
-local GLIBC_ITERATIONS = 2000
+local GLIBC_ITERATIONS = 500
+local REPS = math.tointeger(tonumber(os.getenv("PM_BENCH_REPS") or 5)) or 5
+local INFLIGHT = 100 -- portman's max_inflight default; dnsperf's -q
 
 local function name_of(i) return ("n%05d.bench.test"):format(i) end
 local function address_of(i) return ("10.%d.%d.%d"):format(i // 65536, i // 256 % 256, i % 256) end
@@ -52,12 +61,19 @@ local function outer()
     for i = 1, COUNT do f:write(address_of(i), " ", name_of(i), "\n") end
     f:write("10.255.0.1 cached.bench.test\n")
     f:close()
+    for _, q in ipairs{{"A", {"A"}}, {"A+AAAA", {"A", "AAAA"}}} do -- dnsperf's input
+      f = assert(io.open(("%s/queries-%s"):format(dir, q[1]), "w"))
+      for i = 1, COUNT do
+        for _, t in ipairs(q[2]) do f:write(name_of(i), " ", t, "\n") end
+      end
+      f:close()
+    end
     assert(sh(("ip netns add %s && ip netns exec %s ip link set lo up"):format(ns, ns)))
     assert(sh(("ip netns exec %s dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --no-poll "
       .. "--port=53 --listen-address=127.0.0.1 --bind-interfaces --local=/bench.test/ "
       .. "--addn-hosts=%s/hosts --local-ttl=3600 --pid-file=%s/pid --user=root")
       :format(ns, dir, dir)), "dnsmasq did not start")
-    assert(sh(("ip netns exec %s env PM_BENCH_NS=%s %s %s"):format(ns, ns, arg[-1], arg[0])),
+    assert(sh(("ip netns exec %s env PM_BENCH_NS=%s PM_BENCH_DIR=%s %s %s"):format(ns, ns, dir, arg[-1], arg[0])),
       "the inner run failed")
   end)
   sh(("[ -f %s/pid ] && kill $(cat %s/pid) 2>/dev/null"):format(dir, dir))
@@ -70,16 +86,21 @@ local function rate(n, ns)
   return n / (ns / 1e9)
 end
 
-local function cached(resolver)
-  local r = resolver.new{}
-  local name = "cached.bench.test"
-  local warm
-  r:resolve(name, {family = "inet"}, function(records) warm = records end)
-  uv.run()
-  assert(warm and warm[1].address == "10.255.0.1", "warm-up failed")
+-- "min / median / max" of a list of rates.
+local function spread(list)
+  local sorted = table.move(list, 1, #list, 1, {})
+  table.sort(sorted)
+  local n = #sorted
+  local median = n % 2 == 1 and sorted[(n + 1) // 2] or (sorted[n // 2] + sorted[n // 2 + 1]) / 2
+  return ("%9.0f / %9.0f / %9.0f"):format(sorted[1], median, sorted[n]), median
+end
+
+-- One cached-resolve round: callback and coroutine rates, and the floor
+-- (a loop that indexes a table and calls the same callback: what no
+-- resolver can beat, and a gauge of how fast this machine is right now).
+local function cached_round(r, name, opts)
   local got = 0
   local function cb(records) if records then got = got + 1 end end
-  local opts = {family = "inet"}
   local t0 = uv.hrtime()
   for _ = 1, CACHED_ITERATIONS do r:resolve(name, opts, cb) end
   local t_cb = uv.hrtime() - t0
@@ -90,29 +111,53 @@ local function cached(resolver)
     for _ = 1, CACHED_ITERATIONS do assert(r:resolve(name, opts)) end
     return uv.hrtime() - t
   end)
-  r:close()
-  -- baseline: glibc, which keeps no cache, asked synchronously each time
+  local map = {[name] = {{address = "10.255.0.1", family = "inet", ttl = 3600}}}
+  t0 = uv.hrtime()
+  for _ = 1, CACHED_ITERATIONS do cb(map[name]) end
+  local t_floor = uv.hrtime() - t0
+  -- glibc keeps no cache: it asks dnsmasq each time, synchronously
   t0 = uv.hrtime()
   for _ = 1, GLIBC_ITERATIONS do
     assert(uv.getaddrinfo(name, nil, {family = "inet", socktype = "stream"}))
   end
   local t_glibc = uv.hrtime() - t0
-  print(("cached resolve, callback:   %10.0f resolves/s (%d in %.3f s)")
-    :format(rate(CACHED_ITERATIONS, t_cb), CACHED_ITERATIONS, t_cb / 1e9))
-  print(("cached resolve, coroutine:  %10.0f resolves/s (%d in %.3f s)")
-    :format(rate(CACHED_ITERATIONS, t_co), CACHED_ITERATIONS, t_co / 1e9))
-  print(("baseline uv.getaddrinfo, synchronous (glibc, no cache): %10.0f resolves/s (%d in %.3f s)")
-    :format(rate(GLIBC_ITERATIONS, t_glibc), GLIBC_ITERATIONS, t_glibc / 1e9))
+  return rate(CACHED_ITERATIONS, t_cb), rate(CACHED_ITERATIONS, t_co), rate(CACHED_ITERATIONS, t_floor),
+    rate(GLIBC_ITERATIONS, t_glibc)
+end
+
+local function cached(resolver)
+  local r = resolver.new{}
+  local name = "cached.bench.test"
+  local warm
+  r:resolve(name, {family = "inet"}, function(records) warm = records end)
+  uv.run()
+  assert(warm and warm[1].address == "10.255.0.1", "warm-up failed")
+  local cb, co, floor, glibc, cb_ratio, co_ratio = {}, {}, {}, {}, {}, {}
+  for i = 1, REPS do
+    cb[i], co[i], floor[i], glibc[i] = cached_round(r, name, {family = "inet"})
+    cb_ratio[i], co_ratio[i] = cb[i] / floor[i], co[i] / floor[i]
+  end
+  r:close()
+  print(("cached resolve (%d a round, %d rounds), resolves/s   min / median / max"):format(CACHED_ITERATIONS, REPS))
+  -- each round's rate over the floor's in that round: a load spike moves both
+  print(("  portman, callback:                     %s   (%.3f of the floor, median a round)")
+    :format(spread(cb), select(2, spread(cb_ratio))))
+  print(("  portman, coroutine:                    %s   (%.3f of the floor, median a round)")
+    :format(spread(co), select(2, spread(co_ratio))))
+  print(("  floor: table index + callback:         %s"):format(spread(floor)))
+  print(("  baseline uv.getaddrinfo, synchronous:  %s   (glibc, no cache)"):format(spread(glibc)))
 end
 
 local function check_answer(i, address, failures)
   if address ~= address_of(i) then failures[#failures + 1] = name_of(i) end
 end
 
--- All COUNT names at once through the portman resolver; returns ns, failures.
+-- All COUNT names at once through the portman resolver; returns ns,
+-- failures, queries sent, CPU seconds.
 local function uncached_portman(resolver, family)
-  local r = resolver.new{}
+  local r = resolver.new{max_inflight = INFLIGHT}
   local failures, done = {}, 0
+  local ru = uv.getrusage()
   local t0 = uv.hrtime()
   for i = 1, COUNT do
     r:resolve(name_of(i), {family = family}, function(records)
@@ -124,10 +169,13 @@ local function uncached_portman(resolver, family)
   end
   uv.run()
   local t = uv.hrtime() - t0
+  local ru2 = uv.getrusage()
+  local cpu = ru2.utime.sec + ru2.utime.usec / 1e6 + ru2.stime.sec + ru2.stime.usec / 1e6
+    - (ru.utime.sec + ru.utime.usec / 1e6 + ru.stime.sec + ru.stime.usec / 1e6)
   local stats = r:stats()
   r:close()
   assert(done == COUNT)
-  return t, failures, stats.queries
+  return t, failures, stats.queries, cpu
 end
 
 local function uncached_luv(family)
@@ -146,19 +194,90 @@ local function uncached_luv(family)
   return uv.hrtime() - t0, failures
 end
 
+local function have_dnsperf()
+  return sh("command -v dnsperf >/dev/null 2>&1")
+end
+
+-- dnsperf over the query file for qtype ("A", or "A+AAAA": both for each
+-- name): queries/s, and how many of them completed.
+local function uncached_dnsperf(qtype)
+  local p = io.popen(("dnsperf -s 127.0.0.1 -d %s/queries-%s -n 1 -q %d -t 5 2>&1")
+    :format(os.getenv("PM_BENCH_DIR"), qtype, INFLIGHT))
+  local out = p:read("a")
+  p:close()
+  local qps = tonumber(out:match("Queries per second:%s*([%d%.]+)"))
+  local completed = tonumber(out:match("Queries completed:%s*(%d+)"))
+  assert(qps and completed, "dnsperf: " .. out)
+  return qps, completed
+end
+
+-- dnsmasq's CPU seconds so far (user + system).
+local DNSMASQ_PID
+local function dnsmasq_cpu()
+  if not DNSMASQ_PID then
+    local f = assert(io.open(os.getenv("PM_BENCH_DIR") .. "/pid"))
+    DNSMASQ_PID = f:read("l")
+    f:close()
+  end
+  local f = io.open("/proc/" .. DNSMASQ_PID .. "/stat")
+  if not f then return 0 end
+  local fields = {}
+  for w in f:read("a"):gsub("^.*%) ", ""):gmatch("%S+") do fields[#fields + 1] = w end
+  f:close()
+  return (tonumber(fields[12]) + tonumber(fields[13])) / 100 -- utime, stime: clock ticks (USER_HZ 100)
+end
+
+-- Runs f, returning its results followed by dnsmasq's CPU seconds meanwhile.
+local function with_server_cpu(f, ...)
+  local before = dnsmasq_cpu()
+  local res = table.pack(f(...))
+  res[res.n + 1] = dnsmasq_cpu() - before
+  return table.unpack(res, 1, res.n + 1)
+end
+
+local function uncached_case(resolver, case)
+  local family, luv_family, label, qtype, per_name = table.unpack(case)
+  local pm, pm_cpu, luv, dp, dp_q, srv_pm, srv_dp = {}, {}, {}, {}, {}, {}, {}
+  local failed, queries, lost = 0, 0, 0
+  local dnsperf = have_dnsperf()
+  for i = 1, REPS do
+    local t_pm, f_pm, q, cpu, s_pm = with_server_cpu(uncached_portman, resolver, family)
+    pm[i], pm_cpu[i], srv_pm[i] = rate(COUNT, t_pm), COUNT / cpu, COUNT * per_name / math.max(s_pm, 0.01)
+    failed, queries = failed + #f_pm, q
+    local t_uv, f_uv = uncached_luv(luv_family)
+    luv[i] = rate(COUNT, t_uv)
+    failed = failed + #f_uv
+    if dnsperf then
+      local qps, completed, s_dp = with_server_cpu(uncached_dnsperf, qtype)
+      dp[i], dp_q[i], srv_dp[i] = qps / per_name, qps, COUNT * per_name / math.max(s_dp, 0.01)
+      lost = lost + COUNT * per_name - completed
+    end
+  end
+  print(("%d distinct names (%s), all at once, names/s   min / median / max"):format(COUNT, label))
+  local s_pm, m_pm = spread(pm)
+  print(("  portman.resolver:        %s   (%d queries a round, %d failed in all)"):format(s_pm, queries, failed))
+  print(("    names per CPU second it used: %s"):format(spread(pm_cpu)))
+  print(("    dnsmasq meanwhile, queries per CPU second it used: %s"):format(spread(srv_pm)))
+  local s_uv, m_uv = spread(luv)
+  print(("  uv.getaddrinfo:          %s   (portman %.2fx)"):format(s_uv, m_pm / m_uv))
+  if not dnsperf then
+    print("  dnsperf: not installed (scripts/deps bench); the server's capacity not measured")
+    return
+  end
+  local s_dp, m_dp = spread(dp)
+  print(("  dnsperf -q %d:           %s   (portman %.2f of it; %d lost in all)")
+    :format(INFLIGHT, s_dp, m_pm / m_dp, lost))
+  print(("    as queries/s (%d a name): %s"):format(per_name, spread(dp_q)))
+  print(("    dnsmasq meanwhile, queries per CPU second it used: %s"):format(spread(srv_dp)))
+end
+
 local function inner()
   local resolver = require "portman.resolver"
   print(("namespace %s, dnsmasq on 127.0.0.1:53; libuv thread pool: %s threads")
     :format(os.getenv("PM_BENCH_NS"), os.getenv("UV_THREADPOOL_SIZE") or "4 (default)"))
   cached(resolver)
-  for _, case in ipairs{{"inet", "inet", "A"}, {"any", "unspec", "A+AAAA"}} do
-    local t_pm, f_pm, queries = uncached_portman(resolver, case[1])
-    local t_uv, f_uv = uncached_luv(case[2])
-    print(("%d distinct names (%s), all at once:"):format(COUNT, case[3]))
-    print(("  portman.resolver:  %8.0f names/s (%.3f s, %d queries, %d failed)")
-      :format(rate(COUNT, t_pm), t_pm / 1e9, queries, #f_pm))
-    print(("  uv.getaddrinfo:    %8.0f names/s (%.3f s, %d failed)")
-      :format(rate(COUNT, t_uv), t_uv / 1e9, #f_uv))
+  for _, case in ipairs{{"inet", "inet", "A", "A", 1}, {"any", "unspec", "A+AAAA", "A+AAAA", 2}} do
+    uncached_case(resolver, case)
   end
 end
 

@@ -128,6 +128,13 @@ describe("portman.resolver", function()
         helpers.raises(r.resolve, r, "web.pm.test", {}, 1):match("bad argument.*"))
       assert.truthy(helpers.raises(r.resolve, r, "web.pm.test")
         :find("not inside portman.run or portman.spawn: pass a callback", 1, true))
+      -- an option table is walked for unknown keys once; its family is
+      -- checked on every call
+      local opts = {family = "inet"}
+      r:resolve("10.0.0.1", opts, function() end)
+      opts.family = "ipx"
+      assert.equal("bad argument #2 to 'resolve' (unknown family 'ipx' (inet, inet6, any))",
+        helpers.raises(r.resolve, r, "10.0.0.1", opts, function() end):match("bad argument.*"))
     end)
 
     it("raises, and never crashes, on hostile names", function()
@@ -315,6 +322,21 @@ describe("portman.resolver", function()
       end
       assert.equal(10, r2:stats().queries)
     end)
+
+    it("answers names queued while the queue's head has moved on", function()
+      local r2 = new{servers = {server.address}, hosts = false, max_inflight = 2, cache = false}
+      local got = {}
+      local function ask(i)
+        r2:resolve("many" .. i .. ".pm.test", {family = "inet"}, function(records, err)
+          got[i] = records and records[1].address or err
+          if i < 5 then ask(i + 5) end -- joins the queue behind what is left of it
+        end)
+      end
+      for i = 0, 4 do ask(i) end
+      uv.run()
+      for i = 0, 9 do assert.equal("10.1.0." .. i, got[i]) end
+      assert.equal(10, r2:stats().queries)
+    end)
   end)
 
   describe("a hostile server", function()
@@ -460,6 +482,51 @@ describe("portman.resolver", function()
       assert.equal("10.0.0.3", again[1].address)
       assert.equal(base + 2, server.count("A", "short.pm.test"))
       assert.equal(1, r:stats().hits)
+    end)
+
+    it("hands out cached records that a caller's changes do not reach the next caller with", function()
+      local clock = fake_clock()
+      local r = new{servers = {server.address}, hosts = false, clock = clock.read}
+      local function get(name, family)
+        return run(function() return r:resolve(name, {family = family}) end)
+      end
+      local web = {{address = "10.0.0.1", family = "inet", ttl = 300}}
+      assert.same(web, get("web.pm.test", "inet")) -- from the wire
+      local base = server.count("A", "web.pm.test")
+      local vandals = {
+        function(rs) rs[1].address = "192.0.2.66" end,
+        function(rs) rs[1].ttl = 1 end,
+        function(rs) rs[1].family = nil end,
+        function(rs) rs[1] = {address = "192.0.2.66", family = "inet", ttl = 300} end,
+        function(rs) rs[2] = {address = "192.0.2.67", family = "inet", ttl = 300} end,
+        function(rs) table.remove(rs, 1) end,
+        function(rs) rs.stale = true end,
+      }
+      for _, vandal in ipairs(vandals) do
+        vandal(get("web.pm.test", "inet"))
+        assert.same(web, get("web.pm.test", "inet"))
+        assert.same(web, r:cached("web.pm.test"))
+      end
+      -- SRV records, and "any" (whose list is new, its records the cache's)
+      local srv = run(function() return r:srv(SRV_NAME) end)
+      local srv_want = cjson.decode(cjson.encode(srv))
+      srv = run(function() return r:srv(SRV_NAME) end)
+      srv[1].target, srv[2].port, srv[1].weight = "evil.test", 1, 0
+      assert.same(srv_want, run(function() return r:srv(SRV_NAME) end))
+      local dual = get("dual.pm.test", "any")
+      local dual_want = cjson.decode(cjson.encode(dual))
+      dual = get("dual.pm.test", "any")
+      dual[1].address, dual[2].address = "::66", "192.0.2.66"
+      assert.same(dual_want, get("dual.pm.test", "any"))
+      assert.equal(base, server.count("A", "web.pm.test")) -- every one a hit
+      -- the TTL left still counts down by the resolver's clock
+      clock.advance(1500)
+      assert.same({{address = "10.0.0.1", family = "inet", ttl = 299}}, get("web.pm.test", "inet"))
+      clock.advance(298500) -- expired: asked again, and the new answer is served
+      assert.same(web, get("web.pm.test", "inet"))
+      assert.equal(base + 1, server.count("A", "web.pm.test"))
+      clock.advance(1000)
+      assert.same({{address = "10.0.0.1", family = "inet", ttl = 299}}, get("web.pm.test", "inet"))
     end)
 
     it("clamps TTLs to min_ttl and max_ttl", function()

@@ -43,10 +43,22 @@ function M.new(path, clock)
   return setmetatable({_path = path, _clock = clock, _map = {}}, Hosts)
 end
 
+-- map with each name also under its absolute form ("name."), so that a
+-- lookup is one index whichever form it asks for.
+local function with_dots(map)
+  local out = {}
+  for name, list in pairs(map) do
+    out[name] = list
+    if name:byte(-1) ~= 46 then out[name .. "."] = out[name .. "."] or list end -- 46: "."
+  end
+  return out
+end
+
 --- The file's addresses for lname (a lower-case name, a trailing dot
 -- allowed), or nil; re-reads the file first when it has changed.
-function Hosts:lookup(lname)
-  local now = self._clock()
+-- @tparam[opt] number now the clock's time, when the caller has it
+function Hosts:lookup(lname, now)
+  now = now or self._clock()
   local checked = self._checked
   if not checked or now - checked >= M.RECHECK_MS or now < checked then
     self._checked = now
@@ -54,12 +66,10 @@ function Hosts:lookup(lname)
     local stamp = st and (st.mtime.sec .. "." .. st.mtime.nsec .. ":" .. st.size) or "none"
     if stamp ~= self._stamp then
       self._stamp = stamp
-      self._map = M.read(self._path)
+      self._map = with_dots(M.read(self._path))
     end
   end
-  local map = self._map
-  if next(map) == nil then return nil end
-  return map[lname] or map[(lname:gsub("%.$", ""))]
+  return self._map[lname]
 end
 
 return M

@@ -13,7 +13,12 @@
 --   getaddrinfo, so one fixed time stands in for its MINIMUM);
 -- * concurrent lookups of one name share one query on the wire;
 -- * when a refresh fails (timeout, refused, ...) an expired answer is served
---   for up to `stale_ttl` seconds after it expired (RFC 8767), with ttl 0.
+--   for up to `stale_ttl` seconds after it expired (RFC 8767), with ttl 0;
+-- * the cache is keyed by record type, then lower-case name (no key string
+--   is made on a hit), and a hit hands out one records table per entry and
+--   remaining TTL, shared by every hit in that second: read-only by
+--   contract, and checked on each hit, so that a caller who changed it
+--   anyway does not pass the change on (see `hit_view`).
 --
 -- Every time the cache and the hosts file go by is the resolver's clock
 -- (`clock`, default the loop's uv.now, which advances as the loop runs).
@@ -56,6 +61,8 @@ local OPTIONS = {servers = true, cache = true, min_ttl = true, max_ttl = true, n
                  stale_ttl = true, timeout = true, tries = true, hosts = true,
                  cache_size = true, max_inflight = true, registry = true, clock = true}
 local FAMILIES = {"inet", "inet6", "any"}
+local FAMILY = {inet = true, inet6 = true, any = true}
+local KINDS = {"inet", "inet6", "srv"}
 local DEFAULTS = {min_ttl = 0, max_ttl = 86400, negative_ttl = 30, stale_ttl = 0,
                   timeout = 2000, tries = 2, cache_size = 100000, max_inflight = 100}
 -- Failures after which an expired answer may be served (not "no such name":
@@ -77,12 +84,16 @@ local function number_opt(fname, opts, key, min)
   return v
 end
 
--- The ASCII form of a query name (false: a literal address); raises on
--- anything else, blaming the caller.
+-- The ASCII form of a query name (false: a literal address) and its lower
+-- case; raises on anything else, blaming the caller.
 local function query_name(fname, name)
-  local ascii, err = names.query_name(name)
-  if ascii == nil then check.argerror(fname, 1, err) end
-  return ascii
+  local ascii, lower = names.query_name(name)
+  if ascii == nil then check.argerror(fname, 1, lower) end
+  return ascii, lower
+end
+
+local function new_cache()
+  return {inet = {}, inet6 = {}, srv = {}}
 end
 
 --- Creates a resolver.
@@ -141,10 +152,12 @@ function M.new(opts)
   self._hosts = path and hosts.new(path, self._clock) or nil
   check.optional("new", 1, opts, "registry", "function")
   self._registry = opts.registry
-  self._cache, self._cache_count = {}, 0
+  self._cache, self._cache_count = new_cache(), 0 -- kind -> lower-case name -> entry
   self._inflight = {} -- key -> {waiters}, one query on the wire per key
   self._queries = {} -- engine id -> key
-  self._queue, self._queue_head = {}, 1 -- keys waiting for max_inflight
+  -- keys waiting for max_inflight, from _queue_head to _queue_tail (not
+  -- #_queue: with the head's side emptied, # may name any border)
+  self._queue, self._queue_head, self._queue_tail = {}, 1, 0
   self._next_id = 0
   self._stats = {queries = 0, hits = 0, misses = 0, coalesced = 0, stale = 0, negative_hits = 0}
   return self
@@ -160,8 +173,8 @@ local function call(cb, ...)
   if not ok then log.error("callback_failed", {what = "resolver", error = err}) end
 end
 
--- Copies records with their remaining TTL (a caller may keep or change
--- what it gets; the cache's own copy stays as it was).
+-- Copies records with their remaining TTL (the cache's own records never
+-- leave it: what a caller gets is always a copy of them).
 local function fresh_copy(records, remaining, stale)
   local out = {}
   for i = 1, #records do
@@ -187,59 +200,70 @@ end
 local function make_room(self)
   if self._cache_count < self._cache_size then return end
   local now = self._clock()
-  for key, e in pairs(self._cache) do
-    if e.stale_until <= now then
-      self._cache[key] = nil
-      self._cache_count = self._cache_count - 1
+  for _, kind in ipairs(KINDS) do
+    local by_name = self._cache[kind]
+    for name, e in pairs(by_name) do
+      if e.stale_until <= now then
+        by_name[name] = nil
+        self._cache_count = self._cache_count - 1
+      end
     end
   end
   local keep = math.floor(self._cache_size * 0.9)
-  while self._cache_count > keep do
-    local key = next(self._cache)
-    self._cache[key] = nil
-    self._cache_count = self._cache_count - 1
+  for _, kind in ipairs(KINDS) do
+    local by_name = self._cache[kind]
+    while self._cache_count > keep and next(by_name) do
+      by_name[next(by_name)] = nil
+      self._cache_count = self._cache_count - 1
+    end
   end
 end
 
-local function store(self, key, entry)
+local function store(self, kind, name, entry)
   if not self._caching then return end
-  if not self._cache[key] then
+  local by_name = self._cache[kind]
+  if not by_name[name] then
     make_room(self)
     self._cache_count = self._cache_count + 1
   end
-  self._cache[key] = entry
+  by_name[name] = entry
 end
 
--- A query's result: into the cache, then to every waiter.
+-- A query's result: into the cache, then to every waiter (the first gets
+-- the copy made here, the others copies of it).
 local function settle(self, key, res)
   local now = self._clock()
+  local flight = self._inflight[key]
+  local kind, name
+  if flight then kind, name = flight.kind, flight.name
+  else kind, name = key:match("^(%w+)|(.*)$") end
   local records, err, code
   if res.records then
     local ttl = math.huge
-    for _, rec in ipairs(res.records) do ttl = math.min(ttl, rec.ttl) end
+    for _, rec in ipairs(res.records) do if rec.ttl < ttl then ttl = rec.ttl end end
     ttl = math.tointeger(clamp(ttl, self._min_ttl, self._max_ttl) // 1) or 0
-    store(self, key, {records = res.records, ttl = ttl, fetched = now,
+    store(self, kind, name, {records = res.records, ttl = ttl, fetched = now,
                       expires = now + ttl * 1000, stale_until = now + (ttl + self._stale_ttl) * 1000})
     records = fresh_copy(res.records, ttl)
   else
     code = res.code
-    err = ("%s: %s: %s"):format(code, key:match("|(.*)$"), res.reason)
-    local old = self._caching and self._cache[key]
+    err = ("%s: %s: %s"):format(code, name, res.reason)
+    local old = self._caching and self._cache[kind][name]
     if STALE_ON[code] and old and old.records and now < old.stale_until then
       self._stats.stale = self._stats.stale + 1
       records, err, code = fresh_copy(old.records, 0, true), nil, nil
     elseif code == "not_found" then
       local ttl = self._negative_ttl
-      store(self, key, {err = err, code = code, ttl = ttl, fetched = now, expires = now + ttl * 1000,
+      store(self, kind, name, {err = err, code = code, ttl = ttl, fetched = now, expires = now + ttl * 1000,
                         stale_until = now + ttl * 1000})
     end
   end
-  local flight = self._inflight[key]
   if not flight then return end -- closed meanwhile: its waiters were told
   self._inflight[key] = nil
-  for _, cb in ipairs(flight) do
-    if records then call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale))
-    else call(cb, nil, err, code) end
+  for i, cb in ipairs(flight) do
+    if not records then call(cb, nil, err, code)
+    elseif i == 1 then call(cb, records)
+    else call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale)) end
   end
 end
 
@@ -263,16 +287,24 @@ local drain, release
 -- A step's finished queries, from the engine's driver. A resolver that
 -- releases when idle does so before any callback runs, when this batch
 -- leaves nothing on the wire: a callback then sees it holding nothing.
+-- Queued queries take the room the batch made before its answers are
+-- settled, so that the server works on them meanwhile (sent after, the
+-- server would sit idle while the callbacks ran, and the client idle while
+-- it answered: the two would take turns instead of overlapping).
 local function deliver(self, batch)
   if self._release_when_idle and self._engine:pending() == 0 and not self._queue[self._queue_head] then
     release(self)
   end
+  drain(self)
   for _, res in ipairs(batch) do
     if self._closed then return end -- a callback closed the resolver
     local key = self._queries[res.id]
     self._queries[res.id] = nil
-    if key and res.records and key:find("^srv|") then res = without_root_targets(res) end
-    if key then settle(self, key, res) end
+    if key then
+      local flight = self._inflight[key]
+      if res.records and flight and flight.kind == "srv" then res = without_root_targets(res) end
+      settle(self, key, res)
+    end
   end
   if self._closed then return end
   drain(self)
@@ -314,12 +346,15 @@ end
 
 -- RFC 6761 section 6.4: names under .invalid never exist; no query asks.
 local function invalid_tld(name)
-  return name == "invalid" or name == "invalid." or name:sub(-8) == ".invalid" or name:sub(-9) == ".invalid."
+  local at = name:find("invalid", -8, true)
+  if not at then return false end
+  local tail = name:sub(at + 7)
+  return (tail == "" or tail == ".") and (at == 1 or name:byte(at - 1) == 46) -- 46: "."
 end
 
--- Puts a query for key on the wire.
-local function send(self, key)
-  local kind, name = key:match("^(%w+)|(.*)$")
+-- Puts the query for key (its flight: waiters, kind and name) on the wire.
+local function send(self, key, flight)
+  local kind, name = flight.kind, flight.name
   if invalid_tld(name) then
     return settle(self, key, {code = "not_found", reason = "no such name (.invalid, RFC 6761)"})
   end
@@ -343,55 +378,99 @@ end
 -- Sends queued queries while there is room on the wire.
 function drain(self)
   local q = self._queue
-  while q[self._queue_head] and (not self._engine or self._engine:pending() < self._max_inflight) do
+  if not q[self._queue_head] then return end
+  -- each send adds one at most: the room is counted once
+  local room = self._max_inflight - (self._engine and self._engine:pending() or 0)
+  while room > 0 and q[self._queue_head] do
     local key = q[self._queue_head]
     q[self._queue_head] = nil
     self._queue_head = self._queue_head + 1
-    send(self, key)
+    room = room - 1
+    local flight = self._inflight[key]
+    if flight then send(self, key, flight) end
   end
-  if not q[self._queue_head] then self._queue, self._queue_head = {}, 1 end
+  if not q[self._queue_head] then self._queue, self._queue_head, self._queue_tail = {}, 1, 0 end
 end
 
--- The cached answer for key: true and records (fresh), or true, nil, err,
--- code (a cached failure), or false.
-local function cached(self, key)
-  if not self._caching then return false end
-  local e = self._cache[key]
-  if not e then return false end
-  local now = self._clock()
-  if now >= e.expires then return false end
-  if e.records then
-    self._stats.hits = self._stats.hits + 1
-    return true, fresh_copy(e.records, e.ttl - (now - e.fetched) // 1000)
-  end
-  self._stats.negative_hits = self._stats.negative_hits + 1
-  return true, nil, e.err, e.code
+-- Makes entry e's view: its records as a hit hands them out with left
+-- seconds to live, and (private) the record tables put in it.
+local function make_view(e, left)
+  local view = fresh_copy(e.records, left)
+  e.view, e.view_ttl, e.view_records = view, left, table.move(view, 1, #view, 1, {})
+  return view
 end
 
--- Looks key up: the cache, else joins or starts its query.
-local function ask(self, key, cb)
-  local hit, records, err, code = cached(self, key)
-  if hit then return cb(records, err, code) end
+-- The cached answer for kind ("inet", "inet6", "srv") and lname at now:
+-- true and records (fresh), or true, nil, err, code (a cached failure), or
+-- false.
+--
+-- The records a hit hands out are one table per entry and remaining TTL,
+-- shared by the hits of that second (read-only by contract), and made
+-- again from the entry's own records (which never leave the cache) when
+-- the TTL left changes or a caller changed them: each record table must be
+-- the one put there and every field the resolver sets is compared (fields
+-- a caller added are not looked for).
+local function cached(self, kind, lname, now)
+  local e = self._cache[kind][lname]
+  if not e or now >= e.expires then return false end
+  local stats = self._stats
+  local records = e.records
+  if not records then
+    stats.negative_hits = stats.negative_hits + 1
+    return true, nil, e.err, e.code
+  end
+  stats.hits = stats.hits + 1
+  local left = e.ttl - (now - e.fetched) // 1000
+  local view, mine = e.view, e.view_records
+  local n = #records
+  if not view or e.view_ttl ~= left or view.stale ~= nil or #view ~= n then
+    return true, make_view(e, left)
+  end
+  for i = 1, n do
+    local v, rec = view[i], records[i]
+    if v ~= mine[i] or v.ttl ~= left then return true, make_view(e, left) end
+    if rec.address then
+      if v.address ~= rec.address or v.family ~= rec.family then return true, make_view(e, left) end
+    elseif v.target ~= rec.target or v.port ~= rec.port or v.priority ~= rec.priority
+        or v.weight ~= rec.weight then
+      return true, make_view(e, left)
+    end
+  end
+  return true, view
+end
+
+-- Joins or starts the query for kind and lname (not in the cache).
+local function wire(self, kind, lname, cb)
   if self._closed then return cb(nil, "closed: resolver closed", "closed") end
   self._stats.misses = self._stats.misses + 1
+  local key = kind .. "|" .. lname
   local flight = self._inflight[key]
   if flight then
     self._stats.coalesced = self._stats.coalesced + 1
     flight[#flight + 1] = cb
     return
   end
-  self._inflight[key] = {cb}
+  flight = {cb, kind = kind, name = lname}
+  self._inflight[key] = flight
   if self._engine and self._engine:pending() >= self._max_inflight then
-    self._queue[#self._queue + 1] = key
+    self._queue_tail = self._queue_tail + 1
+    self._queue[self._queue_tail] = key
     return
   end
-  send(self, key)
+  send(self, key, flight)
   if self._driver then self._driver:arm() end
 end
 
-local function hosts_lookup(self, lname)
+-- Looks kind and lname up: the cache, else joins or starts its query.
+local function ask(self, kind, lname, cb, now)
+  local hit, records, err, code = cached(self, kind, lname, now)
+  if hit then return cb(records, err, code) end
+  return wire(self, kind, lname, cb)
+end
+
+local function hosts_lookup(self, lname, now)
   local h = self._hosts
-  return h and h:lookup(lname)
+  return h and h:lookup(lname, now)
 end
 
 local function pick_family(list, family, name)
@@ -407,20 +486,28 @@ local function pick_family(list, family, name)
   return out
 end
 
--- "any": both families' answers, IPv6 first; a failure only when both
--- fail (not_found only when both found nothing).
-local function combine(a, b)
-  if a[1] and b[1] then
-    local out = {}
-    for _, rec in ipairs(a[1]) do out[#out + 1] = rec end
-    for _, rec in ipairs(b[1]) do out[#out + 1] = rec end
-    if a[1].stale or b[1].stale then out.stale = true end
+-- "any": both families' answers (records, err, code each), IPv6 first; a
+-- failure only when both fail (not_found only when both found nothing).
+local function combine(r6, e6, c6, r4, e4, c4)
+  if r6 and r4 then
+    local out = table.move(r6, 1, #r6, 1, {})
+    table.move(r4, 1, #r4, #out + 1, out)
+    if r6.stale or r4.stale then out.stale = true end
     return out
   end
-  if a[1] then return a[1] end
-  if b[1] then return b[1] end
-  if a[3] ~= "not_found" then return nil, a[2], a[3] end
-  return nil, b[2], b[3]
+  if r6 then return r6 end
+  if r4 then return r4 end
+  if c6 ~= "not_found" then return nil, e6, c6 end
+  return nil, e4, c4
+end
+
+-- "any" with at least one family not cached: asks the wire for those.
+local function resolve_both(self, lname, cb, six, four)
+  local function both()
+    if six and four then cb(combine(six[1], six[2], six[3], four[1], four[2], four[3])) end
+  end
+  if not six then wire(self, "inet6", lname, function(...) six = table.pack(...); both() end) end
+  if not four then wire(self, "inet", lname, function(...) four = table.pack(...); both() end) end
 end
 
 -- Where the registry says service name runs: records like a DNS answer
@@ -439,24 +526,52 @@ local function registry_lookup(self, name)
   return #out > 0 and out or nil
 end
 
--- Resolves name, whose ASCII form is ascii (false: name is a literal).
-local function resolve(self, name, ascii, family, cb)
+-- Resolves name, whose ASCII form is ascii (false: name is a literal) and
+-- lname its lower case. A hit makes no closure, key string or copy.
+local function resolve(self, name, ascii, lname, family, cb)
   if not ascii then
     local lit_family, ip = core.dns_parse_ip(name)
     return cb(pick_family({{address = ip, family = lit_family}}, family, name))
   end
-  local lname = ascii:lower()
-  local from_registry = registry_lookup(self, ascii)
-  if from_registry then return cb(pick_family(from_registry, family, ascii)) end
-  local from_hosts = hosts_lookup(self, lname)
-  if from_hosts then return cb(pick_family(from_hosts, family, ascii)) end
-  if family ~= "any" then return ask(self, family .. "|" .. lname, cb) end
-  local six, four
-  local function both()
-    if six and four then cb(combine(six, four)) end
+  if self._registry then
+    local from_registry = registry_lookup(self, ascii)
+    if from_registry then return cb(pick_family(from_registry, family, ascii)) end
   end
-  ask(self, "inet6|" .. lname, function(...) six = table.pack(...); both() end)
-  ask(self, "inet|" .. lname, function(...) four = table.pack(...); both() end)
+  local now = self._clock()
+  local h = self._hosts
+  local from_hosts = h and h:lookup(lname, now)
+  if from_hosts then return cb(pick_family(from_hosts, family, ascii)) end
+  if family ~= "any" then
+    local hit, records, err, code = cached(self, family, lname, now)
+    if hit then return cb(records, err, code) end
+    return wire(self, family, lname, cb)
+  end
+  local h6, r6, e6, c6 = cached(self, "inet6", lname, now)
+  local h4, r4, e4, c4 = cached(self, "inet", lname, now)
+  if h6 and h4 then return cb(combine(r6, e6, c6, r4, e4, c4)) end
+  resolve_both(self, lname, cb, h6 and {r6, e6, c6}, h4 and {r4, e4, c4})
+end
+
+-- The option table resolve checked last: passed again (a loop's), it is
+-- not walked for unknown keys again; its family is checked on every call.
+local vetted
+
+-- resolve's opts: the family. {family = F} and {} need no walk.
+local function family_opt(opts)
+  if type(opts) == "table" then
+    local k = next(opts)
+    if k == nil then vetted = opts; return "any" end
+    local family = opts.family
+    if k == "family" and FAMILY[family] and next(opts, k) == nil then
+      vetted = opts
+      return family
+    end
+  end
+  check.table("resolve", 2, opts)
+  check.known("resolve", 2, opts, {family = true})
+  local family = check.oneof("resolve", 2, opts.family or "any", FAMILIES, "family")
+  vetted = opts
+  return family
 end
 
 --- Resolves name to addresses.
@@ -466,49 +581,51 @@ end
 -- @tparam[opt] function cb called with the results instead of returning them
 -- @return[1] records: `{{address = "192.0.2.1", family = "inet", ttl = 300}, ...}`
 --   (ttl: seconds left; 0 for literals, hosts-file names and stale answers,
---   which also set `records.stale = true`)
+--   which also set `records.stale = true`). Read-only: a cached answer's
+--   tables are shared by the hits of the same second (copy to change them).
 -- @return[2] nil, msg, code: not_found, timeout, refused, protocol, unreachable, closed
 -- @raise on a malformed name, a bad option, no callback outside a task, or
 --   a closed resolver
 function R:resolve(name, opts, cb)
   if self._closed then error("attempt to use a closed portman.resolver", 2) end
-  if type(opts) == "function" and cb == nil then opts, cb = nil, opts end
+  if cb == nil and type(opts) == "function" then opts, cb = nil, opts end
   if cb ~= nil and type(cb) ~= "function" then
     check.argerror("resolve", 3, "function expected, got " .. type(cb))
   end
-  local ascii = query_name("resolve", name)
+  local ascii, lname = names.query_name(name)
+  if ascii == nil then check.argerror("resolve", 1, lname) end
   local family = "any"
   if opts ~= nil then
-    check.table("resolve", 2, opts)
-    check.known("resolve", 2, opts, {family = true})
-    family = check.oneof("resolve", 2, opts.family or "any", FAMILIES, "family")
+    family = opts == vetted and opts.family or "any"
+    if not (opts == vetted and FAMILY[family]) then family = family_opt(opts) end
   end
   if cb then
-    resolve(self, name, ascii, family, cb)
+    resolve(self, name, ascii, lname, family, cb)
     return
   end
   -- In a task, a fresh cached answer for one family needs no coroutine
-  -- switch (and nothing the hosts file says otherwise about).
-  if family ~= "any" and ascii and async.in_task() then
-    local lname = ascii:lower()
-    if not hosts_lookup(self, lname) then
-      local hit, records, err, code = cached(self, family .. "|" .. lname)
+  -- switch (and nothing the registry or hosts file says otherwise about).
+  if family ~= "any" and ascii and not self._registry and async.in_task() then
+    local now = self._clock()
+    if not hosts_lookup(self, lname, now) then
+      local hit, records, err, code = cached(self, family, lname, now)
       if hit then return records, err, code end
     end
   end
-  return async.await(function(done) resolve(self, name, ascii, family, done) end)
+  return async.await(function(done) resolve(self, name, ascii, lname, family, done) end)
 end
 
 --- Looks up SRV records (RFC 2782) for name, "_service._proto.domain".
 -- @tparam string name
 -- @tparam[opt] function cb called with the results instead of returning them
 -- @return[1] records: `{{target, port, priority, weight, ttl}, ...}` as the
---   server sent them (order them with `resolver.srv_order`)
+--   server sent them (order them with `resolver.srv_order`); read-only, as
+--   `resolve`'s are
 -- @return[2] nil, msg, code
 -- @raise on a malformed name, no callback outside a task, or a closed resolver
 function R:srv(name, cb)
   if self._closed then error("attempt to use a closed portman.resolver", 2) end
-  local ascii = query_name("srv", name)
+  local ascii, lname = query_name("srv", name)
   if not ascii then check.argerror("srv", 1, "SRV name expected, got an address") end
   if cb ~= nil and type(cb) ~= "function" then
     check.argerror("srv", 2, "function expected, got " .. type(cb))
@@ -522,12 +639,11 @@ function R:srv(name, cb)
     if cb then return cb(records) end
     return records
   end
-  local key = "srv|" .. ascii:lower()
   if cb then
-    ask(self, key, cb)
+    ask(self, "srv", lname, cb, self._clock())
     return
   end
-  return async.await(function(done) ask(self, key, done) end)
+  return async.await(function(done) ask(self, "srv", lname, done, self._clock()) end)
 end
 
 --- One address for host, for a connection: a literal address (or
@@ -547,9 +663,9 @@ function R:lookup(host, family, cb)
   if type(host) ~= "string" then check.argerror("lookup", 1, "string expected, got " .. type(host)) end
   if family ~= nil then check.oneof("lookup", 2, family, {"inet", "inet6"}, "family") end
   if type(cb) ~= "function" then check.argerror("lookup", 3, "function expected, got " .. type(cb)) end
-  local ascii, err = names.query_name(host)
-  if ascii == nil then return cb(nil, "not_found: " .. err, "not_found") end
-  resolve(self, host, ascii, family or "any", function(records, msg, code)
+  local ascii, lname = names.query_name(host)
+  if ascii == nil then return cb(nil, "not_found: " .. lname, "not_found") end
+  resolve(self, host, ascii, lname, family or "any", function(records, msg, code)
     if not records then return cb(nil, msg, code) end
     local pick = records[1]
     if not family then
@@ -564,20 +680,21 @@ function R:lookup(host, family, cb)
   end)
 end
 
---- The cached answer for name without a query, or nil.
+--- The cached answer for name without a query (read-only, as `resolve`'s
+-- records are), or nil.
 -- @tparam string name
 -- @tparam[opt] string kind "inet", "inet6" or "srv" (default "inet")
 function R:cached(name, kind)
-  local ascii = query_name("cached", name)
-  kind = check.oneof("cached", 2, kind or "inet", {"inet", "inet6", "srv"}, "kind")
+  local ascii, lname = query_name("cached", name)
+  kind = check.oneof("cached", 2, kind or "inet", KINDS, "kind")
   if not ascii then return nil end
-  local hit, records = cached(self, kind .. "|" .. ascii:lower())
+  local hit, records = cached(self, kind, lname, self._clock())
   return hit and records or nil
 end
 
 --- Forgets every cached answer.
 function R:flush()
-  self._cache, self._cache_count = {}, 0
+  self._cache, self._cache_count = new_cache(), 0
 end
 
 --- Counters: queries (sent on the wire), hits, negative_hits, misses,
@@ -596,7 +713,8 @@ function R:close()
   self._closed = true
   release(self)
   local flights = self._inflight
-  self._inflight, self._queries, self._queue = {}, {}, {}
+  self._inflight, self._queries = {}, {}
+  self._queue, self._queue_head, self._queue_tail = {}, 1, 0
   for key, waiters in pairs(flights) do
     for _, cb in ipairs(waiters) do
       call(cb, nil, "closed: " .. key:match("|(.*)$") .. ": resolver closed", "closed")

@@ -7,6 +7,9 @@ local core = require "portman.core"
 
 local M = {}
 
+-- 64 characters that are not a dot: a label too long.
+local LONG_LABEL = ("[^.]"):rep(64)
+
 --- Reads a DNS server's address, "IP", "IP:PORT", "[IPv6]" or
 -- "[IPv6]:PORT" (port 53 by default).
 -- @return[1] c-ares' form of it ("192.0.2.1:53", "[2001:db8::1]:53")
@@ -34,11 +37,11 @@ function M.valid_name(name)
   if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
   if core.dns_parse_ip(name) then return name end
   local bare = name:sub(-1) == "." and name:sub(1, -2) or name
-  local bad = ("invalid domain name '%s'"):format(name)
-  if #bare == 0 or #bare > 253 or not bare:match("^[%w%-_%.]+$") then return nil, bad end
-  for label in (bare .. "."):gmatch("([^.]*)%.") do
-    if #label == 0 or #label > 63 then return nil, bad end
-  end
+  local ok = #bare > 0 and #bare <= 253 and bare:find("^[%w%-_%.]+$") ~= nil
+  -- labels of 1-63: no empty one (at either end, or "..") and no run of 64
+  ok = ok and bare:byte(1) ~= 46 and bare:byte(-1) ~= 46 and not bare:find("..", 1, true)
+    and not bare:find(LONG_LABEL)
+  if not ok then return nil, ("invalid domain name '%s'"):format(name) end
   return name
 end
 
@@ -62,19 +65,21 @@ function M.to_ascii(name)
   return ascii
 end
 
--- Names already checked, as their ASCII form (false: a literal address),
--- so that a cache hit costs no pattern matching or conversion (cleared
--- when it grows large: it is only a shortcut).
-local known, known_count = {}, 0
+-- Names already checked, as their ASCII form (false: a literal address)
+-- and its lower case (the cache's key), so that a cache hit costs no
+-- pattern matching, conversion or new string (cleared when it grows large:
+-- it is only a shortcut).
+local known, lowered, known_count = {}, {}, 0
 
 --- A name for a query: its ASCII form (`to_ascii`, then `valid_name`), or
--- false for a literal address; the answer is remembered for name.
--- @return[1] the ASCII name, or false
+-- false for a literal address, and that form in lower case (nil for a
+-- literal); the answer is remembered for name.
+-- @return[1] the ASCII name or false, and its lower case
 -- @return[2] nil, "invalid domain name '...'" (with the reason an
 --   internationalized name failed, or its ASCII form)
 function M.query_name(name)
   local ascii = known[name]
-  if ascii ~= nil then return ascii end
+  if ascii ~= nil then return ascii, lowered[name] end
   if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
   local converted = name
   if name:find("[\128-\255]") then
@@ -90,9 +95,10 @@ function M.query_name(name)
     return nil, err
   end
   ascii = not core.dns_parse_ip(converted) and converted
-  if known_count >= 10000 then known, known_count = {}, 0 end
-  known[name], known_count = ascii, known_count + 1
-  return ascii
+  local lower = ascii and ascii:lower() or nil
+  if known_count >= 10000 then known, lowered, known_count = {}, {}, 0 end
+  known[name], lowered[name], known_count = ascii, lower, known_count + 1
+  return ascii, lower
 end
 
 return M
