@@ -59,7 +59,7 @@ describe("portman.backend", function()
   end
 
   it("gives both kinds the one interface, with no internal methods", function()
-    local shared = {"claim", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup", "mirror",
+    local shared = {"claim", "claim_many", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup", "mirror",
                     "node", "register", "release", "renew", "services", "start", "watch"}
     local f = backend.new{path = dir .. "/state.json"}
     assert.same(shared, methods(f))
@@ -96,6 +96,30 @@ describe("portman.backend", function()
         assert.equal("conflict: ports/20000 is held by node a", err)
         assert.is_true(a:holds("ports", "20000"))
         assert.is_false(b:holds("ports", "20000"))
+      end)
+    end)
+
+    it("claims several records in one write: every free one, none another node holds", function()
+      async.run(function()
+        local a, b = file("a"), file("b")
+        local puts = {}
+        local w = b:watch("ports", function(ev) puts[#puts + 1] = ev.key end)
+        assert(a:claim("ports", "20011", {port = 20011}))
+        local got, held = assert(b:claim_many("ports", {["20010"] = {port = 20010}, ["20011"] = {port = 20011},
+                                                        ["20012"] = {port = 20012}}))
+        assert.same({"20010", "20012"}, got)
+        assert.same({["20011"] = "a"}, held)
+        assert.same({"20010", "20012"}, puts)
+        local owners = {}
+        for _, r in ipairs(assert(a:list("ports"))) do owners[r.key] = r.node end
+        assert.same({["20010"] = "b", ["20011"] = "a", ["20012"] = "b"}, owners)
+        -- what the node holds already is its own again, with no write
+        got, held = assert(b:claim_many("ports", {["20010"] = {port = 20010}}))
+        assert.same({"20010"}, got)
+        assert.same({}, held)
+        assert.equal(2, #puts)
+        assert.same({{}, {}}, {assert(a:claim_many("ports", {}))})
+        w.close()
       end)
     end)
 
@@ -189,6 +213,10 @@ describe("portman.backend", function()
         assert.is_nil(none)
         assert.equal("exhausted", code)
         assert.equal("exhausted: 0 of 1 ports claimed, no free port left in 21000-21009", err)
+        -- one port a call, or several: the same ports
+        local c = file("c")
+        assert.same({21100, 21101, 21102, 21103}, assert(c:claim_ports{range = {21100, 21199}, count = 4, batch = 1}))
+        assert.same({21104, 21105, 21106, 21107}, assert(c:claim_ports{range = {21100, 21199}, count = 4, batch = 3}))
         local h = assert(a:claim_ports{range = {22000, 22999}, count = 1, strategy = "hash", node_id = "n1"})
         assert.same({require("portman.allocator").hash_start("n1", 22000, 22999)}, h)
       end)
@@ -229,6 +257,17 @@ describe("portman.backend", function()
         helpers.raises(a.claim, a, "ports", "1", "v", cb))
       assert.matches("bad argument #3 to 'claim' %(value not JSON%-able",
         helpers.raises(a.claim, a, "ports", "1", {f = print}, cb))
+      assert.matches("bad argument #2 to 'claim_many' %(table of key = value expected%)",
+        helpers.raises(a.claim_many, a, "ports", "k", cb))
+      assert.matches("bad argument #2 to 'claim_many' %(keys: non%-empty strings expected%)",
+        helpers.raises(a.claim_many, a, "ports", {[""] = {}}, cb))
+      assert.matches("bad argument #2 to 'claim_many' %(value of k: table expected, got number%)",
+        helpers.raises(a.claim_many, a, "ports", {k = 1}, cb))
+      assert.matches("bad argument #2 to 'claim_many' %(value not JSON%-able",
+        helpers.raises(a.claim_many, a, "ports", {k = {f = print}}, cb))
+      assert.matches("bad argument #1 to 'claim_many' %(ns: ", helpers.raises(a.claim_many, a, "a/b", {}, cb))
+      assert.matches("bad argument #1 to 'claim_ports' %(batch: positive integer expected%)",
+        helpers.raises(a.claim_ports, a, {range = {1024, 2000}, batch = 0}, cb))
       assert.matches("bad argument #1 to 'register' %(unknown option 'nam'%)",
         helpers.raises(a.register, a, {nam = "x"}, cb))
       assert.matches("bad argument #1 to 'register' %(port: port out of range 1%-65535%)",

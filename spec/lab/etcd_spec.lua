@@ -308,6 +308,88 @@ describe("etcd cluster #lab", function()
     end)
   end)
 
+  -- The ports of range lo-hi as claim_many's records.
+  local function recs(lo, hi)
+    local out = {}
+    for p = lo, hi do out[tostring(p)] = {port = p} end
+    return out
+  end
+
+  local function key_list(lo, hi)
+    local out = {}
+    for p = lo, hi do out[#out + 1] = tostring(p) end
+    table.sort(out)
+    return out
+  end
+
+  it("claims several keys in one txn: every free one, none another node holds, naming its holder", function()
+    run(function()
+      local a, b = new_backend("many", "node-a"), new_backend("many", "node-b")
+      assert(a:claim("ports", "1", {})) -- the lease: granting one moves no revision
+      local _, before = assert(a:list("ports"))
+      local got, held = assert(a:claim_many("ports", recs(46000, 46009)))
+      local records, after = assert(a:list("ports"))
+      assert.equal(math.tointeger(before) + 1, math.tointeger(after)) -- one txn for ten keys
+      assert.same(key_list(46000, 46009), got)
+      assert.same({}, held)
+      assert.equal(11, #records)
+      for _, r in ipairs(records) do
+        assert.equal("node-a", r.node)
+        assert.equal(a:lease(), r.lease)
+      end
+      -- one of b's keys is a's: b gets exactly the free ones, and learns who holds the other
+      got, held = assert(b:claim_many("ports", recs(46009, 46011)))
+      assert.same({"46010", "46011"}, got)
+      assert.same({["46009"] = "node-a"}, held)
+      assert.is_false(b:holds("ports", "46009"))
+      assert.is_true(b:holds("ports", "46010"))
+      local owners = claimed(a)
+      assert.equal("node-a", owners[46009])
+      assert.equal("node-b", owners[46010])
+      assert.equal("node-b", owners[46011])
+      -- a's own key is its own again, b's stays b's: nothing is written
+      _, before = assert(a:list("ports"))
+      got, held = assert(a:claim_many("ports", {["46000"] = {port = 46000}, ["46010"] = {port = 46010}}))
+      assert.same({"46000"}, got)
+      assert.same({["46010"] = "node-b"}, held)
+      _, after = assert(a:list("ports"))
+      assert.equal(before, after)
+      -- more keys than etcd takes in one txn (128): three txns
+      before = after
+      got, held = assert(a:claim_many("ports", recs(47000, 47299)))
+      _, after = assert(a:list("ports"))
+      assert.equal(300, #got)
+      assert.same({}, held)
+      assert.equal(math.tointeger(before) + 3, math.tointeger(after))
+      -- closing revokes the lease: every key a claimed goes at once
+      assert.is_true(async.await(a.close, a))
+      local _, n = claimed(b)
+      assert.equal(2, n)
+      b:close()
+    end)
+  end)
+
+  it("claims several keys after its lease lapsed: a new lease, its records written again", function()
+    run(function()
+      local a = new_backend("many-lapse", "node-a", {ttl = 1})
+      local reader = new_backend("many-lapse", "reader")
+      assert.same({"48000"}, assert(a:claim_many("ports", recs(48000, 48000))))
+      local old = a:lease()
+      -- no keep-alive: the lease lapses and etcd drops the key
+      assert.truthy(etcd_cluster.wait_until(function()
+        local _, n = claimed(reader)
+        return n == 0
+      end, 15000, 200))
+      assert.same({"48001", "48002"}, assert(a:claim_many("ports", recs(48001, 48002))))
+      assert.not_equal(old, a:lease())
+      local owners, n = claimed(reader)
+      assert.equal(3, n)
+      assert.same({[48000] = "node-a", [48001] = "node-a", [48002] = "node-a"}, owners)
+      a:close()
+      reader:close()
+    end)
+  end)
+
   it("watches other nodes' registrations and lists them with portman services", function()
     local name = RUN .. "svc"
     run(function()

@@ -15,7 +15,7 @@ local etcd = require "portman.etcd"
 local backend = require "portman.backend"
 
 local M = {}
-local check_ns_key, check_value = backend.check_ns_key, backend.check_value
+local check_ns_key, encode_record = backend.check_ns_key, backend.encode_record
 
 local Etcd = setmetatable({}, {__index = backend.Base})
 Etcd.__index = Etcd
@@ -71,9 +71,8 @@ end
 Etcd.claim = async.adapt(function(self, ns, key, value, cb)
   check_open(self)
   check_ns_key("claim", ns, key)
-  check_value("claim", 3, value)
+  local body = encode_record("claim", 3, self._node, value)
   local full = full_key(self, ns, key)
-  local body = json.encode({node = self._node, value = value})
   local retried = false
   local function try()
     with_lease(self, function(lease, err, code)
@@ -100,6 +99,87 @@ Etcd.claim = async.adapt(function(self, ns, key, value, cb)
     end)
   end
   try()
+end)
+
+-- Claims every free key of keys (at most MAX_TXN_OPS): a txn that creates
+-- them all if none exists; when one does, the txn's failure branch reads
+-- each key, and the next round claims the ones that were free, until a
+-- round succeeds or none is left. Each round is atomic and takes at least
+-- one key out, so nothing is half-claimed and the rounds end. Adds to got
+-- (keys now ours) and held (key -> another node); done(true) or
+-- done(nil, msg, code).
+local function claim_chunk(self, ns, keys, bodies, got, held, done)
+  local retried = false
+  local function round(part)
+    if #part == 0 then return done(true) end
+    with_lease(self, function(lease, err, code)
+      if not lease then return done(nil, err, code) end
+      local items = {}
+      for i, key in ipairs(part) do items[i] = {full_key(self, ns, key), bodies[key]} end
+      self._etcd:create_many(items, lease, function(ok, holders, ecode)
+        if ok == nil then
+          if ecode == "not_found" and not retried and self._lease == lease then
+            retried = true -- the lease lapsed: a new one, as claim does
+            return regrant(self, lease, function() round(part) end)
+          end
+          return done(nil, holders, ecode)
+        end
+        local free = {}
+        for i, key in ipairs(part) do
+          local kv = not ok and holders[i]
+          if ok or (kv and kv.lease == lease) then -- ours (maybe an earlier attempt's)
+            self._held[items[i][1]] = {ns = ns, key = key, body = bodies[key]}
+            got[#got + 1] = key
+          elseif kv then
+            held[key] = owner_of(kv)
+          else
+            free[#free + 1] = key
+          end
+        end
+        round(free)
+      end)
+    end)
+  end
+  round(keys)
+end
+
+--- Claims for this node every key of recs (`{[key] = value, ...}`) that
+-- no other node holds, in as few txns as it can: one txn of up to
+-- MAX_TXN_OPS keys creates them all when all are free; otherwise the
+-- free ones are claimed and the taken ones reported. Never half a txn:
+-- each key is either ours (bound to the lease) or another node's.
+-- @return[1] got: the keys now held by this node (sorted), and held:
+--   `{[key] = node}` for each key another node holds
+-- @return[2] nil, msg, code (unreachable, timeout): the keys this call
+--   claimed are released first (best effort)
+Etcd.claim_many = async.adapt(function(self, ns, recs, cb)
+  check_open(self)
+  check_ns_key("claim_many", ns, "-")
+  local keys = backend.check_recs("claim_many", recs)
+  local bodies = {}
+  for _, key in ipairs(keys) do bodies[key] = encode_record("claim_many", 2, self._node, recs[key]) end
+  local got, held, first = {}, {}, 1
+  local function next_chunk()
+    if first > #keys then
+      table.sort(got)
+      return cb(got, held)
+    end
+    local last = math.min(first + etcd.MAX_TXN_OPS - 1, #keys)
+    local part = table.move(keys, first, last, 1, {})
+    first = last + 1
+    claim_chunk(self, ns, part, bodies, got, held, function(ok, err, code)
+      if ok then return next_chunk() end
+      local left = #got
+      if left == 0 then return cb(nil, err, code) end
+      for _, key in ipairs(got) do
+        self:release(ns, key, function()
+          left = left - 1
+          if left == 0 then cb(nil, err, code) end
+        end)
+      end
+    end)
+  end
+  next_chunk()
 end)
 
 --- Drops a record this node holds (a txn on the key's lease: never

@@ -24,6 +24,10 @@
 -- or, in a task, yields and returns):
 --
 --     ok, err, code = b:claim(ns, key, value)      -- exclusive create
+--     got, held = b:claim_many(ns, {[key] = value, ...})
+--                          -- each key that is free, at once: got lists
+--                          -- the keys now ours, held[key] = the node that
+--                          -- holds a key already
 --     info, err, code = b:renew()                  -- one keep-alive round
 --     ok, err, code = b:release(ns, key)           -- drop a record we hold
 --     records, err, code = b:list(ns)              -- {{key, value, node}, ...}
@@ -70,6 +74,32 @@ function M.check_value(fname, n, value)
   if not ok then check.argerror(fname, n, "value not JSON-able: " .. tostring(err)) end
 end
 local check_value = M.check_value
+
+--- For kinds: the JSON of a record (`{node, value}`), encoded once: raises
+-- like check_value unless value (argument n of fname) is a table JSON can
+-- hold.
+function M.encode_record(fname, n, node, value)
+  if type(value) ~= "table" then check.argerror(fname, n, "table expected, got " .. type(value)) end
+  local ok, text = pcall(json.encode, {node = node, value = value})
+  if not ok then check.argerror(fname, n, "value not JSON-able: " .. tostring(text)) end
+  return text
+end
+
+--- For kinds: raises unless recs (argument 2 of fname) maps keys
+-- (non-empty strings) to values (tables); returns its keys, sorted.
+function M.check_recs(fname, recs)
+  if type(recs) ~= "table" then check.argerror(fname, 2, "table of key = value expected") end
+  local keys = {}
+  for key, value in pairs(recs) do
+    if type(key) ~= "string" or key == "" then check.argerror(fname, 2, "keys: non-empty strings expected") end
+    if type(value) ~= "table" then
+      check.argerror(fname, 2, ("value of %s: table expected, got %s"):format(key, type(value)))
+    end
+    keys[#keys + 1] = key
+  end
+  table.sort(keys)
+  return keys
+end
 
 --- This backend's node id.
 function Base:node() return self._node end
@@ -209,10 +239,11 @@ local function mark_claimed(self, pool, cb)
   end)
 end
 
--- Claims count ports from pool, up to concurrency claims in flight (see
--- claim_ports).
-local function claim_from(self, pool, count, concurrency, cb)
-  local got, inflight, conflicts, refreshes = {}, 0, 0, 0
+-- Claims count ports from pool: batches of up to `batch` ports a call of
+-- claim_many, up to concurrency calls in flight (see claim_ports).
+local function claim_from(self, pool, count, opts, cb)
+  local concurrency, batch = opts.concurrency, opts.batch
+  local got, pending, inflight, conflicts, refreshes = {}, 0, 0, 0, 0
   local streak, refreshing = 0, false
   local failure, finished
   local next_claim
@@ -242,10 +273,35 @@ local function claim_from(self, pool, count, concurrency, cb)
       next_claim()
     end)
   end
+  -- a claim_many of n ports answered: keys ours, held[key] another's
+  -- (or nil, held = the message, code)
+  local function claimed(n, keys, held, code)
+    inflight, pending = inflight - 1, pending - n
+    if not keys then
+      if not failure then failure = {held, code} end
+      return next_claim()
+    end
+    for _, key in ipairs(keys) do got[#got + 1] = math.tointeger(tonumber(key)) end
+    local lost = 0
+    for _ in pairs(held) do lost = lost + 1 end -- the pool keeps them marked
+    conflicts = conflicts + lost
+    if lost == 0 then
+      streak = 0
+    else
+      streak = streak + lost
+      if streak >= 2 * concurrency and not refreshing then return refresh() end
+    end
+    next_claim()
+  end
   next_claim = function()
-    while not failure and not refreshing and #got + inflight < count and inflight < concurrency do
-      local p = pool:allocate()
-      if not p then
+    while not failure and not refreshing and #got + pending < count and inflight < concurrency do
+      local recs, n = {}, 0
+      while n < batch and #got + pending + n < count do
+        local p = pool:allocate()
+        if not p then break end
+        recs[tostring(p)], n = {port = p}, n + 1
+      end
+      if n == 0 then
         if inflight == 0 then
           local lo, hi = pool:range()
           failure = {("exhausted: %d of %d ports claimed, no free port left in %d-%d")
@@ -253,37 +309,32 @@ local function claim_from(self, pool, count, concurrency, cb)
         end
         break
       end
-      inflight = inflight + 1
-      self:claim("ports", tostring(p), {port = p}, function(ok, cerr, ccode)
-        inflight = inflight - 1
-        if ok then
-          got[#got + 1] = p
-          streak = 0
-        elseif ccode == "conflict" then
-          conflicts, streak = conflicts + 1, streak + 1 -- the pool keeps it marked
-          if streak >= 2 * concurrency and not refreshing then return refresh() end
-        elseif not failure then
-          failure = {cerr, ccode}
-        end
-        next_claim()
-      end)
+      inflight, pending = inflight + 1, pending + n
+      self:claim_many("ports", recs, function(keys, held, code) claimed(n, keys, held, code) end)
     end
     if failure or #got == count then finish() end
   end
   next_claim()
 end
 
+-- Ports a claim_many of claim_ports: one etcd txn (etcd allows 128
+-- operations a txn), small enough that a conflict costs one more round of
+-- a few keys.
+local DEFAULT_BATCH = 32
+
 local ALLOC_OPTS = {range = true, count = true, strategy = true, node_id = true,
-                    allow_privileged = true, concurrency = true}
+                    allow_privileged = true, concurrency = true, batch = true}
 
 --- Claims count ports of range for this node, cluster-wide: reads what
 -- is claimed, picks candidates with a local pool (the allocator's
--- strategies), and claims them with up to `concurrency` claims in flight;
--- a port another node won meanwhile is skipped, and after a run of such
--- conflicts the claimed ports are read again. On failure the ports
--- already claimed are released (best effort).
+-- strategies), and claims them in batches of up to `batch` ports (one
+-- etcd txn, or one write of the state file, a batch), with up to
+-- `concurrency` batches in flight; a port another node won meanwhile is
+-- skipped, and after a run of such conflicts the claimed ports are read
+-- again. On failure the ports already claimed are released (best effort).
 -- @tparam table opts `range = {lo, hi}`, `count` (1), `strategy`,
---   `node_id`, `allow_privileged` (as allocator.new), `concurrency` (8)
+--   `node_id`, `allow_privileged` (as allocator.new), `concurrency` (8),
+--   `batch` (32; 1 claims one port a call)
 -- @return[1] the ports (ascending), and `{conflicts = n, refreshes = n}`
 -- @return[2] nil, msg, code (`exhausted` when the range has too few free)
 -- @raise on a bad or unknown option
@@ -298,12 +349,16 @@ Base.claim_ports = async.adapt(function(self, opts, cb)
   if math.type(concurrency) ~= "integer" or concurrency < 1 then
     check.argerror("claim_ports", 1, "concurrency: positive integer expected")
   end
+  local batch = opts.batch or DEFAULT_BATCH
+  if math.type(batch) ~= "integer" or batch < 1 then
+    check.argerror("claim_ports", 1, "batch: positive integer expected")
+  end
   local pool = allocator.new{range = opts.range, strategy = opts.strategy,
     node_id = opts.node_id or (opts.strategy == "hash" and self._node or nil),
     allow_privileged = opts.allow_privileged}
   mark_claimed(self, pool, function(ok, err, code)
     if not ok then return cb(nil, err, code) end
-    claim_from(self, pool, count, concurrency, cb)
+    claim_from(self, pool, count, {concurrency = concurrency, batch = batch}, cb)
   end)
 end)
 
