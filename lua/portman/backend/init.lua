@@ -42,7 +42,9 @@
 -- This file is that shared part and `new`; each kind is a file of its own
 -- (portman.backend.file, portman.backend.etcd), loaded when first used.
 -- A kind's class indexes `backend.Base`, and its primitives check their
--- arguments with `backend.check_ns_key` and `backend.check_value`.
+-- arguments with `backend.check_ns_key`, `backend.check_value` (or
+-- `backend.encode_record`, which checks and encodes at once) and
+-- `backend.check_recs`.
 local uv = require "luv"
 local async = require "portman.async"
 local check = require "portman.check"
