@@ -369,24 +369,29 @@ describe("etcd cluster #lab", function()
     end)
   end)
 
-  it("claims several keys after its lease lapsed: a new lease, its records written again", function()
+  it("claims several keys after its lease lapsed: a new lease, its records written again but one taken", function()
     run(function()
       local a = new_backend("many-lapse", "node-a", {ttl = 1})
-      local reader = new_backend("many-lapse", "reader")
-      assert.same({"48000"}, assert(a:claim_many("ports", recs(48000, 48000))))
+      local other = new_backend("many-lapse", "node-o")
+      assert.equal(200, #assert(a:claim_many("ports", recs(48000, 48199))))
       local old = a:lease()
-      -- no keep-alive: the lease lapses and etcd drops the key
+      -- no keep-alive: the lease lapses and etcd drops the keys
       assert.truthy(etcd_cluster.wait_until(function()
-        local _, n = claimed(reader)
+        local _, n = claimed(other)
         return n == 0
       end, 15000, 200))
-      assert.same({"48001", "48002"}, assert(a:claim_many("ports", recs(48001, 48002))))
+      assert.truthy(other:claim("ports", "48100", {port = 48100})) -- taken meanwhile
+      -- the claim finds the lease gone: a new one, the 200 written again (in
+      -- two txns) but the one taken, then the claim itself
+      assert.same({"48200", "48201"}, assert(a:claim_many("ports", recs(48200, 48201))))
       assert.not_equal(old, a:lease())
-      local owners, n = claimed(reader)
-      assert.equal(3, n)
-      assert.same({[48000] = "node-a", [48001] = "node-a", [48002] = "node-a"}, owners)
+      assert.is_false(a:holds("ports", "48100"))
+      assert.is_true(a:holds("ports", "48099"))
+      local owners, n = claimed(other)
+      assert.equal(202, n)
+      for p = 48000, 48201 do assert.equal(p == 48100 and "node-o" or "node-a", owners[p]) end
       a:close()
-      reader:close()
+      other:close()
     end)
   end)
 
