@@ -2,7 +2,8 @@
 -- three-member etcd cluster on loopback started for the run (etcd's
 -- default fsync, data under /tmp). Each repetition measures, one after
 -- the other, the baseline (raw puts through the gateway: no txn, no
--- lease, the same engine and concurrency), one node's claim_ports with
+-- lease, the same engine and concurrency), one-key create txns on a lease
+-- through portman.etcd (the floor under a claim), one node's claim_ports with
 -- one key a txn, and with several keys a txn (claim_many); each figure is
 -- printed min/median/max over the repetitions, and as a ratio to the
 -- baseline of its own repetition. Then two nodes claiming from one range
@@ -64,6 +65,31 @@ local function raw_puts(url, tag)
   return N / secs
 end
 
+-- One-key create txns on a lease through portman.etcd, without the
+-- backend: the floor under a claim of one key a txn (N txns, CONC in
+-- flight); returns txns/s.
+local function raw_txns(eps, tag)
+  local c = assert(etcd.new{endpoints = eps})
+  local lease = assert(c:grant(60)).id
+  local sent, finished = 0, 0
+  local value = '{"node":"a","value":{"port":10000}}'
+  local function create_next()
+    if sent >= N then return end
+    sent = sent + 1
+    c:create("/txn/" .. tag .. "/" .. sent, value, lease, function(created, cerr)
+      assert(created, cerr)
+      finished = finished + 1
+      create_next()
+    end)
+  end
+  local t0 = uv.hrtime()
+  for _ = 1, CONC do create_next() end
+  while finished < N do async.sleep(2) end
+  local secs = seconds(t0)
+  c:close()
+  return N / secs
+end
+
 local cluster = etcd_cluster.start{n = 3, fsync = true}
 local ok, err = pcall(async.run, function()
   local eps = cluster:endpoints()
@@ -90,10 +116,12 @@ local ok, err = pcall(async.run, function()
     return N / secs
   end
 
-  local raw, single, batched = {}, {}, {}
-  local single_x, batched_x = {}, {}
+  local raw, txns, single, batched = {}, {}, {}, {}
+  local txns_x, single_x, batched_x = {}, {}, {}
   for rep = 1, REPS do
     raw[rep] = raw_puts(url, rep)
+    txns[rep] = raw_txns(eps, rep)
+    txns_x[rep] = txns[rep] / raw[rep]
     single[rep] = claims("single" .. rep, BATCHED and 1 or nil)
     single_x[rep] = single[rep] / raw[rep]
     if BATCHED then
@@ -102,6 +130,7 @@ local ok, err = pcall(async.run, function()
     end
   end
   report("baseline: raw gateway puts", raw)
+  report("one-key create txns, no backend", txns, txns_x)
   report("claim_ports, one key a txn", single, single_x)
   if BATCHED then report("claim_ports, several keys a txn", batched, batched_x) end
 
