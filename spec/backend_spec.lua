@@ -59,8 +59,8 @@ describe("portman.backend", function()
   end
 
   it("gives both kinds the one interface, with no internal methods", function()
-    local shared = {"claim", "claim_many", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup", "mirror",
-                    "node", "register", "release", "renew", "services", "start", "watch"}
+    local shared = {"claim", "claim_many", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup",
+                    "mirror", "node", "register", "register_many", "release", "renew", "services", "start", "watch"}
     local f = backend.new{path = dir .. "/state.json"}
     assert.same(shared, methods(f))
     local e = assert(backend.new{kind = "etcd", endpoints = "http://127.0.0.1:1", cluster = "c"})
@@ -181,6 +181,27 @@ describe("portman.backend", function()
       end)
     end)
 
+    it("registers several services at once, replacing the ones the node has registered", function()
+      async.run(function()
+        local a = file("a")
+        local events = {}
+        local w = a:watch("services", function(ev) events[#events + 1] = ev.type .. " " .. ev.key end)
+        assert(a:register{name = "web", address = "10.0.0.1", port = 8080})
+        local names, failed = assert(a:register_many{{name = "web", address = "10.0.0.1", port = 8081},
+          {name = "db", port = 5432}, {name = "cache", port = 6379, proto = "udp"}})
+        assert.same({"cache", "db", "web"}, names)
+        assert.same({}, failed)
+        assert.same({{name = "cache", node = "a", address = "", port = 6379, proto = "udp"},
+                     {name = "db", node = "a", address = "", port = 5432, proto = "tcp"},
+                     {name = "web", node = "a", address = "10.0.0.1", port = 8081, proto = "tcp"}},
+          assert(a:services()))
+        table.sort(events)
+        assert.same({"delete web/a", "put cache/a", "put db/a", "put web/a", "put web/a"}, events)
+        assert.same({{}, {}}, {assert(a:register_many{})})
+        w.close()
+      end)
+    end)
+
     it("mirrors a namespace and looks services up", function()
       async.run(function()
         local a = file("a")
@@ -268,6 +289,10 @@ describe("portman.backend", function()
       assert.matches("bad argument #1 to 'claim_many' %(ns: ", helpers.raises(a.claim_many, a, "a/b", {}, cb))
       assert.matches("bad argument #1 to 'claim_ports' %(batch: positive integer expected%)",
         helpers.raises(a.claim_ports, a, {range = {1024, 2000}, batch = 0}, cb))
+      assert.matches("bad argument #1 to 'register_many' %(recs%[2%]: web given twice%)",
+        helpers.raises(a.register_many, a, {{name = "web", port = 1}, {name = "web", port = 2}}, cb))
+      assert.matches("bad argument #1 to 'register_many' %(port: port out of range",
+        helpers.raises(a.register_many, a, {{name = "web", port = 0}}, cb))
       assert.matches("bad argument #1 to 'register' %(unknown option 'nam'%)",
         helpers.raises(a.register, a, {nam = "x"}, cb))
       assert.matches("bad argument #1 to 'register' %(port: port out of range 1%-65535%)",

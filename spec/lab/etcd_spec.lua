@@ -395,6 +395,33 @@ describe("etcd cluster #lab", function()
     end)
   end)
 
+  it("registers 150 services in two txns, and replaces a registered one", function()
+    run(function()
+      local a = new_backend("many-svc", "node-a")
+      local recs_ = {}
+      for i = 1, 150 do recs_[i] = {name = ("svc%03d"):format(i), address = "127.0.0.1", port = 20000 + i} end
+      assert(a:claim("ports", "1", {})) -- the lease: granting one moves no revision
+      local _, before = assert(a:list("services"))
+      local names, failed = assert(a:register_many(recs_))
+      local _, after = assert(a:list("services"))
+      assert.equal(150, #names)
+      assert.same({}, failed)
+      assert.equal(math.tointeger(before) + 2, math.tointeger(after))
+      local list = assert(a:services())
+      assert.equal(150, #list)
+      assert.same({name = "svc150", node = "node-a", address = "127.0.0.1", port = 20150, proto = "tcp"}, list[150])
+      names, failed = assert(a:register_many{{name = "svc001", address = "127.0.0.1", port = 30001},
+                                             {name = "svc151", address = "127.0.0.1", port = 20151}})
+      assert.same({"svc001", "svc151"}, names)
+      assert.same({}, failed)
+      local ports = {}
+      for _, svc in ipairs(assert(a:lookup("svc001"))) do ports[#ports + 1] = svc.port end
+      assert.same({30001}, ports)
+      assert.equal(151, #assert(a:services()))
+      a:close()
+    end)
+  end)
+
   it("watches other nodes' registrations and lists them with portman services", function()
     local name = RUN .. "svc"
     run(function()

@@ -34,8 +34,8 @@
 --     watcher = b:watch(ns, fn)                    -- fn{type, key, value, node}
 --     b:start(); b:close()
 --
--- On top of it, for both kinds: `register`, `deregister`, `services`,
--- `lookup` and `mirror` (the registry's records, and a live copy that
+-- On top of it, for both kinds: `register`, `register_many`, `deregister`,
+-- `services`, `lookup` and `mirror` (the registry's records, and a live copy that
 -- follows every node's changes) and `claim_ports` (cluster-wide
 -- allocation).
 --
@@ -108,6 +108,20 @@ function Base:node() return self._node end
 
 local REG_FIELDS = {name = true, address = true, port = true, proto = true, metadata = true}
 
+-- The key and value of registration rec (argument n of fname).
+local function registration(self, fname, n, rec)
+  check.table(fname, n, rec)
+  check.known(fname, n, rec, REG_FIELDS)
+  if type(rec.name) ~= "string" or not rec.name:match("^[%w_%.%-]+$") then
+    check.argerror(fname, n, "name: letters, digits, '.', '_' or '-' expected")
+  end
+  check.port(fname, n, rec.port, "port")
+  local value = {name = rec.name, node = self._node, address = rec.address or "", port = rec.port,
+                 proto = rec.proto or "tcp", metadata = rec.metadata}
+  check_value(fname, n, value)
+  return rec.name .. "/" .. self._node, value
+end
+
 --- Registers a service of this node: `rec = {name, address, port, proto,
 -- metadata}` (name and port required). A service registered again by the
 -- same node replaces its record.
@@ -115,16 +129,7 @@ local REG_FIELDS = {name = true, address = true, port = true, proto = true, meta
 -- @return[2] nil, msg, code
 -- @raise on a bad record
 Base.register = async.adapt(function(self, rec, cb)
-  check.table("register", 1, rec)
-  check.known("register", 1, rec, REG_FIELDS)
-  if type(rec.name) ~= "string" or not rec.name:match("^[%w_%.%-]+$") then
-    check.argerror("register", 1, "name: letters, digits, '.', '_' or '-' expected")
-  end
-  check.port("register", 1, rec.port, "port")
-  local value = {name = rec.name, node = self._node, address = rec.address or "", port = rec.port,
-                 proto = rec.proto or "tcp", metadata = rec.metadata}
-  check_value("register", 1, value)
-  local key = rec.name .. "/" .. self._node
+  local key, value = registration(self, "register", 1, rec)
   local function claim()
     self:claim("services", key, value, cb)
   end
@@ -135,6 +140,49 @@ Base.register = async.adapt(function(self, rec, cb)
     end)
   end
   claim()
+end)
+
+--- Registers several services of this node at once (each `rec` as
+-- register's): the ones this node has not registered go in one
+-- claim_many (one etcd txn a 128), the ones it has are replaced one by
+-- one as register does.
+-- @return[1] the names registered, and `{[name] = msg}` for each that was not
+-- @return[2] nil, msg, code when none could be (etcd unreachable)
+-- @raise on a bad record, or a name given twice
+Base.register_many = async.adapt(function(self, recs, cb)
+  check.table("register_many", 1, recs)
+  local fresh, again, names = {}, {}, {}
+  for i, rec in ipairs(recs) do
+    local key, value = registration(self, "register_many", 1, rec)
+    if names[key] then check.argerror("register_many", 1, ("recs[%d]: %s given twice"):format(i, rec.name)) end
+    names[key] = rec.name
+    if self:holds("services", key) then again[#again + 1] = rec else fresh[key] = value end
+  end
+  local done, failed, left = {}, {}, #again + 1
+  local function finish()
+    left = left - 1
+    if left > 0 then return end
+    table.sort(done)
+    cb(done, failed)
+  end
+  for _, rec in ipairs(again) do
+    self:register(rec, function(ok, err)
+      if ok then done[#done + 1] = rec.name else failed[rec.name] = err end
+      finish()
+    end)
+  end
+  self:claim_many("services", fresh, function(got, held, code)
+    if not got then
+      if #again == 0 then return cb(nil, held, code) end
+      for key in pairs(fresh) do failed[names[key]] = held end
+      return finish()
+    end
+    for _, key in ipairs(got) do done[#done + 1] = names[key] end
+    for key, node in pairs(held) do
+      failed[names[key]] = ("conflict: services/%s is held by node %s"):format(key, node)
+    end
+    finish()
+  end)
 end)
 
 --- Removes this node's registration of service name.
