@@ -6,8 +6,9 @@
 -- through portman.etcd (the floor under a claim), one node's claim_ports with
 -- one key a txn, and with several keys a txn (claim_many); each figure is
 -- printed min/median/max over the repetitions, and as a ratio to the
--- baseline of its own repetition. Then two nodes claiming from one range
--- at once, and the file backend (the local state file, one fsync'd
+-- baseline of its own repetition. Then a node registering many services
+-- (one register each, all at once, or one register_many), two nodes
+-- claiming from one range at once, and the file backend (the local state file, one fsync'd
 -- rewrite a claim).
 package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
@@ -35,7 +36,7 @@ end
 
 local function report(what, rates, ratios)
   local lo, med, hi = stats(rates)
-  local line = ("  %-40s %8.0f %8.0f %8.0f /s"):format(what, lo, med, hi)
+  local line = ("  %-44s %8.0f %8.0f %8.0f /s"):format(what, lo, med, hi)
   if ratios then
     local rlo, rmed, rhi = stats(ratios)
     line = line .. ("   x baseline %.2f %.2f %.2f"):format(rlo, rmed, rhi)
@@ -97,7 +98,7 @@ local ok, err = pcall(async.run, function()
   print(("etcd %s, 3 members on loopback, %d claims a figure, %d in flight a node, %d repetitions%s:")
     :format(io.popen("etcd --version"):read("l"):match("[%d.]+$"), N, CONC, REPS,
       BATCHED and "" or " (no claim_many in this tree: one key a txn only)"))
-  print(("  %-40s %8s %8s %8s"):format("", "min", "median", "max"))
+  print(("  %-44s %8s %8s %8s"):format("", "min", "median", "max"))
 
   local function node(name, cluster_name)
     return assert(backend.new{kind = "etcd", endpoints = eps, cluster = cluster_name, node = name, ttl = 60})
@@ -133,6 +134,45 @@ local ok, err = pcall(async.run, function()
   report("one-key create txns, no backend", txns, txns_x)
   report("claim_ports, one key a txn", single, single_x)
   if BATCHED then report("claim_ports, several keys a txn", batched, batched_x) end
+
+  -- a daemon joining the cluster with S services: each registered on its
+  -- own, all at once (as the manager did), or in one register_many; a
+  -- registration that fails (etcd swamped: timeout) is counted
+  local S = math.min(N, 1000)
+  local function services(tag, many)
+    local b = node("a", tag)
+    assert(b:claim("ports", "1", {}))
+    local recs = {}
+    for i = 1, S do recs[i] = {name = "svc" .. i, address = "127.0.0.1", port = 20000 + i} end
+    local t0, failed = uv.hrtime(), 0
+    if many then
+      local names = b:register_many(recs)
+      failed = S - (names and #names or 0)
+    else
+      local left = S
+      for _, rec in ipairs(recs) do
+        b:register(rec, function(ok)
+          if not ok then failed = failed + 1 end
+          left = left - 1
+        end)
+      end
+      while left > 0 do async.sleep(2) end
+    end
+    local secs = seconds(t0)
+    b:close()
+    return S / secs, failed
+  end
+  local one, many, one_failed, many_failed = {}, {}, 0, 0
+  for rep = 1, 3 do
+    local rate, failed = services("svc-one" .. rep)
+    one[rep], one_failed = rate, one_failed + failed
+    if BATCHED then
+      rate, failed = services("svc-many" .. rep, true)
+      many[rep], many_failed = rate, many_failed + failed
+    end
+  end
+  report(("%d services, one register each (%d failed)"):format(S, one_failed), one)
+  if BATCHED then report(("%d services, one register_many (%d failed)"):format(S, many_failed), many) end
 
   -- one node, one claim at a time (latency-bound)
   local a = node("a", "serial")
