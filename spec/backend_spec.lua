@@ -369,6 +369,29 @@ describe("portman.backend", function()
       gateway.close()
     end)
 
+    it("fails claim_many with protocol, not a loop, when a failed txn reads every key free", function()
+      local txns = 0
+      local gateway = http_server.start(function(req)
+        if req.path == "/v3/lease/grant" then return {body = '{"ID":"5","TTL":"10"}'} end
+        if req.path == "/v3/kv/txn" then
+          txns = txns + 1
+          return {body = '{"succeeded":false,"responses":[{"response_range":{}},{"response_range":{}}]}'}
+        end
+        return {body = "{}"}
+      end)
+      async.run(function()
+        local b = new{endpoints = "http://127.0.0.1:" .. gateway.port}
+        local got, err, code = b:claim_many("ports", {["1"] = {}, ["2"] = {}})
+        assert.is_nil(got)
+        assert.equal("protocol", code)
+        assert.equal("protocol: etcd refused a txn of free keys under /portman/c/ports", err)
+        assert.equal(1, txns)
+        assert.is_false(b:holds("ports", "1"))
+        b:close()
+      end)
+      gateway.close()
+    end)
+
     it("closes twice and raises on use after close", function()
       local b = new()
       b:close()

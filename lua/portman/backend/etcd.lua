@@ -139,6 +139,9 @@ local function claim_chunk(self, ns, keys, bodies, acc, done)
             free[#free + 1] = key
           end
         end
+        if #free == #part then -- the txn failed, yet every key reads free
+          return done(nil, "protocol: etcd refused a txn of free keys under " .. self._prefix .. ns, "protocol")
+        end
         round(free)
       end)
     end)
