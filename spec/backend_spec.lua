@@ -59,8 +59,8 @@ describe("portman.backend", function()
   end
 
   it("gives both kinds the one interface, with no internal methods", function()
-    local shared = {"claim", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup", "mirror",
-                    "node", "register", "release", "renew", "services", "start", "watch"}
+    local shared = {"claim", "claim_many", "claim_ports", "close", "deregister", "detach", "holds", "list", "lookup",
+                    "mirror", "node", "register", "register_many", "release", "renew", "services", "start", "watch"}
     local f = backend.new{path = dir .. "/state.json"}
     assert.same(shared, methods(f))
     local e = assert(backend.new{kind = "etcd", endpoints = "http://127.0.0.1:1", cluster = "c"})
@@ -96,6 +96,30 @@ describe("portman.backend", function()
         assert.equal("conflict: ports/20000 is held by node a", err)
         assert.is_true(a:holds("ports", "20000"))
         assert.is_false(b:holds("ports", "20000"))
+      end)
+    end)
+
+    it("claims several records in one write: every free one, none another node holds", function()
+      async.run(function()
+        local a, b = file("a"), file("b")
+        local puts = {}
+        local w = b:watch("ports", function(ev) puts[#puts + 1] = ev.key end)
+        assert(a:claim("ports", "20011", {port = 20011}))
+        local got, held = assert(b:claim_many("ports", {["20010"] = {port = 20010}, ["20011"] = {port = 20011},
+                                                        ["20012"] = {port = 20012}}))
+        assert.same({"20010", "20012"}, got)
+        assert.same({["20011"] = "a"}, held)
+        assert.same({"20010", "20012"}, puts)
+        local owners = {}
+        for _, r in ipairs(assert(a:list("ports"))) do owners[r.key] = r.node end
+        assert.same({["20010"] = "b", ["20011"] = "a", ["20012"] = "b"}, owners)
+        -- what the node holds already is its own again, with no write
+        got, held = assert(b:claim_many("ports", {["20010"] = {port = 20010}}))
+        assert.same({"20010"}, got)
+        assert.same({}, held)
+        assert.equal(2, #puts)
+        assert.same({{}, {}}, {assert(a:claim_many("ports", {}))})
+        w.close()
       end)
     end)
 
@@ -157,6 +181,27 @@ describe("portman.backend", function()
       end)
     end)
 
+    it("registers several services at once, replacing the ones the node has registered", function()
+      async.run(function()
+        local a = file("a")
+        local events = {}
+        local w = a:watch("services", function(ev) events[#events + 1] = ev.type .. " " .. ev.key end)
+        assert(a:register{name = "web", address = "10.0.0.1", port = 8080})
+        local names, failed = assert(a:register_many{{name = "web", address = "10.0.0.1", port = 8081},
+          {name = "db", port = 5432}, {name = "cache", port = 6379, proto = "udp"}})
+        assert.same({"cache", "db", "web"}, names)
+        assert.same({}, failed)
+        assert.same({{name = "cache", node = "a", address = "", port = 6379, proto = "udp"},
+                     {name = "db", node = "a", address = "", port = 5432, proto = "tcp"},
+                     {name = "web", node = "a", address = "10.0.0.1", port = 8081, proto = "tcp"}},
+          assert(a:services()))
+        table.sort(events)
+        assert.same({"delete web/a", "put cache/a", "put db/a", "put web/a", "put web/a"}, events)
+        assert.same({{}, {}}, {assert(a:register_many{})})
+        w.close()
+      end)
+    end)
+
     it("mirrors a namespace and looks services up", function()
       async.run(function()
         local a = file("a")
@@ -189,6 +234,10 @@ describe("portman.backend", function()
         assert.is_nil(none)
         assert.equal("exhausted", code)
         assert.equal("exhausted: 0 of 1 ports claimed, no free port left in 21000-21009", err)
+        -- one port a call, or several: the same ports
+        local c = file("c")
+        assert.same({21100, 21101, 21102, 21103}, assert(c:claim_ports{range = {21100, 21199}, count = 4, batch = 1}))
+        assert.same({21104, 21105, 21106, 21107}, assert(c:claim_ports{range = {21100, 21199}, count = 4, batch = 3}))
         local h = assert(a:claim_ports{range = {22000, 22999}, count = 1, strategy = "hash", node_id = "n1"})
         assert.same({require("portman.allocator").hash_start("n1", 22000, 22999)}, h)
       end)
@@ -229,6 +278,21 @@ describe("portman.backend", function()
         helpers.raises(a.claim, a, "ports", "1", "v", cb))
       assert.matches("bad argument #3 to 'claim' %(value not JSON%-able",
         helpers.raises(a.claim, a, "ports", "1", {f = print}, cb))
+      assert.matches("bad argument #2 to 'claim_many' %(table of key = value expected%)",
+        helpers.raises(a.claim_many, a, "ports", "k", cb))
+      assert.matches("bad argument #2 to 'claim_many' %(keys: non%-empty strings expected%)",
+        helpers.raises(a.claim_many, a, "ports", {[""] = {}}, cb))
+      assert.matches("bad argument #2 to 'claim_many' %(value of k: table expected, got number%)",
+        helpers.raises(a.claim_many, a, "ports", {k = 1}, cb))
+      assert.matches("bad argument #2 to 'claim_many' %(value not JSON%-able",
+        helpers.raises(a.claim_many, a, "ports", {k = {f = print}}, cb))
+      assert.matches("bad argument #1 to 'claim_many' %(ns: ", helpers.raises(a.claim_many, a, "a/b", {}, cb))
+      assert.matches("bad argument #1 to 'claim_ports' %(batch: positive integer expected%)",
+        helpers.raises(a.claim_ports, a, {range = {1024, 2000}, batch = 0}, cb))
+      assert.matches("bad argument #1 to 'register_many' %(recs%[2%]: web given twice%)",
+        helpers.raises(a.register_many, a, {{name = "web", port = 1}, {name = "web", port = 2}}, cb))
+      assert.matches("bad argument #1 to 'register_many' %(port: port out of range",
+        helpers.raises(a.register_many, a, {{name = "web", port = 0}}, cb))
       assert.matches("bad argument #1 to 'register' %(unknown option 'nam'%)",
         helpers.raises(a.register, a, {nam = "x"}, cb))
       assert.matches("bad argument #1 to 'register' %(port: port out of range 1%-65535%)",
@@ -300,6 +364,29 @@ describe("portman.backend", function()
         local list = assert(b:lookup("web"))
         assert.equal(8080, list[1].port)
         assert.equal("integer", math.type(list[1].port))
+        b:close()
+      end)
+      gateway.close()
+    end)
+
+    it("fails claim_many with protocol, not a loop, when a failed txn reads every key free", function()
+      local txns = 0
+      local gateway = http_server.start(function(req)
+        if req.path == "/v3/lease/grant" then return {body = '{"ID":"5","TTL":"10"}'} end
+        if req.path == "/v3/kv/txn" then
+          txns = txns + 1
+          return {body = '{"succeeded":false,"responses":[{"response_range":{}},{"response_range":{}}]}'}
+        end
+        return {body = "{}"}
+      end)
+      async.run(function()
+        local b = new{endpoints = "http://127.0.0.1:" .. gateway.port}
+        local got, err, code = b:claim_many("ports", {["1"] = {}, ["2"] = {}})
+        assert.is_nil(got)
+        assert.equal("protocol", code)
+        assert.equal("protocol: etcd refused a txn of free keys under /portman/c/ports", err)
+        assert.equal(1, txns)
+        assert.is_false(b:holds("ports", "1"))
         b:close()
       end)
       gateway.close()

@@ -44,7 +44,7 @@ describe("portman.etcd", function()
       if not k:match("^__") then names[#names + 1] = k end
     end
     table.sort(names)
-    assert.same({"close", "create", "delete", "delete_if_lease", "endpoints", "grant", "keepalive", "put", "range",
+    assert.same({"close", "create", "create_many", "delete", "delete_if_lease", "endpoints", "grant", "keepalive", "put", "range",
                  "revoke", "watch"}, names)
     c:close()
   end)
@@ -193,6 +193,41 @@ describe("portman.etcd", function()
     member.close()
   end)
 
+  it("builds one txn for several creates, reads each key on failure, and refuses a short answer", function()
+    local bodies = {}
+    local replies = {
+      '{"header":{"revision":"3"},"succeeded":true}',
+      '{"header":{"revision":"3"},"responses":[{"response_range":{"header":{}}},{"response_range":{"kvs":'
+        .. '[{"key":"L2I=","value":"eA==","create_revision":"2","lease":"77"}]}}]}',
+      '{"header":{"revision":"3"},"responses":[{"response_range":{}}]}',
+    }
+    local member = http_server.start(function(req)
+      bodies[#bodies + 1] = cjson.decode(req.body)
+      return {body = replies[#bodies]}
+    end)
+    async.run(function()
+      local c <close> = assert(etcd.new{endpoints = "http://127.0.0.1:" .. member.port})
+      local items = {{"/a", "v"}, {"/b", "w"}}
+      assert.is_true(c:create_many(items, "42"))
+      local ok, holders = c:create_many(items, "42")
+      assert.is_false(ok)
+      assert.is_false(holders[1]) -- free: the other key failed the txn
+      assert.equal("/b", holders[2].key)
+      assert.equal("x", holders[2].value)
+      assert.equal("77", holders[2].lease)
+      local none, err, code = c:create_many(items, "42")
+      assert.is_nil(none)
+      assert.equal("protocol", code)
+      assert.equal("protocol: etcd answered a txn of 2 ranges with 1 responses", err)
+    end)
+    assert.same({compare = {{key = "L2E=", result = "EQUAL", target = "CREATE", create_revision = "0"},
+                            {key = "L2I=", result = "EQUAL", target = "CREATE", create_revision = "0"}},
+                 success = {{request_put = {key = "L2E=", value = "dg==", lease = "42"}},
+                            {request_put = {key = "L2I=", value = "dw==", lease = "42"}}},
+                 failure = {{request_range = {key = "L2E="}}, {request_range = {key = "L2I="}}}}, bodies[1])
+    member.close()
+  end)
+
   it("follows a watch stream, resumes after the last revision on another member", function()
     local starts = {}
     local first = http_server.start(function(req)
@@ -241,5 +276,12 @@ describe("portman.etcd", function()
     assert.matches("bad argument #1 to 'keepalive' %(lease id %(string%) expected%)",
       helpers.raises(c.keepalive, c, 5, cb))
     assert.matches("bad argument #3 to 'watch' %(function expected%)", helpers.raises(c.watch, c, "/p/"))
+    assert.matches("bad argument #1 to 'create_many' %(list of 1 to 128 {key, value} expected%)",
+      helpers.raises(c.create_many, c, {}, cb))
+    local many = {}
+    for i = 1, 129 do many[i] = {"/k" .. i, ""} end
+    assert.matches("bad argument #1 to 'create_many' %(list of 1 to 128", helpers.raises(c.create_many, c, many, cb))
+    assert.matches("bad argument #1 to 'create_many' %(items%[2%]: {non%-empty key, value} %(strings%) expected%)",
+      helpers.raises(c.create_many, c, {{"/a", "v"}, {"", "v"}}, cb))
   end)
 end)

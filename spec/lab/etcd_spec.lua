@@ -308,6 +308,120 @@ describe("etcd cluster #lab", function()
     end)
   end)
 
+  -- The ports of range lo-hi as claim_many's records.
+  local function recs(lo, hi)
+    local out = {}
+    for p = lo, hi do out[tostring(p)] = {port = p} end
+    return out
+  end
+
+  local function key_list(lo, hi)
+    local out = {}
+    for p = lo, hi do out[#out + 1] = tostring(p) end
+    table.sort(out)
+    return out
+  end
+
+  it("claims several keys in one txn: every free one, none another node holds, naming its holder", function()
+    run(function()
+      local a, b = new_backend("many", "node-a"), new_backend("many", "node-b")
+      assert(a:claim("ports", "1", {})) -- the lease: granting one moves no revision
+      local _, before = assert(a:list("ports"))
+      local got, held = assert(a:claim_many("ports", recs(46000, 46009)))
+      local records, after = assert(a:list("ports"))
+      assert.equal(math.tointeger(before) + 1, math.tointeger(after)) -- one txn for ten keys
+      assert.same(key_list(46000, 46009), got)
+      assert.same({}, held)
+      assert.equal(11, #records)
+      for _, r in ipairs(records) do
+        assert.equal("node-a", r.node)
+        assert.equal(a:lease(), r.lease)
+      end
+      -- one of b's keys is a's: b gets exactly the free ones, and learns who holds the other
+      got, held = assert(b:claim_many("ports", recs(46009, 46011)))
+      assert.same({"46010", "46011"}, got)
+      assert.same({["46009"] = "node-a"}, held)
+      assert.is_false(b:holds("ports", "46009"))
+      assert.is_true(b:holds("ports", "46010"))
+      local owners = claimed(a)
+      assert.equal("node-a", owners[46009])
+      assert.equal("node-b", owners[46010])
+      assert.equal("node-b", owners[46011])
+      -- a's own key is its own again, b's stays b's: nothing is written
+      _, before = assert(a:list("ports"))
+      got, held = assert(a:claim_many("ports", {["46000"] = {port = 46000}, ["46010"] = {port = 46010}}))
+      assert.same({"46000"}, got)
+      assert.same({["46010"] = "node-b"}, held)
+      _, after = assert(a:list("ports"))
+      assert.equal(before, after)
+      -- more keys than etcd takes in one txn (128): three txns
+      before = after
+      got, held = assert(a:claim_many("ports", recs(47000, 47299)))
+      _, after = assert(a:list("ports"))
+      assert.equal(300, #got)
+      assert.same({}, held)
+      assert.equal(math.tointeger(before) + 3, math.tointeger(after))
+      -- closing revokes the lease: every key a claimed goes at once
+      assert.is_true(async.await(a.close, a))
+      local _, n = claimed(b)
+      assert.equal(2, n)
+      b:close()
+    end)
+  end)
+
+  it("claims several keys after its lease lapsed: a new lease, its records written again but one taken", function()
+    run(function()
+      local a = new_backend("many-lapse", "node-a", {ttl = 1})
+      local other = new_backend("many-lapse", "node-o")
+      assert.equal(200, #assert(a:claim_many("ports", recs(48000, 48199))))
+      local old = a:lease()
+      -- no keep-alive: the lease lapses and etcd drops the keys
+      assert.truthy(etcd_cluster.wait_until(function()
+        local _, n = claimed(other)
+        return n == 0
+      end, 15000, 200))
+      assert.truthy(other:claim("ports", "48100", {port = 48100})) -- taken meanwhile
+      -- the claim finds the lease gone: a new one, the 200 written again (in
+      -- two txns) but the one taken, then the claim itself
+      assert.same({"48200", "48201"}, assert(a:claim_many("ports", recs(48200, 48201))))
+      assert.not_equal(old, a:lease())
+      assert.is_false(a:holds("ports", "48100"))
+      assert.is_true(a:holds("ports", "48099"))
+      local owners, n = claimed(other)
+      assert.equal(202, n)
+      for p = 48000, 48201 do assert.equal(p == 48100 and "node-o" or "node-a", owners[p]) end
+      a:close()
+      other:close()
+    end)
+  end)
+
+  it("registers 150 services in two txns, and replaces a registered one", function()
+    run(function()
+      local a = new_backend("many-svc", "node-a")
+      local recs_ = {}
+      for i = 1, 150 do recs_[i] = {name = ("svc%03d"):format(i), address = "127.0.0.1", port = 20000 + i} end
+      assert(a:claim("ports", "1", {})) -- the lease: granting one moves no revision
+      local _, before = assert(a:list("services"))
+      local names, failed = assert(a:register_many(recs_))
+      local _, after = assert(a:list("services"))
+      assert.equal(150, #names)
+      assert.same({}, failed)
+      assert.equal(math.tointeger(before) + 2, math.tointeger(after))
+      local list = assert(a:services())
+      assert.equal(150, #list)
+      assert.same({name = "svc150", node = "node-a", address = "127.0.0.1", port = 20150, proto = "tcp"}, list[150])
+      names, failed = assert(a:register_many{{name = "svc001", address = "127.0.0.1", port = 30001},
+                                             {name = "svc151", address = "127.0.0.1", port = 20151}})
+      assert.same({"svc001", "svc151"}, names)
+      assert.same({}, failed)
+      local ports = {}
+      for _, svc in ipairs(assert(a:lookup("svc001"))) do ports[#ports + 1] = svc.port end
+      assert.same({30001}, ports)
+      assert.equal(151, #assert(a:services()))
+      a:close()
+    end)
+  end)
+
   it("watches other nodes' registrations and lists them with portman services", function()
     local name = RUN .. "svc"
     run(function()

@@ -15,7 +15,7 @@ local etcd = require "portman.etcd"
 local backend = require "portman.backend"
 
 local M = {}
-local check_ns_key, check_value = backend.check_ns_key, backend.check_value
+local check_ns_key, encode_record = backend.check_ns_key, backend.encode_record
 
 local Etcd = setmetatable({}, {__index = backend.Base})
 Etcd.__index = Etcd
@@ -71,14 +71,14 @@ end
 Etcd.claim = async.adapt(function(self, ns, key, value, cb)
   check_open(self)
   check_ns_key("claim", ns, key)
-  check_value("claim", 3, value)
+  local body = encode_record("claim", 3, self._node, value)
   local full = full_key(self, ns, key)
-  local body = json.encode({node = self._node, value = value})
   local retried = false
   local function try()
     with_lease(self, function(lease, err, code)
       if not lease then return cb(nil, err, code) end
-      self._etcd:create(full, body, lease, function(ok, kv, ecode)
+      -- create_many of one: the txn create sends, with the C core's base64
+      self._etcd:create_many({{full, body}}, lease, function(ok, holders, ecode)
         if ok then
           self._held[full] = {ns = ns, key = key, body = body}
           return cb(true)
@@ -89,8 +89,9 @@ Etcd.claim = async.adapt(function(self, ns, key, value, cb)
             retried = true
             return regrant(self, lease, function() try() end)
           end
-          return cb(nil, kv, ecode)
+          return cb(nil, holders, ecode)
         end
+        local kv = holders[1] or {key = full}
         if kv.lease == lease then -- an earlier attempt of ours landed after all
           self._held[full] = {ns = ns, key = key, body = body}
           return cb(true)
@@ -100,6 +101,106 @@ Etcd.claim = async.adapt(function(self, ns, key, value, cb)
     end)
   end
   try()
+end)
+
+-- Claims every free key of keys (at most MAX_TXN_OPS): a txn that creates
+-- them all if none exists; when one does, the txn's failure branch reads
+-- each key, and the next round claims the ones that were free, until a
+-- round succeeds or none is left. Each round is atomic and takes at least
+-- one key out, so nothing is half-claimed and the rounds end. Adds to
+-- acc.got (keys now ours) and acc.held (key -> another node); a lapsed
+-- lease is granted anew once unless acc.regranted. done(true) or
+-- done(nil, msg, code).
+local function claim_chunk(self, ns, keys, bodies, acc, done)
+  local retried = acc.regranted
+  local function round(part)
+    if #part == 0 then return done(true) end
+    with_lease(self, function(lease, err, code)
+      if not lease then return done(nil, err, code) end
+      local items = {}
+      for i, key in ipairs(part) do items[i] = {full_key(self, ns, key), bodies[key]} end
+      self._etcd:create_many(items, lease, function(ok, holders, ecode)
+        if ok == nil then
+          if ecode == "not_found" and not retried and self._lease == lease then
+            retried = true -- the lease lapsed: a new one, as claim does
+            return regrant(self, lease, function() round(part) end)
+          end
+          return done(nil, holders, ecode)
+        end
+        local free = {}
+        for i, key in ipairs(part) do
+          local kv = not ok and holders[i]
+          if ok or (kv and kv.lease == lease) then -- ours (maybe an earlier attempt's)
+            self._held[items[i][1]] = {ns = ns, key = key, body = bodies[key]}
+            acc.got[#acc.got + 1] = key
+          elseif kv then
+            acc.held[key] = owner_of(kv)
+          else
+            free[#free + 1] = key
+          end
+        end
+        if #free == #part then -- the txn failed, yet every key reads free
+          return done(nil, "protocol: etcd refused a txn of free keys under " .. self._prefix .. ns, "protocol")
+        end
+        round(free)
+      end)
+    end)
+  end
+  round(keys)
+end
+
+-- Runs claim_chunk over keys of ns, MAX_TXN_OPS at a time, one after the
+-- other; with acc.keep_going, a failed chunk does not stop the next ones.
+-- done(true) or done(nil, msg, code) (the first failure).
+local function claim_chunks(self, ns, keys, bodies, acc, done)
+  local first, failure = 1, nil
+  local function next_chunk()
+    if first > #keys or (failure and not acc.keep_going) then
+      if failure then return done(nil, failure[1], failure[2]) end
+      return done(true)
+    end
+    local last = math.min(first + etcd.MAX_TXN_OPS - 1, #keys)
+    local part = table.move(keys, first, last, 1, {})
+    first = last + 1
+    claim_chunk(self, ns, part, bodies, acc, function(ok, err, code)
+      if not ok then failure = failure or {err, code} end
+      next_chunk()
+    end)
+  end
+  next_chunk()
+end
+
+--- Claims for this node every key of recs (`{[key] = value, ...}`) that
+-- no other node holds, in as few txns as it can: one txn of up to
+-- MAX_TXN_OPS keys creates them all when all are free; otherwise the
+-- free ones are claimed and the taken ones reported. Never half a txn:
+-- each key is either ours (bound to the lease) or another node's.
+-- @return[1] got: the keys now held by this node (sorted), and held:
+--   `{[key] = node}` for each key another node holds
+-- @return[2] nil, msg, code (unreachable, timeout): the keys this call
+--   claimed are released first (best effort)
+Etcd.claim_many = async.adapt(function(self, ns, recs, cb)
+  check_open(self)
+  check_ns_key("claim_many", ns, "-")
+  local keys = backend.check_recs("claim_many", recs)
+  local bodies = {}
+  for _, key in ipairs(keys) do bodies[key] = encode_record("claim_many", 2, self._node, recs[key]) end
+  local acc = {got = {}, held = {}}
+  claim_chunks(self, ns, keys, bodies, acc, function(ok, err, code)
+    local got = acc.got
+    if ok then
+      table.sort(got)
+      return cb(got, acc.held)
+    end
+    local left = #got
+    if left == 0 then return cb(nil, err, code) end
+    for _, key in ipairs(got) do
+      self:release(ns, key, function()
+        left = left - 1
+        if left == 0 then cb(nil, err, code) end
+      end)
+    end
+  end)
 end)
 
 --- Drops a record this node holds (a txn on the key's lease: never
@@ -124,37 +225,45 @@ Etcd.release = async.adapt(function(self, ns, key, cb)
   end)
 end)
 
--- The lease lapsed: grant a new one and write every record again with it.
--- A record another node took meanwhile is lost (never overwritten).
+-- The lease lapsed: grant a new one and write every record again with it,
+-- up to MAX_TXN_OPS records a txn. A record another node took meanwhile
+-- is lost (never overwritten).
 function regrant(self, old, cb)
   if self._lease == old then self._lease = nil end
   with_lease(self, function(lease, err, code)
     if not lease then return cb(nil, err, code) end
-    local keys, lost = {}, {}
-    for full in pairs(self._held) do keys[#keys + 1] = full end
-    table.sort(keys)
-    local left = #keys
-    log.warn("etcd_lease_regranted", {node = self._node, lease = lease, records = left})
-    if left == 0 then return cb({ttl = self._ttl, regranted = true, lost = lost}) end
-    local failure
-    for _, full in ipairs(keys) do
-      local h = self._held[full]
-      self._etcd:create(full, h.body, lease, function(ok, kv, code2)
-        if ok == nil then
-          failure = failure or {kv, code2}
-        elseif not ok and kv.lease ~= lease then
-          self._held[full] = nil
-          lost[#lost + 1] = h.ns .. "/" .. h.key
-          log.warn("etcd_record_lost", {node = self._node, record = h.ns .. "/" .. h.key,
-                                        holder = owner_of(kv)})
-        end
-        left = left - 1
-        if left > 0 then return end
+    local by_ns, names, count = {}, {}, 0
+    for _, h in pairs(self._held) do
+      if not by_ns[h.ns] then by_ns[h.ns], names[#names + 1] = {keys = {}, bodies = {}}, h.ns end
+      local group = by_ns[h.ns]
+      group.keys[#group.keys + 1], group.bodies[h.key] = h.key, h.body
+      count = count + 1
+    end
+    table.sort(names)
+    log.warn("etcd_lease_regranted", {node = self._node, lease = lease, records = count})
+    local lost, failure, i = {}, nil, 0
+    local function next_ns()
+      i = i + 1
+      local ns = names[i]
+      if not ns then
         if failure then return cb(nil, failure[1], failure[2]) end
         table.sort(lost)
-        cb({ttl = self._ttl, regranted = true, lost = lost})
+        return cb({ttl = self._ttl, regranted = true, lost = lost})
+      end
+      local group = by_ns[ns]
+      table.sort(group.keys)
+      local acc = {got = {}, held = {}, regranted = true, keep_going = true}
+      claim_chunks(self, ns, group.keys, group.bodies, acc, function(ok, cerr, ccode)
+        if not ok then failure = failure or {cerr, ccode} end
+        for key, holder in pairs(acc.held) do
+          self._held[full_key(self, ns, key)] = nil
+          lost[#lost + 1] = ns .. "/" .. key
+          log.warn("etcd_record_lost", {node = self._node, record = ns .. "/" .. key, holder = holder})
+        end
+        next_ns()
       end)
     end
+    next_ns()
   end)
 end
 

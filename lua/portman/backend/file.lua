@@ -77,6 +77,40 @@ File.claim = async.adapt(function(self, ns, key, value, cb)
   cb(true)
 end)
 
+--- Claims for this node every key of recs (`{[key] = value, ...}`) that
+-- no other node holds, in one write of the state file.
+-- @return[1] got: the keys now held by this node (sorted, also those it
+--   held already), and held: `{[key] = node}` for each key another node
+--   holds
+-- @return[2] nil, msg, code when the state file cannot be read or written
+File.claim_many = async.adapt(function(self, ns, recs, cb)
+  check_open(self)
+  check_ns_key("claim_many", ns, "-")
+  local keys = backend.check_recs("claim_many", recs)
+  for _, key in ipairs(keys) do check_value("claim_many", 2, recs[key]) end
+  local doc, err, code = load(self)
+  if not doc then return cb(nil, err, code) end
+  local space = doc.records[ns] or {}
+  local got, held, new = {}, {}, {}
+  for _, key in ipairs(keys) do
+    local r = space[key]
+    if not r then
+      space[key] = {node = self._node, value = recs[key]}
+      new[#new + 1] = key
+    end
+    if not r or r.node == self._node then got[#got + 1] = key else held[key] = tostring(r.node) end
+  end
+  if #new > 0 then
+    doc.records[ns] = space
+    local ok, serr, scode = save(self, doc)
+    if not ok then return cb(nil, serr, scode) end
+    for _, key in ipairs(new) do
+      notify(self, {type = "put", ns = ns, key = key, value = recs[key], node = self._node})
+    end
+  end
+  cb(got, held)
+end)
+
 --- Drops a record this node holds.
 -- @return[1] true
 -- @return[2] nil, "not_found: ...", "not_found" when this node holds none

@@ -24,21 +24,27 @@
 -- or, in a task, yields and returns):
 --
 --     ok, err, code = b:claim(ns, key, value)      -- exclusive create
+--     got, held = b:claim_many(ns, {[key] = value, ...})
+--                          -- each key that is free, at once: got lists
+--                          -- the keys now ours, held[key] = the node that
+--                          -- holds a key already
 --     info, err, code = b:renew()                  -- one keep-alive round
 --     ok, err, code = b:release(ns, key)           -- drop a record we hold
 --     records, err, code = b:list(ns)              -- {{key, value, node}, ...}
 --     watcher = b:watch(ns, fn)                    -- fn{type, key, value, node}
 --     b:start(); b:close()
 --
--- On top of it, for both kinds: `register`, `deregister`, `services`,
--- `lookup` and `mirror` (the registry's records, and a live copy that
+-- On top of it, for both kinds: `register`, `register_many`, `deregister`,
+-- `services`, `lookup` and `mirror` (the registry's records, and a live copy that
 -- follows every node's changes) and `claim_ports` (cluster-wide
 -- allocation).
 --
 -- This file is that shared part and `new`; each kind is a file of its own
 -- (portman.backend.file, portman.backend.etcd), loaded when first used.
 -- A kind's class indexes `backend.Base`, and its primitives check their
--- arguments with `backend.check_ns_key` and `backend.check_value`.
+-- arguments with `backend.check_ns_key`, `backend.check_value` (or
+-- `backend.encode_record`, which checks and encodes at once) and
+-- `backend.check_recs`.
 local uv = require "luv"
 local async = require "portman.async"
 local check = require "portman.check"
@@ -71,10 +77,50 @@ function M.check_value(fname, n, value)
 end
 local check_value = M.check_value
 
+--- For kinds: the JSON of a record (`{node, value}`), encoded once: raises
+-- like check_value unless value (argument n of fname) is a table JSON can
+-- hold.
+function M.encode_record(fname, n, node, value)
+  if type(value) ~= "table" then check.argerror(fname, n, "table expected, got " .. type(value)) end
+  local ok, text = pcall(json.encode, {node = node, value = value})
+  if not ok then check.argerror(fname, n, "value not JSON-able: " .. tostring(text)) end
+  return text
+end
+
+--- For kinds: raises unless recs (argument 2 of fname) maps keys
+-- (non-empty strings) to values (tables); returns its keys, sorted.
+function M.check_recs(fname, recs)
+  if type(recs) ~= "table" then check.argerror(fname, 2, "table of key = value expected") end
+  local keys = {}
+  for key, value in pairs(recs) do
+    if type(key) ~= "string" or key == "" then check.argerror(fname, 2, "keys: non-empty strings expected") end
+    if type(value) ~= "table" then
+      check.argerror(fname, 2, ("value of %s: table expected, got %s"):format(key, type(value)))
+    end
+    keys[#keys + 1] = key
+  end
+  table.sort(keys)
+  return keys
+end
+
 --- This backend's node id.
 function Base:node() return self._node end
 
 local REG_FIELDS = {name = true, address = true, port = true, proto = true, metadata = true}
+
+-- The key and value of registration rec (argument n of fname).
+local function registration(self, fname, n, rec)
+  check.table(fname, n, rec)
+  check.known(fname, n, rec, REG_FIELDS)
+  if type(rec.name) ~= "string" or not rec.name:match("^[%w_%.%-]+$") then
+    check.argerror(fname, n, "name: letters, digits, '.', '_' or '-' expected")
+  end
+  check.port(fname, n, rec.port, "port")
+  local value = {name = rec.name, node = self._node, address = rec.address or "", port = rec.port,
+                 proto = rec.proto or "tcp", metadata = rec.metadata}
+  check_value(fname, n, value)
+  return rec.name .. "/" .. self._node, value
+end
 
 --- Registers a service of this node: `rec = {name, address, port, proto,
 -- metadata}` (name and port required). A service registered again by the
@@ -83,16 +129,7 @@ local REG_FIELDS = {name = true, address = true, port = true, proto = true, meta
 -- @return[2] nil, msg, code
 -- @raise on a bad record
 Base.register = async.adapt(function(self, rec, cb)
-  check.table("register", 1, rec)
-  check.known("register", 1, rec, REG_FIELDS)
-  if type(rec.name) ~= "string" or not rec.name:match("^[%w_%.%-]+$") then
-    check.argerror("register", 1, "name: letters, digits, '.', '_' or '-' expected")
-  end
-  check.port("register", 1, rec.port, "port")
-  local value = {name = rec.name, node = self._node, address = rec.address or "", port = rec.port,
-                 proto = rec.proto or "tcp", metadata = rec.metadata}
-  check_value("register", 1, value)
-  local key = rec.name .. "/" .. self._node
+  local key, value = registration(self, "register", 1, rec)
   local function claim()
     self:claim("services", key, value, cb)
   end
@@ -103,6 +140,49 @@ Base.register = async.adapt(function(self, rec, cb)
     end)
   end
   claim()
+end)
+
+--- Registers several services of this node at once (each `rec` as
+-- register's): the ones this node has not registered go in one
+-- claim_many (one etcd txn a 128), the ones it has are replaced one by
+-- one as register does.
+-- @return[1] the names registered, and `{[name] = msg}` for each that was not
+-- @return[2] nil, msg, code when none could be (etcd unreachable)
+-- @raise on a bad record, or a name given twice
+Base.register_many = async.adapt(function(self, recs, cb)
+  check.table("register_many", 1, recs)
+  local fresh, again, names = {}, {}, {}
+  for i, rec in ipairs(recs) do
+    local key, value = registration(self, "register_many", 1, rec)
+    if names[key] then check.argerror("register_many", 1, ("recs[%d]: %s given twice"):format(i, rec.name)) end
+    names[key] = rec.name
+    if self:holds("services", key) then again[#again + 1] = rec else fresh[key] = value end
+  end
+  local done, failed, left = {}, {}, #again + 1
+  local function finish()
+    left = left - 1
+    if left > 0 then return end
+    table.sort(done)
+    cb(done, failed)
+  end
+  for _, rec in ipairs(again) do
+    self:register(rec, function(ok, err)
+      if ok then done[#done + 1] = rec.name else failed[rec.name] = err end
+      finish()
+    end)
+  end
+  self:claim_many("services", fresh, function(got, held, code)
+    if not got then
+      if #again == 0 then return cb(nil, held, code) end
+      for key in pairs(fresh) do failed[names[key]] = held end
+      return finish()
+    end
+    for _, key in ipairs(got) do done[#done + 1] = names[key] end
+    for key, node in pairs(held) do
+      failed[names[key]] = ("conflict: services/%s is held by node %s"):format(key, node)
+    end
+    finish()
+  end)
 end)
 
 --- Removes this node's registration of service name.
@@ -209,10 +289,11 @@ local function mark_claimed(self, pool, cb)
   end)
 end
 
--- Claims count ports from pool, up to concurrency claims in flight (see
--- claim_ports).
-local function claim_from(self, pool, count, concurrency, cb)
-  local got, inflight, conflicts, refreshes = {}, 0, 0, 0
+-- Claims count ports from pool: batches of up to `batch` ports a call of
+-- claim_many, up to concurrency calls in flight (see claim_ports).
+local function claim_from(self, pool, count, opts, cb)
+  local concurrency, batch = opts.concurrency, opts.batch
+  local got, pending, inflight, conflicts, refreshes = {}, 0, 0, 0, 0
   local streak, refreshing = 0, false
   local failure, finished
   local next_claim
@@ -242,10 +323,35 @@ local function claim_from(self, pool, count, concurrency, cb)
       next_claim()
     end)
   end
+  -- a claim_many of n ports answered: keys ours, held[key] another's
+  -- (or nil, held = the message, code)
+  local function claimed(n, keys, held, code)
+    inflight, pending = inflight - 1, pending - n
+    if not keys then
+      if not failure then failure = {held, code} end
+      return next_claim()
+    end
+    for _, key in ipairs(keys) do got[#got + 1] = math.tointeger(tonumber(key)) end
+    local lost = 0
+    for _ in pairs(held) do lost = lost + 1 end -- the pool keeps them marked
+    conflicts = conflicts + lost
+    if lost == 0 then
+      streak = 0
+    else
+      streak = streak + lost
+      if streak >= 2 * concurrency and not refreshing then return refresh() end
+    end
+    next_claim()
+  end
   next_claim = function()
-    while not failure and not refreshing and #got + inflight < count and inflight < concurrency do
-      local p = pool:allocate()
-      if not p then
+    while not failure and not refreshing and #got + pending < count and inflight < concurrency do
+      local recs, n = {}, 0
+      while n < batch and #got + pending + n < count do
+        local p = pool:allocate()
+        if not p then break end
+        recs[tostring(p)], n = {port = p}, n + 1
+      end
+      if n == 0 then
         if inflight == 0 then
           local lo, hi = pool:range()
           failure = {("exhausted: %d of %d ports claimed, no free port left in %d-%d")
@@ -253,37 +359,32 @@ local function claim_from(self, pool, count, concurrency, cb)
         end
         break
       end
-      inflight = inflight + 1
-      self:claim("ports", tostring(p), {port = p}, function(ok, cerr, ccode)
-        inflight = inflight - 1
-        if ok then
-          got[#got + 1] = p
-          streak = 0
-        elseif ccode == "conflict" then
-          conflicts, streak = conflicts + 1, streak + 1 -- the pool keeps it marked
-          if streak >= 2 * concurrency and not refreshing then return refresh() end
-        elseif not failure then
-          failure = {cerr, ccode}
-        end
-        next_claim()
-      end)
+      inflight, pending = inflight + 1, pending + n
+      self:claim_many("ports", recs, function(keys, held, code) claimed(n, keys, held, code) end)
     end
     if failure or #got == count then finish() end
   end
   next_claim()
 end
 
+-- Ports a claim_many of claim_ports: one etcd txn (etcd allows 128
+-- operations a txn), small enough that a conflict costs one more round of
+-- a few keys.
+local DEFAULT_BATCH = 32
+
 local ALLOC_OPTS = {range = true, count = true, strategy = true, node_id = true,
-                    allow_privileged = true, concurrency = true}
+                    allow_privileged = true, concurrency = true, batch = true}
 
 --- Claims count ports of range for this node, cluster-wide: reads what
 -- is claimed, picks candidates with a local pool (the allocator's
--- strategies), and claims them with up to `concurrency` claims in flight;
--- a port another node won meanwhile is skipped, and after a run of such
--- conflicts the claimed ports are read again. On failure the ports
--- already claimed are released (best effort).
+-- strategies), and claims them in batches of up to `batch` ports (one
+-- etcd txn, or one write of the state file, a batch), with up to
+-- `concurrency` batches in flight; a port another node won meanwhile is
+-- skipped, and after a run of such conflicts the claimed ports are read
+-- again. On failure the ports already claimed are released (best effort).
 -- @tparam table opts `range = {lo, hi}`, `count` (1), `strategy`,
---   `node_id`, `allow_privileged` (as allocator.new), `concurrency` (8)
+--   `node_id`, `allow_privileged` (as allocator.new), `concurrency` (8),
+--   `batch` (32; 1 claims one port a call)
 -- @return[1] the ports (ascending), and `{conflicts = n, refreshes = n}`
 -- @return[2] nil, msg, code (`exhausted` when the range has too few free)
 -- @raise on a bad or unknown option
@@ -298,12 +399,16 @@ Base.claim_ports = async.adapt(function(self, opts, cb)
   if math.type(concurrency) ~= "integer" or concurrency < 1 then
     check.argerror("claim_ports", 1, "concurrency: positive integer expected")
   end
+  local batch = opts.batch or DEFAULT_BATCH
+  if math.type(batch) ~= "integer" or batch < 1 then
+    check.argerror("claim_ports", 1, "batch: positive integer expected")
+  end
   local pool = allocator.new{range = opts.range, strategy = opts.strategy,
     node_id = opts.node_id or (opts.strategy == "hash" and self._node or nil),
     allow_privileged = opts.allow_privileged}
   mark_claimed(self, pool, function(ok, err, code)
     if not ok then return cb(nil, err, code) end
-    claim_from(self, pool, count, concurrency, cb)
+    claim_from(self, pool, count, {concurrency = concurrency, batch = batch}, cb)
   end)
 end)
 
