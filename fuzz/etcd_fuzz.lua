@@ -8,7 +8,7 @@ local etcd = require "portman.etcd"
 local json = require "portman.json"
 local lines = require "portman.lines"
 
-local METHODS = {"range", "put", "deleterange", "txn", "create", "grant", "keepalive"}
+local METHODS = {"range", "put", "deleterange", "txn", "create", "grant", "keepalive", "create_many"}
 
 local function digits(s) return type(s) == "string" and s:match("^%d+$") ~= nil end
 
@@ -33,13 +33,22 @@ local PROMISE = {
   end,
   grant = function(l) assert(digits(l.id) and math.type(l.ttl) == "integer") end,
   keepalive = function(ttl) assert(math.type(ttl) == "integer" and ttl >= 0) end,
+  create_many = function(ok, holders)
+    assert(type(ok) == "boolean")
+    if not ok then
+      assert(#holders == 3, "a holder for each key")
+      for _, h in ipairs(holders) do if h then check_kv(h) end end
+    end
+  end,
 }
 
 local function answer(method, body)
   local doc = json.decode(body)
   if type(doc) ~= "table" then return end -- classify() fails it before a reader runs
   local called = false
-  etcd._reading("/fuzz", etcd._read[method], function(a, b, c)
+  local read = etcd._read[method]
+  if method == "create_many" then read = function(res) return etcd._read.create_many(res, 3) end end
+  etcd._reading("/fuzz", read, function(a, b, c)
     called = true
     if a == nil then
       assert(c == "protocol" and type(b) == "string", "a failure other than protocol")

@@ -218,7 +218,7 @@ describe("portman.etcd", function()
       local none, err, code = c:create_many(items, "42")
       assert.is_nil(none)
       assert.equal("protocol", code)
-      assert.equal("protocol: etcd answered a txn of 2 ranges with 1 responses", err)
+      assert.equal("protocol: etcd's answer to /v3/kv/txn: responses: 1 for a txn of 2 ranges", err)
     end)
     assert.same({compare = {{key = "L2E=", result = "EQUAL", target = "CREATE", create_revision = "0"},
                             {key = "L2I=", result = "EQUAL", target = "CREATE", create_revision = "0"}},

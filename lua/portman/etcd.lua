@@ -37,19 +37,8 @@ local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local DEC = {}
 for i = 1, 64 do DEC[B64:byte(i)] = i - 1 end
 
---- Encodes a string as base64.
-function M.b64encode(s)
-  local out = {}
-  for i = 1, #s, 3 do
-    local a, b, c = s:byte(i, i + 2)
-    local n = a * 65536 + (b or 0) * 256 + (c or 0)
-    local c1, c2 = n >> 18, (n >> 12) & 63
-    local c3, c4 = (n >> 6) & 63, n & 63
-    out[#out + 1] = B64:sub(c1 + 1, c1 + 1) .. B64:sub(c2 + 1, c2 + 1)
-      .. (b and B64:sub(c3 + 1, c3 + 1) or "=") .. (c and B64:sub(c4 + 1, c4 + 1) or "=")
-  end
-  return table.concat(out)
-end
+--- Encodes a string as base64 (the C core's, OpenSSL's).
+M.b64encode = require("portman.core").base64
 
 --- Decodes base64; nil on anything that is not base64.
 function M.b64decode(s)
@@ -449,6 +438,22 @@ function READ.keepalive(res)
   end
   return math.tointeger(tonumber(int64("result.TTL", object("result", res.result, true).TTL, "0")))
 end
+-- A txn creating n keys: true, or false and each key's holder read in the
+-- same txn (false for a key nobody holds).
+function READ.create_many(res, n)
+  if succeeded(res) then return true end
+  local responses = list("responses", res.responses)
+  if #responses ~= n then
+    error(("responses: %d for a txn of %d ranges"):format(#responses, n), 0)
+  end
+  local holders = {}
+  for i, r in ipairs(responses) do
+    local field = ("responses[%d]"):format(i)
+    local range = object(field .. ".response_range", object(field, r).response_range, true)
+    holders[i] = kvs_of(range.kvs, field .. ".response_range.kvs")[1] or false
+  end
+  return false, holders
+end
 -- for the fuzz harness (fuzz/etcd_fuzz.lua): the readers, the wrapper
 M._read, M._reading = READ, reading
 
@@ -528,7 +533,6 @@ local MAX_TXN_OPS = 128
 M.MAX_TXN_OPS = MAX_TXN_OPS
 -- The C core's base64 (the same text as b64encode, 20 times faster): a
 -- txn of many keys encodes each key and value.
-local fast_b64 = require("portman.core").base64
 
 --- Creates several keys in one txn, only if none of them exists (a
 -- compare on each key's create_revision), each bound to `lease` when
@@ -550,27 +554,13 @@ Client.create_many = async.adapt(function(self, items, lease, cb)
     if type(key) ~= "string" or key == "" or type(value) ~= "string" then
       check.argerror("create_many", 1, ("items[%d]: {non-empty key, value} (strings) expected"):format(i))
     end
-    local k = fast_b64(key)
+    local k = M.b64encode(key)
     compare[i] = {key = k, result = "EQUAL", target = "CREATE", create_revision = "0"}
-    success[i] = {request_put = {key = k, value = fast_b64(value), lease = lease}}
+    success[i] = {request_put = {key = k, value = M.b64encode(value), lease = lease}}
     failure[i] = {request_range = {key = k}}
   end
-  call(self, "/v3/kv/txn", {compare = compare, success = success, failure = failure}, function(res, err, code)
-    if not res then return cb(nil, err, code) end
-    if res.succeeded then return cb(true) end
-    local responses = res.responses
-    if type(responses) ~= "table" or #responses ~= #items then
-      return cb(nil, ("protocol: etcd answered a txn of %d ranges with %s"):format(#items,
-        type(responses) == "table" and #responses .. " responses" or "no responses"), "protocol")
-    end
-    local holders = {}
-    for i, r in ipairs(responses) do
-      local range = type(r) == "table" and r.response_range
-      local raw = type(range) == "table" and type(range.kvs) == "table" and range.kvs[1]
-      holders[i] = type(raw) == "table" and kv_of(raw) or false
-    end
-    cb(false, holders)
-  end)
+  call(self, "/v3/kv/txn", {compare = compare, success = success, failure = failure},
+    reading("/v3/kv/txn", function(res) return READ.create_many(res, #items) end, cb))
 end)
 
 --- Deletes key only if it is bound to lease (a txn on the key's lease).
