@@ -401,6 +401,36 @@ describe("portman.backend", function()
     end)
   end)
 
+  describe("records from the cluster", function()
+    local good = {name = "db", node = "n1", address = "10.0.0.5", port = 5432, proto = "tcp"}
+    local function with(k, v)
+      local r = {}
+      for kk, vv in pairs(good) do r[kk] = vv end
+      r[k] = v
+      return r
+    end
+
+    it("takes a registration of the shape register writes", function()
+      assert.same(good, backend.service_of(with("metadata", nil)))
+      assert.equal(443, backend.service_of(with("port", 443.0)).port)
+    end)
+
+    local bad = {
+      {"not an object", 5, "not an object"}, {"a port that is a string", with("port", "x"), "port"},
+      {"port 0", with("port", 0), "port"}, {"port 99999", with("port", 99999), "port"},
+      {"a name with a space", with("name", "a b"), "name"}, {"no node", with("node", nil), "node"},
+      {"proto sctp", with("proto", "sctp"), "proto"}, {"an address table", with("address", {}), "address"},
+      {"metadata a string", with("metadata", "m"), "metadata"},
+    }
+    for _, case in ipairs(bad) do
+      it("leaves out " .. case[1], function()
+        local v, why = backend.service_of(case[2])
+        assert.is_nil(v)
+        assert.equal(case[3], why)
+      end)
+    end
+  end)
+
   describe("command line", function()
     it("requires --cluster with --etcd, and --etcd with --cluster", function()
       local status, _, err = helpers.portman("alloc --range 20000-20009 --etcd http://127.0.0.1:1")

@@ -16,6 +16,7 @@ local async = require "portman.async"
 local uv = require "luv"
 local nat = require "portman.nat"
 local supervisor = require "portman.supervisor"
+local backend = require "portman.backend"
 local netaddr = require "portman.netaddr"
 local errors = require "portman.errors"
 local core = require "portman.core"
@@ -112,8 +113,8 @@ function Manager:_sync()
   end
 end
 
-function Manager:_join(backend)
-  self.cluster = backend
+function Manager:_join(cluster)
+  self.cluster = cluster
   self._sync_timer = uv.new_timer()
   local sync = async.safe(function() self:_sync() end, "cluster sync")
   self._sync_timer:start(0, SYNC_MS, sync)
@@ -126,10 +127,9 @@ function Manager:where(name)
   local out = {}
   if self.cluster_view then
     for _, r in pairs(self.cluster_view.records) do
-      local v = r.value
-      if type(v) == "table" and v.name == name then
-        out[#out + 1] = {name = v.name, node = v.node, address = v.address, proto = v.proto,
-                         port = math.tointeger(v.port) or v.port}
+      local v = backend.service_of(r.value) -- another node's record: checked first
+      if v and v.name == name then
+        out[#out + 1] = {name = v.name, node = v.node, address = v.address, proto = v.proto, port = v.port}
       end
     end
     table.sort(out, function(a, b) return tostring(a.node) < tostring(b.node) end)

@@ -422,6 +422,22 @@ describe("etcd cluster #lab", function()
     end)
   end)
 
+  it("leaves out a registration another writer put in the wrong shape", function()
+    run(function()
+      local a = new_backend("hostile-svc", "node-a")
+      assert(a:register{name = "db", address = "10.0.0.5", port = 5432})
+      local raw = a:client()
+      local prefix = "/portman/" .. RUN .. "hostile-svc/services/"
+      assert(raw:put(prefix .. "db/evil", '{"name":"db","node":"evil","address":"x","port":"99999","proto":"tcp"}'))
+      assert(raw:put(prefix .. "junk/evil", "not json"))
+      local list = assert(a:services())
+      assert.equal(1, #list)
+      assert.equal("node-a", list[1].node)
+      assert.equal(1, #assert(a:lookup("db")))
+      a:close()
+    end)
+  end)
+
   it("watches other nodes' registrations and lists them with portman services", function()
     local name = RUN .. "svc"
     run(function()

@@ -49,6 +49,7 @@ local uv = require "luv"
 local async = require "portman.async"
 local check = require "portman.check"
 local json = require "portman.json"
+local log = require "portman.log"
 local allocator = require "portman.allocator"
 
 local M = {}
@@ -193,7 +194,25 @@ Base.deregister = async.adapt(function(self, name, cb)
   self:release("services", name .. "/" .. self._node, cb)
 end)
 
---- Every node's registrations, sorted by name then node.
+--- A registration read from the cluster, as another node (or anyone who
+-- can write etcd) wrote it: the record when its fields have the shapes
+-- register gives them, else nil and what is wrong. Nothing of a bad one is
+-- used (docs/design.md, "Errors": answers from peers are checked).
+function M.service_of(v)
+  if type(v) ~= "table" then return nil, "not an object" end
+  if type(v.name) ~= "string" or not v.name:match("^[%w_%.%-]+$") or #v.name > 255 then return nil, "name" end
+  if type(v.node) ~= "string" or #v.node > 255 then return nil, "node" end
+  if type(v.address) ~= "string" or #v.address > 255 then return nil, "address" end
+  local port = math.tointeger(v.port)
+  if not port or port < 1 or port > 65535 then return nil, "port" end
+  if v.proto ~= "tcp" and v.proto ~= "udp" then return nil, "proto" end
+  if v.metadata ~= nil and type(v.metadata) ~= "table" then return nil, "metadata" end
+  v.port = port
+  return v
+end
+
+--- Every node's registrations, sorted by name then node; a record of the
+-- wrong shape is left out (and logged).
 -- @return[1] `{{name, node, address, port, proto, metadata}, ...}`
 -- @return[2] nil, msg, code
 Base.services = async.adapt(function(self, cb)
@@ -201,7 +220,12 @@ Base.services = async.adapt(function(self, cb)
     if not records then return cb(nil, err, code) end
     local out = {}
     for _, r in ipairs(records) do
-      if type(r.value) == "table" then out[#out + 1] = r.value end
+      local v, why = M.service_of(r.value)
+      if v then
+        out[#out + 1] = v
+      else
+        log.warn("cluster_record_malformed", {key = r.key, field = why})
+      end
     end
     table.sort(out, function(a, b)
       if a.name ~= b.name then return tostring(a.name) < tostring(b.name) end
