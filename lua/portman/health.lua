@@ -71,16 +71,19 @@ local function positive(fname, opts, key, default)
   return v
 end
 
--- A history of size results: parallel arrays, made at their full size
--- once (a table constructor of `size` falses), then written in place.
+-- A history of `size` results: one array of FIELDS slots a result, made
+-- at its full size once (a table constructor of falses) and written in
+-- place. One table, not a table a result: nothing to allocate a run, one
+-- object for the collector to traverse and a result's slots side by side.
+local FIELDS = 6 -- ok, status, msg, at, ms, lag
 local ring_makers = {}
 local function history_ring(size)
   local make = ring_makers[size]
   if not make then
-    make = assert(load("return {" .. ("false,"):rep(size) .. "}"))
+    make = assert(load("return {" .. ("false,"):rep(size * FIELDS) .. "}"))
     ring_makers[size] = make
   end
-  return {size = size, ok = make(), status = make(), msg = make(), at = make(), ms = make(), lag = make()}
+  return make()
 end
 
 -- host's address if it is a literal one (nothing to resolve), else nil.
@@ -115,7 +118,7 @@ local function check_spec(opts)
     fall = math.max(1, positive("add", opts, "fall", 3)),
     initial_delay = positive("add", opts, "initial_delay", 0),
     jitter = positive("add", opts, "jitter", interval * 0.1),
-    status = "unknown", successes = 0, failures = 0, runs = 0, hist_next = 1, hist_count = 0,
+    status = "unknown", successes = 0, failures = 0, runs = 0, hist_next = 1, hist_count = 0, hist_size = 0,
   }
 end
 
@@ -133,9 +136,9 @@ end
 -- What a run costs is what the connect costs: each check keeps, from add
 -- to remove, its schedule timer and that timer's callback, its timeout
 -- timer and callback, and `finished`, the function its runs report to; its
--- history is a ring of parallel arrays, written in place. A run makes only
--- its socket and the socket's callback (a name to resolve, a udp, postgres
--- or lua check, a few more). The per-run state lives in the check: `done`
+-- history is a ring written in place. A run makes only its socket and the
+-- socket's callback (a name to resolve, a udp, postgres or lua check, a
+-- few more). The per-run state lives in the check: `done`
 -- (whom the running probe reports to; nil when none runs), `handle` (its
 -- socket) and `runs` (a counter: a late callback of an earlier run sees a
 -- newer count, or another handle, and does nothing).
@@ -158,7 +161,7 @@ function M:add(opts)
   local c = check_spec(opts)
   if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
   self._checks[c.name] = c
-  c.hist, c.ip = history_ring(M.HISTORY), literal(c.host)
+  c.hist, c.hist_size, c.ip = history_ring(M.HISTORY), M.HISTORY, literal(c.host)
   c.fire = async.safe(function() enqueue(self, c) end, "health timer")
   c.finished = function(ok, status, msg) finished(self, c, ok, status, msg) end
   if self._started then arm(self, c, c.initial_delay + math.random() * c.jitter) end
@@ -231,13 +234,14 @@ end
 
 local function record(self, c, ok, status, msg, started, due)
   local t = self._clock()
-  local h, i = c.hist, c.hist_next
-  h.ok[i], h.status[i], h.msg[i] = ok, ok and "healthy" or status, msg == nil and NONE or msg
+  local h, i, size = c.hist, c.hist_next, c.hist_size
+  local at = (i - 1) * FIELDS
+  h[at + 1], h[at + 2], h[at + 3] = ok, ok and "healthy" or status, msg == nil and NONE or msg
   -- lag: libuv fires timers on its cached millisecond clock, up to 1 ms
   -- before the precise due time; that counts as on time
-  h.at[i], h.ms[i], h.lag[i] = t, t - started, due and math.max(0, started - due) or 0
-  c.hist_next = i % h.size + 1
-  if c.hist_count < h.size then c.hist_count = c.hist_count + 1 end
+  h[at + 4], h[at + 5], h[at + 6] = t, t - started, due and math.max(0, started - due) or 0
+  c.hist_next = i % size + 1
+  if c.hist_count < size then c.hist_count = c.hist_count + 1 end
   if ok then
     c.successes, c.failures = c.successes + 1, 0
   else
@@ -323,12 +327,12 @@ function M:close()
   self._pools = {}
 end
 
--- History slot i of c as a result table.
+-- Result i of c's history ring as a table.
 local function result(c, i)
-  local h = c.hist
-  local msg = h.msg[i]
+  local h, at = c.hist, (i - 1) * FIELDS
+  local msg = h[at + 3]
   if msg == NONE then msg = nil end
-  return {ok = h.ok[i], status = h.status[i], msg = msg, at = h.at[i], ms = h.ms[i], lag = h.lag[i]}
+  return {ok = h[at + 1], status = h[at + 2], msg = msg, at = h[at + 4], ms = h[at + 5], lag = h[at + 6]}
 end
 
 --- {status, successes, failures, last, last_ago_ms, due} of a check, or
@@ -338,7 +342,7 @@ end
 function M:status(name)
   local c = self._checks[name]
   if not c then return nil end
-  local last = c.hist_count > 0 and result(c, (c.hist_next - 2) % c.hist.size + 1) or nil
+  local last = c.hist_count > 0 and result(c, (c.hist_next - 2) % c.hist_size + 1) or nil
   return {status = c.status, successes = c.successes, failures = c.failures, last = last,
           last_ago_ms = last and self._clock() - last.at or nil, due = c.due}
 end
@@ -349,7 +353,7 @@ end
 function M:history(name)
   local c = self._checks[name]
   if not c then return nil end
-  local out, n, size = {}, c.hist_count, c.hist.size
+  local out, n, size = {}, c.hist_count, c.hist_size
   local first = n < size and 1 or c.hist_next
   for i = 0, n - 1 do out[i + 1] = result(c, (first - 1 + i) % size + 1) end
   return out
