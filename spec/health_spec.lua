@@ -116,6 +116,27 @@ describe("portman.health", function()
     hc:remove("ring")
   end)
 
+  it("does not start a check again while its run, from before a stop and start, is still going", function()
+    local hc = health.new{concurrency = 2}
+    local held, calls, later = {}, 0, 0
+    hc:add{name = "slow", kind = "lua", interval = 100000, jitter = 0, rise = 1,
+           fn = function(done) calls = calls + 1; held[#held + 1] = done end}
+    hc:start()
+    assert.is_true(helpers.run_until(function() return calls == 1 end))
+    hc:stop()
+    hc:start() -- "slow" is armed again while its first run waits
+    -- armed after "slow" with the same delay: once it ran, slow's timer fired
+    hc:add{name = "later", kind = "lua", interval = 100000, jitter = 0, fn = function(done) later = later + 1; done(true) end}
+    assert.is_true(helpers.run_until(function() return later == 1 end))
+    assert.equal(1, calls) -- not started twice
+    held[1](true)
+    assert.equal(1, #hc:history("slow")) -- the first run's result counts
+    assert.equal("healthy", hc:status("slow").status)
+    assert.truthy(hc:status("slow").due) -- and its end armed the next
+    hc:close()
+    for _, name in ipairs(hc:names()) do hc:remove(name) end
+  end)
+
   -- The scheduler's clock standing still: due times are exact, and the
   -- spec needs no waiting for them.
   local function frozen()

@@ -216,6 +216,8 @@ end
 
 -- The queue of checks waiting for a slot: a list read from _qhead on.
 function enqueue(self, c)
+  -- still running (stopped and started again meanwhile): its end arms it
+  if c.done then return end
   if self._running < self._concurrency then return run(self, c) end
   self._qtail = self._qtail + 1
   self._queue[self._qtail] = c
