@@ -118,7 +118,7 @@ local function check_spec(opts)
     fall = math.max(1, positive("add", opts, "fall", 3)),
     initial_delay = positive("add", opts, "initial_delay", 0),
     jitter = positive("add", opts, "jitter", interval * 0.1),
-    status = "unknown", successes = 0, failures = 0, runs = 0, hist_next = 1, hist_count = 0, hist_size = 0,
+    status = "unknown", successes = 0, failures = 0, runs = 0, hist_next = 1, hist_count = 0,
   }
 end
 
