@@ -19,7 +19,7 @@
 --
 -- Environment: REPS (5), SECONDS per run (4), GC ("inc" as Lua starts,
 -- "gen" for generational mode, "stop" to run without collecting: for
--- telling the collector's share of the lag from the rest).
+-- telling the collector's share of the lag from the rest), STALLS (below).
 local uv = require "luv"
 local health = require "portman.health"
 
@@ -84,6 +84,35 @@ end
 sentinel()
 local function gc_cycles() return cycles_ended end
 
+-- STALLS=1: times each timer callback's CPU (os.clock), to tell the
+-- collector's pauses (CPU spent inside a callback, a step or a cycle's
+-- end) from the machine's load (time the process did not run). Wrappers
+-- are made once a callback, so runs allocate nothing more; off by default,
+-- since the timing itself costs CPU in every phase.
+local stalls
+if os.getenv("STALLS") then
+  local methods = getmetatable(uv.new_timer()).__index
+  local start, wrappers = methods.start, setmetatable({}, {__mode = "k"})
+  function methods.start(t, timeout, rep, cb)
+    local w = wrappers[cb]
+    if not w then
+      w = function(...)
+        local c0 = os.clock()
+        cb(...)
+        local d = os.clock() - c0
+        if d > 0.001 then stalls.over1 = stalls.over1 + 1 end
+        if d > 0.005 then stalls.over5 = stalls.over5 + 1 end
+        if d > stalls.max then stalls.max = d end
+      end
+      wrappers[cb] = w
+    end
+    return start(t, timeout, rep, w)
+  end
+end
+local function stalls_reset() stalls = {over1 = 0, over5 = 0, max = 0} end
+local function stalls_now() return {over1 = stalls.over1, over5 = stalls.over5, max = stalls.max} end
+stalls_reset()
+
 local ports, handles = listeners()
 
 -- portman.health: 5,000 checks, each once a second, spread by jitter.
@@ -95,12 +124,14 @@ local function run_health()
   end
   collectgarbage("collect") -- each run starts from the same heap
   local cycles = gc_cycles()
+  stalls_reset()
   local cpu0, wall0 = os.clock(), uv.hrtime()
   h:start()
-  local cpu
+  local cpu, stalled
   run_for(SECONDS * 1000, function()
     cpu = os.clock() - cpu0
     cycles = gc_cycles() - cycles
+    stalled = stalls_now()
     h:close()
   end)
   local wall = (uv.hrtime() - wall0) / 1e9
@@ -114,7 +145,7 @@ local function run_health()
     h:remove("c" .. i)
   end
   return {runs = runs, fails = fails, wall = wall, cpu = cpu, per = cpu / runs, cycles = cycles,
-          p50 = percentile(lags, 0.5), p99 = percentile(lags, 0.99)}
+          p50 = percentile(lags, 0.5), p99 = percentile(lags, 0.99), stalls = stalled}
 end
 
 -- Baseline A: the same connect rate from one timer, nothing else; its
@@ -156,8 +187,9 @@ end
 -- interval on; no timeout, thresholds or history. Its due times are as
 -- many and as spread as portman.health's, so are the loop's wake-ups.
 local function run_timers()
-  local done, lags, timers = 0, {}, {}
+  local done, lags, timers, stalled = 0, {}, {}, nil
   collectgarbage("collect")
+  stalls_reset()
   local cpu0 = os.clock()
   uv.update_time()
   for i = 1, CHECKS do
@@ -182,10 +214,12 @@ local function run_timers()
   end
   local cpu
   run_for(SECONDS * 1000, function()
+    stalled = stalls_now()
     for _, t in ipairs(timers) do t:close() end
     cpu = os.clock() - cpu0
   end)
-  return {runs = done, cpu = cpu, per = cpu / done, p50 = percentile(lags, 0.5), p99 = percentile(lags, 0.99)}
+  return {runs = done, cpu = cpu, per = cpu / done, p50 = percentile(lags, 0.5), p99 = percentile(lags, 0.99),
+          stalls = stalled}
 end
 
 local function mmm(list, key, scale)
@@ -232,3 +266,16 @@ row("lag p50, A's ticks", as, "p50", "ms")
 row("lag p99, A's ticks", as, "p99", "ms")
 row("lag p50, B's timers", bs, "p50", "ms")
 row("lag p99, B's timers", bs, "p99", "ms")
+if os.getenv("STALLS") then
+  local function flat(list)
+    local out = {}
+    for i, r in ipairs(list) do out[i] = r.stalls end
+    return out
+  end
+  row("health timer callbacks over 1 / 5 ms CPU", flat(hs), "over1", "", 1, "%8d")
+  row("", flat(hs), "over5", "", 1, "%8d")
+  row("longest health timer callback, CPU", flat(hs), "max", "ms", 1000)
+  row("B's timer callbacks over 1 / 5 ms CPU", flat(bs), "over1", "", 1, "%8d")
+  row("", flat(bs), "over5", "", 1, "%8d")
+  row("longest B timer callback, CPU", flat(bs), "max", "ms", 1000)
+end
