@@ -78,6 +78,65 @@ describe("portman.health", function()
     hc:remove("many")
   end)
 
+  it("keeps exactly the last 100 results in order, through the ring's wrap-arounds", function()
+    -- run n moves the clock to 10 * n and fails every third time with
+    -- "run n"; the check stops the scheduler at its limit
+    local now, n, limit = 0, 0, 40
+    local hc = health.new{clock = function() return now end}
+    hc:add{name = "ring", kind = "lua", interval = 0, jitter = 0, rise = 1, fall = 1, fn = function(done)
+      n = n + 1
+      now = 10 * n
+      if n == limit then hc:stop() end
+      if n % 3 == 0 then done(false, "unreachable", "run " .. n) else done(true) end
+    end}
+    local function expected(k) -- run k's result, as main's history kept it
+      if k % 3 == 0 then return {ok = false, status = "unreachable", msg = "run " .. k, at = 10 * k, ms = 10, lag = 0} end
+      return {ok = true, status = "healthy", at = 10 * k, ms = 10, lag = 0}
+    end
+    local function runs_from(first, last)
+      local out = {}
+      for k = first, last do out[#out + 1] = expected(k) end
+      return out
+    end
+    hc:start()
+    assert.is_true(helpers.run_until(function() return n == limit and hc:status("ring").due == nil end))
+    assert.same(runs_from(1, 40), hc:history("ring")) -- before the first wrap-around
+    limit = 250
+    hc:start()
+    assert.is_true(helpers.run_until(function() return n == limit and hc:status("ring").due == nil end))
+    local hist = hc:history("ring")
+    assert.equal(100, #hist)
+    assert.same(runs_from(151, 250), hist) -- oldest first, newest last: fields and values
+    assert.same(expected(250), hc:status("ring").last)
+    assert.equal("healthy", hc:status("ring").status) -- 250 is no multiple of 3
+    -- what history returns is the caller's: changing it changes nothing kept
+    hist[1].msg, hist[100] = "changed", nil
+    assert.same(runs_from(151, 250), hc:history("ring"))
+    hc:close()
+    hc:remove("ring")
+  end)
+
+  it("does not start a check again while its run, from before a stop and start, is still going", function()
+    local hc = health.new{concurrency = 2}
+    local held, calls, later = {}, 0, 0
+    hc:add{name = "slow", kind = "lua", interval = 100000, jitter = 0, rise = 1,
+           fn = function(done) calls = calls + 1; held[#held + 1] = done end}
+    hc:start()
+    assert.is_true(helpers.run_until(function() return calls == 1 end))
+    hc:stop()
+    hc:start() -- "slow" is armed again while its first run waits
+    -- armed after "slow" with the same delay: once it ran, slow's timer fired
+    hc:add{name = "later", kind = "lua", interval = 100000, jitter = 0, fn = function(done) later = later + 1; done(true) end}
+    assert.is_true(helpers.run_until(function() return later == 1 end))
+    assert.equal(1, calls) -- not started twice
+    held[1](true)
+    assert.equal(1, #hc:history("slow")) -- the first run's result counts
+    assert.equal("healthy", hc:status("slow").status)
+    assert.truthy(hc:status("slow").due) -- and its end armed the next
+    hc:close()
+    for _, name in ipairs(hc:names()) do hc:remove(name) end
+  end)
+
   -- The scheduler's clock standing still: due times are exact, and the
   -- spec needs no waiting for them.
   local function frozen()

@@ -27,6 +27,8 @@ local async = require "portman.async"
 local events = require "portman.events"
 local errors = require "portman.errors"
 local resolver = require "portman.resolver"
+local names = require "portman.resolver.names"
+local core = require "portman.core"
 
 local M = {}
 local mt = {__index = M}
@@ -50,7 +52,7 @@ function M.new(opts)
   check.table("new", 1, opts)
   check.known("new", 1, opts, NEW_KEYS)
   check.optional("new", 1, opts, "clock", "function")
-  local self = setmetatable({_checks = {}, _pools = {}, _queue = {}, _running = 0,
+  local self = setmetatable({_checks = {}, _pools = {}, _queue = {}, _qhead = 1, _qtail = 0, _running = 0,
     _concurrency = opts.concurrency or 256, _started = false, _clock = opts.clock or precise_ms}, mt)
   if opts.on_event then self:on(opts.on_event) end
   return self
@@ -67,6 +69,28 @@ local function positive(fname, opts, key, default)
   if v == nil then return default end
   if type(v) ~= "number" or v < 0 then check.argerror(fname, 1, key .. ": non-negative number expected") end
   return v
+end
+
+-- A history of `size` results: one array of FIELDS slots a result, made
+-- at its full size once (a table constructor of falses) and written in
+-- place. One table, not a table a result: nothing to allocate a run, one
+-- object for the collector to traverse and a result's slots side by side.
+local FIELDS = 6 -- ok, status, msg, at, ms, lag
+local ring_makers = {}
+local function history_ring(size)
+  local make = ring_makers[size]
+  if not make then
+    make = assert(load("return {" .. ("false,"):rep(size * FIELDS) .. "}"))
+    ring_makers[size] = make
+  end
+  return make()
+end
+
+-- host's address if it is a literal one (nothing to resolve), else nil.
+local function literal(host)
+  if names.query_name(host) ~= false then return nil end
+  local _, ip = core.dns_parse_ip(host)
+  return ip
 end
 
 local function check_spec(opts)
@@ -94,7 +118,7 @@ local function check_spec(opts)
     fall = math.max(1, positive("add", opts, "fall", 3)),
     initial_delay = positive("add", opts, "initial_delay", 0),
     jitter = positive("add", opts, "jitter", interval * 0.1),
-    status = "unknown", successes = 0, failures = 0, history = {}, hist_next = 1,
+    status = "unknown", successes = 0, failures = 0, runs = 0, hist_next = 1, hist_count = 0,
   }
 end
 
@@ -108,7 +132,19 @@ function M.validate(opts)
 end
 
 -- The scheduler's internals: locals, not methods (nothing outside calls them).
-local arm, enqueue, run
+--
+-- What a run costs is what the connect costs: each check keeps, from add
+-- to remove, its schedule timer and that timer's callback, its timeout
+-- timer and callback, and `finished`, the function its runs report to; its
+-- history is a ring written in place. A run makes only its socket and the
+-- socket's callback (a name to resolve, a udp, postgres or lua check, a
+-- few more). The per-run state lives in the check: `done`
+-- (whom the running probe reports to; nil when none runs), `handle` (its
+-- socket) and `runs` (a counter: a late callback of an earlier run sees a
+-- newer count, or another handle, and does nothing).
+local arm, enqueue, run, finished
+
+local NONE = {} -- a history slot's msg when the result had none
 
 --- Adds a check (started at once if the scheduler runs).
 -- @tparam table opts `name`, `kind`, `host` (an address or a name,
@@ -125,6 +161,9 @@ function M:add(opts)
   local c = check_spec(opts)
   if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
   self._checks[c.name] = c
+  c.hist, c.hist_size, c.ip = history_ring(M.HISTORY), M.HISTORY, literal(c.host)
+  c.fire = async.safe(function() enqueue(self, c) end, "health timer")
+  c.finished = function(ok, status, msg) finished(self, c, ok, status, msg) end
   if self._started then arm(self, c, c.initial_delay + math.random() * c.jitter) end
   return c.name
 end
@@ -134,6 +173,10 @@ local function disarm(c)
   if c.timer then
     c.timer:close()
     c.timer = nil
+  end
+  if c.ttimer and not c.done then -- a running probe still needs its timeout
+    c.ttimer:close()
+    c.ttimer = nil
   end
 end
 
@@ -168,25 +211,39 @@ function arm(self, c, delay)
   -- callback again in the same pass, forever
   delay = math.max(1, math.floor(delay))
   c.due = self._clock() + delay
-  local fire = async.safe(function() enqueue(self, c) end, "health timer")
-  c.timer:start(delay, 0, fire)
+  c.timer:start(delay, 0, c.fire)
 end
 
+-- The queue of checks waiting for a slot: a list read from _qhead on.
 function enqueue(self, c)
-  if self._running < self._concurrency then
-    run(self, c)
-  else
-    self._queue[#self._queue + 1] = c
+  -- still running (stopped and started again meanwhile): its end arms it
+  if c.done then return end
+  if self._running < self._concurrency then return run(self, c) end
+  self._qtail = self._qtail + 1
+  self._queue[self._qtail] = c
+end
+
+local function dequeue(self)
+  while self._qhead <= self._qtail do
+    local c = self._queue[self._qhead]
+    self._queue[self._qhead] = nil
+    self._qhead = self._qhead + 1
+    if not c.removed then return c end
   end
+  self._qhead, self._qtail = 1, 0
+  return nil
 end
 
 local function record(self, c, ok, status, msg, started, due)
   local t = self._clock()
+  local h, i, size = c.hist, c.hist_next, c.hist_size
+  local at = (i - 1) * FIELDS
+  h[at + 1], h[at + 2], h[at + 3] = ok, ok and "healthy" or status, msg == nil and NONE or msg
   -- lag: libuv fires timers on its cached millisecond clock, up to 1 ms
   -- before the precise due time; that counts as on time
-  c.history[c.hist_next] = {ok = ok, status = ok and "healthy" or status, msg = msg,
-                            at = t, ms = t - started, lag = due and math.max(0, started - due) or 0}
-  c.hist_next = c.hist_next % M.HISTORY + 1
+  h[at + 4], h[at + 5], h[at + 6] = t, t - started, due and math.max(0, started - due) or 0
+  c.hist_next = i % size + 1
+  if c.hist_count < size then c.hist_count = c.hist_count + 1 end
   if ok then
     c.successes, c.failures = c.successes + 1, 0
   else
@@ -202,29 +259,48 @@ local function record(self, c, ok, status, msg, started, due)
   end
 end
 
+-- The end of a run (c.finished): records it, arms the next, and gives the
+-- slot to the next check waiting.
+function finished(self, c, ok, status, msg)
+  self._running = self._running - 1
+  if not c.removed then
+    record(self, c, ok, status, msg, c.started, c.run_due)
+    if self._started then
+      arm(self, c, c.status == "healthy" and c.interval or c.unhealthy_interval)
+    end
+  end
+  if not c.timer and c.ttimer then -- removed or stopped: nothing will run it again
+    c.ttimer:close()
+    c.ttimer = nil
+  end
+  local nxt = dequeue(self)
+  if nxt then run(self, nxt) end
+end
+
+-- Ends c's running probe, once: stops its timeout, closes its socket and
+-- reports (ok, status, msg) to c.done.
+local function settle(c, ok, status, msg)
+  local done = c.done
+  if not done then return end
+  c.done = nil
+  if c.ttimer then c.ttimer:stop() end
+  local h = c.handle
+  if h then
+    c.handle = nil
+    if not h:is_closing() then h:close() end
+  end
+  done(ok, status, msg)
+end
+
+local PROBES
+
 function run(self, c)
   self._running = self._running + 1
-  local started, due = self._clock(), c.due
-  c.due = nil
-  local finished = false
-  local ok, err = pcall(M.probe, c, function(ok, status, msg)
-    finished = true
-    self._running = self._running - 1
-    if not c.removed then
-      record(self, c, ok, status, msg, started, due)
-      if self._started then
-        arm(self, c, c.status == "healthy" and c.interval or c.unhealthy_interval)
-      end
-    end
-    local nxt = table.remove(self._queue, 1)
-    if nxt and not nxt.removed then run(self, nxt) end
-  end)
+  c.started, c.run_due, c.due = self._clock(), c.due, nil
+  c.runs, c.done = c.runs + 1, c.finished
+  local ok, err = pcall(PROBES[c.kind], c)
   -- a probe that raised before finishing still gives back its slot
-  if not ok and not finished then
-    self._running = self._running - 1
-    record(self, c, false, "unknown", tostring(err), started, due)
-    if self._started then arm(self, c, c.unhealthy_interval) end
-  end
+  if not ok then settle(c, false, "unknown", tostring(err)) end
 end
 
 --- Starts every check: the first runs after its initial delay plus a random
@@ -243,7 +319,7 @@ function M:stop()
   self._started = false
   for _, c in pairs(self._checks) do disarm(c) end
   for _, p in pairs(self._pools) do p.timer:stop() end
-  self._queue = {}
+  self._queue, self._qhead, self._qtail = {}, 1, 0
 end
 
 --- Stops and frees every handle.
@@ -253,6 +329,14 @@ function M:close()
   self._pools = {}
 end
 
+-- Result i of c's history ring as a table.
+local function result(c, i)
+  local h, at = c.hist, (i - 1) * FIELDS
+  local msg = h[at + 3]
+  if msg == NONE then msg = nil end
+  return {ok = h[at + 1], status = h[at + 2], msg = msg, at = h[at + 4], ms = h[at + 5], lag = h[at + 6]}
+end
+
 --- {status, successes, failures, last, last_ago_ms, due} of a check, or
 -- nil; `last` is its last result and `last_ago_ms` how long ago that was;
 -- `due` is when its next run is due by the scheduler's clock (nil while it
@@ -260,19 +344,20 @@ end
 function M:status(name)
   local c = self._checks[name]
   if not c then return nil end
-  local n = #c.history
-  local last = n > 0 and c.history[(c.hist_next - 2) % M.HISTORY + 1] or nil
+  local last = c.hist_count > 0 and result(c, (c.hist_next - 2) % c.hist_size + 1) or nil
   return {status = c.status, successes = c.successes, failures = c.failures, last = last,
           last_ago_ms = last and self._clock() - last.at or nil, due = c.due}
 end
 
---- The last results of a check (at most health.HISTORY), oldest first.
+--- The last results of a check (at most health.HISTORY), oldest first:
+-- {ok, status, msg, at, ms, lag} each (`at`: when it ended by the
+-- scheduler's clock; `ms`: how long it took; `lag`: how late it started).
 function M:history(name)
   local c = self._checks[name]
   if not c then return nil end
-  local out, n = {}, #c.history
-  local first = n < M.HISTORY and 1 or c.hist_next
-  for i = 0, n - 1 do out[#out + 1] = c.history[(first - 1 + i) % n + 1] end
+  local out, n, size = {}, c.hist_count, c.hist_size
+  local first = n < size and 1 or c.hist_next
+  for i = 0, n - 1 do out[i + 1] = result(c, (first - 1 + i) % size + 1) end
   return out
 end
 
@@ -284,7 +369,7 @@ function M:names()
   return out
 end
 
--- ---- the probes: each calls done(ok, status, msg) exactly once ----
+-- ---- the probes: each ends its run with settle(c, ok, status, msg) once ----
 
 -- A failure's status, from its code word (portman.errors).
 local function status_of(code, kind)
@@ -293,90 +378,101 @@ local function status_of(code, kind)
   return "unreachable"
 end
 
--- A probe racing c.timeout: returns st, with st.finish(ok, status, msg)
--- (once), which closes st.handle (the probe's socket, once it has one) and
--- calls done; at the timeout, done gets on_timeout(msg)'s verdict. st.over
--- tells a late callback (the name's lookup) that the probe has finished.
-local function timed(c, done, on_timeout)
-  local st = {}
-  st.finish = async.with_timeout(c.timeout, function(ok, status, msg)
-    st.over = true
-    if st.handle and not st.handle:is_closing() then st.handle:close() end
-    if ok == nil then return done(on_timeout(status)) end -- (nil, "timeout: ...", "timeout")
-    done(ok, status, msg)
-  end, ("%s check '%s'"):format(c.kind, c.name))
-  return st
+-- At c.timeout, the run ends with the timeout's verdict: udp with
+-- expect_reply = false takes silence as success; anything else is
+-- unreachable.
+local function expire(c)
+  if c.kind == "udp" and not c.expect_reply then return settle(c, true) end
+  settle(c, false, "unreachable", ("timeout: %s check '%s' after %d ms"):format(c.kind, c.name, c.timeout))
 end
 
--- Calls on_ip(ip) with c.host's address (a literal at once; a name through
--- the default resolver), or st.finish with the lookup's failure.
-local function with_address(c, st, on_ip)
+-- Starts the run's race against c.timeout, on the check's own timer.
+local function start_timeout(c)
+  if not c.ttimer then
+    c.ttimer = uv.new_timer()
+    c.expire = c.expire or async.safe(function() expire(c) end, "timeout of health check")
+  end
+  uv.update_time() -- a stale clock after blocking work fires timers at once
+  c.ttimer:start(c.timeout, 0, c.expire)
+end
+
+-- Calls on_ip(c, ip) with c.host's address (a literal's at once; a name
+-- through the default resolver), or settles with the lookup's failure.
+local function with_address(c, on_ip)
+  if c.ip then return on_ip(c, c.ip) end
+  local n = c.runs
   resolver.lookup(c.host, nil, function(ip, msg, code)
-    if st.over then return end
-    if not ip then return st.finish(false, status_of(code, c.kind), msg) end
-    on_ip(ip)
+    if c.runs ~= n or not c.done then return end -- that run is over (a timeout)
+    if not ip then return settle(c, false, status_of(code, c.kind), msg) end
+    on_ip(c, ip)
   end)
 end
 
-local function unreachable(msg) return false, "unreachable", msg end
-
-local function probe_tcp(c, done)
-  local st = timed(c, done, unreachable)
-  with_address(c, st, function(ip)
-    local tcp = uv.new_tcp()
-    st.handle = tcp
-    local ok, ret, err = pcall(tcp.connect, tcp, ip, c.port, function(cerr)
-      if cerr then
-        st.finish(false, status_of(errors.code(cerr), "tcp"), cerr)
-      else
-        st.finish(true)
-      end
-    end)
-    if not ok then return st.finish(false, "unknown", tostring(ret)) end
-    if not ret then st.finish(false, status_of(errors.code(err), "tcp"), err) end
-  end)
-end
-
-local function probe_udp(c, done)
-  local st = timed(c, done, function(msg)
-    if not c.expect_reply then return true end -- silence is the answer asked for
-    return unreachable(msg)
-  end)
-  with_address(c, st, function(ip)
-    local udp = uv.new_udp()
-    st.handle = udp
-    local function fail(err) st.finish(false, status_of(errors.code(err), "udp"), err) end
-    local ok, err = udp:connect(ip, c.port)
-    if not ok then return fail(err) end
-    udp:recv_start(function(rerr, data)
-      if rerr then
-        fail(rerr)
-      elseif data then
-        st.finish(true)
-      end
-    end)
-    udp:send(c.payload, nil, nil, function(serr) -- connected: no address
-      if serr then fail(serr) end
-    end)
-  end)
-end
-
-local function probe_bind(c, done)
-  resolver.lookup(c.host, nil, function(ip, msg, code)
-    if not ip then return done(false, status_of(code, "bind"), msg) end
-    local h = c.proto == "udp" and uv.new_udp() or uv.new_tcp()
-    local ok, err = h:bind(ip, c.port)
-    if ok and c.proto == "tcp" then
-      ok, err = h:listen(1, function() end) -- libuv reports EADDRINUSE at listen
+local function connect_tcp(c, ip)
+  local tcp = uv.new_tcp()
+  c.handle = tcp
+  local ok, ret, err = pcall(tcp.connect, tcp, ip, c.port, function(cerr)
+    if c.handle ~= tcp then return end -- closed at its timeout
+    if cerr then
+      settle(c, false, status_of(errors.code(cerr), "tcp"), cerr)
+    else
+      settle(c, true)
     end
-    h:close()
-    if ok then return done(true) end
-    done(false, status_of(errors.code(err), "bind"), err)
+  end)
+  if not ok then return settle(c, false, "unknown", tostring(ret)) end
+  if not ret then settle(c, false, status_of(errors.code(err), "tcp"), err) end
+end
+
+local function probe_tcp(c)
+  start_timeout(c)
+  with_address(c, connect_tcp)
+end
+
+local function send_udp(c, ip)
+  local udp = uv.new_udp()
+  c.handle = udp
+  local function fail(err)
+    if c.handle == udp then settle(c, false, status_of(errors.code(err), "udp"), err) end
+  end
+  local ok, err = udp:connect(ip, c.port)
+  if not ok then return fail(err) end
+  udp:recv_start(function(rerr, data)
+    if rerr then
+      fail(rerr)
+    elseif data and c.handle == udp then
+      settle(c, true)
+    end
+  end)
+  udp:send(c.payload, nil, nil, function(serr) -- connected: no address
+    if serr then fail(serr) end
   end)
 end
 
-local function probe_lua(c, done)
-  local finish = async.once(done)
+local function probe_udp(c)
+  start_timeout(c)
+  with_address(c, send_udp)
+end
+
+local function try_bind(c, ip)
+  local h = c.proto == "udp" and uv.new_udp() or uv.new_tcp()
+  local ok, err = h:bind(ip, c.port)
+  if ok and c.proto == "tcp" then
+    ok, err = h:listen(1, function() end) -- libuv reports EADDRINUSE at listen
+  end
+  h:close()
+  if ok then return settle(c, true) end
+  settle(c, false, status_of(errors.code(err), "bind"), err)
+end
+
+local function probe_bind(c)
+  with_address(c, try_bind)
+end
+
+local function probe_lua(c)
+  local n = c.runs
+  local function finish(...) -- counts once, and never for a later run
+    if c.runs == n then settle(c, ...) end
+  end
   local ok, err = xpcall(c.fn, debug.traceback, function(success, status, msg)
     if success then finish(true) else finish(false, status or "unknown", msg) end
   end, c.service)
@@ -389,41 +485,55 @@ end
 -- the server does not log when the client then closes.
 local SSL_REQUEST = string.pack(">I4I4", 8, 80877103)
 
-local function probe_postgres(c, done)
-  local st = timed(c, done, unreachable)
-  with_address(c, st, function(ip)
-    local tcp = uv.new_tcp()
-    st.handle = tcp
-    local where = (ip:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(ip, c.port)
-    local function fail(err, what)
-      local _, msg, code = errors.from(err, what .. " " .. where)
-      st.finish(false, status_of(code, "postgres"), msg)
-    end
-    local ok, ret, err = pcall(tcp.connect, tcp, ip, c.port, function(cerr)
-      if cerr then return fail(cerr, "connect") end
-      tcp:read_start(function(rerr, data)
-        if rerr then return fail(rerr, "read") end
-        if not data then
-          return st.finish(false, "unreachable", "closed: " .. where .. " closed without answering the SSLRequest")
-        end
-        local answer = data:sub(1, 1)
-        if answer == "S" or answer == "N" then return st.finish(true) end
-        local shown = data:sub(1, 16):gsub("[^%g ]", function(ch) return ("\\x%02x"):format(ch:byte()) end)
-        st.finish(false, "unreachable", ("protocol: %s answered the SSLRequest with '%s', not S or N")
-          :format(where, shown))
-      end)
-      tcp:write(SSL_REQUEST, function(werr) if werr then fail(werr, "write") end end)
+local function ask_postgres(c, ip)
+  local tcp = uv.new_tcp()
+  c.handle = tcp
+  local where = (ip:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(ip, c.port)
+  local function finish(...)
+    if c.handle == tcp then settle(c, ...) end
+  end
+  local function fail(err, what)
+    local _, msg, code = errors.from(err, what .. " " .. where)
+    finish(false, status_of(code, "postgres"), msg)
+  end
+  local ok, ret, err = pcall(tcp.connect, tcp, ip, c.port, function(cerr)
+    if cerr then return fail(cerr, "connect") end
+    tcp:read_start(function(rerr, data)
+      if rerr then return fail(rerr, "read") end
+      if not data then
+        return finish(false, "unreachable", "closed: " .. where .. " closed without answering the SSLRequest")
+      end
+      local answer = data:sub(1, 1)
+      if answer == "S" or answer == "N" then return finish(true) end
+      local shown = data:sub(1, 16):gsub("[^%g ]", function(ch) return ("\\x%02x"):format(ch:byte()) end)
+      finish(false, "unreachable", ("protocol: %s answered the SSLRequest with '%s', not S or N")
+        :format(where, shown))
     end)
-    if not ok then return st.finish(false, "unknown", tostring(ret)) end
-    if not ret then fail(err, "connect") end
+    tcp:write(SSL_REQUEST, function(werr) if werr then fail(werr, "write") end end)
   end)
+  if not ok then return finish(false, "unknown", tostring(ret)) end
+  if not ret then fail(err, "connect") end
 end
 
-local PROBES = {tcp = probe_tcp, udp = probe_udp, bind = probe_bind, lua = probe_lua, postgres = probe_postgres}
+local function probe_postgres(c)
+  start_timeout(c)
+  with_address(c, ask_postgres)
+end
 
---- Runs one check once: done(ok, status, msg). Exposed for the manager.
+PROBES = {tcp = probe_tcp, udp = probe_udp, bind = probe_bind, lua = probe_lua, postgres = probe_postgres}
+
+--- Runs one check once, outside the schedule: done(ok, status, msg).
+-- Exposed for the manager; c is a check as add keeps it.
 function M.probe(c, done)
-  PROBES[c.kind](c, done)
+  c.runs = c.runs + 1
+  c.done = function(...)
+    if c.ttimer and not c.timer then -- no schedule owns the timer
+      c.ttimer:close()
+      c.ttimer = nil
+    end
+    done(...)
+  end
+  PROBES[c.kind](c)
 end
 
 -- ---- exhaustion monitor ----
