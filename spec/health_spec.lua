@@ -405,6 +405,60 @@ describe("portman.health", function()
     assert.equal(50, events[1].utilization)
   end)
 
+  it("takes running out of fds (EMFILE) as portman's own condition, never the service's status", function()
+    -- a child with 64 fds, so that filling them is quick and harms no one
+    local out, ok = helpers.lua_child([[
+      local uv = require "luv"
+      local health = require "portman.health"
+      local server = uv.new_tcp()
+      assert(server:bind("127.0.0.1", 0))
+      assert(server:listen(64, function()
+        local c = uv.new_tcp()
+        if server:accept(c) then c:close() else c:close() end
+      end))
+      local seen = {}
+      local h = health.new{on_event = function(ev) seen[#seen + 1] = ev.event .. ":" .. tostring(ev.to or ev.msg) end}
+      h:add{name = "svc", kind = "tcp", host = "127.0.0.1", port = server:getsockname().port, interval = 20,
+            timeout = 500}
+      h:start()
+      local function wait(pred)
+        local t = uv.new_timer()
+        local expired = false
+        t:start(10000, 0, function() expired = true end)
+        while not pred() and not expired do uv.run("once") end
+        t:close()
+        return pred()
+      end
+      assert(wait(function() return h:status("svc").status == "healthy" end), "never healthy")
+      local held = {}
+      while true do -- every fd left, taken
+        local fd = uv.fs_open("/dev/null", "r", 0)
+        if not fd then break end
+        held[#held + 1] = fd
+      end
+      assert(wait(function() return h:status("svc").local_errors >= 3 end), "no local error")
+      print("during", h:status("svc").status, h:status("svc").failures)
+      for _, fd in ipairs(held) do uv.fs_close(fd) end
+      local before = h:status("svc").successes
+      assert(wait(function() return h:status("svc").successes > before end), "no success after")
+      print("after", h:status("svc").status)
+      print("events", table.concat(seen, ","))
+      h:stop()
+      server:close()
+      uv.run("nowait")
+    ]], "prlimit --nofile=64 --")
+    assert(ok, out)
+    assert.matches("during%shealthy%s0", out)
+    assert.matches("after%shealthy", out)
+    -- one event for the streak, naming the shortage, and no status change
+    local events_line = out:match("events%s([^\n]*)")
+    assert.equal("status:healthy", events_line:match("^[^,]*"))
+    local _, n = events_line:gsub("local_error:", "")
+    assert.equal(1, n)
+    assert.matches("local_error:[^,]*EMFILE", events_line)
+    assert.not_matches("status:unreachable", events_line)
+  end)
+
   describe("bad arguments", function()
     local cases = {
       {{kind = "tcp", port = 1}, "name: string expected"},

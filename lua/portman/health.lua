@@ -14,6 +14,11 @@
 -- "in_use" and its other failures "bind_error"; any other failure of a tcp,
 -- udp or postgres check (refused, a timeout, a name that does not resolve,
 -- a server that closes or answers out of protocol) is "unreachable".
+-- A run that fails for want of portman's own resources (EMFILE, ENFILE,
+-- ENOBUFS, ENOMEM: no fd or buffer left in this process or host) says
+-- nothing about the target: it is not a result, the status stays, and the
+-- scheduler emits a `local_error` event instead; the next run is due as
+-- usual.
 --
 -- A check's host may be a name: it is resolved through portman.resolver's
 -- default resolver (its cache and TTLs) before each run.
@@ -263,7 +268,14 @@ end
 -- slot to the next check waiting.
 function finished(self, c, ok, status, msg)
   self._running = self._running - 1
-  if not c.removed then
+  if not c.removed and status == "local" then
+    c.local_errors, c.local_streak = (c.local_errors or 0) + 1, (c.local_streak or 0) + 1
+    if c.local_streak == 1 then -- once a streak: a shortage would flood the log
+      events.emit(self, {event = "local_error", level = "error", check = c.name, msg = msg})
+    end
+    if self._started then arm(self, c, c.interval) end
+  elseif not c.removed then
+    c.local_streak = 0
     record(self, c, ok, status, msg, c.started, c.run_due)
     if self._started then
       arm(self, c, c.status == "healthy" and c.interval or c.unhealthy_interval)
@@ -346,7 +358,7 @@ function M:status(name)
   if not c then return nil end
   local last = c.hist_count > 0 and result(c, (c.hist_next - 2) % c.hist_size + 1) or nil
   return {status = c.status, successes = c.successes, failures = c.failures, last = last,
-          last_ago_ms = last and self._clock() - last.at or nil, due = c.due}
+          last_ago_ms = last and self._clock() - last.at or nil, due = c.due, local_errors = c.local_errors or 0}
 end
 
 --- The last results of a check (at most health.HISTORY), oldest first:
@@ -371,8 +383,13 @@ end
 
 -- ---- the probes: each ends its run with settle(c, ok, status, msg) once ----
 
--- A failure's status, from its code word (portman.errors).
+-- portman's own shortage, not the target's failure (see the top).
+local LOCAL = {EMFILE = true, ENFILE = true, ENOBUFS = true, ENOMEM = true}
+
+-- A failure's status, from its code word (portman.errors); "local" for
+-- portman's own shortage.
 local function status_of(code, kind)
+  if LOCAL[code] then return "local" end
   if code == "denied" then return "denied" end
   if kind == "bind" then return code == "conflict" and "in_use" or "bind_error" end
   return "unreachable"
