@@ -371,6 +371,56 @@ end
       assert.same({45030, "203.0.113.5", false}, last)
     end)
 
+    it("auto takes PCP where the gateway speaks it, and sends no NAT-PMP request then", function()
+      local method, versions = helpers.in_netns(CHILD .. [[
+        return helpers.loop(function()
+          local s = server(function(req) return {reply(req)} end)
+          local m, err = nat.map{internal_port = 45040, timeout = 1000}
+          assert(m, err)
+          m:detach()
+          async.sleep(1200) -- UPnP's discovery, asked at the same time, ends (it finds no IGD here)
+          s.close()
+          local v = {}
+          for _, r in ipairs(s.requests) do v[#v + 1] = r.version end
+          return m.method, v
+        end)
+      ]])
+      assert.equal("pcp", method)
+      assert.same({2}, versions)
+    end)
+
+    it("auto falls back to NAT-PMP where the gateway answers PCP with NAT-PMP's unsupported version", function()
+      local m, versions = helpers.in_netns(CHILD .. [[
+        return helpers.loop(function()
+          -- a NAT-PMP-only gateway (RFC 6886 3.5 and RFC 6887 9)
+          local u = uv.new_udp()
+          assert(u:bind("127.0.0.1", 5351))
+          local versions = {}
+          u:recv_start(function(err, data, from)
+            if err or not data or #data < 2 then return end
+            versions[#versions + 1] = data:byte(1)
+            local op = data:byte(2)
+            local out
+            if data:byte(1) ~= 0 then out = string.pack(">BBI2I4", 0, 128 + op, 1, 50)
+            elseif op == 0 then out = string.pack(">BBI2I4BBBB", 0, 128, 0, 50, 203, 0, 113, 9)
+            else
+              local int, ext, life = string.unpack(">I2I2I4", data, 5)
+              out = string.pack(">BBI2I4I2I2I4", 0, 128 + op, 0, 50, int, ext, life)
+            end
+            u:send(out, from.ip, from.port)
+          end)
+          local m, err = nat.map{internal_port = 45050, timeout = 1000}
+          assert(m, err)
+          m:detach()
+          async.sleep(1200) -- UPnP's discovery ends
+          u:close()
+          return {method = m.method, external_ip = m.external_ip, external_port = m.external_port}, versions
+        end)
+      ]])
+      assert.same({method = "natpmp", external_ip = "203.0.113.9", external_port = 45050}, m)
+      assert.same({2, 0, 0}, versions)
+    end)
+
     it("in the manager: a service mapped with pcp is saved with its method", function()
       local saved = helpers.in_netns(CHILD .. [[
         local json = require "portman.json"

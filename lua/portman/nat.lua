@@ -268,10 +268,27 @@ local function delete(method, m, timeout, cb)
   end
 end
 
--- auto: PCP, NAT-PMP and UPnP at once (as Tailscale's portmapper asks
--- them), the first that works is kept (a later success of another is
--- deleted again); with a method remembered from an earlier call, that one
--- first and the others, one after another, only when it fails.
+-- PCP, and NAT-PMP when the gateway does not speak PCP (RFC 6887 9: a
+-- NAT-PMP gateway answers UNSUPP_VERSION) or garbles it. Not both at
+-- once: they reach the same server on port 5351, and miniupnpd gives the
+-- entry to the protocol that asked last, so the loser's answer would take
+-- the winner's mapping from it.
+local function map_port_control(o, cb)
+  map_pcp(o, function(m, err, code)
+    if m or (code ~= "unsupported" and code ~= "protocol") then return cb(m, err, code) end
+    map_natpmp(o, function(m2, err2, code2)
+      if m2 then return cb(m2) end
+      if (RANK[code2] or 9) < (RANK[code] or 9) then err, code = err2, code2 end
+      cb(nil, err, code)
+    end)
+  end)
+end
+
+-- auto: the router's port control (PCP, else NAT-PMP) and UPnP at once, as
+-- Tailscale's portmapper asks them; the first that works is kept (a later
+-- success of the other is deleted again); with a method remembered from
+-- an earlier call, that one first and the others, one after another, only
+-- when it fails.
 local function map_auto(o, cb)
   if state.preferred then
     local order = {state.preferred}
@@ -292,27 +309,27 @@ local function map_auto(o, cb)
     end
     return try(1)
   end
-  local won, failures = nil, {}
-  for _, method in ipairs(METHODS) do
-    MAPPERS[method](o, function(m, err, code)
+  local won, failures, racers = nil, {}, {map_port_control, map_upnp}
+  for _, racer in ipairs(racers) do
+    racer(o, function(m, err, code)
       if m and won then
         if m.external_port == won.external_port and m.internal_port == won.internal_port then
-          -- one router speaking several protocols made one entry: keep
-          -- it, and ask for it once more with the winner's protocol, as
-          -- miniupnpd hands an entry to the protocol that asked last (and
-          -- lets only that one delete it)
+          -- one router speaking both made one entry: keep it, and ask for
+          -- it once more with the winner's protocol, as miniupnpd hands an
+          -- entry to the protocol that asked last (and lets only that one
+          -- delete a PCP entry)
           return MAPPERS[won.method](setmetatable({external_port = won.external_port}, {__index = o}),
             function() end)
         end
-        return delete(method, m, o.timeout, function() end)
+        return delete(m.method, m, o.timeout, function() end)
       end
       if m then
         won = m
-        state.preferred = method
+        state.preferred = m.method
         return cb(m)
       end
       failures[#failures + 1] = {err, code}
-      if #failures == #METHODS and not won then
+      if #failures == #racers and not won then
         table.sort(failures, function(a, b) return (RANK[a[2]] or 9) < (RANK[b[2]] or 9) end)
         cb(nil, failures[1][1], failures[1][2])
       end
