@@ -59,6 +59,7 @@ return {
     flags = {
       PROTO, METHOD,
       {"internal", "PORT", "NAT-PMP and PCP name a mapping by its internal port (default: EXTERNAL_PORT)"},
+      {"nonce", "HEX", "PCP: the mapping's nonce, 24 hex digits (default: the one this host derives for it)"},
       TIMEOUT,
     },
     json = true,
@@ -67,6 +68,12 @@ return {
       local o = {external_port = cmd.port("EXTERNAL_PORT", opts.external_port), proto = opts.proto,
                  method = opts.method, timeout = opts.timeout}
       if opts.internal then o.internal_port = cmd.port("--internal", opts.internal) end
+      if opts.nonce then
+        if not opts.nonce:match("^%x+$") or #opts.nonce ~= 24 then
+          cmd.usage_error("--nonce: 24 hex digits expected")
+        end
+        o.nonce = opts.nonce
+      end
       local ok, err, code = async.run(nat.unmap, o)
       if not ok then return nil, err, code end
       return {json = {external_port = o.external_port, proto = o.proto, deleted = true},
