@@ -60,6 +60,8 @@ describe("portman.nat", function()
         msg(nat.unmap, {}, function() end))
       assert.equal("bad argument #1 to 'unmap' (unknown method 'x' (auto, upnp, natpmp, pcp))",
         msg(nat.unmap, {external_port = 1, method = "x"}, function() end))
+      assert.equal("bad argument #1 to 'unmap' (nonce: 24 hex digits expected)",
+        msg(nat.unmap, {external_port = 1, method = "pcp", nonce = "0102"}, function() end))
       assert.equal("bad argument #1 to 'external_address' (unknown option 'servers')",
         msg(nat.external_address, {servers = {}}, function() end))
       assert.equal("bad argument #1 to 'mappings' (table expected, got string)",
@@ -254,7 +256,8 @@ describe("portman.nat", function()
   describe("the CLI", function()
     it("rejects bad usage with exit status 2", function()
       for _, args in ipairs{"map", "map 0", "map 80 --proto sctp", "map 80 --method x", "map 80 --lifetime 0",
-                            "unmap", "unmap 70000", "unmap 80 --method x"} do
+                            "unmap", "unmap 70000", "unmap 80 --method x",
+                            "unmap 80 --nonce xyz"} do
         local code, _, err = helpers.portman(args)
         assert.equal(2, code, args .. ": " .. err)
       end
