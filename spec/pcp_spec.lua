@@ -236,6 +236,33 @@ local function server(answer)
 end
 ]]
 
+    it("the engine: ANNOUNCE answers the epoch; a closed engine raises", function()
+      local ann, gw, local_ip, closed = helpers.in_netns(CHILD .. [[
+        local core = require "portman.core"
+        return helpers.loop(function()
+          local s = server(function(req) return {reply(req, {epoch = 4242})} end)
+          local e, gw, local_ip = assert(core.pcp_open("127.0.0.1"))
+          assert(e:request{op = "announce", timeout = 2000})
+          local res = async.await(function(cb)
+            local p = uv.new_poll(e:fd())
+            p:start("r", function()
+              local r = e:step()
+              if r == false then return end
+              p:close()
+              cb(r)
+            end)
+          end)
+          e:close()
+          local ok, err = pcall(e.fd, e)
+          s.close()
+          return {res, s.requests[1].op, s.requests[1].lifetime, #s.requests}, gw, local_ip, not ok and err
+        end)
+      ]])
+      assert.same({{op = "announce", epoch = 4242}, 0, 0, 1}, ann)
+      assert.same({"127.0.0.1", "127.0.0.1"}, {gw, local_ip})
+      assert.matches("attempt to use a closed PCP engine", closed)
+    end)
+
     it("maps, renews at half the lifetime with the same nonce, and deletes", function()
       local fields, events, n, first, renewal, delete = helpers.in_netns(CHILD .. [[
         return helpers.loop(function()
