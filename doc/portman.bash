@@ -13,7 +13,7 @@ _portman() {
     stun) opts="--server --timeout --json --help -h" ;;
     nat-type) opts="--server --timeout --json --help -h" ;;
     map) opts="--external --proto --lifetime --method --timeout --json --help -h" ;;
-    unmap) opts="--proto --method --internal --timeout --json --help -h" ;;
+    unmap) opts="--proto --method --internal --nonce --timeout --json --help -h" ;;
     mappings) opts="--timeout --json --no-header -H --help -h" ;;
     run) opts="--state-dir --admin-socket --log-level --log-format --help -h" ;;
     check) opts="--no-host --json --help -h" ;;

@@ -3,7 +3,7 @@ package = "portman"
 version = "scm-1"
 source = {url = "git+file:///portman"} -- built from a checkout with `luarocks make`
 description = {
-  summary = "Port management for networked services: pools, listeners, STUN, UPnP/NAT-PMP, probes, DNS",
+  summary = "Port management for networked services: pools, listeners, STUN, UPnP/NAT-PMP/PCP, probes, DNS",
   detailed = [[
 A C core for the hot and byte-exact work (port bitmaps, codecs, I/O engines)
 under a Lua 5.4 + luv layer for policy, registration and scheduling.]],
@@ -40,6 +40,7 @@ build = {
         "csrc/lua_idna.c",
         "csrc/lua_listener.c",
         "csrc/lua_nat.c",
+        "csrc/lua_pcp.c",
         "csrc/lua_probe.c",
         "csrc/lua_sandbox.c",
         "csrc/lua_spawn.c",
@@ -47,6 +48,7 @@ build = {
         "csrc/lua_stderr.c",
         "csrc/lua_stun.c",
         "csrc/lua_util.c",
+        "csrc/pcp.c",
         "csrc/pmp.c",
         "csrc/pool.c",
         "csrc/probe.c",

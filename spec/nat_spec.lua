@@ -40,7 +40,7 @@ describe("portman.nat", function()
       {{internal_port = 80, external_port = 0}, "bad argument #1 to 'map' (external_port: port out of range 1-65535)"},
       {{internal_port = 80, bogus = 1}, "bad argument #1 to 'map' (unknown option 'bogus')"},
       {{internal_port = 80, proto = "sctp"}, "bad argument #1 to 'map' (unknown proto 'sctp' (tcp, udp))"},
-      {{internal_port = 80, method = "pcp"}, "bad argument #1 to 'map' (unknown method 'pcp' (auto, upnp, natpmp))"},
+      {{internal_port = 80, method = "x"}, "bad argument #1 to 'map' (unknown method 'x' (auto, upnp, natpmp, pcp))"},
       {{internal_port = 80, lifetime = 0},
        "bad argument #1 to 'map' (lifetime: integer seconds in 1-604800 expected)"},
       {{internal_port = 80, timeout = -1}, "bad argument #1 to 'map' (timeout: positive integer ms expected)"},
@@ -58,8 +58,10 @@ describe("portman.nat", function()
       local function msg(...) return (helpers.raises(...):gsub("^[^:]*:%d+: ", "")) end
       assert.equal("bad argument #1 to 'unmap' (external_port: integer port expected, got nil)",
         msg(nat.unmap, {}, function() end))
-      assert.equal("bad argument #1 to 'unmap' (unknown method 'x' (auto, upnp, natpmp))",
+      assert.equal("bad argument #1 to 'unmap' (unknown method 'x' (auto, upnp, natpmp, pcp))",
         msg(nat.unmap, {external_port = 1, method = "x"}, function() end))
+      assert.equal("bad argument #1 to 'unmap' (nonce: 24 hex digits expected)",
+        msg(nat.unmap, {external_port = 1, method = "pcp", nonce = "0102"}, function() end))
       assert.equal("bad argument #1 to 'external_address' (unknown option 'servers')",
         msg(nat.external_address, {servers = {}}, function() end))
       assert.equal("bad argument #1 to 'mappings' (table expected, got string)",
@@ -253,8 +255,9 @@ describe("portman.nat", function()
 
   describe("the CLI", function()
     it("rejects bad usage with exit status 2", function()
-      for _, args in ipairs{"map", "map 0", "map 80 --proto sctp", "map 80 --method pcp", "map 80 --lifetime 0",
-                            "unmap", "unmap 70000", "unmap 80 --method x"} do
+      for _, args in ipairs{"map", "map 0", "map 80 --proto sctp", "map 80 --method x", "map 80 --lifetime 0",
+                            "unmap", "unmap 70000", "unmap 80 --method x",
+                            "unmap 80 --nonce xyz"} do
         local code, _, err = helpers.portman(args)
         assert.equal(2, code, args .. ": " .. err)
       end

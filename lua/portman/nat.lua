@@ -1,5 +1,6 @@
---- Router port mappings: UPnP IGD (miniupnpc, on worker threads) and
--- NAT-PMP (libnatpmp, on the loop), renewed at half their lifetime,
+--- Router port mappings: UPnP IGD (miniupnpc, on worker threads),
+-- NAT-PMP (libnatpmp, on the loop) and PCP (RFC 6887, portman's own
+-- client, on the loop), renewed at half their lifetime,
 -- re-created when the router lost them, deleted on close.
 --
 --     local m = assert(nat.map{internal_port = 8080, lifetime = 3600})
@@ -89,6 +90,58 @@ local function natpmp(reqs, timeout, cb)
   driver:arm()
 end
 
+-- The PCP nonce of a mapping (RFC 6887 11.1): the gateway lets only the
+-- holder of a mapping's nonce renew or delete it. Derived from the host's
+-- machine-id (unknown off the host) and what names the mapping, so that
+-- another portman process on this host (`portman unmap`, the next run
+-- deleting a killed run's orphans) can delete it; random where the host
+-- has no machine-id.
+local function pcp_nonce(local_ip, proto, internal_port)
+  local f = io.open("/etc/machine-id")
+  local id = f and f:read("l")
+  if f then f:close() end
+  if not id or #id < 16 then return nil end -- the engine draws a random one
+  local d = core.sha1(table.concat({id, "portman pcp nonce", local_ip, proto, internal_port}, "\0"))
+  return (d:sub(1, 12):gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+end
+
+-- Runs PCP requests on one engine, one after another: reqs is a list of
+-- request tables (core.pcp_open's engine: {op, proto, internal_port,
+-- external_port, external_ip, lifetime, nonce}; a MAP without a nonce gets
+-- the mapping's). cb(answers, err, code), answers.gateway and .local_ip
+-- set. The engine resends on its own schedule until timeout ms; the
+-- call's own timer, a little later, is a backstop.
+local function pcp(reqs, timeout, cb)
+  timeout = timeout or M.DEFAULT_TIMEOUT
+  local e, gateway, local_ip = core.pcp_open(M.gateway)
+  if not e then return cb(nil, gateway, local_ip) end
+  local answers = {gateway = gateway, local_ip = local_ip}
+  local driver
+  local finish = async.with_timeout(timeout + 500, function(...)
+    driver:close(function() e:close() end)
+    cb(...)
+  end, "no PCP answer from " .. gateway)
+  local i = 0
+  local function send_next()
+    i = i + 1
+    if i > #reqs then return finish(answers) end
+    local r = reqs[i]
+    if r.op == "map" and not r.nonce then r.nonce = pcp_nonce(local_ip, r.proto, r.internal_port) end
+    r.timeout = timeout
+    local ok, err, code = e:request(r)
+    if not ok then return finish(nil, err, code) end
+  end
+  driver = engine.drive(e, {name = "pcp", busy = function() return true end,
+    on_batch = function(res, err, code)
+      if res == false then return end -- not answered yet: the engine resends
+      if not res then return finish(nil, err, code) end
+      answers[i] = res
+      send_next()
+    end})
+  send_next()
+  driver:arm()
+end
+
 -- --- creating one mapping ---
 
 local MAP_KEYS = {internal_port = true, external_port = true, proto = true, lifetime = true, method = true,
@@ -102,7 +155,7 @@ local function check_map(opts)
   o.external_port = opts.external_port == nil and o.internal_port
     or check.port("map", 1, opts.external_port, "external_port")
   o.proto = check.oneof("map", 1, opts.proto or "tcp", {"tcp", "udp"}, "proto")
-  o.method = check.oneof("map", 1, opts.method or "auto", {"auto", "upnp", "natpmp"}, "method")
+  o.method = check.oneof("map", 1, opts.method or "auto", {"auto", "upnp", "natpmp", "pcp"}, "method")
   local life = opts.lifetime == nil and M.DEFAULT_LIFETIME or math.tointeger(opts.lifetime)
   if not life or life < 1 or life > 604800 then
     check.argerror("map", 1, "lifetime: integer seconds in 1-604800 expected")
@@ -135,6 +188,21 @@ local function map_natpmp(o, cb)
     cb({method = "natpmp", external_ip = a[1].external_ip, external_port = a[2].external_port,
         internal_ip = a.local_ip, internal_port = a[2].internal_port, proto = o.proto,
         lifetime = a[2].lifetime, _epoch = a[2].epoch, _epoch_at = uv.now(), gateway = a.gateway})
+  end)
+end
+
+-- PCP: one MAP request with the port asked for as a suggestion; the
+-- gateway answers the port and address it assigned.
+local function map_pcp(o, cb)
+  local req = {op = "map", proto = o.proto, internal_port = o.internal_port, external_port = o.external_port,
+               lifetime = o.lifetime}
+  pcp({req}, o.timeout, function(a, err, code)
+    if not a then return cb(nil, err, code) end
+    uv.update_time()
+    cb({method = "pcp", external_ip = a[1].external_ip, external_port = a[1].external_port,
+        internal_ip = a.local_ip, internal_port = a[1].internal_port, proto = o.proto,
+        lifetime = a[1].lifetime, _epoch = a[1].epoch, _epoch_at = uv.now(), gateway = a.gateway,
+        _nonce = a[1].nonce})
   end)
 end
 
@@ -177,14 +245,20 @@ local function map_upnp(o, cb)
   end)
 end
 
-local MAPPERS = {natpmp = map_natpmp, upnp = map_upnp}
+local MAPPERS = {natpmp = map_natpmp, upnp = map_upnp, pcp = map_pcp}
+local METHODS = {"pcp", "natpmp", "upnp"} -- the order auto falls back in
 -- which failure to report when both methods failed: the most telling
 local RANK = {denied = 1, conflict = 2, exhausted = 3, unsupported = 4, protocol = 5, unreachable = 6,
               timeout = 7, not_found = 8}
 
--- Deletes what a method made (a NAT-PMP mapping is named by its internal port).
+-- Deletes what a method made (a NAT-PMP mapping is named by its internal
+-- port; a PCP one by its internal port and nonce).
 local function delete(method, m, timeout, cb)
-  if method == "natpmp" then
+  if method == "pcp" then
+    local req = {op = "map", proto = m.proto, internal_port = m.internal_port, external_port = m.external_port,
+                 external_ip = m.external_ip, lifetime = 0, nonce = m._nonce}
+    pcp({req}, timeout, function(a, err, code) cb(a ~= nil or nil, err, code) end)
+  elseif method == "natpmp" then
     natpmp({{m.proto, m.internal_port, 0, 0}}, timeout, function(a, err, code)
       cb(a ~= nil or nil, err, code)
     end)
@@ -194,40 +268,68 @@ local function delete(method, m, timeout, cb)
   end
 end
 
--- auto: both at once, the first that works is kept (a later success of
--- the other is deleted again); with a gateway remembered from an earlier
--- call, that one first and the other only when it fails.
+-- PCP, and NAT-PMP when the gateway does not speak PCP (RFC 6887 9: a
+-- NAT-PMP gateway answers UNSUPP_VERSION) or garbles it. Not both at
+-- once: they reach the same server on port 5351, and miniupnpd gives the
+-- entry to the protocol that asked last, so the loser's answer would take
+-- the winner's mapping from it.
+local function map_port_control(o, cb)
+  map_pcp(o, function(m, err, code)
+    if m or (code ~= "unsupported" and code ~= "protocol") then return cb(m, err, code) end
+    map_natpmp(o, function(m2, err2, code2)
+      if m2 then return cb(m2) end
+      if (RANK[code2] or 9) < (RANK[code] or 9) then err, code = err2, code2 end
+      cb(nil, err, code)
+    end)
+  end)
+end
+
+-- auto: the router's port control (PCP, else NAT-PMP) and UPnP at once, as
+-- Tailscale's portmapper asks them; the first that works is kept (a later
+-- success of the other is deleted again); with a method remembered from
+-- an earlier call, that one first and the others, one after another, only
+-- when it fails.
 local function map_auto(o, cb)
   if state.preferred then
-    local first = state.preferred
-    local other = first == "upnp" and "natpmp" or "upnp"
-    return MAPPERS[first](o, function(m, err, code)
-      if m then return cb(m) end
-      MAPPERS[other](o, function(m2, err2, code2)
-        if m2 then
-          state.preferred = other
-          return cb(m2)
+    local order = {state.preferred}
+    for _, method in ipairs(METHODS) do
+      if method ~= state.preferred then order[#order + 1] = method end
+    end
+    local first_err, first_code
+    local function try(i)
+      if i > #order then return cb(nil, first_err, first_code) end
+      MAPPERS[order[i]](o, function(m, err, code)
+        if m then
+          state.preferred = order[i]
+          return cb(m)
         end
-        if (RANK[code2] or 9) < (RANK[code] or 9) then err, code = err2, code2 end
-        cb(nil, err, code)
+        if not first_code or (RANK[code] or 9) < (RANK[first_code] or 9) then first_err, first_code = err, code end
+        try(i + 1)
       end)
-    end)
+    end
+    return try(1)
   end
-  local won, failures = nil, {}
-  for method, mapper in pairs(MAPPERS) do
-    mapper(o, function(m, err, code)
+  local won, failures, racers = nil, {}, {map_port_control, map_upnp}
+  for _, racer in ipairs(racers) do
+    racer(o, function(m, err, code)
       if m and won then
-        -- one router speaking both protocols made one entry: keep it
-        if m.external_port == won.external_port and m.internal_port == won.internal_port then return end
-        return delete(method, m, o.timeout, function() end)
+        if m.external_port == won.external_port and m.internal_port == won.internal_port then
+          -- one router speaking both made one entry: keep it, and ask for
+          -- it once more with the winner's protocol, as miniupnpd hands an
+          -- entry to the protocol that asked last (and lets only that one
+          -- delete a PCP entry)
+          return MAPPERS[won.method](setmetatable({external_port = won.external_port}, {__index = o}),
+            function() end)
+        end
+        return delete(m.method, m, o.timeout, function() end)
       end
       if m then
         won = m
-        state.preferred = method
+        state.preferred = m.method
         return cb(m)
       end
       failures[#failures + 1] = {err, code}
-      if #failures == 2 and not won then
+      if #failures == #racers and not won then
         table.sort(failures, function(a, b) return (RANK[a[2]] or 9) < (RANK[b[2]] or 9) end)
         cb(nil, failures[1][1], failures[1][2])
       end
@@ -264,6 +366,35 @@ local function renew_natpmp(self, cb)
     end)
 end
 
+-- Did the PCP server lose its mappings since its last answer (RFC 6887
+-- 8.5)? Its epoch went back by more than a second, or it grew more than
+-- 1/16 (and 2 s) off the time the client saw pass, either way (a restart
+-- a while ago shows as an epoch short of the time that passed).
+function M._pcp_lost(prev_epoch, epoch, elapsed)
+  if epoch + 1 < prev_epoch then return true end
+  local server = epoch - prev_epoch
+  return elapsed + 2 < server - server / 16 or server + 2 < elapsed - elapsed / 16
+end
+
+-- PCP renewal: the same MAP with the mapping's nonce, its port and address
+-- as suggestions; the epoch tells whether the gateway kept its table (if
+-- not, this request has just made the mapping again).
+local function renew_pcp(self, cb)
+  local req = {op = "map", proto = self.proto, internal_port = self.internal_port,
+               external_port = self.external_port, external_ip = self.external_ip,
+               lifetime = self._opts.lifetime, nonce = self._nonce}
+  pcp({req}, self._opts.timeout, function(a, err, code)
+    if not a then return cb(nil, err, code) end
+    uv.update_time()
+    local r = a[1]
+    local lost = M._pcp_lost(self._epoch, r.epoch, (uv.now() - self._epoch_at) / 1000)
+    local moved = r.external_port ~= self.external_port or r.external_ip ~= self.external_ip
+    self.external_port, self.external_ip, self.lifetime = r.external_port, r.external_ip, r.lifetime
+    self._epoch, self._epoch_at = r.epoch, uv.now()
+    cb(lost and "recreated" or "renewed", moved)
+  end)
+end
+
 -- UPnP renewal: is the entry still there (a restarted router forgets it)?
 -- Then AddPortMapping again, which refreshes or re-creates it.
 local function renew_upnp(self, cb)
@@ -281,7 +412,7 @@ end
 
 local function renew(self)
   if self._closed then return end
-  local fn = self.method == "natpmp" and renew_natpmp or renew_upnp
+  local fn = ({natpmp = renew_natpmp, pcp = renew_pcp})[self.method] or renew_upnp
   fn(self, function(what, moved_or_err, code)
     if self._closed then return end
     if what then
@@ -309,7 +440,7 @@ local function new_mapping(fields, o)
     external_port = fields.external_port, internal_ip = fields.internal_ip,
     internal_port = fields.internal_port, proto = fields.proto, lifetime = fields.lifetime,
     description = o.description, gateway = fields.gateway,
-    _epoch = fields._epoch, _epoch_at = fields._epoch_at, _opts = o}, mapping_mt)
+    _epoch = fields._epoch, _epoch_at = fields._epoch_at, _nonce = fields._nonce, _opts = o}, mapping_mt)
   if o.on_event then self:on(o.on_event) end
   state.live[self] = true
   schedule_renewal(self, self.lifetime // 2)
@@ -319,7 +450,7 @@ end
 --- Maps a port on the router.
 -- @tparam table opts `internal_port` (required), `external_port` (the
 --   internal one by default), `proto` ("tcp"), `lifetime` (seconds, 7200),
---   `method` ("auto", "upnp" or "natpmp"), `description`, `timeout` (ms
+--   `method` ("auto", "upnp", "natpmp" or "pcp"), `description`, `timeout` (ms
 --   per router operation, 5000), `on_event` (called with each event:
 --   {event = "renewed" | "recreated" | "renew_failed" | "closed", mapping})
 -- @tparam[opt] function cb called with the results; without it, inside
@@ -404,14 +535,17 @@ M.close_all = async.adapt(function(cb)
   end
 end)
 
-local UNMAP_KEYS = {external_port = true, internal_port = true, proto = true, method = true, timeout = true}
+local UNMAP_KEYS = {external_port = true, internal_port = true, proto = true, method = true, timeout = true,
+                    nonce = true}
 
 --- Deletes a mapping on the router that this process may not hold (one
 -- made by `portman map`, or left by a crashed run).
 -- @tparam table opts `external_port` (required), `proto` ("tcp"),
 --   `method` ("auto": UPnP, which names mappings by external port, then
---   NAT-PMP; "upnp"; "natpmp"), `internal_port` (NAT-PMP names a mapping
---   by its internal port: the external one by default), `timeout`
+--   NAT-PMP, then PCP; "upnp"; "natpmp"; "pcp"), `internal_port` (NAT-PMP
+--   and PCP name a mapping by its internal port: the external one by
+--   default), `nonce` (PCP: the mapping's, 24 hex digits; by default the
+--   one this host derives for it, see pcp_nonce), `timeout`
 -- @return[1] true
 -- @return[2] nil, msg, code (`not_found` when there was no such mapping)
 M.unmap = async.adapt(function(opts, cb)
@@ -421,14 +555,21 @@ M.unmap = async.adapt(function(opts, cb)
              proto = check.oneof("unmap", 1, opts.proto or "tcp", {"tcp", "udp"}, "proto")}
   m.internal_port = opts.internal_port and check.port("unmap", 1, opts.internal_port, "internal_port")
     or m.external_port
-  local method = check.oneof("unmap", 1, opts.method or "auto", {"auto", "upnp", "natpmp"}, "method")
+  local method = check.oneof("unmap", 1, opts.method or "auto", {"auto", "upnp", "natpmp", "pcp"}, "method")
+  if opts.nonce ~= nil and (type(opts.nonce) ~= "string" or not opts.nonce:match("^%x+$") or #opts.nonce ~= 24) then
+    check.argerror("unmap", 1, "nonce: 24 hex digits expected")
+  end
+  m._nonce = opts.nonce
   local timeout = math.tointeger(opts.timeout) or M.DEFAULT_TIMEOUT
   if method ~= "auto" then return delete(method, m, timeout, cb) end
   delete("upnp", m, timeout, function(ok, err, code)
     if ok then return cb(true) end
     delete("natpmp", m, timeout, function(ok2)
       if ok2 then return cb(true) end
-      cb(nil, err, code)
+      delete("pcp", m, timeout, function(ok3)
+        if ok3 then return cb(true) end
+        cb(nil, err, code)
+      end)
     end)
   end)
 end)

@@ -245,7 +245,7 @@ end
 
 local MAPPING = object{
   {"service", req(STRING)},
-  {"method", {kind = "oneof", values = {"upnp", "natpmp"}}},
+  {"method", {kind = "oneof", values = {"upnp", "natpmp", "pcp"}}},
   {"external_ip", {kind = "ip"}},
   {"external_port", req(PORT)},
   {"internal_port", PORT},

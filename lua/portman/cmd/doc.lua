@@ -102,7 +102,7 @@ function M.man()
     ".br", ".B portman help", ".I COMMAND", ".br", ".B portman \\-\\-version",
     ".SH DESCRIPTION",
     roff("portman hands out ports from pools, opens listeners, finds the public address (STUN), "
-      .. "maps ports on the router (UPnP IGD, NAT-PMP), probes reachability, resolves peers and "
+      .. "maps ports on the router (UPnP IGD, NAT-PMP, PCP), probes reachability, resolves peers and "
       .. "keeps a registry of which service owns which port. Every command prints a human-readable "
       .. "form, or one JSON document with --json; every command takes -h or --help anywhere."),
     ".SH COMMANDS",

@@ -1,14 +1,14 @@
 --- `portman map`, `unmap` and `mappings`: port mappings on the router
--- (UPnP IGD, NAT-PMP). In the host's own namespace they talk to its real
+-- (UPnP IGD, NAT-PMP, PCP). In the host's own namespace they talk to its real
 -- gateway.
 local async = require "portman.async"
 local json = require "portman.json"
 local nat = require "portman.nat"
 local cmd = require "portman.cmd"
 
-local METHODS = {"auto", "upnp", "natpmp"}
+local METHODS = {"auto", "upnp", "natpmp", "pcp"}
 local PROTO = {"proto", "P", "tcp or udp", default = "tcp"}
-local METHOD = {"method", "M", "auto (both at once, the first that maps wins), upnp or natpmp", default = "auto"}
+local METHOD = {"method", "M", "auto (all at once, the first that maps wins), upnp, natpmp or pcp", default = "auto"}
 local TIMEOUT = {"timeout", "MS", "ms for each operation against the router", kind = "int",
                  default = nat.DEFAULT_TIMEOUT}
 
@@ -58,7 +58,8 @@ return {
     args = {{"EXTERNAL_PORT", "the mapping's external port"}},
     flags = {
       PROTO, METHOD,
-      {"internal", "PORT", "NAT-PMP names a mapping by its internal port (default: EXTERNAL_PORT)"},
+      {"internal", "PORT", "NAT-PMP and PCP name a mapping by its internal port (default: EXTERNAL_PORT)"},
+      {"nonce", "HEX", "PCP: the mapping's nonce, 24 hex digits (default: the one this host derives for it)"},
       TIMEOUT,
     },
     json = true,
@@ -67,6 +68,12 @@ return {
       local o = {external_port = cmd.port("EXTERNAL_PORT", opts.external_port), proto = opts.proto,
                  method = opts.method, timeout = opts.timeout}
       if opts.internal then o.internal_port = cmd.port("--internal", opts.internal) end
+      if opts.nonce then
+        if not opts.nonce:match("^%x+$") or #opts.nonce ~= 24 then
+          cmd.usage_error("--nonce: 24 hex digits expected")
+        end
+        o.nonce = opts.nonce
+      end
       local ok, err, code = async.run(nat.unmap, o)
       if not ok then return nil, err, code end
       return {json = {external_port = o.external_port, proto = o.proto, deleted = true},
