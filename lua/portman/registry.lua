@@ -130,11 +130,27 @@ function M:get(name)
   return copy(self._services[name])
 end
 
+--- The entry of name itself, not a copy (for a caller that only reads
+-- it, such as a status of 10,000 services), or nil.
+function M:peek(name)
+  return self._services[name]
+end
+
+--- The registered names, sorted.
+function M:names()
+  local out, n = {}, 0
+  for name in pairs(self._services) do
+    n = n + 1
+    out[n] = name
+  end
+  table.sort(out) -- strings, compared in C: no Lua comparator a step
+  return out
+end
+
 --- Copies of every entry, sorted by name.
 function M:list()
-  local out = {}
-  for _, s in pairs(self._services) do out[#out + 1] = copy(s) end
-  table.sort(out, function(a, b) return a.name < b.name end)
+  local out = self:names()
+  for i, name in ipairs(out) do out[i] = copy(self._services[name]) end
   return out
 end
 
