@@ -115,21 +115,31 @@ local function key_texts(k)
   return {q, "," .. q, q .. '"', "," .. q .. '"'}
 end
 
--- The sorted names of t's keys, in the buffer kept for this depth (one
--- table per depth for the whole document, not one per object).
+-- The sorted names of t's keys and their count. The object before at
+-- the same depth usually has the same keys (a list of services): its
+-- sorted names are used again when t has as many keys, each among them;
+-- else t's are collected and sorted, into the buffer kept for this depth.
 local function sorted_names(t, depth, ctx)
-  local names = ctx.names[depth]
-  if not names then
-    names = {}
-    ctx.names[depth] = names
+  local last = ctx.last[depth]
+  if last then
+    local c, set = 0, last.set
+    for k in pairs(t) do
+      if not set[k] then
+        c = -1
+        break
+      end
+      c = c + 1
+    end
+    if c == last.count then return last.names, c end
   end
-  local c = 0
+  local names, set, c = {}, {}, 0
   for k in pairs(t) do
     c = c + 1
     names[c] = type(k) == "string" and k or tostring(k)
+    set[k] = true
   end
-  for i = c + 1, #names do names[i] = nil end
   table.sort(names)
+  ctx.last[depth] = {names = names, set = set, count = c}
   return names, c
 end
 
@@ -212,7 +222,7 @@ end
 function M.encode(v, opts)
   if opts and opts.sorted then
     local out = {}
-    encode_sorted(v, out, 0, 0, {keys = {}, names = {}})
+    encode_sorted(v, out, 0, 0, {keys = {}, last = {}})
     return table.concat(out)
   end
   local copies = {}
