@@ -64,6 +64,23 @@ describe("portman.registry", function()
       assert.truthy(reg:register{name = "d", port = 20000, address = "::1"})
     end)
 
+    it("keeps the port's entries right as they come and go, a service called 'name' among them", function()
+      assert.truthy(reg:register{name = "name", port = 20000, address = "127.0.0.1"})
+      assert.truthy(reg:register{name = "b", port = 20000, address = "127.0.0.2"})
+      assert.truthy(reg:register{name = "c", port = 20000, address = "::1"})
+      assert.equal("conflict: port 20000/tcp is registered to 'b'",
+        select(2, reg:register{name = "d", port = 20000, address = "127.0.0.2"}))
+      assert.is_true(reg:unregister("b"))
+      assert.truthy(reg:register{name = "d", port = 20000, address = "127.0.0.2"})
+      assert.is_true(reg:unregister("name"))
+      assert.is_true(reg:unregister("c"))
+      assert.equal("conflict: port 20000/tcp is registered to 'd'", select(2, reg:register{name = "e", port = 20000}))
+      assert.is_true(reg:unregister("d"))
+      assert.truthy(reg:register{name = "e", port = 20000})
+      assert.truthy(reg:register{name = "f", port = 20000, proto = "udp"})
+      assert.same({"e", "f"}, reg:names())
+    end)
+
     it("normalizes addresses before comparing them", function()
       reg:register{name = "a", port = 20000, address = "0:0:0:0:0:0:0:1"}
       assert.equal("::1", reg:get("a").address)
