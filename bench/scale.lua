@@ -1,21 +1,27 @@
 -- The daemon at scale: `portman run` with a policy of N registered
 -- services (ports reserved in a pool below the kernel's ephemeral range,
--- listen = false, no checks) for
--- N = 100, 1,000 and 10,000, beside the same daemon with no service (the
--- baseline), all in this run. Per N, over several runs (min/median/max):
---   start       spawn until the daemon has printed its N service lines
---   per service (start(N) - start(0)) / N: flat from 100 to 10,000?
---   status e2e  `portman status --json` as a process, beside `portman events
---               --since 0 --json` (a trivial request, same process costs)
+-- listen = false, no checks) for N = 100, 1,000 and 10,000, beside the
+-- same daemon with no service (the baseline), all in this run. Per N,
+-- over several runs (min/median/max):
+--   start       spawn until the daemon has printed its N service lines and
+--               its admin socket answers; its CPU then (from /proc)
+--   per service the start's CPU a service adds from one N to the next:
+--               flat when it stays the same as N grows
+--   /proc/net   files opened (strace, one start per N) per service
+--   status e2e  `portman status --json` as a process (wall and CPU),
+--               beside `portman events --since 0 --json`: a trivial
+--               request with the same process costs
 --   status rt   the status request from this process (connect, request,
 --               decode), beside a trivial request's round trip
 --   daemon      the daemon's part of one status (its debug line
---               admin_request: the op, its encoding, the write until sent)
---   in daemon   through the REPL, in the daemon: manager:status(), the
---               document's json.encode, and cjson.encode of the same
+--               admin_request: the op and its encoding, wall and CPU; the
+--               write until sent)
+--   in daemon   through the REPL, CPU in the daemon: manager:status(),
+--               the document's json.encode, and cjson.encode of the same
 --               document alone (the baseline)
---   RSS         before any status, after one, after five more
--- and once per N, under strace, the opens of /proc/net files per service.
+--   RSS         before any status, after one, after five
+-- The machine's load shows in wall-clock times: compare CPU times, and
+-- each figure with its baseline in the same run.
 --
 --   SCALE_N="100 1000 10000" SCALE_RUNS=3 lua5.4 bench/scale.lua
 -- PORTMAN_ROOT runs another checkout's bin/portman (a before/after).
@@ -271,15 +277,18 @@ row("portman status --json (process)", 0, "status_e2e", "ms")
 row("  its CPU (user + sys)", 0, "status_e2e_cpu", "ms")
 row("RSS", 0, "rss0", "MiB", 1 / 1024)
 print(("  %-34s %9d"):format("/proc/net opens", base_reads))
-local first
+local first, prev = nil, 0
 for _, n in ipairs(SIZES) do
   print(("%d services"):format(n))
   row("start", n, "start", "ms")
   row("  its CPU (user + sys)", n, "start_cpu", "ms")
-  local per = (median(n, "start_cpu") - median(0, "start_cpu")) / n * 1000
+  -- the cost a service adds, between this N and the one before (or none):
+  -- flat when it stays the same as N grows
+  local per = (median(n, "start_cpu") - median(prev, "start_cpu")) / (n - prev) * 1000
   first = first or per
-  print(("  %-34s %9.1f us (CPU - baseline CPU) / N; x%.2f of the cost at N = %d"):format("start CPU per service",
-    per, per / first, SIZES[1]))
+  print(("  %-34s %9.1f us CPU a service from N = %d; x%.2f of the first step's"):format("start per service",
+    per, prev, per / first))
+  prev = n
   print(("  %-34s %9.4f (%d opens, %d with no service)"):format("/proc/net opens per service",
     (reads[n] - base_reads) / n, reads[n], base_reads))
   row("admin round trip: events since 0", n, "trivial_rt", "ms")

@@ -100,6 +100,15 @@ describe("portman.json", function()
       assert.matches('"t":123456789012345', json.encode(doc))
     end)
 
+    it("hands a table marked plain to cjson as it is, and writes one empty and marked array as []", function()
+      local hidden = json.array()
+      local doc = {l = json.plain({{a = 1}, {b = hidden}}), e = json.array()}
+      -- the promise broken on purpose: the marked array inside is not looked for
+      assert.equal('{"b":{}}', json.encode(doc):match('"l":%[{"a":1},({"b":{}})%]'))
+      assert.equal("[]", json.encode(json.plain(json.array())))
+      assert.equal('{"a":[1,2]}', json.encode(json.plain({a = {1, 2}})))
+    end)
+
     it("writes a changed table with keys of both kinds as cjson does", function()
       local t = {1, 2, x = json.array()}
       assert.same({["1"] = 1, ["2"] = 2, x = {}}, json.decode(json.encode(t)))

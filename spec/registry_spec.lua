@@ -34,6 +34,14 @@ describe("portman.registry", function()
     local names = {}
     for i, s in ipairs(reg:list()) do names[i] = s.name end
     assert.same({"a", "b"}, names)
+    local list = reg:names()
+    assert.same({"a", "b"}, list)
+    list[1] = "changed by the caller"
+    assert.same({"a", "b"}, reg:names())
+    reg:register{name = "aa", port = 20003}
+    assert.same({"a", "aa", "b"}, reg:names())
+    assert.is_true(reg:unregister("aa"))
+    assert.same({"a", "b"}, reg:names())
     assert.is_true(reg:unregister("a"))
     assert.is_false(reg:unregister("a"))
     assert.is_nil(reg:get("a"))

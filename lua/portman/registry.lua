@@ -74,6 +74,7 @@ end
 local function add(self, s)
   self._services[s.name] = s
   self._count = self._count + 1
+  self._sorted = nil
   local key = port_key(s)
   local on = self._by_port[key]
   if on == nil then
@@ -90,6 +91,7 @@ local function remove(self, name)
   if not s then return false end
   self._services[name] = nil
   self._count = self._count - 1
+  self._sorted = nil
   local key = port_key(s)
   local on = self._by_port[key]
   if on == s then
@@ -164,15 +166,22 @@ function M:peek(name)
   return self._services[name]
 end
 
---- The registered names, sorted.
+--- The registered names, sorted (a new list each call). The sorted list
+-- is kept until a registration changes, so a status of 10,000 services
+-- does not sort them again.
 function M:names()
-  local out, n = {}, 0
-  for name in pairs(self._services) do
-    n = n + 1
-    out[n] = name
+  local sorted = self._sorted
+  if not sorted then
+    sorted = {}
+    local n = 0
+    for name in pairs(self._services) do
+      n = n + 1
+      sorted[n] = name
+    end
+    table.sort(sorted) -- strings, compared in C: no Lua comparator a step
+    self._sorted = sorted
   end
-  table.sort(out) -- strings, compared in C: no Lua comparator a step
-  return out
+  return table.move(sorted, 1, #sorted, 1, {})
 end
 
 --- Copies of every entry, sorted by name.
