@@ -24,11 +24,14 @@
 -- each figure with its baseline in the same run.
 --
 --   SCALE_N="100 1000 10000" SCALE_RUNS=3 lua5.4 bench/scale.lua
--- PORTMAN_ROOT runs another checkout's bin/portman (a before/after).
+-- SCALE_ROOTS="/path/to/main ." compares checkouts (their bin/portman),
+-- one run of each in turn, so that both meet the same load.
 local uv = require "luv"
 local admin = require "portman.admin"
 
-local ROOT = os.getenv("PORTMAN_ROOT") or "."
+local ROOTS = {}
+for r in (os.getenv("SCALE_ROOTS") or "."):gmatch("%S+") do ROOTS[#ROOTS + 1] = r end
+local ROOT -- the checkout measured now
 local SIZES = {}
 for n in (os.getenv("SCALE_N") or "100 1000 10000"):gmatch("%d+") do SIZES[#SIZES + 1] = math.tointeger(n) end
 local RUNS = math.tointeger(tonumber(os.getenv("SCALE_RUNS") or "3"))
@@ -198,7 +201,8 @@ local function stats(list)
   return s[1], s[(#s + 1) // 2], s[#s]
 end
 
-local results = {} -- results[n][name] = {values}
+local all = {} -- all[root][n][name] = {values}
+local results -- all[ROOT]
 local function note(n, name, v)
   if v == nil then return end
   results[n] = results[n] or {}
@@ -259,53 +263,68 @@ local function median(n, name)
   return list and select(2, stats(list))
 end
 
-for _ = 1, RUNS do one_run(0) end
-for _, n in ipairs(SIZES) do
-  for _ = 1, RUNS do one_run(n) end
+local function each_root(fn)
+  for _, r in ipairs(ROOTS) do
+    ROOT = r
+    all[r] = all[r] or {}
+    results = all[r]
+    fn()
+  end
+end
+
+for _, n in ipairs({0, table.unpack(SIZES)}) do
+  for _ = 1, RUNS do each_root(function() one_run(n) end) end
 end
 local reads = {}
-for _, n in ipairs(SIZES) do reads[n] = proc_reads(n) end
-local base_reads = proc_reads(0)
+each_root(function()
+  reads[ROOT] = {[0] = proc_reads(0)}
+  for _, n in ipairs(SIZES) do reads[ROOT][n] = proc_reads(n) end
+end)
 
-print(("portman daemon at scale (%s; %d runs each; medians, min and max)"):format(ROOT, RUNS))
-print("baseline: no service")
-row("start", 0, "start", "ms")
-row("  its CPU (user + sys)", 0, "start_cpu", "ms")
-row("admin round trip: events since 0", 0, "trivial_rt", "ms")
-row("status round trip", 0, "status_rt", "ms")
-row("portman status --json (process)", 0, "status_e2e", "ms")
-row("  its CPU (user + sys)", 0, "status_e2e_cpu", "ms")
-row("RSS", 0, "rss0", "MiB", 1 / 1024)
-print(("  %-34s %9d"):format("/proc/net opens", base_reads))
-local first, prev = nil, 0
-for _, n in ipairs(SIZES) do
-  print(("%d services"):format(n))
-  row("start", n, "start", "ms")
-  row("  its CPU (user + sys)", n, "start_cpu", "ms")
-  -- the cost a service adds, between this N and the one before (or none):
-  -- flat when it stays the same as N grows
-  local per = (median(n, "start_cpu") - median(prev, "start_cpu")) / (n - prev) * 1000
-  first = first or per
-  print(("  %-34s %9.1f us CPU a service from N = %d; x%.2f of the first step's"):format("start per service",
-    per, prev, per / first))
-  prev = n
-  print(("  %-34s %9.4f (%d opens, %d with no service)"):format("/proc/net opens per service",
-    (reads[n] - base_reads) / n, reads[n], base_reads))
-  row("admin round trip: events since 0", n, "trivial_rt", "ms")
-  row("status round trip (this process)", n, "status_rt", "ms")
-  row("daemon: status op + encode", n, "daemon_ms", "ms")
-  row("daemon: status op + encode, CPU", n, "daemon_cpu_ms", "ms")
-  row("daemon: until the reply was sent", n, "daemon_sent_ms", "ms")
-  row("in daemon: manager:status(), CPU", n, "repl_status", "ms")
-  row("in daemon: json.encode(doc), CPU", n, "repl_encode", "ms")
-  row("in daemon: cjson.encode alone, CPU", n, "repl_cjson", "ms")
-  row("portman status --json (process)", n, "status_e2e", "ms")
-  row("  its CPU (user + sys)", n, "status_e2e_cpu", "ms")
-  row("portman events --since 0 (process)", n, "trivial_e2e", "ms")
-  row("  its CPU (user + sys)", n, "trivial_e2e_cpu", "ms")
-  row("RSS before status", n, "rss0", "MiB", 1 / 1024)
-  row("RSS after 1 status", n, "rss1", "MiB", 1 / 1024)
-  row("RSS after 5 statuses", n, "rss5", "MiB", 1 / 1024)
+local function report()
+  print(("portman daemon at scale (%s; %d runs each; medians, min and max)"):format(ROOT, RUNS))
+  print("baseline: no service")
+  row("start", 0, "start", "ms")
+  row("  its CPU (user + sys)", 0, "start_cpu", "ms")
+  row("admin round trip: events since 0", 0, "trivial_rt", "ms")
+  row("status round trip", 0, "status_rt", "ms")
+  row("portman status --json (process)", 0, "status_e2e", "ms")
+  row("  its CPU (user + sys)", 0, "status_e2e_cpu", "ms")
+  row("RSS", 0, "rss0", "MiB", 1 / 1024)
+  local base_reads = reads[ROOT][0]
+  print(("  %-34s %9d"):format("/proc/net opens", base_reads))
+  local last, prev = nil, 0
+  for _, n in ipairs(SIZES) do
+    print(("%d services"):format(n))
+    row("start", n, "start", "ms")
+    row("  its CPU (user + sys)", n, "start_cpu", "ms")
+    -- the cost a service adds, between this N and the one before (or none):
+    -- flat when it stays the same as N grows
+    local per = (median(n, "start_cpu") - median(prev, "start_cpu")) / (n - prev) * 1000
+    print(("  %-34s %9.1f us CPU a service from N = %d%s"):format("start per service", per, prev,
+      last and ("; x%.2f of the step before"):format(per / last) or ""))
+    last = prev > 0 and per or nil
+    prev = n
+    print(("  %-34s %9.4f (%d opens, %d with no service)"):format("/proc/net opens per service",
+      (reads[ROOT][n] - base_reads) / n, reads[ROOT][n], base_reads))
+    row("admin round trip: events since 0", n, "trivial_rt", "ms")
+    row("status round trip (this process)", n, "status_rt", "ms")
+    row("daemon: status op + encode", n, "daemon_ms", "ms")
+    row("daemon: status op + encode, CPU", n, "daemon_cpu_ms", "ms")
+    row("daemon: until the reply was sent", n, "daemon_sent_ms", "ms")
+    row("in daemon: manager:status(), CPU", n, "repl_status", "ms")
+    row("in daemon: json.encode(doc), CPU", n, "repl_encode", "ms")
+    row("in daemon: cjson.encode alone, CPU", n, "repl_cjson", "ms")
+    row("portman status --json (process)", n, "status_e2e", "ms")
+    row("  its CPU (user + sys)", n, "status_e2e_cpu", "ms")
+    row("portman events --since 0 (process)", n, "trivial_e2e", "ms")
+    row("  its CPU (user + sys)", n, "trivial_e2e_cpu", "ms")
+    row("RSS before status", n, "rss0", "MiB", 1 / 1024)
+    row("RSS after 1 status", n, "rss1", "MiB", 1 / 1024)
+    row("RSS after 5 statuses", n, "rss5", "MiB", 1 / 1024)
+  end
 end
+
+each_root(report)
 uv.walk(function(h) if not h:is_closing() then h:close() end end)
 uv.run()
