@@ -220,6 +220,7 @@ local function one_run(n)
   local doc, ms = ask(d, {op = "status"})
   assert(#doc.services == n, "status: " .. #doc.services .. " services")
   note(n, "status_rt", ms)
+  sleep(300) -- the daemon collects after the reply is out: what stays is what counts
   note(n, "rss1", rss_kib(d.pid))
   local part, sent, part_cpu = daemon_part(d)
   note(n, "daemon_ms", part)
@@ -237,6 +238,7 @@ local function one_run(n)
     note(n, "trivial_e2e_cpu", cpu)
   end
   for _ = 1, 3 do ask(d, {op = "status"}) end
+  sleep(300)
   note(n, "rss5", rss_kib(d.pid))
   local st, enc, cj = in_daemon(d)
   note(n, "repl_status", st)

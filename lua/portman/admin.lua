@@ -348,12 +348,12 @@ function M.release_memory()
   core.trim_memory()
 end
 
-M.LARGE_REPLY = 256 * 1024 -- bytes: after a reply this large is sent, the garbage is collected
+M.LARGE_REPLY = 64 * 1024 -- bytes: after a reply this large is sent, the garbage is collected
 
 -- Writes doc as one line; after(), if given, runs once the write has gone
 -- out (a close then never cuts a large reply short). The text and its
 -- newline go out as two buffers (no copy of a large text). A large reply
--- (a status of thousands of services) leaves megabytes of garbage: it is
+-- (a status of a thousand services or more) leaves megabytes of garbage: it is
 -- collected once the reply is out, so that the daemon's memory does not
 -- grow by it for good. timing ({op, t0 = uv.hrtime(), cpu0 = os.clock()
 -- when the op began}), if given, is logged at debug level with the time
