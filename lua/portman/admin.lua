@@ -372,7 +372,14 @@ local function send(client, doc, after, timing)
         sent_ms = ("%.2f"):format((uv.hrtime() - timing.t0) / 1e6)})
     end
     text = nil
-    if large then M.release_memory() end
+    -- on the next turn: luv holds the written strings until this callback returns
+    if large then
+      local later = uv.new_timer()
+      later:start(0, 0, function()
+        later:close()
+        M.release_memory()
+      end)
+    end
     if after then after() end
   end)
 end
