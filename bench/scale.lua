@@ -112,6 +112,7 @@ local function start(dir, n, trace)
     file = "strace"
     args = {"-f", "-qq", "-e", "trace=openat", "-o", trace, "lua5.4", table.unpack(args)}
   end
+  d.traced = trace ~= nil
   local t0 = uv.hrtime()
   d.proc, d.pid = uv.spawn(file, {args = args, stdio = {nil, stdout, stderr}}, function(code)
     d.code = code
@@ -138,7 +139,15 @@ local function start(dir, n, trace)
   return d
 end
 
+-- Kills the daemon; under strace the daemon itself first (a strace
+-- killed detaches its tracee, which would run on).
 local function stop(d)
+  if d.traced then
+    local f = io.open(("/proc/%d/task/%d/children"):format(d.pid, d.pid))
+    local child = f and tonumber(f:read("a"):match("%d+"))
+    if f then f:close() end
+    if child then uv.kill(child, "sigkill") end
+  end
   d.proc:kill("sigkill")
   run_until(function() return d.code ~= nil end, 10000)
 end
