@@ -1,6 +1,9 @@
 /* What the admin socket needs that luv lacks: the peer's credentials
- * (SO_PEERCRED) and this process's ids. */
+ * (SO_PEERCRED), this process's ids, and giving freed memory back. */
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -30,9 +33,23 @@ static int l_ids(lua_State *L)
     return 3;
 }
 
+/* core.trim_memory() -> true when memory was given back to the system.
+ * Lua frees into malloc's free lists; glibc keeps those pages (they count
+ * in the RSS) until malloc_trim hands the free ones back. */
+static int l_trim_memory(lua_State *L)
+{
+#ifdef __GLIBC__
+    lua_pushboolean(L, malloc_trim(0));
+#else
+    lua_pushboolean(L, 0);
+#endif
+    return 1;
+}
+
 int pm_open_admin(lua_State *L)
 {
-    static const luaL_Reg fns[] = {{"peercred", l_peercred}, {"ids", l_ids}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"peercred", l_peercred}, {"ids", l_ids}, {"trim_memory", l_trim_memory},
+                                   {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
     return 0;
 }

@@ -66,6 +66,56 @@ describe("portman.json", function()
     end)
   end)
 
+  describe("encode with sorted keys", function()
+    it("writes each object's keys in order, whatever keys the object before had", function()
+      local list = {{b = 1, a = "x"}, {a = "y", b = 2}, {a = "z", c = 3}, {b = 4}, {a = 1, b = 2, c = 3}, {}}
+      assert.equal('[{"a":"x","b":1},{"a":"y","b":2},{"a":"z","c":3},{"b":4},{"a":1,"b":2,"c":3},{}]',
+        json.encode(list, {sorted = true}))
+      assert.equal('{"a":{"a":1,"z":[1,2]},"b":[{"x":null,"y":true}],"e":[]}',
+        json.encode({b = {{y = true, x = json.null}}, a = {z = {1, 2}, a = 1}, e = json.array()}, {sorted = true}))
+    end)
+
+    it("escapes what JSON needs and leaves '/' and UTF-8 as they are", function()
+      local text = json.encode({['k"\\'] = 'a/b"c\\d\n\1\u{E9}', plain = "p"}, {sorted = true})
+      assert.equal('{"k\\"\\\\":"a/b\\"c\\\\d\\n\\u0001\u{E9}","plain":"p"}', text)
+      assert.same({['k"\\'] = 'a/b"c\\d\n\1\u{E9}', plain = "p"}, json.decode(text))
+    end)
+
+    it("writes integers whole and floats as cjson does", function()
+      assert.equal('{"big":123456789012345,"f":2.5,"n":-7}', json.encode({n = -7, f = 2.5, big = 123456789012345},
+        {sorted = true}))
+    end)
+  end)
+
+  describe("encode of large documents", function()
+    it("puts empty lists and large integers back deep inside, beside plain parts", function()
+      local doc = {services = {}, mappings = json.array(), deep = {{t = 123456789012345, l = json.array()}}}
+      for i = 1, 1000 do doc.services[i] = {name = "s" .. i, port = i} end
+      local back = json.decode(json.encode(doc))
+      assert.equal(1000, #back.services)
+      assert.same({name = "s1000", port = 1000}, back.services[1000])
+      assert.same({t = 123456789012345, l = {}}, back.deep[1])
+      assert.matches('"mappings":%[%]', json.encode(doc))
+      assert.matches('"l":%[%]', json.encode(doc))
+      assert.matches('"t":123456789012345', json.encode(doc))
+    end)
+
+    it("hands a table marked plain to cjson as it is, and writes one empty and marked array as []", function()
+      local hidden = json.array()
+      local doc = {l = json.plain({{a = 1}, {b = hidden}}), e = json.array()}
+      -- the promise broken on purpose: the marked array inside is not looked for
+      assert.equal('{"b":{}}', json.encode(doc):match('"l":%[{"a":1},({"b":{}})%]'))
+      assert.equal("[]", json.encode(json.plain(json.array())))
+      assert.equal('{"a":[1,2]}', json.encode(json.plain({a = {1, 2}})))
+    end)
+
+    it("writes a changed table with keys of both kinds as cjson does", function()
+      local t = {1, 2, x = json.array()}
+      assert.same({["1"] = 1, ["2"] = 2, x = {}}, json.decode(json.encode(t)))
+      assert.matches('"x":%[%]', json.encode(t))
+    end)
+  end)
+
   describe("decode", function()
     it("gives integral numbers as integers and keeps fractions floats", function()
       local v = json.decode('{"a":[1,-7,2.5,1e3,0.1],"b":{"c":{"d":42}},"t":1700000000123}')

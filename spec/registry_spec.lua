@@ -34,6 +34,14 @@ describe("portman.registry", function()
     local names = {}
     for i, s in ipairs(reg:list()) do names[i] = s.name end
     assert.same({"a", "b"}, names)
+    local list = reg:names()
+    assert.same({"a", "b"}, list)
+    list[1] = "changed by the caller"
+    assert.same({"a", "b"}, reg:names())
+    reg:register{name = "aa", port = 20003}
+    assert.same({"a", "aa", "b"}, reg:names())
+    assert.is_true(reg:unregister("aa"))
+    assert.same({"a", "b"}, reg:names())
     assert.is_true(reg:unregister("a"))
     assert.is_false(reg:unregister("a"))
     assert.is_nil(reg:get("a"))
@@ -62,6 +70,23 @@ describe("portman.registry", function()
       assert.truthy(reg:register{name = "b", port = 20000, proto = "udp"})
       assert.truthy(reg:register{name = "c", port = 20000, address = "127.0.0.2"})
       assert.truthy(reg:register{name = "d", port = 20000, address = "::1"})
+    end)
+
+    it("keeps the port's entries right as they come and go, a service called 'name' among them", function()
+      assert.truthy(reg:register{name = "name", port = 20000, address = "127.0.0.1"})
+      assert.truthy(reg:register{name = "b", port = 20000, address = "127.0.0.2"})
+      assert.truthy(reg:register{name = "c", port = 20000, address = "::1"})
+      assert.equal("conflict: port 20000/tcp is registered to 'b'",
+        select(2, reg:register{name = "d", port = 20000, address = "127.0.0.2"}))
+      assert.is_true(reg:unregister("b"))
+      assert.truthy(reg:register{name = "d", port = 20000, address = "127.0.0.2"})
+      assert.is_true(reg:unregister("name"))
+      assert.is_true(reg:unregister("c"))
+      assert.equal("conflict: port 20000/tcp is registered to 'd'", select(2, reg:register{name = "e", port = 20000}))
+      assert.is_true(reg:unregister("d"))
+      assert.truthy(reg:register{name = "e", port = 20000})
+      assert.truthy(reg:register{name = "f", port = 20000, proto = "udp"})
+      assert.same({"e", "f"}, reg:names())
     end)
 
     it("normalizes addresses before comparing them", function()
@@ -126,6 +151,150 @@ describe("portman.registry", function()
       t:close()
       uv.run("nowait")
       assert.equal("::1", found)
+    end)
+  end)
+
+  describe("10,000 registrations", function()
+    -- The conflicts as a naive reference sees them: every candidate is
+    -- compared with every entry accepted before it and every socket bound
+    -- on the host, by name first, then the registered ports, then the
+    -- host's (the registry's order). Addresses are written in canonical
+    -- form here, so plain comparison is the reference's overlap.
+    local function v4(a) return not a:find(":", 1, true) end
+    local function overlap(a, b)
+      if a == b or a == "::" or b == "::" then return true end
+      if a == "0.0.0.0" then return v4(b) end
+      if b == "0.0.0.0" then return v4(a) end
+      return false
+    end
+
+    -- what may be said of candidate c: {kind, set of names or addresses it may name}
+    local function reference(c, accepted, host)
+      local owners, same_name = {}, false
+      for _, o in ipairs(accepted) do
+        if o.name == c.name then same_name = true end
+        if o.port == c.port and o.proto == c.proto and overlap(o.address, c.address) then owners[o.name] = true end
+      end
+      if same_name then return {kind = "name"} end
+      if next(owners) then return {kind = "port", may_name = owners} end
+      local bound = {}
+      for _, b in ipairs(host[c.proto]) do
+        if b.port == c.port and overlap(b.address, c.address) then bound[b.address] = true end
+      end
+      if next(bound) then return {kind = "host", may_name = bound} end
+      return nil
+    end
+
+    local function kind_of(err, c)
+      if err == ("conflict: service '%s' is already registered"):format(c.name) then return "name" end
+      local owner = err:match(("^conflict: port %d/%s is registered to '(.*)'$"):format(c.port, c.proto))
+      if owner then return "port", owner end
+      local addr = err:match(("^conflict: port %d/%s is already bound on this host %%((.*)%%)$"):format(c.port, c.proto))
+      if addr then return "host", addr end
+      return "unexpected: " .. err
+    end
+
+    -- The host's sockets, as the reference sees them.
+    local function host_view()
+      local netaddr = require "portman.netaddr"
+      return {tcp = netaddr.bound("tcp"), udp = netaddr.bound("udp")}
+    end
+
+    local function same_view(a, b)
+      local function key(list)
+        local out = {}
+        for i, x in ipairs(list) do out[i] = x.address .. "/" .. x.port end
+        table.sort(out)
+        return table.concat(out, " ")
+      end
+      return key(a.tcp) == key(b.tcp) and key(a.udp) == key(b.udp)
+    end
+
+    -- 10,000 candidates, mostly on ports of their own below the kernel's
+    -- ephemeral range, with deliberate conflicts: a name again, a
+    -- proto/port again on an overlapping address (and on a disjoint one,
+    -- which is no conflict), the ports of sockets this spec holds.
+    local function candidates(held_tcp, held_udp)
+      local addresses = {"0.0.0.0", "127.0.0.1", "::1", "::", "127.0.0.2"}
+      local list = {}
+      for i = 1, 10000 do
+        local c = {name = "s" .. i, port = 20000 + i, proto = i % 3 == 0 and "udp" or "tcp",
+                   address = addresses[i % #addresses + 1]}
+        if i % 97 == 0 then c.name = "s" .. (i - 50) end                   -- a name again
+        if i % 89 == 0 then                                                 -- a port again
+          local earlier = list[i - 7]
+          c.port, c.proto = earlier.port, earlier.proto
+          c.address = ({"0.0.0.0", "::", earlier.address, "127.0.0.3"})[i % 4 + 1]
+        end
+        if i % 1000 == 500 then c.port, c.proto, c.address = held_tcp, "tcp", "0.0.0.0" end
+        if i % 1000 == 501 then c.port, c.proto, c.address = held_udp, "udp", "::" end
+        if i % 1000 == 502 then c.port, c.proto, c.address = held_tcp, "tcp", "127.0.0.2" end -- disjoint: none
+        if i % 1000 == 503 then c.port, c.proto, c.address = held_tcp, "udp", "127.0.0.9" end
+        list[i] = c
+      end
+      return list
+    end
+
+    local function round(list)
+      uv.sleep(2)
+      uv.update_time() -- a new loop time: the registry reads the host's sockets anew
+      local before = host_view()
+      local reg = registry.new()
+      local got = {}
+      for i, c in ipairs(list) do
+        local e, err, code = reg:register(c)
+        got[i] = e and true or {err, code}
+      end
+      return reg, got, before, host_view()
+    end
+
+    it("are refused exactly where a naive scan finds a conflict", function()
+      local t = uv.new_tcp()
+      assert(t:bind("127.0.0.1", 0))
+      assert(t:listen(1, function() end))
+      local u = uv.new_udp()
+      assert(u:bind("127.0.0.1", 0))
+      local list = candidates(t:getsockname().port, u:getsockname().port)
+      -- another process may bind or close a port meanwhile: a round counts
+      -- when the host's sockets were the same before and after it
+      local reg, got, host
+      for _ = 1, 5 do
+        local before, after
+        reg, got, before, after = round(list)
+        host = before
+        if same_view(before, after) then break end
+        host = nil
+      end
+      t:close()
+      u:close()
+      uv.run("nowait")
+      assert.truthy(host, "the host's sockets kept changing")
+      local accepted, kinds = {}, {name = 0, port = 0, host = 0}
+      for i, c in ipairs(list) do
+        local want = reference(c, accepted, host)
+        if not want then
+          assert.equal(true, got[i], ("%s %d/%s %s refused: %s"):format(c.name, c.port, c.proto, c.address,
+            type(got[i]) == "table" and tostring(got[i][1]) or ""))
+          accepted[#accepted + 1] = c
+        else
+          assert.is_table(got[i], c.name .. " was registered despite a " .. want.kind .. " conflict")
+          assert.equal("conflict", got[i][2])
+          local kind, named = kind_of(got[i][1], c)
+          assert.equal(want.kind, kind, got[i][1])
+          if want.may_name then assert.is_true(want.may_name[named] == true, got[i][1]) end
+          kinds[kind] = kinds[kind] + 1
+        end
+      end
+      -- every kind of conflict was there, and what was kept is what the scan kept
+      assert.is_true(kinds.name >= 100 and kinds.port >= 100 and kinds.host >= 2, cjson.encode(kinds))
+      assert.equal(#accepted, reg:count())
+      local names = {}
+      for i, c in ipairs(accepted) do names[i] = c.name end
+      table.sort(names)
+      assert.same(names, reg:names())
+      local listed = reg:list()
+      assert.equal(#accepted, #listed)
+      for i, e in ipairs(listed) do assert.equal(names[i], e.name) end
     end)
   end)
 

@@ -340,11 +340,48 @@ M.MAX_REQUEST = 1024 * 1024   -- bytes in one request line
 M.MAX_REPLY = 256 * 1024 * 1024 -- bytes in one reply line (a status of many services)
 M.IDLE_TIMEOUT = 300000       -- ms a client may stay silent before it is closed
 
+--- Collects the garbage and gives the freed pages back to the system
+-- (glibc keeps them, counted in the RSS, until asked): after a start or a
+-- large reply, so that a daemon's memory is what it holds.
+function M.release_memory()
+  collectgarbage()
+  core.trim_memory()
+end
+
+M.LARGE_REPLY = 64 * 1024 -- bytes: after a reply this large is sent, the garbage is collected
+
 -- Writes doc as one line; after(), if given, runs once the write has gone
--- out (a close then never cuts a large reply short).
-local function send(client, doc, after)
+-- out (a close then never cuts a large reply short). The text and its
+-- newline go out as two buffers (no copy of a large text). A large reply
+-- (a status of a thousand services or more) leaves megabytes of garbage: it is
+-- collected once the reply is out, so that the daemon's memory does not
+-- grow by it for good. timing ({op, t0 = uv.hrtime(), cpu0 = os.clock()
+-- when the op began}), if given, is logged at debug level with the time
+-- the daemon spent: `ms` (and `cpu_ms` of CPU) to build and encode the
+-- reply, `sent_ms` until the client had it all.
+local function send(client, doc, after, timing)
   if client:is_closing() then return end
-  client:write(json.encode(doc) .. "\n", after and function() after() end or nil)
+  local text = json.encode(doc)
+  local encoded, cpu = timing and uv.hrtime(), timing and os.clock()
+  local large = #text >= M.LARGE_REPLY
+  if not (after or large or timing) then return client:write({text, "\n"}) end
+  client:write({text, "\n"}, function()
+    if timing then
+      log.debug("admin_request", {op = timing.op, bytes = #text + 1,
+        ms = ("%.2f"):format((encoded - timing.t0) / 1e6), cpu_ms = ("%.2f"):format((cpu - timing.cpu0) * 1e3),
+        sent_ms = ("%.2f"):format((uv.hrtime() - timing.t0) / 1e6)})
+    end
+    text = nil
+    -- on the next turn: luv holds the written strings until this callback returns
+    if large then
+      local later = uv.new_timer()
+      later:start(0, 0, function()
+        later:close()
+        M.release_memory()
+      end)
+    end
+    if after then after() end
+  end)
 end
 
 local INTERRUPT = '{"interrupt"' -- how an interrupt line starts (the sandbox's hook peeks for it)
@@ -376,7 +413,8 @@ local function serve_client(server, client)
     end
     local op = req.op ~= "repl" and server.ops[req.op]
     if op then
-      send(client, op(req), close)
+      local timing = {op = req.op, t0 = uv.hrtime(), cpu0 = os.clock()}
+      send(client, op(req), close, timing)
       return false
     elseif req.op == "repl" then
       repl = M.repl(server.vars, {budget = server.repl_budget, fd = client:fileno()})

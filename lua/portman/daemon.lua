@@ -671,6 +671,9 @@ function M.run(policy_path, opts, out)
   for name in pairs(m.inherited) do log.warn("activation_unclaimed", {name = name}) end
   log.info("daemon_started", {policy = policy_path, services = #m:names(), admin = d.server.path})
   print_services(m, out)
+  -- the start's garbage (thousands of services leave megabytes) goes, and
+  -- its pages back to the system: the RSS is what the services hold
+  admin.release_memory()
   d.notify:ready(#m:names() .. " services")
   d.notify:watchdog_start()
   if stopping then -- a signal came while the services started

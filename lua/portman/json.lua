@@ -15,6 +15,7 @@ local EMPTY_JSON = cjson.encode(EMPTY)
 local BIG_PATTERN = cjson.encode("\0" .. NONCE .. "i"):sub(1, -2):gsub("%p", "%%%0") .. "(%-?%d+)"
   .. cjson.encode("\0"):sub(2):gsub("%p", "%%%0")
 local BIG = 1e14 -- from here cjson loses digits
+local EMPTY_PATTERN = EMPTY_JSON:gsub("%p", "%%%0")
 
 --- Marks t (a table, {} by default) to be written as a JSON array even
 -- when empty; returns it.
@@ -24,33 +25,68 @@ function M.array(t)
   return t
 end
 
-local function prepare(v, seen)
-  if math.type(v) == "integer" and (v >= BIG or v <= -BIG) then
-    return "\0" .. NONCE .. "i" .. v .. "\0", true
+local plains = setmetatable({}, {__mode = "k"})
+
+--- Marks t as plain: nothing below it is an empty table marked with
+-- json.array, and no integer below it is beyond +-1e14 (the caller's
+-- promise). encode then hands it to cjson without looking inside (a list
+-- of 10,000 status entries). An empty t marked with json.array still
+-- writes []. Returns t.
+function M.plain(t)
+  plains[t] = true
+  return t
+end
+
+local math_type = math.type
+local MAX_DEPTH = 1000 -- cjson's own limit: deeper (a cycle) it raises "excessive nesting"
+
+-- v with what cjson cannot write replaced by placeholders (empty arrays,
+-- large integers), and whether anything was: a table is copied (shallow)
+-- only when something inside it changes, so a large document of plain
+-- values is walked but not copied.
+local function prepare(v, depth, copies)
+  if type(v) ~= "table" then
+    if math_type(v) == "integer" and (v >= BIG or v <= -BIG) then return "\0" .. NONCE .. "i" .. v .. "\0", true end
+    return v, false
   end
-  if type(v) ~= "table" then return v, false end
-  if arrays[v] and next(v) == nil then return EMPTY, true end
-  if seen[v] then return v, false end
-  seen[v] = true
-  local copy, changed = {}, false
+  if next(v) == nil then
+    if arrays[v] then return EMPTY, true end
+    return v, false
+  end
+  if depth > MAX_DEPTH or plains[v] then return v, false end
+  local copy
   for k, x in pairs(v) do
-    local y, c = prepare(x, seen)
-    copy[k] = y
-    changed = changed or c
+    local tx, y, changed = type(x), nil, false
+    if tx == "table" then
+      y, changed = prepare(x, depth + 1, copies)
+    elseif tx == "number" and (x >= BIG or x <= -BIG) then
+      y, changed = prepare(x, depth + 1, copies)
+    end
+    if changed then
+      if not copy then
+        copy = {}
+        for k2, x2 in pairs(v) do copy[k2] = x2 end
+        copies[copy] = true
+      end
+      copy[k] = y
+    end
   end
-  seen[v] = nil
-  return changed and copy or v, changed
+  return copy or v, copy ~= nil
 end
 
 -- The sorted encoder: objects with their keys in order, so that a
--- document prints the same every time (the command line's --json).
+-- document prints the same every time (the command line's --json). It
+-- appends to a buffer, keeping its length at hand, and writes plain
+-- strings and integers without a call: 10,000 services in tens of ms.
 local encode_sorted
 
 local ESCAPES = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
                  ["\r"] = "\\r", ["\t"] = "\\t"}
+local find = string.find
 
 -- A JSON string (cjson would also escape '/', which JSON allows bare).
 local function quote(s)
+  if not find(s, '[%c"\\]') then return '"' .. s .. '"' end
   return '"' .. s:gsub('[%c"\\]', function(c) return ESCAPES[c] or ("\\u%04x"):format(c:byte()) end) .. '"'
 end
 
@@ -63,40 +99,134 @@ local function is_array(t)
   return count == n
 end
 
-local function encode_table(t, out, depth)
-  if depth > 100 then error("json: nesting deeper than 100 (a cycle?)", 0) end
-  if is_array(t) then
-    out[#out + 1] = "["
-    for i = 1, #t do
-      if i > 1 then out[#out + 1] = "," end
-      encode_sorted(t[i], out, depth + 1)
-    end
-    out[#out + 1] = "]"
-    return
-  end
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
-  table.sort(keys)
-  out[#out + 1] = "{"
-  for i, k in ipairs(keys) do
-    if i > 1 then out[#out + 1] = "," end
-    out[#out + 1] = quote(k) .. ":"
-    local v = t[k]
-    if v == nil then v = t[math.tointeger(tonumber(k))] end
-    encode_sorted(v, out, depth + 1)
-  end
-  out[#out + 1] = "}"
+-- A scalar's text (an integer as it is: table.concat writes it as %d).
+local function scalar(v)
+  if type(v) == "string" then return quote(v) end
+  if math_type(v) == "integer" then return v end
+  return cjson.encode(v) -- floats, booleans, cjson.null; raises on the rest
 end
 
-function encode_sorted(v, out, depth)
-  if type(v) == "table" then return encode_table(v, out, depth) end
-  if type(v) == "string" then
-    out[#out + 1] = quote(v)
-  elseif math.type(v) == "integer" then
-    out[#out + 1] = ("%d"):format(v)
-  else
-    out[#out + 1] = cjson.encode(v) -- floats, booleans, cjson.null; raises on the rest
+local function encode_array(t, out, n, depth, ctx)
+  out[n + 1] = "["
+  n = n + 1
+  for i = 1, #t do
+    if i > 1 then
+      n = n + 1
+      out[n] = ","
+    end
+    n = encode_sorted(t[i], out, n, depth + 1, ctx)
   end
+  out[n + 1] = "]"
+  return n + 1
+end
+
+-- A key's texts: '"key":' and ',"key":', and both with a string's opening
+-- quote after them (a plain string value then goes in as it is).
+local function key_texts(k)
+  local q = quote(k) .. ":"
+  return {q, "," .. q, q .. '"', "," .. q .. '"'}
+end
+
+-- The sorted names of t's keys and their count. The object before at
+-- the same depth usually has the same keys (a list of services): its
+-- sorted names are used again when t has as many keys, each among them;
+-- else t's are collected and sorted, into the buffer kept for this depth.
+local function sorted_names(t, depth, ctx)
+  local last = ctx.last[depth]
+  if last then
+    local c, set = 0, last.set
+    for k in pairs(t) do
+      if not set[k] then
+        c = -1
+        break
+      end
+      c = c + 1
+    end
+    if c == last.count then return last.names, c end
+  end
+  local names, set, c = {}, {}, 0
+  for k in pairs(t) do
+    c = c + 1
+    names[c] = type(k) == "string" and k or tostring(k)
+    set[k] = true
+  end
+  table.sort(names)
+  ctx.last[depth] = {names = names, set = set, count = c}
+  return names, c
+end
+
+local function encode_object(t, out, n, depth, ctx)
+  local names, c = sorted_names(t, depth, ctx)
+  local keys = ctx.keys
+  out[n + 1] = "{"
+  n = n + 1
+  for i = 1, c do
+    local k = names[i]
+    local texts = keys[k]
+    if not texts then
+      texts = key_texts(k)
+      keys[k] = texts
+    end
+    local v = t[k]
+    if v == nil then v = t[math.tointeger(tonumber(k))] end
+    local tv = type(v)
+    if tv == "string" and not find(v, '[%c"\\]') then
+      out[n + 1], out[n + 2], out[n + 3] = texts[i == 1 and 3 or 4], v, '"'
+      n = n + 3
+    else
+      n = n + 1
+      out[n] = texts[i == 1 and 1 or 2]
+      if tv == "table" then
+        n = encode_sorted(v, out, n, depth + 1, ctx)
+      else
+        n = n + 1
+        out[n] = scalar(v)
+      end
+    end
+  end
+  out[n + 1] = "}"
+  return n + 1
+end
+
+-- Appends v's text to out after out[n]; returns the new length.
+function encode_sorted(v, out, n, depth, ctx)
+  if type(v) ~= "table" then
+    out[n + 1] = scalar(v)
+    return n + 1
+  end
+  if depth > 100 then error("json: nesting deeper than 100 (a cycle?)", 0) end
+  if is_array(v) then return encode_array(v, out, n, depth, ctx) end
+  return encode_object(v, out, n, depth, ctx)
+end
+
+-- cjson's text of a prepared value with the placeholders put back.
+local function restore(text)
+  text = text:gsub(EMPTY_PATTERN, "[]")
+  return (text:gsub(BIG_PATTERN, "%1"))
+end
+
+-- Writes a prepared value: the tables prepare copied (those with a
+-- placeholder inside) piece by piece when they are a sequence or have
+-- string keys only, so that the placeholders are searched for in those
+-- pieces only, not in the whole text (a status of 10,000 services with
+-- one empty list); any other value by cjson at once.
+local function write(p, copies)
+  if p == EMPTY then return "[]" end
+  if type(p) ~= "table" then return restore(cjson.encode(p)) end
+  if not copies[p] then return cjson.encode(p) end
+  local count, strings = 0, true
+  for k in pairs(p) do
+    count = count + 1
+    strings = strings and type(k) == "string"
+  end
+  local parts = {}
+  if #p == count then
+    for i = 1, count do parts[i] = write(p[i], copies) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  if not strings then return restore(cjson.encode(p)) end
+  for k, x in pairs(p) do parts[#parts + 1] = cjson.encode(k) .. ":" .. write(x, copies) end
+  return "{" .. table.concat(parts, ",") .. "}"
 end
 
 --- Encodes v; tables marked with json.array stay arrays when empty.
@@ -104,25 +234,32 @@ end
 function M.encode(v, opts)
   if opts and opts.sorted then
     local out = {}
-    encode_sorted(v, out, 0)
+    encode_sorted(v, out, 0, 0, {keys = {}, last = {}})
     return table.concat(out)
   end
-  local prepared, changed = prepare(v, {})
-  local text = cjson.encode(prepared)
-  if changed then
-    text = text:gsub(EMPTY_JSON:gsub("%p", "%%%0"), "[]")
-    text = text:gsub(BIG_PATTERN, "%1")
-  end
-  return text
+  local copies = {}
+  local prepared, changed = prepare(v, 0, copies)
+  if not changed then return cjson.encode(v) end
+  return write(prepared, copies)
 end
 
 --- The JSON null (decoded nulls are this value too).
 M.null = cjson.null
 
+-- Turns integral floats into integers in place (a value written back
+-- only when it changes).
 local function integers(v)
   if type(v) == "number" then return math.tointeger(v) or v end
   if type(v) == "table" then
-    for k, x in pairs(v) do v[k] = integers(x) end
+    for k, x in pairs(v) do
+      local tx = type(x)
+      if tx == "table" then
+        integers(x)
+      elseif tx == "number" then
+        local i = math.tointeger(x)
+        if i then v[k] = i end
+      end
+    end
   end
   return v
 end

@@ -954,24 +954,33 @@ local function round1(x) return math.floor(x * 10 + 0.5) / 10 end
 
 --- The status document of `portman status`.
 function Manager:status()
-  local doc = {services = json.array(), pools = json.array(), mappings = json.array()}
-  local names = {}
-  for _, e in ipairs(self.registry:list()) do names[e.name] = e end
-  for name in pairs(self.pending) do names[name] = names[name] or true end
-  local sorted = {}
-  for name in pairs(names) do sorted[#sorted + 1] = name end
-  table.sort(sorted)
-  for _, name in ipairs(sorted) do
-    local e = names[name]
-    doc.services[#doc.services + 1] = self:service(name) or {name = e.name, type = e.type, proto = e.proto,
-      address = e.address, port = e.port, status = "unchecked", runtime = true} -- registered only
+  -- the entries hold no json.array and no integer near 1e14: json.plain
+  -- lets json.encode skip looking through 10,000 of them
+  local doc = {services = json.plain(json.array()), pools = json.array(), mappings = json.array()}
+  -- the names sorted once (strings, compared in C), the entries read in
+  -- place: the cost of a status stays linear in the number of services
+  local sorted, more = self.registry:names(), false
+  for name in pairs(self.pending) do
+    if not self.registry:peek(name) then
+      sorted[#sorted + 1] = name
+      more = true
+    end
   end
-  for _, name in ipairs(self:names()) do
-    local m = self.services[name].mapping
-    if m then
-      local i = m:info()
-      i.service = name
-      doc.mappings[#doc.mappings + 1] = i
+  if more then table.sort(sorted) end
+  local services, mappings = doc.services, doc.mappings
+  for i, name in ipairs(sorted) do
+    local entry = self:service(name)
+    if not entry then -- registered only
+      local e = self.registry:peek(name)
+      entry = {name = e.name, type = e.type, proto = e.proto, address = e.address, port = e.port,
+               status = "unchecked", runtime = true}
+    end
+    services[i] = entry
+    local svc = self.services[name]
+    if svc and svc.mapping then
+      local info = svc.mapping:info()
+      info.service = name
+      mappings[#mappings + 1] = info
     end
   end
   local pools = {}

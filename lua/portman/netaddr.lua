@@ -159,24 +159,38 @@ function M.try_bind(proto, port)
   return ok, err, code
 end
 
--- The last bound_by_port answer per proto, and the loop time it was read
--- at: a batch of registrations in one loop turn reads /proc once.
+-- The bound_by_port answers of this turn of the luv loop, per proto: a
+-- prepare and a check handle (unreferenced: they keep no loop alive) drop
+-- them at each turn's two ends, so a socket closed since is never seen. A
+-- handle closed by someone else (a uv.walk at exit) is made anew.
 local by_port_cache = {}
+local turn_handles
+
+local function watch_turns()
+  if turn_handles and not turn_handles[1]:is_closing() and not turn_handles[2]:is_closing() then return end
+  by_port_cache = {}
+  local function drop() by_port_cache = {} end
+  turn_handles = {uv.new_prepare(), uv.new_check()}
+  for _, h in ipairs(turn_handles) do
+    h:start(drop)
+    h:unref()
+  end
+end
 
 --- The bound sockets of proto as port -> {entries of bound()}, read once
--- per turn of the luv loop (uv.now() unchanged): registering 10,000
--- services in one batch reads /proc/net once, not 10,000 times.
+-- per turn of the luv loop: registering 10,000 services in one batch
+-- reads /proc/net once, not 10,000 times.
 function M.bound_by_port(proto)
-  local now = uv.now()
-  local c = by_port_cache[proto]
-  if c and c.at == now then return c.ports end
+  watch_turns()
+  local cached = by_port_cache[proto]
+  if cached then return cached end
   local ports = {}
   for _, b in ipairs(M.bound(proto)) do
     local list = ports[b.port] or {}
     ports[b.port] = list
     list[#list + 1] = b
   end
-  by_port_cache[proto] = {at = now, ports = ports}
+  by_port_cache[proto] = ports
   return ports
 end
 

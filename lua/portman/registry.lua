@@ -57,17 +57,33 @@ local function normalize(fname, s)
           metadata = copy(s.metadata or {})}
 end
 
--- The reason s cannot be registered, or nil.
--- The entries on proto/port are indexed, so a registration checks the few
--- on its port rather than every one (10,000 services register in linear
--- time).
+-- The entries on one proto/port are indexed, so a registration checks the
+-- few on its port rather than every one (10,000 services register in
+-- linear time). The index key is a number (no string made a service), and
+-- a port with one entry holds that entry itself, not a table of one.
+local function port_key(s)
+  return s.proto == "udp" and s.port + 65536 or s.port
+end
+
+-- An index slot holds one entry (its name a string) or a set of them by
+-- name (a service may be called "name": its entry then is a table).
+local function single(on)
+  return type(on.name) == "string"
+end
+
 local function add(self, s)
   self._services[s.name] = s
   self._count = self._count + 1
-  local key = s.proto .. "/" .. s.port
-  local on = self._by_port[key] or {}
-  self._by_port[key] = on
-  on[s.name] = s
+  self._sorted = nil
+  local key = port_key(s)
+  local on = self._by_port[key]
+  if on == nil then
+    self._by_port[key] = s
+  elseif single(on) then -- one entry so far: now a set of them
+    self._by_port[key] = {[on.name] = on, [s.name] = s}
+  else
+    on[s.name] = s
+  end
 end
 
 local function remove(self, name)
@@ -75,22 +91,36 @@ local function remove(self, name)
   if not s then return false end
   self._services[name] = nil
   self._count = self._count - 1
-  local key = s.proto .. "/" .. s.port
+  self._sorted = nil
+  local key = port_key(s)
   local on = self._by_port[key]
-  on[name] = nil
-  if next(on) == nil then self._by_port[key] = nil end
+  if on == s then
+    self._by_port[key] = nil
+  else
+    on[name] = nil
+    if next(on) == nil then self._by_port[key] = nil end
+  end
   return true
 end
 
+-- The entry on s's proto/port whose address overlaps s's, or nil.
+local function overlapping(self, s)
+  local on = self._by_port[port_key(s)]
+  if not on then return nil end
+  if single(on) then return netaddr.overlap(on.address, s.address) and on or nil end
+  for _, o in pairs(on) do
+    if netaddr.overlap(o.address, s.address) then return o end
+  end
+  return nil
+end
+
+-- The reason s cannot be registered, or nil.
 local function conflict(self, s, check_host)
   if self._services[s.name] then
     return ("conflict: service '%s' is already registered"):format(s.name)
   end
-  for _, o in pairs(self._by_port[s.proto .. "/" .. s.port] or {}) do
-    if netaddr.overlap(o.address, s.address) then
-      return ("conflict: port %d/%s is registered to '%s'"):format(s.port, s.proto, o.name)
-    end
-  end
+  local o = overlapping(self, s)
+  if o then return ("conflict: port %d/%s is registered to '%s'"):format(s.port, s.proto, o.name) end
   if check_host then
     for _, b in ipairs(netaddr.bound_by_port(s.proto)[s.port] or {}) do
       if netaddr.overlap(b.address, s.address) then
@@ -130,11 +160,34 @@ function M:get(name)
   return copy(self._services[name])
 end
 
+--- The entry of name itself, not a copy (for a caller that only reads
+-- it, such as a status of 10,000 services), or nil.
+function M:peek(name)
+  return self._services[name]
+end
+
+--- The registered names, sorted (a new list each call). The sorted list
+-- is kept until a registration changes, so a status of 10,000 services
+-- does not sort them again.
+function M:names()
+  local sorted = self._sorted
+  if not sorted then
+    sorted = {}
+    local n = 0
+    for name in pairs(self._services) do
+      n = n + 1
+      sorted[n] = name
+    end
+    table.sort(sorted) -- strings, compared in C: no Lua comparator a step
+    self._sorted = sorted
+  end
+  return table.move(sorted, 1, #sorted, 1, {})
+end
+
 --- Copies of every entry, sorted by name.
 function M:list()
-  local out = {}
-  for _, s in pairs(self._services) do out[#out + 1] = copy(s) end
-  table.sort(out, function(a, b) return a.name < b.name end)
+  local out = self:names()
+  for i, name in ipairs(out) do out[i] = copy(self._services[name]) end
   return out
 end
 

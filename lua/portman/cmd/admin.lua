@@ -230,8 +230,9 @@ return {
       if not doc then return nil, err, code end
       -- lists stay lists when empty (a decoded [] is a table like {})
       for _, key in ipairs({"services", "pools", "mappings"}) do doc[key] = json.array(doc[key] or {}) end
+      -- the table's rows only for the table (10,000 services: tens of ms)
       return {json = doc, header = {"SERVICE", "TYPE", "PROTO", "ADDRESS", "PORT", "STATUS", "SINCE", "PID", "REASON"},
-              rows = service_rows(doc), footer = footer(doc)}
+              rows = not opts.json and service_rows(doc) or {}, footer = footer(doc)}
     end,
   },
   repl = {
