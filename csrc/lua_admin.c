@@ -1,9 +1,11 @@
 /* What the admin socket needs that luv lacks: the peer's credentials
- * (SO_PEERCRED), this process's ids, and giving freed memory back. */
+ * (SO_PEERCRED), this process's ids and fd limit, and giving freed memory
+ * back. */
 #include <errno.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -46,10 +48,21 @@ static int l_trim_memory(lua_State *L)
     return 1;
 }
 
+/* core.fd_limit() -> the soft RLIMIT_NOFILE (math.maxinteger: none) */
+static int l_fd_limit(lua_State *L)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return pm_fail_errno(L, errno, "getrlimit RLIMIT_NOFILE");
+    lua_pushinteger(L, rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)LUA_MAXINTEGER ? LUA_MAXINTEGER
+                                                                                           : (lua_Integer)rl.rlim_cur);
+    return 1;
+}
+
 int pm_open_admin(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"peercred", l_peercred}, {"ids", l_ids}, {"trim_memory", l_trim_memory},
-                                   {NULL, NULL}};
+                                   {"fd_limit", l_fd_limit}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
     return 0;
 }

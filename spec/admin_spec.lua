@@ -134,6 +134,40 @@ describe("the admin socket", function()
     assert.matches("denied: admin socket .* is served by uid 65534, not 0 or root", err)
   end)
 
+  it("turns away admin clients past its cap, so that idle ones cannot starve the health checks", function()
+    -- 64 fds: the cap is 16 clients; 40 idle ones come, the check goes on
+    local server = uv.new_tcp()
+    assert(server:bind("127.0.0.1", 0))
+    assert(server:listen(128, function()
+      local c = uv.new_tcp()
+      server:accept(c)
+      c:close()
+    end))
+    helpers.write(policy, ("return {services = {{name = 'a', listen = false, port = %d, "
+      .. "check = {kind = 'tcp', port = %d, interval = 50}}}}"):format(helpers.free_port(), server:getsockname().port))
+    local d = helpers.start_daemon(dir, policy, 1, {wrap = {"prlimit", "--nofile=64", "--"}})
+    local function status_of_a()
+      local code, out = helpers.portman("status --json --admin-socket " .. d.sock)
+      return code == 0 and json.decode(out).services[1].status
+    end
+    assert.is_true(helpers.run_until(function() return status_of_a() == "healthy" end, 10000, 50))
+    local clients = {}
+    for i = 1, 40 do clients[i] = raw_client(d.sock) end
+    assert.is_true(helpers.run_until(function()
+      local turned = 0
+      for _, c in ipairs(clients) do if c.closed then turned = turned + 1 end end
+      return turned == 24
+    end, 5000))
+    assert.matches('"code":"exhausted"', clients[40].text())
+    assert.matches("warn admin_busy", d.err)
+    -- the check kept its fds: it is healthy, never unreachable
+    helpers.run_until(function() return false end, 500)
+    for _, c in ipairs(clients) do if not c.closed then c.pipe:close() end end
+    assert.is_true(helpers.run_until(function() return status_of_a() == "healthy" end, 10000, 50))
+    assert.is_nil(d.err:find("unreachable", 1, true))
+    server:close()
+  end)
+
   it("closes a client that stays silent", function()
     local admin = require "portman.admin"
     assert(uv.fs_mkdir(dir .. "/adm", tonumber("700", 8)))

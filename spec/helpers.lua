@@ -218,7 +218,11 @@ function M.start_daemon(dir, policy, services, opts)
     if os.getenv(k) then env[#env + 1] = k .. "=" .. os.getenv(k) end
   end
   local file, args = M.lua, {}
-  if opts and opts.netns then
+  if opts and opts.wrap then -- a command the daemon runs under: {"prlimit", "--nofile=64", "--"}
+    file = opts.wrap[1]
+    for i = 2, #opts.wrap do args[#args + 1] = opts.wrap[i] end
+    args[#args + 1] = M.lua
+  elseif opts and opts.netns then
     -- unshare and sh exec in place: the pid stays the daemon's
     file = "unshare"
     for _, a in ipairs(NETNS_ARGV) do args[#args + 1] = a end

@@ -337,6 +337,10 @@ local function private_dir(path)
 end
 
 M.MAX_REQUEST = 1024 * 1024   -- bytes in one request line
+-- Admin connections at once: at most this, and at most a quarter of the
+-- fd limit, so that idle clients can never take the fds the services and
+-- their health checks need.
+M.MAX_CLIENTS = 64
 M.MAX_REPLY = 256 * 1024 * 1024 -- bytes in one reply line (a status of many services)
 M.IDLE_TIMEOUT = 300000       -- ms a client may stay silent before it is closed
 
@@ -394,9 +398,13 @@ local function serve_client(server, client)
   local repl
   local framer = lines.new(server.max_request)
   local idle = uv.new_timer()
+  server.clients = server.clients + 1
   local function close()
     if not idle:is_closing() then idle:close() end
-    if not client:is_closing() then client:close() end
+    if not client:is_closing() then
+      client:close()
+      server.clients = server.clients - 1
+    end
   end
   local function touch()
     idle:start(server.idle_timeout, 0, function()
@@ -467,12 +475,19 @@ local function allowed(client)
   return peer_uid ~= nil and (peer_uid == uid or peer_uid == 0), peer_uid
 end
 
+local function max_clients(asked)
+  local cap = math.max(4, (core.fd_limit() or 4096) // 4)
+  return math.min(asked or M.MAX_CLIENTS, cap)
+end
+
 --- Serves the admin socket at path.
 -- @tparam table opts `ops` (op name -> function(request) returning the
 --   reply document: "status", "events", ...; or just `status`), `vars`
 --   (the REPL's names: manager, daemon, ...), `repl_budget` (ms a REPL
 --   line may run, REPL_BUDGET), `max_request` (bytes in a request line,
---   MAX_REQUEST), `idle_timeout` (ms, IDLE_TIMEOUT)
+--   MAX_REQUEST), `idle_timeout` (ms, IDLE_TIMEOUT), `max_clients`
+--   (connections at once: MAX_CLIENTS, and never above a quarter of the
+--   fd limit; one more is told `exhausted` and closed)
 -- @return[1] a server with :close()
 -- @return[2] nil, msg, code
 function M.serve(path, opts)
@@ -486,12 +501,18 @@ function M.serve(path, opts)
   if not l then return nil, err, code end
   local server = {ops = opts.ops or {status = opts.status}, vars = opts.vars, listener = l, path = path,
                   repl_budget = opts.repl_budget,
-                  max_request = opts.max_request or M.MAX_REQUEST, idle_timeout = opts.idle_timeout or M.IDLE_TIMEOUT}
+                  max_request = opts.max_request or M.MAX_REQUEST, idle_timeout = opts.idle_timeout or M.IDLE_TIMEOUT,
+                  clients = 0, max_clients = max_clients(opts.max_clients)}
   ok, err, code = l:serve(function(client)
     local permitted, peer = allowed(client)
     if not permitted then
       log.warn("admin_refused", {uid = tostring(peer)})
       return client:close()
+    end
+    if server.clients >= server.max_clients then
+      log.warn("admin_busy", {clients = server.clients})
+      local msg = ("exhausted: %d admin connections already open"):format(server.clients)
+      return send(client, {error = msg, code = "exhausted"}, function() client:close() end)
     end
     serve_client(server, client)
   end)
