@@ -390,12 +390,46 @@ end
 
 local INTERRUPT = '{"interrupt"' -- how an interrupt line starts (the sandbox's hook peeks for it)
 
--- Serves one accepted connection: reads JSON lines, answers each. A line
--- over MAX_REQUEST or a client silent for IDLE_TIMEOUT is closed. In a
--- REPL, {"interrupt": ...} ends the line running (the sandbox sees it on
--- the socket); read afterwards, or with nothing running, it is ignored.
+-- Reads one request line of a connection (session: its REPL, if any, and
+-- start_repl() to make one). Returns the reply document (nil: none),
+-- whether the connection closes once it is written, and the op's timing.
+-- In a REPL, {"interrupt": ...} ends the line running (the sandbox sees it
+-- on the socket); read afterwards, or with nothing running, it is ignored.
+-- interrupted: an interrupt line came in the same read, after this one.
+function M.request(server, session, line, interrupted)
+  local req = json.decode(line)
+  if type(req) ~= "table" then return {error = "protocol: request is not a JSON object"}, true end
+  local op = req.op ~= "repl" and server.ops[req.op]
+  local repl = session.repl
+  if op then
+    local timing = {op = req.op, t0 = uv.hrtime(), cpu0 = os.clock()}
+    return op(req), true, timing
+  elseif req.op == "repl" then
+    session.repl = session.start_repl()
+    return {out = "portman " .. portman.version .. " REPL: Lua inside the daemon; "
+      .. "`manager` and `daemon` are at hand. `help` says more; Ctrl-D or .exit leaves.", prompt = "> ",
+      budget = session.repl.budget}
+  elseif repl and req.interrupt ~= nil then
+    return nil -- nothing runs now
+  elseif repl and type(req["in"]) == "string" then
+    local out, prompt = repl:feed(req["in"], {interrupted = interrupted})
+    return {out = out, prompt = prompt}
+  elseif repl and type(req.complete) == "string" then
+    return {candidates = json.array(repl:complete(req.complete))}
+  elseif repl and req.cancel ~= nil then
+    repl:cancel()
+    return {out = "", prompt = "> "}
+  end
+  return {error = "protocol: unknown request"}, true
+end
+
+-- Serves one accepted connection: reads JSON lines, answers each
+-- (M.request). A line over MAX_REQUEST or a client silent for IDLE_TIMEOUT
+-- is closed.
 local function serve_client(server, client)
-  local repl
+  local session = {start_repl = function()
+    return M.repl(server.vars, {budget = server.repl_budget, fd = client:fileno()})
+  end}
   local framer = lines.new(server.max_request)
   local idle = uv.new_timer()
   server.clients = server.clients + 1
@@ -412,37 +446,11 @@ local function serve_client(server, client)
       close()
     end)
   end
-  -- interrupted: an interrupt line came in the same read, after this one
   local function on_line(line, interrupted)
-    local req = json.decode(line)
-    if type(req) ~= "table" then
-      send(client, {error = "protocol: request is not a JSON object"}, close)
-      return false
-    end
-    local op = req.op ~= "repl" and server.ops[req.op]
-    if op then
-      local timing = {op = req.op, t0 = uv.hrtime(), cpu0 = os.clock()}
-      send(client, op(req), close, timing)
-      return false
-    elseif req.op == "repl" then
-      repl = M.repl(server.vars, {budget = server.repl_budget, fd = client:fileno()})
-      send(client, {out = "portman " .. portman.version .. " REPL: Lua inside the daemon; "
-        .. "`manager` and `daemon` are at hand. `help` says more; Ctrl-D or .exit leaves.", prompt = "> ",
-        budget = repl.budget})
-    elseif repl and req.interrupt ~= nil then
-      return -- nothing runs now
-    elseif repl and type(req["in"]) == "string" then
-      local out, prompt = repl:feed(req["in"], {interrupted = interrupted})
-      send(client, {out = out, prompt = prompt})
-    elseif repl and type(req.complete) == "string" then
-      send(client, {candidates = json.array(repl:complete(req.complete))})
-    elseif repl and req.cancel ~= nil then
-      repl:cancel()
-      send(client, {out = "", prompt = "> "})
-    else
-      send(client, {error = "protocol: unknown request"}, close)
-      return false
-    end
+    local reply, closing, timing = M.request(server, session, line, interrupted)
+    if reply == nil then return end
+    send(client, reply, closing and close or nil, timing)
+    if closing then return false end
   end
   touch()
   client:read_start(async.safe(function(err, data)
