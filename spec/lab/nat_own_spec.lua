@@ -136,6 +136,7 @@ table inet pm_ssdp {
     local before = searches()
     local ok, out, err = lab:portman("lan", ("map 8094 --method upnp --state-dir %s --json"):format(dir))
     assert.is_true(ok, err)
+    assert.equal(8094, cjson.decode(out).external_port)
     local after_first = searches()
     assert.is_true(after_first > before) -- nothing known yet: it searched
     local cache = cjson.decode(lab:sh("lan", "cat " .. dir .. "/gateway.json"))
@@ -156,6 +157,7 @@ table inet pm_ssdp {
       local n = searches()
       ok, out, err = lab:portman("lan", ("unmap 8094 --method upnp --internal 8094 --state-dir %s"):format(dir))
       assert.is_true(ok, err)
+      assert.matches("^deleted tcp 8094", out)
       assert.matches("gateway_cache_ignored", err)
       assert.is_true(searches() > n)
       assert.is_true(lab:portman("lan", ("map 8094 --method upnp --state-dir %s"):format(dir)))
