@@ -205,7 +205,9 @@ local function map_upnp(o, cb)
   local function add(port, tries, op)
     upnp(op, upnp_args(o, {external_port = port}), function(r, err, code)
       if r then return done(r.external_port or port) end
-      if op == "add_any" and code == "unsupported" then return add(port, tries, "add") end
+      -- an IGD without AddAnyPortMapping; or none of its ports is allowed
+      -- (728): AddPortMapping on the port itself says why (606: denied)
+      if op == "add_any" and (code == "unsupported" or code == "exhausted") then return add(port, tries, "add") end
       if code == "conflict" then return try(port + 1, tries - 1, err) end -- taken since we looked
       cb(nil, err, code)
     end)
@@ -254,7 +256,7 @@ local function delete(method, m, timeout, cb, force)
     if not r then return cb(nil, err, code) end
     if not force and not owned(r.entry, m) then
       return cb(nil, ("conflict: external port %d/%s is held by %s, not portman's mapping: left as it is")
-        :format(m.external_port, m.proto, whose(r.entry)), "conflict")
+        :format(m.external_port, m.proto, whose(r.entry)), "conflict", r.entry)
     end
     upnp("delete", args, function(r2, err2, code2) cb(r2 ~= nil or nil, err2, code2) end)
   end)
@@ -503,8 +505,9 @@ local UNMAP_KEYS = {external_port = true, internal_port = true, proto = true, me
 -- for, unless `force`.
 -- @tparam table opts `external_port` (required), `proto` ("tcp"),
 --   `method` ("auto": UPnP, which names mappings by external port, then
---   NAT-PMP; "upnp"; "natpmp"), `internal_port` (NAT-PMP names a mapping
---   by its internal port: the external one by default), `description`,
+--   NAT-PMP, also for an entry the router says NAT-PMP made; "upnp";
+--   "natpmp"), `internal_port` (NAT-PMP names a mapping by its internal
+--   port: the external one by default), `description`,
 --   `internal_ip` (this host's address towards the router by default),
 --   `force` (delete a UPnP entry that is not portman's), `timeout`
 -- @return[1] true
@@ -528,8 +531,13 @@ M.unmap = async.adapt(function(opts, cb)
   local force = opts.force == true
   if method == "natpmp" then return delete("natpmp", pmp, timeout, cb) end
   if method == "upnp" then return delete("upnp", m, timeout, cb, force) end
-  delete("upnp", m, timeout, function(ok, err, code)
-    if ok or code == "conflict" then return cb(ok, err, code) end
+  delete("upnp", m, timeout, function(ok, err, code, entry)
+    -- a NAT-PMP mapping of this host: NAT-PMP deletes it (by its internal port)
+    local by_pmp = code == "conflict" and entry.description:match("^NAT%-PMP ")
+      and entry.internal_ip == (m.internal_ip or (state.igd and state.igd.lan_addr))
+      and (not m.internal_port or m.internal_port == entry.internal_port)
+    if by_pmp then pmp.internal_port = entry.internal_port end
+    if ok or (code == "conflict" and not by_pmp) then return cb(ok, err, code) end
     delete("natpmp", pmp, timeout, function(ok2)
       if ok2 then return cb(true) end
       cb(nil, err, code)
