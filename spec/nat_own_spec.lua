@@ -138,6 +138,61 @@ describe("nat: the router's list, entry by entry", function()
     assert.matches("tcp%s+30001%s+192%.168%.1%.10:8001", out)
     assert.matches("\npartial: 2 entries read, then timeout: [^\n]+\n$", out)
   end)
+  it("manager: an orphan it could not delete stays in the state file until the retry timer deletes it", function()
+    local manager = require "portman.manager"
+    local json = require "portman.json"
+    local async = require "portman.async"
+    local function answer(action, fields)
+      local parts = {}
+      for _, kv in ipairs(fields) do parts[#parts + 1] = ("<%s>%s</%s>"):format(kv[1], kv[2], kv[1]) end
+      return http(200, envelope(("<u:%sResponse xmlns:u=\"%s\">%s</u:%sResponse>"):format(action, ST,
+        table.concat(parts), action)))
+    end
+    local FAULT_714 = FAULT_713:gsub("713", "714"):gsub("SpecifiedArrayIndexInvalid", "NoSuchEntryInArray")
+    local dir = helpers.tmpdir()
+    local file = dir .. "/state.json"
+    local function saved() return #json.decode(assert(helpers.read(file))).mappings end
+    local old_retry = manager.ORPHAN_RETRY
+    local kept, refused, deleted = helpers.loop(function()
+      local broken, refused, deleted = true, 0, false
+      local s = http_server.start(function(req)
+        if req.path == "/desc.xml" then return {raw = http(200, DESC)} end
+        local action = (req.headers.soapaction or ""):match("#(%w+)")
+        if broken then
+          refused = refused + 1
+          return {raw = http(500, "")}
+        end
+        if action == "GetSpecificPortMappingEntry" then
+          if deleted then return {raw = FAULT_714} end
+          return {raw = answer(action, {{"NewInternalPort", "8080"}, {"NewInternalClient", "127.0.0.1"},
+            {"NewEnabled", "1"}, {"NewPortMappingDescription", "portman web"}, {"NewLeaseDuration", "600"}})}
+        elseif action == "DeletePortMapping" then
+          deleted = true
+          return {raw = answer(action, {})}
+        end
+        return {raw = http(500, "")}
+      end)
+      nat.gateway_url = ("http://127.0.0.1:%d/desc.xml"):format(s.port)
+      manager.ORPHAN_RETRY = 50
+      local m = manager.new{state_file = file}
+      m:keep_orphans({{service = "web", method = "upnp", external_port = 18080, internal_port = 8080,
+                       internal_ip = "127.0.0.1", proto = "tcp", description = "portman web"}})
+      -- the router refuses a few tries: the record stays
+      while refused < 3 do async.sleep(20) end
+      local kept = saved()
+      broken = false
+      while saved() > 0 do async.sleep(20) end
+      async.await(function(cb) m:shutdown(0, cb) end)
+      s.close()
+      return kept, refused, deleted
+    end)
+    manager.ORPHAN_RETRY = old_retry
+    os.remove(file)
+    os.remove(dir)
+    assert.equal(1, kept)
+    assert.is_true(refused >= 3)
+    assert.is_true(deleted)
+  end)
 end)
 
 describe("nat: a gateway kept from an earlier run", function()
