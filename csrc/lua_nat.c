@@ -19,7 +19,7 @@ typedef struct {
     int done;
 } ujob;
 
-static const char *const OPS[] = {"discover", "external_ip", "add", "add_any", "delete", "get", "list", NULL};
+static const char *const OPS[] = {"discover", "external_ip", "add", "add_any", "delete", "get", "entry", NULL};
 
 static void copy_field(lua_State *L, int t, const char *k, char *dst, size_t n)
 {
@@ -48,7 +48,8 @@ static lua_Integer int_field(lua_State *L, int t, const char *k, lua_Integer lo,
 }
 
 /* core.upnp_start(op, {timeout, igd = {control_url, service_type, lan_addr},
- *   external_port, internal_port, internal_ip, proto, lease, description}) -> job */
+ *   desc_url, external_port, internal_port, internal_ip, proto, lease,
+ *   description, index}) -> job */
 static int l_upnp_start(lua_State *L)
 {
     struct pm_upnp_job a;
@@ -59,6 +60,7 @@ static int l_upnp_start(lua_State *L)
     a.external_port = (int)int_field(L, 2, "external_port", 0, 65535, 0);
     a.internal_port = (int)int_field(L, 2, "internal_port", 0, 65535, 0);
     a.lease = (unsigned)int_field(L, 2, "lease", 0, 604800, 0);
+    a.index = (int)int_field(L, 2, "index", 0, 65535, 0);
     strcpy(a.proto, "TCP");
     lua_getfield(L, 2, "proto");
     if (!lua_isnil(L, -1)) {
@@ -69,6 +71,7 @@ static int l_upnp_start(lua_State *L)
     lua_pop(L, 1);
     copy_field(L, 2, "internal_ip", a.internal_ip, sizeof a.internal_ip);
     copy_field(L, 2, "description", a.desc, sizeof a.desc);
+    copy_field(L, 2, "desc_url", a.desc_url, sizeof a.desc_url);
     lua_getfield(L, 2, "igd");
     if (lua_istable(L, -1)) {
         int t = lua_gettop(L);
@@ -120,7 +123,9 @@ static void push_entry(lua_State *L, const struct pm_upnp_entry *e)
 }
 
 /* job:result() -> false while running; then a table, or nil, msg, code
- * (and the IGD used, when one was found, as a 4th value) */
+ * (and the IGD used, when one was found, as a 4th value). The table's
+ * `discovered` says the job searched for the IGD; an "entry" job's has
+ * `entry`, or `done` past the last one. */
 static int l_job_result(lua_State *L)
 {
     ujob *u = check_job(L);
@@ -147,14 +152,16 @@ static int l_job_result(lua_State *L)
             push_entry(L, &j->entry);
             lua_setfield(L, -2, "entry");
         }
-        if (j->op == PM_UPNP_LIST) {
-            lua_createtable(L, j->n_entries, 0);
-            for (int i = 0; i < j->n_entries; i++) {
-                push_entry(L, &j->entries[i]);
-                lua_rawseti(L, -2, i + 1);
-            }
-            lua_setfield(L, -2, "entries");
+        if (j->op == PM_UPNP_ENTRY && !j->end) {
+            push_entry(L, &j->entry);
+            lua_setfield(L, -2, "entry");
         }
+        if (j->op == PM_UPNP_ENTRY && j->end) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, "done");
+        }
+        lua_pushboolean(L, j->discovered);
+        lua_setfield(L, -2, "discovered");
         lua_pushnil(L);
         lua_pushnil(L);
     }

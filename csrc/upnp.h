@@ -9,16 +9,17 @@
 #include <stddef.h>
 
 enum pm_upnp_op {
-    PM_UPNP_DISCOVER,    /* find a valid connected IGD */
+    PM_UPNP_DISCOVER,    /* find a valid connected IGD (SSDP, or the description at desc_url) */
     PM_UPNP_EXTERNAL_IP, /* GetExternalIPAddress */
     PM_UPNP_ADD,         /* AddPortMapping */
     PM_UPNP_ADD_ANY,     /* IGDv2 AddAnyPortMapping (AddPortMapping on v1) */
     PM_UPNP_DELETE,      /* DeletePortMapping */
     PM_UPNP_GET,         /* GetSpecificPortMappingEntry */
-    PM_UPNP_LIST,        /* GetGenericPortMappingEntry, index 0 up */
+    PM_UPNP_ENTRY,       /* GetGenericPortMappingEntry at index */
 };
 
-/* The gateway a discovery found; a job given one skips discovery. */
+/* The gateway a discovery found; a job given one skips discovery (its
+ * lan_addr is then worked out again: the host's address may have changed). */
 struct pm_upnp_igd {
     char control_url[256];
     char service_type[128];
@@ -34,7 +35,8 @@ struct pm_upnp_entry {
 struct pm_upnp_job {
     /* in */
     int op, timeout_ms, have_igd;
-    int external_port, internal_port;
+    int external_port, internal_port, index;
+    char desc_url[256]; /* the IGD's root description: no SSDP (upnpc -u) */
     unsigned lease;
     char proto[4], internal_ip[64], desc[80];
     /* in and out: the IGD used (found again when the cached one failed) */
@@ -45,9 +47,9 @@ struct pm_upnp_job {
     char msg[160];
     char external_ip[64];
     int got_port;    /* the external port AddAnyPortMapping gave */
+    int discovered;  /* 1: this job searched (SSDP or desc_url) for the IGD */
+    int end;         /* PM_UPNP_ENTRY: index is past the last entry */
     struct pm_upnp_entry entry;
-    struct pm_upnp_entry *entries;
-    int n_entries;
     /* private */
     int efd;
     atomic_int refs;
@@ -74,6 +76,13 @@ int pm_upnp_parse_ipv4(const char *s, int external);
 int pm_upnp_parse_entry(struct pm_upnp_entry *e, const char *ext, const char *client, const char *in,
                         const char *proto, const char *desc, const char *en, const char *dur, char *why,
                         size_t n);
+
+/* An SSDP answer (buf, len bytes, not NUL-terminated): an HTTP/1.x 200
+ * response whose LOCATION header is an http:// URL of printable bytes,
+ * copied to loc (n bytes with its NUL). 0, or -1 for anything else. */
+int pm_upnp_parse_ssdp(const char *buf, size_t len, char *loc, size_t n);
+/* The host of an http:// URL when it is a dotted quad: 0 and *addr set (network order), or -1. */
+int pm_upnp_url_ipv4(const char *url, unsigned *addr);
 
 /* Starts a copy of args on a new thread; returns it, or NULL with errno
  * set. The job's fd becomes readable when the result is ready. */

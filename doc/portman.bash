@@ -12,9 +12,9 @@ _portman() {
     resolve) opts="--type --server --timeout --json --no-header -H --help -h" ;;
     stun) opts="--server --timeout --json --help -h" ;;
     nat-type) opts="--server --timeout --json --help -h" ;;
-    map) opts="--external --proto --lifetime --method --timeout --json --help -h" ;;
-    unmap) opts="--proto --method --internal --nonce --timeout --json --help -h" ;;
-    mappings) opts="--timeout --json --no-header -H --help -h" ;;
+    map) opts="--external --proto --lifetime --method --timeout --gateway-url --state-dir --json --help -h" ;;
+    unmap) opts="--proto --method --internal --nonce --force --timeout --gateway-url --state-dir --json --help -h" ;;
+    mappings) opts="--timeout --gateway-url --state-dir --json --no-header -H --help -h" ;;
     run) opts="--state-dir --admin-socket --log-level --log-format --help -h" ;;
     check) opts="--no-host --json --help -h" ;;
     status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;

@@ -279,12 +279,12 @@ describe("hostile routers", function()
     it("a good IGD's values come through", function()
       local got = helpers.loop(function()
         local s = igd(GOOD)
-        local list = job("list", s)
+        local listed = job("entry", s)
         local one = job("get", s)
         local any = job("add_any", s)
         local ip = job("external_ip", s)
         s.close()
-        return {list = list.entries, entry = one.entry, port = any.external_port, ip = ip.external_ip}
+        return {list = {listed.entry}, entry = one.entry, port = any.external_port, ip = ip.external_ip}
       end)
       local entry = {external_port = 45300, internal_port = 45300, internal_ip = "192.168.1.10", proto = "tcp",
                      description = "web", lifetime = 3600, enabled = true}
@@ -292,18 +292,18 @@ describe("hostile routers", function()
     end)
 
     local BAD = {
-      {"external port 0", {ext = "0"}, {"list", "add_any"}},
-      {"external port 65536", {ext = "65536"}, {"list", "add_any"}},
-      {"external port with junk", {ext = "80x"}, {"list", "add_any"}},
-      {"signed external port", {ext = "+80"}, {"list", "add_any"}},
-      {"internal port 0", {int = "0"}, {"list", "get"}},
-      {"internal port with a space", {int = " 80"}, {"list", "get"}},
-      {"lease 2^32-1", {lease = "4294967295"}, {"list", "get"}},
-      {"negative lease", {lease = "-1"}, {"list", "get"}},
-      {"enabled 2", {enabled = "2"}, {"list", "get"}},
-      {"protocol SCTP", {proto = "SCTP"}, {"list"}},
-      {"client no address", {client = "router.lan"}, {"list", "get"}},
-      {"client a short quad", {client = "1.2.3"}, {"list", "get"}},
+      {"external port 0", {ext = "0"}, {"entry", "add_any"}},
+      {"external port 65536", {ext = "65536"}, {"entry", "add_any"}},
+      {"external port with junk", {ext = "80x"}, {"entry", "add_any"}},
+      {"signed external port", {ext = "+80"}, {"entry", "add_any"}},
+      {"internal port 0", {int = "0"}, {"entry", "get"}},
+      {"internal port with a space", {int = " 80"}, {"entry", "get"}},
+      {"lease 2^32-1", {lease = "4294967295"}, {"entry", "get"}},
+      {"negative lease", {lease = "-1"}, {"entry", "get"}},
+      {"enabled 2", {enabled = "2"}, {"entry", "get"}},
+      {"protocol SCTP", {proto = "SCTP"}, {"entry"}},
+      {"client no address", {client = "router.lan"}, {"entry", "get"}},
+      {"client a short quad", {client = "1.2.3"}, {"entry", "get"}},
       {"external address 0.0.0.0", {ip = "0.0.0.0"}, {"external_ip"}},
       {"external address loopback", {ip = "127.0.0.1"}, {"external_ip"}},
       {"external address out of range", {ip = "999.1.1.1"}, {"external_ip"}},

@@ -183,26 +183,31 @@ local function join_cluster(c)
 end
 
 --- Deletes the router mappings a previous run left (it was killed before
--- it could): those in the saved state. Mappings the router already forgot
--- count as deleted. cb(deleted, failed) when done.
+-- it could, or a delete failed): those in the saved state, each only if it
+-- is still portman's own entry. Mappings the router already forgot count
+-- as deleted. The gateway the previous run knew is used first (no
+-- discovery while it answers). cb(deleted, failed, left): left lists the
+-- records not deleted, to be kept and tried again.
 function M.remove_orphans(saved, cb)
-  local list = saved and saved.mappings or {}
-  local left, deleted, failed = #list, 0, 0
-  if left == 0 then return cb(0, 0) end
+  local list = type(saved) == "table" and type(saved.mappings) == "table" and saved.mappings or {}
+  if type(saved) == "table" and saved.gateway ~= nil then
+    local ok, err = nat.use_known(saved.gateway)
+    if not ok then log.warn("gateway_state_ignored", {error = err}) end
+  end
+  local left, deleted, kept = #list, 0, {}
+  if left == 0 then return cb(0, 0, kept) end
   for _, r in ipairs(list) do
-    nat.unmap({external_port = math.tointeger(r.external_port),
-               internal_port = math.tointeger(r.internal_port),
-               proto = r.proto, method = r.method}, function(ok, err, code)
-      if ok or code == "not_found" then
+    manager.delete_orphan(r, function(gone, err)
+      if gone then
         deleted = deleted + 1
         log.info("orphan_mapping_deleted",
           {service = r.service, external_port = r.external_port, proto = r.proto})
       else
-        failed = failed + 1
+        kept[#kept + 1] = r
         log.warn("orphan_mapping_left", {service = r.service, external_port = r.external_port, error = err})
       end
       left = left - 1
-      if left == 0 then cb(deleted, failed) end
+      if left == 0 then cb(deleted, #kept, kept) end
     end)
   end
 end
@@ -644,8 +649,8 @@ function M.run(policy_path, opts, out)
   if not d.server then return fail(err, code) end
   -- what a killed run left on the router goes first, so that a service
   -- mapping the same port again is not deleted after it mapped
-  local cleaned, reaped = false, false
-  M.remove_orphans(saved, function() cleaned = true end)
+  local cleaned, reaped, orphans = false, false, nil
+  M.remove_orphans(saved, function(_, _, left) cleaned, orphans = true, left end)
   M.reap_programs(saved, function() reaped = true end)
   while not (cleaned and reaped) and not stopping do uv.run("once") end
   uv.run("nowait") -- a signal that came while the policy loaded
@@ -658,6 +663,7 @@ function M.run(policy_path, opts, out)
   m, err, code = M.start(policy, {state_file = state_file, saved = saved, activation = inherited})
   if not m then return fail(err, code) end
   d.manager, vars.manager = m, m
+  m:keep_orphans(orphans) -- not deleted: kept in the state file and tried again
   function d.stop(signame)
     if stopping then return end
     stopping = true

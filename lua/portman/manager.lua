@@ -770,8 +770,9 @@ function Manager:_unmap(svc, cb)
   svc.mapping = nil
   m:close(function(ok, err)
     if not ok then
-      -- the router was not told: the next start deletes it
-      self._unclean[#self._unclean + 1] = Manager._record(svc.name, m)
+      -- the router was not told: kept in the state file, deleted later
+      -- (the orphan timer, or the next start)
+      self:keep_orphans({Manager._record(svc.name, m)})
       log.warn("unmap_failed", {service = svc.name, error = err})
     end
     cb()
@@ -781,7 +782,70 @@ end
 function Manager._record(name, m)
   local i = m:info()
   return {service = name, method = i.method, external_ip = i.external_ip, external_port = i.external_port,
-          internal_port = i.internal_port, proto = i.proto, expires = i.expires}
+          internal_ip = i.internal_ip, internal_port = i.internal_port, proto = i.proto,
+          description = i.description, expires = i.expires}
+end
+
+M.ORPHAN_RETRY = 60000 -- ms between tries to delete the mappings a run could not
+
+--- Deletes a mapping record left on the router (a run killed before it
+-- could, or a delete that failed): only portman's own entry is deleted.
+-- cb(gone, err): gone when deleted, or when the router no longer has it
+-- (or another program holds the port now: nothing of portman's is left);
+-- a record too malformed to name a mapping is gone too, with err saying so.
+function M.delete_orphan(r, cb)
+  local ok_call, err = pcall(nat.unmap, {external_port = math.tointeger(r.external_port),
+    internal_port = math.tointeger(r.internal_port), proto = r.proto, method = r.method,
+    internal_ip = type(r.internal_ip) == "string" and r.internal_ip or nil,
+    description = type(r.description) == "string" and r.description
+      or (type(r.service) == "string" and "portman " .. r.service or nil)}, function(ok, uerr, code)
+    cb(ok or code == "not_found" or code == "conflict", uerr)
+  end)
+  if not ok_call then
+    log.warn("orphan_record_dropped", {error = check.reason(err)})
+    cb(true, "protocol: bad mapping record: " .. check.reason(err))
+  end
+end
+
+--- Keeps mapping records the router may still hold (not deleted yet) in
+-- the state file, and tries to delete them every ORPHAN_RETRY ms until it
+-- could: never forgotten before.
+function Manager:keep_orphans(list)
+  for _, r in ipairs(list or {}) do self._unclean[#self._unclean + 1] = r end
+  if #self._unclean == 0 or self._orphan_timer then return end
+  self._orphan_timer = uv.new_timer()
+  self._orphan_timer:start(M.ORPHAN_RETRY, M.ORPHAN_RETRY, async.safe(function()
+    self:_retry_orphans()
+  end, "orphan mapping retry"))
+  self:_changed()
+end
+
+function Manager:_retry_orphans()
+  if self._orphans_busy then return end
+  local list, left, kept = self._unclean, #self._unclean, {}
+  if left == 0 then return end
+  self._orphans_busy = true
+  for _, r in ipairs(list) do
+    M.delete_orphan(r, function(gone, err)
+      if gone then
+        self:_event({event = "orphan_mapping_deleted", service = r.service, external_port = r.external_port})
+      else
+        kept[#kept + 1] = r
+        log.debug("orphan_mapping_left", {service = r.service, external_port = r.external_port, error = err})
+      end
+      left = left - 1
+      if left > 0 then return end
+      self._orphans_busy = false
+      -- records added while these were tried stay too
+      for i = #list + 1, #self._unclean do kept[#kept + 1] = self._unclean[i] end
+      self._unclean = kept
+      if #kept == 0 and self._orphan_timer then
+        self._orphan_timer:close()
+        self._orphan_timer = nil
+      end
+      self:_changed()
+    end)
+  end
 end
 
 -- The mappings to keep in the state file: the open ones and those that
@@ -1022,7 +1086,7 @@ function Manager:snapshot()
     if rec then programs[#programs + 1] = rec end
   end
   return {version = 1, pools = pools, registry = reg, runtime = runtime, mappings = self:_mapping_records(),
-          programs = programs}
+          programs = programs, gateway = nat.known()}
 end
 
 --- Uses a saved state: services added afterwards get back the port they had.
@@ -1115,6 +1179,7 @@ function Manager:shutdown(grace_ms, cb, opts)
   self._stopping = true
   for name in pairs(self.pending) do self:_drop_pending(name) end
   close_timer(self._save_timer)
+  close_timer(self._orphan_timer)
   local names = self:names()
   local left = #names
   local function done()

@@ -24,21 +24,29 @@ M.DEFAULT_LIFETIME = 7200 -- RFC 6886's recommendation
 M.DEFAULT_TIMEOUT = 5000  -- ms for one operation against the router
 
 local state = {
-  igd = nil,       -- the UPnP gateway found last (skips discovery)
+  igd = nil,       -- the UPnP gateway known: {control_url, service_type, lan_addr} (skips discovery)
+  natpmp = nil,    -- the NAT-PMP gateway last heard: {gateway = address, supported = boolean}
   preferred = nil, -- the method that answered auto last
+  changed = false, -- what known() returns changed since it was last read
   live = {},       -- open mappings (renewal timers run)
 }
 
--- --- the two engines, each as one async call ---
+local function same_igd(a, b)
+  return a and b and a.control_url == b.control_url and a.service_type == b.service_type
+    and a.lan_addr == b.lan_addr
+end
 
--- Runs one UPnP job: cb(result, err, code). The loop polls the job's
--- eventfd; after timeout ms the call gives up (the thread then ends on its
--- own and frees the job).
+-- Runs one UPnP job: cb(result, err, code, igd), igd the gateway the job
+-- reached (nil: none answered). The loop polls the job's eventfd; after
+-- timeout ms the call gives up (the thread then ends on its own and frees
+-- the job). A known gateway is used without discovery; the job searches
+-- again only when it does not answer.
 local function upnp(op, args, cb)
   local timeout = args.timeout or M.DEFAULT_TIMEOUT
-  -- discovery waits its whole delay for answers; leave time for the call
+  -- discovery ends at the first valid answer; this is its longest wait
   args.timeout = math.max(200, math.min(2000, timeout // 2))
   args.igd = args.igd or state.igd
+  args.desc_url = args.desc_url or M.gateway_url
   local job, jerr, jcode = core.upnp_start(op, args)
   if not job then return cb(nil, jerr, jcode) end
   local driver
@@ -49,9 +57,14 @@ local function upnp(op, args, cb)
   driver = engine.drive(job, {name = "upnp " .. op, step = job.result, busy = function() return true end,
     on_batch = function(res, err, code, igd)
       if res == false then return end -- not done yet
-      if igd and igd.control_url ~= "" then state.igd = igd
-      elseif code == "not_found" or code == "unreachable" then state.igd = nil end
-      finish(res, err, code)
+      local found = igd and igd.control_url ~= "" and igd or nil
+      if found and not same_igd(found, state.igd) then state.igd, state.changed = found, true
+      elseif not found and state.igd then state.igd, state.changed = nil, true end
+      if found then
+        log.debug(res and res.discovered and "upnp_igd_discovered" or "upnp_igd_known",
+          {op = op, control_url = found.control_url})
+      end
+      finish(res, err, code, found)
     end})
   driver:arm()
 end
@@ -79,10 +92,19 @@ local function natpmp(reqs, timeout, cb)
     local ok, err, code = e:request(r[1], r[2], r[3], r[4])
     if not ok then return finish(nil, err, code) end
   end
+  local function heard(ok)
+    if not (state.natpmp and state.natpmp.gateway == gateway and state.natpmp.supported == ok) then
+      state.natpmp, state.changed = {gateway = gateway, supported = ok}, true
+    end
+  end
   driver = engine.drive(e, {name = "natpmp", busy = function() return true end,
     on_batch = function(res, err, code)
       if res == false then return end -- not answered yet: libnatpmp's timer retries
-      if not res then return finish(nil, err, code) end
+      if not res then
+        if code == "not_found" then heard(false) end
+        return finish(nil, err, code)
+      end
+      heard(true)
       answers[i] = res
       send_next()
     end})
@@ -214,10 +236,32 @@ local function upnp_args(o, extra)
   return a
 end
 
--- UPnP: AddPortMapping on the port asked for; when another client holds
--- it, AddAnyPortMapping (IGDv2) lets the router choose, else the next
--- few ports are tried.
+-- Is the router's entry e portman's mapping `want`: this host's, the same
+-- protocol and internal port (when known), and the same description (when
+-- known; else one portman gives, "portman" or "portman ...")? Only such an
+-- entry is ever refreshed over or deleted.
+local function owned(e, want)
+  local ip = want.internal_ip or (state.igd and state.igd.lan_addr)
+  if e.internal_ip ~= ip or e.proto ~= want.proto then return false end
+  if want.internal_port and e.internal_port ~= want.internal_port then return false end
+  if want.description then return e.description == want.description end
+  return e.description == "portman" or e.description:sub(1, 8) == "portman "
+end
+
+local function whose(e)
+  return ("%s:%d ('%s')"):format(e.internal_ip, e.internal_port, e.description)
+end
+
+M.MAP_TRIES = 16 -- external ports tried when the one asked for is another's
+
+-- UPnP: each external port is looked at first (GetSpecificPortMappingEntry):
+-- AddPortMapping replaces an entry of the same internal client, so a port
+-- another program of this host holds must never be asked for. A free port
+-- (or portman's own entry of this mapping) is added with AddAnyPortMapping
+-- where the IGD has it (IGDv2: the router picks another when the port was
+-- taken meanwhile), else AddPortMapping; a taken one moves on to the next.
 local function map_upnp(o, cb)
+  local try
   local function done(port)
     upnp("external_ip", upnp_args(o), function(r, err, code)
       if not r then return cb(nil, err, code) end
@@ -226,46 +270,76 @@ local function map_upnp(o, cb)
           proto = o.proto, lifetime = o.lifetime, gateway = state.igd and state.igd.control_url})
     end)
   end
-  local function next_port(port, tries, first_err, first_code)
-    if tries == 0 or port > 65535 then return cb(nil, first_err, first_code) end
-    upnp("add", upnp_args(o, {external_port = port}), function(r, err, code)
-      if r then return done(port) end
-      if code ~= "conflict" then return cb(nil, err, code) end
-      next_port(port + 1, tries - 1, first_err, first_code)
+  local function add(port, tries, op)
+    upnp(op, upnp_args(o, {external_port = port}), function(r, err, code)
+      if r then return done(r.external_port or port) end
+      -- an IGD without AddAnyPortMapping; or none of its ports is allowed
+      -- (728): AddPortMapping on the port itself says why (606: denied)
+      if op == "add_any" and (code == "unsupported" or code == "exhausted") then return add(port, tries, "add") end
+      if code == "conflict" then return try(port + 1, tries - 1, err) end -- taken since we looked
+      cb(nil, err, code)
     end)
   end
-  upnp("add", upnp_args(o), function(r, err, code)
-    if r then return done(o.external_port) end
-    if code ~= "conflict" then return cb(nil, err, code) end
-    upnp("add_any", upnp_args(o), function(r2, _, code2)
-      if r2 then return done(r2.external_port) end
-      if code2 ~= "unsupported" then return cb(nil, err, code) end
-      next_port(o.external_port + 1, 16, err, code)
+  function try(port, tries, last_err)
+    if tries == 0 or port > 65535 then
+      return cb(nil, last_err or ("conflict: no free external port from %d"):format(o.external_port), "conflict")
+    end
+    upnp("get", upnp_args(o, {external_port = port}), function(r, err, code)
+      if not r and code ~= "not_found" then return cb(nil, err, code) end
+      if r and not owned(r.entry, o) then
+        local why = ("conflict: external port %d/%s is held by %s"):format(port, o.proto, whose(r.entry))
+        log.debug("upnp_port_taken", {external_port = port, proto = o.proto, holder = whose(r.entry)})
+        return try(port + 1, tries - 1, why)
+      end
+      local v2 = state.igd and state.igd.service_type:match(":2$")
+      add(port, tries, v2 and "add_any" or "add")
     end)
-  end)
+  end
+  try(o.external_port, M.MAP_TRIES)
 end
 
 local MAPPERS = {natpmp = map_natpmp, upnp = map_upnp, pcp = map_pcp}
-local METHODS = {"pcp", "natpmp", "upnp"} -- the order auto falls back in
 -- which failure to report when both methods failed: the most telling
 local RANK = {denied = 1, conflict = 2, exhausted = 3, unsupported = 4, protocol = 5, unreachable = 6,
               timeout = 7, not_found = 8}
 
--- Deletes what a method made (a NAT-PMP mapping is named by its internal
--- port; a PCP one by its internal port and nonce).
-local function delete(method, m, timeout, cb)
+-- Deletes what a method made: cb(true), or cb(nil, err, code) with code
+-- "not_found" only when the router said it has no such mapping (no router
+-- answering is "unreachable"). UPnP: only an entry that is portman's own
+-- (`owned`: m's internal address, port, protocol and description), unless
+-- force; NAT-PMP names a mapping by its internal port, and a gateway
+-- deletes only mappings made by NAT-PMP; PCP by its internal port and
+-- nonce.
+local function delete(method, m, timeout, cb, force)
   if method == "pcp" then
     local req = {op = "map", proto = m.proto, internal_port = m.internal_port, external_port = m.external_port,
                  external_ip = m.external_ip, lifetime = 0, nonce = m._nonce}
-    pcp({req}, timeout, function(a, err, code) cb(a ~= nil or nil, err, code) end)
-  elseif method == "natpmp" then
-    natpmp({{m.proto, m.internal_port, 0, 0}}, timeout, function(a, err, code)
+    return pcp({req}, timeout, function(a, err, code) cb(a ~= nil or nil, err, code) end)
+  end
+  if method == "natpmp" then
+    return natpmp({{m.proto, m.internal_port, 0, 0}}, timeout, function(a, err, code)
+      if not a and code == "not_found" then code, err = "unreachable", err:gsub("^not_found", "unreachable") end
       cb(a ~= nil or nil, err, code)
     end)
-  else
-    local args = {external_port = m.external_port, proto = m.proto, timeout = timeout}
-    upnp("delete", args, function(r, err, code) cb(r ~= nil or nil, err, code) end)
   end
+  local args = {external_port = m.external_port, proto = m.proto, timeout = timeout}
+  upnp("get", args, function(r, err, code, igd)
+    if not r and code == "not_found" and not igd then
+      return cb(nil, (err:gsub("^not_found", "unreachable")), "unreachable")
+    end
+    if not r then return cb(nil, err, code) end
+    if not force and not owned(r.entry, m) then
+      return cb(nil, ("conflict: external port %d/%s is held by %s, not portman's mapping: left as it is")
+        :format(m.external_port, m.proto, whose(r.entry)), "conflict", r.entry)
+    end
+    upnp("delete", args, function(r2, err2, code2) cb(r2 ~= nil or nil, err2, code2) end)
+  end)
+end
+
+local function better(code, than) return (RANK[code] or 9) < (RANK[than] or 9) end
+
+local function prefer(method)
+  if state.preferred ~= method then state.preferred, state.changed = method, true end
 end
 
 -- PCP, and NAT-PMP when the gateway does not speak PCP (RFC 6887 9: a
@@ -278,63 +352,72 @@ local function map_port_control(o, cb)
     if m or (code ~= "unsupported" and code ~= "protocol") then return cb(m, err, code) end
     map_natpmp(o, function(m2, err2, code2)
       if m2 then return cb(m2) end
-      if (RANK[code2] or 9) < (RANK[code] or 9) then err, code = err2, code2 end
+      if better(code2, code) then err, code = err2, code2 end
       cb(nil, err, code)
     end)
   end)
 end
 
--- auto: the router's port control (PCP, else NAT-PMP) and UPnP at once, as
--- Tailscale's portmapper asks them; the first that works is kept (a later
--- success of the other is deleted again); with a method remembered from
--- an earlier call, that one first and the others, one after another, only
--- when it fails.
-local function map_auto(o, cb)
-  if state.preferred then
-    local order = {state.preferred}
-    for _, method in ipairs(METHODS) do
-      if method ~= state.preferred then order[#order + 1] = method end
-    end
-    local first_err, first_code
-    local function try(i)
-      if i > #order then return cb(nil, first_err, first_code) end
-      MAPPERS[order[i]](o, function(m, err, code)
+-- What auto races, as Tailscale's portmapper asks them: the router's port
+-- control (PCP, else NAT-PMP) and UPnP.
+local RACERS = {port_control = map_port_control, upnp = map_upnp}
+
+-- Every racer but `except`, at once: the first that works is kept, and a
+-- later success of another is deleted again (only what that method made
+-- for this mapping: delete checks it). cb(m) or cb(nil, err, code) with
+-- the most telling failure.
+local function race(o, except, cb)
+  local won, failures, n = nil, {}, 0
+  for name in pairs(RACERS) do if name ~= except then n = n + 1 end end
+  if n == 0 then return cb(nil, "not_found: no other method", "not_found") end
+  for name, racer in pairs(RACERS) do
+    if name ~= except then
+      racer(o, function(m, err, code)
+        if m and won then
+          if m.external_port == won.external_port and m.internal_port == won.internal_port then
+            -- one router speaking both made one entry: keep it, and ask for
+            -- it once more with the winner's protocol, as miniupnpd hands an
+            -- entry to the protocol that asked last (and lets only that one
+            -- delete a PCP entry)
+            return MAPPERS[won.method](setmetatable({external_port = won.external_port}, {__index = o}),
+              function() end)
+          end
+          m.description = o.description
+          return delete(m.method, m, o.timeout, function(ok, derr)
+            if not ok then log.debug("mapping_loser_left", {method = m.method, external_port = m.external_port,
+                                                            error = derr}) end
+          end)
+        end
         if m then
-          state.preferred = order[i]
+          won = m
+          prefer(m.method)
           return cb(m)
         end
-        if not first_code or (RANK[code] or 9) < (RANK[first_code] or 9) then first_err, first_code = err, code end
-        try(i + 1)
+        failures[#failures + 1] = {err, code}
+        if #failures == n and not won then
+          table.sort(failures, function(a, b) return better(a[2], b[2]) end)
+          cb(nil, failures[1][1], failures[1][2])
+        end
       end)
     end
-    return try(1)
   end
-  local won, failures, racers = nil, {}, {map_port_control, map_upnp}
-  for _, racer in ipairs(racers) do
-    racer(o, function(m, err, code)
-      if m and won then
-        if m.external_port == won.external_port and m.internal_port == won.internal_port then
-          -- one router speaking both made one entry: keep it, and ask for
-          -- it once more with the winner's protocol, as miniupnpd hands an
-          -- entry to the protocol that asked last (and lets only that one
-          -- delete a PCP entry)
-          return MAPPERS[won.method](setmetatable({external_port = won.external_port}, {__index = o}),
-            function() end)
-        end
-        return delete(m.method, m, o.timeout, function() end)
-      end
-      if m then
-        won = m
-        state.preferred = m.method
-        return cb(m)
-      end
-      failures[#failures + 1] = {err, code}
-      if #failures == #racers and not won then
-        table.sort(failures, function(a, b) return (RANK[a[2]] or 9) < (RANK[b[2]] or 9) end)
-        cb(nil, failures[1][1], failures[1][2])
-      end
+end
+
+-- auto: the racers at once; with a method remembered from an earlier call
+-- (or a cache), that one first, and the racers when it fails (all of them
+-- but UPnP when UPnP failed: the port control racer tries PCP, then
+-- NAT-PMP).
+local function map_auto(o, cb)
+  local first = state.preferred and MAPPERS[state.preferred] and state.preferred
+  if not first then return race(o, nil, cb) end
+  MAPPERS[first](o, function(m, err, code)
+    if m then return cb(m) end
+    race(o, first == "upnp" and "upnp" or nil, function(m2, err2, code2)
+      if m2 then return cb(m2) end
+      if better(code2, code) then err, code = err2, code2 end
+      cb(nil, err, code)
     end)
-  end
+  end)
 end
 
 -- --- a mapping's life ---
@@ -396,16 +479,24 @@ local function renew_pcp(self, cb)
 end
 
 -- UPnP renewal: is the entry still there (a restarted router forgets it)?
--- Then AddPortMapping again, which refreshes or re-creates it.
+-- Then AddPortMapping again, which refreshes or re-creates it. When the
+-- router lost it and another program holds the port now, the mapping
+-- moves to another port (map_upnp) rather than take that one.
 local function renew_upnp(self, cb)
   local o = self._opts
   local args = upnp_args(o, {external_port = self.external_port})
   upnp("get", args, function(r, err, code)
     if not r and code ~= "not_found" then return cb(nil, err, code) end
-    local lost = r == nil or r.entry.internal_port ~= self.internal_port
+    if r and not owned(r.entry, self) then
+      return map_upnp(o, function(m, err2, code2)
+        if not m then return cb(nil, err2, code2) end
+        self.external_port, self.internal_ip = m.external_port, m.internal_ip
+        cb("recreated", true)
+      end)
+    end
     upnp("add", args, function(r2, err2, code2)
       if not r2 then return cb(nil, err2, code2) end
-      cb(lost and "recreated" or "renewed", false)
+      cb(r == nil and "recreated" or "renewed", false)
     end)
   end)
 end
@@ -536,57 +627,91 @@ M.close_all = async.adapt(function(cb)
 end)
 
 local UNMAP_KEYS = {external_port = true, internal_port = true, proto = true, method = true, timeout = true,
-                    nonce = true}
+                    nonce = true, description = true, internal_ip = true, force = true}
 
 --- Deletes a mapping on the router that this process may not hold (one
--- made by `portman map`, or left by a crashed run).
+-- made by `portman map`, or left by a crashed run). Only portman's own:
+-- a UPnP entry of this host with the internal port (when given) and the
+-- description (when given; else one portman gives, "portman ...") asked
+-- for, unless `force`.
 -- @tparam table opts `external_port` (required), `proto` ("tcp"),
 --   `method` ("auto": UPnP, which names mappings by external port, then
---   NAT-PMP, then PCP; "upnp"; "natpmp"; "pcp"), `internal_port` (NAT-PMP
---   and PCP name a mapping by its internal port: the external one by
---   default), `nonce` (PCP: the mapping's, 24 hex digits; by default the
---   one this host derives for it, see pcp_nonce), `timeout`
+--   NAT-PMP, then PCP, also for an entry the router says NAT-PMP or PCP
+--   made; "upnp"; "natpmp"; "pcp"), `internal_port` (NAT-PMP and PCP
+--   name a mapping by its internal port: the external one by default),
+--   `nonce` (PCP: the mapping's, 24 hex digits; by default the one this
+--   host derives for it, see pcp_nonce), `description`, `internal_ip`
+--   (this host's address towards the router by default), `force` (delete
+--   a UPnP entry that is not portman's), `timeout`
 -- @return[1] true
--- @return[2] nil, msg, code (`not_found` when there was no such mapping)
+-- @return[2] nil, msg, code: `not_found` when the router has no such
+--   mapping, `conflict` when the entry is another program's (left as it
+--   is), `unreachable` or `timeout` when no router answered
 M.unmap = async.adapt(function(opts, cb)
   check.table("unmap", 1, opts)
   check.known("unmap", 1, opts, UNMAP_KEYS)
   local m = {external_port = check.port("unmap", 1, opts.external_port, "external_port"),
              proto = check.oneof("unmap", 1, opts.proto or "tcp", {"tcp", "udp"}, "proto")}
+  -- UPnP checks the internal port only when it was given
   m.internal_port = opts.internal_port and check.port("unmap", 1, opts.internal_port, "internal_port")
-    or m.external_port
-  local method = check.oneof("unmap", 1, opts.method or "auto", {"auto", "upnp", "natpmp", "pcp"}, "method")
+  for _, k in ipairs({"description", "internal_ip"}) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then check.argerror("unmap", 1, k .. ": string expected") end
+    m[k] = opts[k]
+  end
   if opts.nonce ~= nil and (type(opts.nonce) ~= "string" or not opts.nonce:match("^%x+$") or #opts.nonce ~= 24) then
     check.argerror("unmap", 1, "nonce: 24 hex digits expected")
   end
-  m._nonce = opts.nonce
+  -- NAT-PMP and PCP name a mapping by its internal port
+  local pmp = {proto = m.proto, internal_port = m.internal_port or m.external_port,
+               external_port = m.external_port, _nonce = opts.nonce}
+  local method = check.oneof("unmap", 1, opts.method or "auto", {"auto", "upnp", "natpmp", "pcp"}, "method")
   local timeout = math.tointeger(opts.timeout) or M.DEFAULT_TIMEOUT
-  if method ~= "auto" then return delete(method, m, timeout, cb) end
-  delete("upnp", m, timeout, function(ok, err, code)
-    if ok then return cb(true) end
-    delete("natpmp", m, timeout, function(ok2)
+  local force = opts.force == true
+  if method == "natpmp" or method == "pcp" then return delete(method, pmp, timeout, cb) end
+  if method == "upnp" then return delete("upnp", m, timeout, cb, force) end
+  delete("upnp", m, timeout, function(ok, err, code, entry)
+    -- a NAT-PMP or PCP mapping of this host: they delete it (by its internal port)
+    local by_pmp = code == "conflict" and (entry.description:match("^NAT%-PMP ") or entry.description:match("^PCP "))
+      and entry.internal_ip == (m.internal_ip or (state.igd and state.igd.lan_addr))
+      and (not m.internal_port or m.internal_port == entry.internal_port)
+    if by_pmp then pmp.internal_port = entry.internal_port end
+    if ok or (code == "conflict" and not by_pmp) then return cb(ok, err, code) end
+    delete("natpmp", pmp, timeout, function(ok2)
       if ok2 then return cb(true) end
-      delete("pcp", m, timeout, function(ok3)
+      delete("pcp", pmp, timeout, function(ok3)
         if ok3 then return cb(true) end
         cb(nil, err, code)
       end)
     end)
-  end)
+  end, force)
 end)
 
---- The router's current mappings (UPnP GetGenericPortMappingEntry; NAT-PMP
--- has no way to list).
+M.MAX_ENTRIES = 4096 -- the longest router list read
+
+--- The router's current mappings (UPnP GetGenericPortMappingEntry, one
+-- request per entry, each with its own timeout; NAT-PMP has no way to
+-- list).
+-- @tparam[opt] table opts `timeout` (ms for each request)
 -- @return[1] a list of {external_port, internal_ip, internal_port, proto,
---   description, lifetime, enabled}
--- @return[2] nil, msg, code
+--   description, lifetime, enabled}; when a request failed after some
+--   entries were read, those, with the failure's msg and code after it
+-- @return[2] nil, msg, code when not even the first entry could be read
 M.mappings = async.adapt(function(opts, cb)
   if cb == nil and type(opts) == "function" then opts, cb = {}, opts end
   opts = opts or {}
   check.table("mappings", 1, opts)
-  upnp("list", {timeout = opts.timeout}, function(r, err, code)
-    if not r then return cb(nil, err, code) end
-    cb(r.entries)
-  end)
+  local list = {}
+  local function read(i)
+    if i >= M.MAX_ENTRIES then return cb(list) end
+    upnp("entry", {index = i, timeout = opts.timeout}, function(r, err, code)
+      if not r and i == 0 then return cb(nil, err, code) end
+      if not r then return cb(list, err, code) end
+      if r.done then return cb(list) end
+      list[#list + 1] = r.entry
+      read(i + 1)
+    end)
+  end
+  read(0)
 end)
 
 local PRIVATE = {"^10%.", "^192%.168%.", "^172%.1[6-9]%.", "^172%.2%d%.", "^172%.3[01]%.", "^100%.6[4-9]%.",
@@ -654,10 +779,92 @@ end)
 --- The NAT-PMP gateway (dotted quad); nil: the default route's.
 M.gateway = nil
 
+--- The UPnP IGD's root description URL (as upnpc -u takes it): the IGD
+-- is read from there, without SSDP discovery; nil: discover.
+M.gateway_url = nil
+
 --- Forgets the remembered UPnP gateway and the method that answered last,
 -- so the next call discovers again (after the host moved networks).
 function M.forget()
-  state.igd, state.preferred = nil, nil
+  state.igd, state.preferred, state.natpmp, state.changed = nil, nil, nil, true
+end
+
+-- --- the gateway known, kept across runs (a cache or state file) ---
+
+local function quad(s)
+  if type(s) ~= "string" then return nil end
+  local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+  if not (a and a < 256 and b < 256 and c < 256 and d < 256) then return nil end
+  return a, b
+end
+
+-- A LAN address: RFC 1918, link-local or shared (RFC 6598).
+local function lan(s)
+  local a, b = quad(s)
+  return a ~= nil and (a == 10 or (a == 172 and b >= 16 and b <= 31) or (a == 192 and b == 168)
+    or (a == 169 and b == 254) or (a == 100 and b >= 64 and b <= 127))
+end
+
+-- The problem of a saved IGD, or nil: its control URL must be an http://
+-- URL on a LAN address (the router's), its service a WAN connection.
+local function igd_problem(igd)
+  if type(igd) ~= "table" then return "upnp: table expected" end
+  local url = igd.control_url
+  if type(url) ~= "string" or #url > 255 then return "upnp.control_url: string expected" end
+  local host, port = url:match("^http://([%d%.]+):?(%d*)/[%w%-%._~/%%?=&;:@+!$,]*$")
+  if not host or not lan(host) then return "upnp.control_url: an http:// URL on a LAN address expected" end
+  if port ~= "" and not (tonumber(port) >= 1 and tonumber(port) <= 65535) then
+    return "upnp.control_url: bad port"
+  end
+  local service = type(igd.service_type) == "string"
+    and igd.service_type:match("^urn:schemas%-upnp%-org:service:(WAN%u+Connection):[12]$")
+  if service ~= "WANIPConnection" and service ~= "WANPPPConnection" then
+    return "upnp.service_type: a WANIPConnection or WANPPPConnection service expected"
+  end
+  if igd.lan_addr ~= nil and not quad(igd.lan_addr) then return "upnp.lan_addr: dotted quad expected" end
+  return nil
+end
+
+--- What this process knows of the router, to keep for the next run: a
+-- table {upnp = {control_url, service_type, lan_addr}?, natpmp = {gateway,
+-- supported}?, preferred = "upnp" | "natpmp"?}, and whether it changed
+-- since the last call.
+function M.known()
+  local changed = state.changed
+  state.changed = false
+  local t = {preferred = state.preferred}
+  if state.igd then
+    t.upnp = {control_url = state.igd.control_url, service_type = state.igd.service_type,
+              lan_addr = state.igd.lan_addr}
+  end
+  if state.natpmp then t.natpmp = {gateway = state.natpmp.gateway, supported = state.natpmp.supported} end
+  return t, changed
+end
+
+--- Uses what known() returned in an earlier run, all of it or nothing:
+-- the IGD is then used without discovery (and found again when it does
+-- not answer).
+-- @return[1] true
+-- @return[2] nil, msg, "protocol" when it is malformed (nothing is used)
+function M.use_known(t)
+  if type(t) ~= "table" then return nil, "protocol: known gateway: table expected", "protocol" end
+  local why = t.upnp ~= nil and igd_problem(t.upnp)
+  if not why and t.preferred ~= nil and not MAPPERS[t.preferred] then why = "preferred: unknown method" end
+  local pmp = t.natpmp
+  if not why and pmp ~= nil and (type(pmp) ~= "table" or not lan(pmp.gateway) or type(pmp.supported) ~= "boolean") then
+    why = "natpmp: {gateway = LAN address, supported = boolean} expected"
+  end
+  if why then return nil, "protocol: known gateway: " .. why, "protocol" end
+  if t.upnp then
+    state.igd = {control_url = t.upnp.control_url, service_type = t.upnp.service_type,
+                 lan_addr = t.upnp.lan_addr or ""}
+  end
+  if pmp then state.natpmp = {gateway = pmp.gateway, supported = pmp.supported} end
+  -- a gateway that did not speak NAT-PMP: auto asks UPnP first
+  state.preferred = t.preferred or (pmp and not pmp.supported and t.upnp and "upnp") or nil
+  state.changed = false
+  return true
 end
 
 return M

@@ -248,9 +248,26 @@ local MAPPING = object{
   {"method", {kind = "oneof", values = {"upnp", "natpmp", "pcp"}}},
   {"external_ip", {kind = "ip"}},
   {"external_port", req(PORT)},
+  {"internal_ip", {kind = "ip"}},
   {"internal_port", PORT},
   {"proto", PROTO},
+  {"description", {kind = "string", max_len = 256}},
   {"expires", {kind = "integer", min = 0}},
+}
+
+-- The router known at the last save (nat.known); nat.use_known checks
+-- the values themselves (a LAN address, an http:// URL) before use.
+local GATEWAY = object{
+  {"preferred", {kind = "oneof", values = {"upnp", "natpmp", "pcp"}}},
+  {"upnp", object{
+    {"control_url", req{kind = "string", max_len = 1024}},
+    {"service_type", req{kind = "string", max_len = 256}},
+    {"lan_addr", {kind = "ip"}},
+  }},
+  {"natpmp", object{
+    {"gateway", req{kind = "ip"}},
+    {"supported", {kind = "boolean"}},
+  }},
 }
 
 local PID = {kind = "integer", min = 2, max = 4194304} -- pid_max's limit
@@ -274,6 +291,7 @@ M.SCHEMA = object{
   {"runtime", {kind = "array", of = STRING}},
   {"mappings", {kind = "array", of = MAPPING}},
   {"programs", {kind = "array", of = PROGRAM}},
+  {"gateway", GATEWAY},
 }
 
 --- Checks a decoded state document against the schema.

@@ -74,12 +74,13 @@ function M:exec_prefix(ns)
 end
 
 --- Runs the portman command line in namespace ns (with the build and the
--- interpreter of this run: PORTMAN_LUA is the sanitizer run's); returns ok,
--- stdout and stderr.
+-- interpreter of this run: PORTMAN_LUA is the sanitizer run's, and the
+-- lab's own cache directory); returns ok, stdout and stderr.
 function M:portman(ns, args)
   local err = ("%s/portman-%d.err"):format(self.dir, counter + 1)
   counter = counter + 1
-  local ok, out = self:try(ns, ("cd %s && %s bin/portman %s 2>%s"):format(q(helpers.root), q(helpers.lua), args, q(err)))
+  local ok, out = self:try(ns, ("cd %s && XDG_CACHE_HOME=%s %s bin/portman %s 2>%s"):format(q(helpers.root),
+    q(self.dir .. "/cache"), q(helpers.lua), args, q(err)))
   local f = io.open(err)
   local stderr = f and f:read("a") or ""
   if f then f:close() end
@@ -90,7 +91,8 @@ end
 -- in namespace ns, with this run's interpreter and build, its output in
 -- DIR/NAME.log. Returns its pid (the interpreter's own).
 function M:portman_daemon(ns, name, args)
-  return self:daemon(ns, name, ("%s %s/bin/portman %s"):format(q(helpers.lua), q(helpers.root), args))
+  return self:daemon(ns, name, ("XDG_CACHE_HOME=%s %s %s/bin/portman %s"):format(q(self.dir .. "/cache"),
+    q(helpers.lua), q(helpers.root), args))
 end
 
 --- Is process pid alive?

@@ -63,7 +63,7 @@ describe("router mappings against miniupnpd #lab", function()
       -- portman's own view of the router's list says the same
       ok, out, err = lab:portman("lan", "mappings --json")
       assert.is_true(ok, err)
-      local mine = has(cjson.decode(out), port)
+      local mine = has(cjson.decode(out).mappings, port)
       assert.truthy(mine, out)
       assert.same({LAN.client, port}, {mine.internal_ip, mine.internal_port})
       ok, _, err = lab:portman("lan", ("unmap %d --method %s"):format(port, m.method))
@@ -88,8 +88,11 @@ describe("router mappings against miniupnpd #lab", function()
       local e = has(list, m.external_port)
       assert.truthy(e, raw)
       assert.same({LAN.client, port + 1}, {e.internal_ip, e.internal_port})
-      assert.is_true(lab:portman("lan", ("unmap %d --method upnp"):format(m.external_port)))
-      assert.is_true(lab:portman("lan", ("unmap %d --method upnp"):format(port)))
+      -- auto: UPnP finds the entry, and NAT-PMP deletes it when NAT-PMP made it
+      assert.is_true(lab:portman("lan", ("unmap %d --internal %d"):format(m.external_port, port + 1)))
+      -- the other host's mapping is not portman's: only --force deletes it
+      assert.is_false(lab:portman("lan", ("unmap %d --method upnp"):format(port)))
+      assert.is_true(lab:portman("lan", ("unmap %d --method upnp --force"):format(port)))
     end)
   end
 
@@ -157,11 +160,14 @@ describe("router mappings against miniupnpd #lab", function()
     local list = lab:upnpc_list("lan")
     assert.truthy(has(list, 42010))
     assert.truthy(has(list, 42020))
-    -- the router restarts and forgets both
+    -- the router restarts and forgets both (its rules are gone; the
+    -- daemon, renewing every 2 s, may have put them back by the time a
+    -- listing could look, so the list is not asked here: "recreated" is
+    -- logged only when the router no longer had the mapping)
     lab:stop_miniupnpd()
     assert.falsy(lab:upnp_rules():find("dport 42010", 1, true))
+    assert.falsy(lab:upnp_rules():find("dport 42020", 1, true))
     lab:miniupnpd{rules = {DENY}}
-    assert.falsy(has(lab:upnpc_list("lan"), 42010))
     wait_log(lab, "renew", "mapping_recreated external_port=42010")
     wait_log(lab, "renew", "mapping_recreated external_port=42020")
     lab:wait_for("both mappings back", function()
