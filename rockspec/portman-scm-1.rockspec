@@ -52,6 +52,7 @@ build = {
         "csrc/probe.c",
         "csrc/sockopt.c",
         "csrc/stun.c",
+        "csrc/turn.c",
         "csrc/upnp.c",
       },
       defines = {"_GNU_SOURCE"},
