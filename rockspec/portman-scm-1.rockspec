@@ -83,6 +83,7 @@ build = {
     ["portman.cmd.map"] = "lua/portman/cmd/map.lua",
     ["portman.cmd.probe"] = "lua/portman/cmd/probe.lua",
     ["portman.cmd.register"] = "lua/portman/cmd/register.lua",
+    ["portman.cmd.relay"] = "lua/portman/cmd/relay.lua",
     ["portman.cmd.resolve"] = "lua/portman/cmd/resolve.lua",
     ["portman.cmd.run"] = "lua/portman/cmd/run.lua",
     ["portman.cmd.services"] = "lua/portman/cmd/services.lua",
@@ -115,6 +116,7 @@ build = {
     ["portman.stun"] = "lua/portman/stun.lua",
     ["portman.supervisor"] = "lua/portman/supervisor.lua",
     ["portman.tunnel"] = "lua/portman/tunnel.lua",
+    ["portman.turn"] = "lua/portman/turn.lua",
     -- END Lua modules
   },
   install = {bin = {portman = "bin/portman"}},
