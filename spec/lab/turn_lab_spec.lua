@@ -76,7 +76,8 @@ describe("portman relay through coturn behind a symmetric NAT #lab", function()
 
   setup(function()
     lab = Lab.new{nat = "masquerade fully-random"}
-    server = lab:turn_server{user = USER, password = PASSWORD, realm = REALM, max_lifetime = LIFETIME}
+    server = lab:turn_server{user = USER, password = PASSWORD, realm = REALM, max_lifetime = LIFETIME,
+                             extra = "--stale-nonce=3"}
     lab:lua_daemon("lan", "echo", ECHO, UDP_PORT .. " " .. TCP_PORT)
     lab:wait_for("the echo services", function()
       return lab:udp_listening("lan", "127.0.0.1", UDP_PORT) and lab:tcp_listening("lan", "127.0.0.1", TCP_PORT)
@@ -144,6 +145,8 @@ describe("portman relay through coturn behind a symmetric NAT #lab", function()
       local _, n = lab:log(name):gsub("relay_refreshed", "")
       return n >= 2
     end, LIFETIME * 3)
+    -- coturn's nonces last 3 s: a refresh met 438 Stale Nonce and retried
+    assert.matches("relay_nonce method=Refresh stale=true", lab:log(name))
     ok, out = peer("udp", doc, "again")
     assert.is_true(ok, out .. lab:log(name))
     assert.equal("echo again\n", out)
@@ -167,14 +170,15 @@ describe("portman relay through coturn behind a symmetric NAT #lab", function()
   end)
 
   it("refuses a wrong password with denied, and never shows the password", function()
-    local wrong = "not-the-" .. PASSWORD
-    local ok, out, err = lab:portman("lan", ("relay %d --server %s --user %s --allow %s --json")
-      :format(UDP_PORT, server, USER, Lab.WAN.server2) .. "") -- the password comes from the environment below
-    assert.is_false(ok) -- no password at all: a usage error
+    local helpers = require "helpers"
+    local args = ("relay %d --server %s --user %s --allow %s --json"):format(UDP_PORT, server, USER, Lab.WAN.server2)
+    local ok, _, err = lab:portman("lan", args)
+    assert.is_false(ok) -- no password at all: a usage error that names where one comes from
     assert.matches("PORTMAN_TURN_PASSWORD", err)
-    local cmdline = ("cd %s && PORTMAN_TURN_PASSWORD=%s %s bin/portman relay %d --server %s --user %s --allow %s --json 2>&1")
-      :format(require("helpers").root, wrong, require("helpers").lua, UDP_PORT, server, USER, Lab.WAN.server2)
-    ok, out = lab:try("lan", cmdline)
+    local wrong = "not-the-" .. PASSWORD
+    local out
+    ok, out = lab:try("lan", ("cd %s && PORTMAN_TURN_PASSWORD=%s %s bin/portman %s 2>&1")
+      :format(helpers.root, wrong, helpers.lua, args))
     assert.is_false(ok)
     local doc = cjson.decode(out:match("(%{[^\n]*\"code\"[^\n]*%})"))
     assert.equal("denied", doc.code)
