@@ -293,3 +293,59 @@ describe("TURN client's checks of the server's answers", function()
     end
   end)
 end)
+
+describe("portman relay's command line", function()
+  local helpers = require "helpers"
+  local cjson = require "cjson"
+  local SECRET = "do-not-print-me-7"
+  local dir, pwfile
+
+  setup(function()
+    dir = helpers.tmpdir()
+    pwfile = dir .. "/pw"
+    helpers.write(pwfile, SECRET .. "\n")
+  end)
+
+  local function relay(args, env)
+    return helpers.portman("relay " .. args, "env -u PORTMAN_TURN_PASSWORD " .. (env or ""))
+  end
+
+  it("takes no password in argv, and needs one from a file or the environment", function()
+    local status, _, err = relay("7000 --server 127.0.0.1 --user u --allow 192.0.2.1 --password x")
+    assert.equal(2, status)
+    assert.matches("unknown option %-%-password", err)
+    status, _, err = relay("7000 --server 127.0.0.1 --user u --allow 192.0.2.1")
+    assert.equal(2, status)
+    assert.matches("give %-%-password%-file FILE or set PORTMAN_TURN_PASSWORD", err)
+    status, _, err = relay("7000 --server 127.0.0.1 --user u --allow 192.0.2.1 --password-file " .. dir .. "/none")
+    assert.equal(1, status)
+    assert.matches("^portman relay: not_found: %-%-password%-file", err)
+  end)
+
+  it("refuses bad usage, naming the flag", function()
+    local cases = {
+      ["7000 --server 127.0.0.1 --user u"] = "%-%-allow PEER_IP is required",
+      ["7000 --server 127.0.0.1 --user u --allow nope"] = "%-%-allow: IP address expected, got 'nope'",
+      ["7000 --server 127.0.0.1 --user u --allow 192.0.2.1 --proto sctp"] = "%-%-proto: udp, tcp expected",
+      ["7000 --user u --allow 192.0.2.1"] = "%-%-server: HOST:PORT expected",
+      ["7000 --server 127.0.0.1 --allow 192.0.2.1"] = "%-%-user NAME is required",
+      ["70000 --server 127.0.0.1 --user u --allow 192.0.2.1"] = "PORT: port 1%-65535 expected",
+      ["7000 --server 127.0.0.1 --user u --allow 192.0.2.1 --lifetime 0"] = "%-%-lifetime: at least 1",
+    }
+    for args, want in pairs(cases) do
+      local status, _, err = relay(args .. " --password-file " .. pwfile)
+      assert.equal(2, status, args)
+      assert.matches(want, err)
+    end
+  end)
+
+  it("reports a server that refuses, in JSON, without the password", function()
+    local port = helpers.free_port("udp", "127.0.0.1") -- nothing listens there: ICMP port unreachable
+    local status, out, err = relay(("7000 --server 127.0.0.1:%d --user u --allow 127.0.0.1 --json --timeout 2000")
+      :format(port), "PORTMAN_TURN_PASSWORD=" .. SECRET)
+    assert.equal(1, status)
+    local doc = cjson.decode(out)
+    assert.equal("refused", doc.code, err)
+    assert.falsy((out .. err):find(SECRET, 1, true))
+  end)
+end)

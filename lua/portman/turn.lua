@@ -62,18 +62,24 @@ local function fmt(ip, port) return stun.format(ip, port) end
 -- on_frame(bytes) for each whole one; on_lost(msg, code) when the stream
 -- carries something else or ends.
 local function framer(on_frame, on_lost)
-  local buf = ""
+  local buf, dead = "", false
+  local function lost(...)
+    dead = true
+    return on_lost(...)
+  end
   return function(err, chunk)
+    if dead then return end
     if err or not chunk then
+      dead = true
       return on_lost(err and select(2, errors.from(err, "read")) or "closed: the server closed the connection",
                      err and errors.code(err) or "closed")
     end
     buf = buf .. chunk
     while true do
       local n, why = core.turn_frame_length(buf)
-      if n == nil then return on_lost(why, "protocol") end
+      if n == nil then return lost(why, "protocol") end
       if not n or #buf < n then
-        if #buf > M.MAX_FRAME then return on_lost("protocol: frame over the cap", "protocol") end
+        if #buf > M.MAX_FRAME then return lost("protocol: frame over the cap", "protocol") end
         return
       end
       local frame = buf:sub(1, n)
@@ -96,7 +102,7 @@ local function open_conn(kind, family, ip, port, cb)
     local ok, err = udp:connect(ip, port)
     if ok then
       ok, err = udp:recv_start(async.safe(function(e, data)
-        if e then return lost(errors.from(e, "recv from " .. fmt(ip, port))) end
+        if e then return lost(select(2, errors.from(e, "recv from " .. fmt(ip, port)))) end
         if data then frame(data) end
       end, "turn.recv"))
     end
@@ -342,11 +348,18 @@ function Client:allocate(cb)
   end)
 end
 
--- The control connection ended (TCP) or errs: the allocation is lost.
+-- The control connection errs. Over TCP it is gone, and the allocation
+-- with it (RFC 6062 section 4.1): "lost", fatal. Over UDP an ICMP error
+-- fails the requests in flight; the next may pass.
 function Client:_lost(msg, code)
   if self.closed then return end
   for _, t in pairs(self.pending) do self:_fail(t, msg, code) end
-  self:_event("lost", {error = msg, code = code})
+  local fatal = self.conn.kind == "tcp"
+  if fatal then
+    self.conn.close()
+    self.allocation = nil
+  end
+  self:_event("lost", {error = msg, code = code, fatal = fatal})
 end
 
 function Client:_timer(name, ms, fn)
@@ -359,6 +372,8 @@ function Client:_timer(name, ms, fn)
 end
 
 function Client:_schedule_refresh(lifetime)
+  uv.update_time()
+  self.expires = uv.now() + lifetime * 1000
   -- at half the lifetime: a lost Refresh still leaves time to retry
   self:_timer("refresh", math.max(1, lifetime) * 500, function() self:refresh() end)
 end
@@ -366,12 +381,17 @@ end
 --- Refreshes the allocation now (the timer does it at half its lifetime).
 function Client:refresh(cb)
   self:request({method = M.REFRESH, lifetime = self.lifetime}, function(resp, err, code)
+    if not self.allocation then return end -- lost meanwhile
     if not resp then
-      self:_event("refresh_failed", {error = err, code = code})
-      -- retry soon, while the allocation may still live
-      if code ~= "conflict" then self:_timer("refresh", math.min(5000, self.allocation.lifetime * 250), function()
-        self:refresh()
-      end) end
+      -- 437: the server has no such allocation; else retry soon, while it
+      -- may still live
+      if code == "conflict" or uv.now() >= self.expires then
+        self.allocation = nil
+        self:_event("expired", {error = err, code = code, fatal = true})
+      else
+        self:_event("refresh_failed", {error = err, code = code})
+        self:_timer("refresh", math.min(5000, self.allocation.lifetime * 250), function() self:refresh() end)
+      end
       if cb then cb(nil, err, code) end
       return
     end

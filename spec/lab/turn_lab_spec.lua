@@ -169,6 +169,21 @@ describe("portman relay through coturn behind a symmetric NAT #lab", function()
     assert.falsy(lab:log(name):find(PASSWORD, 1, true))
   end)
 
+  it("exits 1 when the server goes away under a TCP relay (the allocation goes with the connection)", function()
+    local name = start_relay(TCP_PORT .. " --proto tcp")
+    local pid
+    for _, d in ipairs(lab.daemons) do if d.name == name then pid = d.pid end end
+    for _, d in ipairs(lab.daemons) do
+      if d.name == "turnserver" then os.execute("kill -9 " .. d.pid) end
+    end
+    lab:wait_for("portman relay to exit", function() return not Lab.alive(pid) end, 20)
+    assert.matches("relay_lost[^\n]*fatal=true", lab:log(name))
+    assert.matches("portman relay: closed: ", lab:log(name))
+    -- the next specs get a server again
+    server = lab:turn_server{user = USER, password = PASSWORD, realm = REALM, max_lifetime = LIFETIME,
+                             extra = "--stale-nonce=3"}
+  end)
+
   it("refuses a wrong password with denied, and never shows the password", function()
     local helpers = require "helpers"
     local args = ("relay %d --server %s --user %s --allow %s --json"):format(UDP_PORT, server, USER, Lab.WAN.server2)

@@ -58,16 +58,19 @@ local function check(opts)
   return port, allow
 end
 
--- Waits for SIGINT or SIGTERM: cb(signal name).
+-- Waits for SIGINT or SIGTERM: cb(signal name); returns a function that
+-- ends the wait at once with its arguments (the allocation was lost).
 local function until_signal(cb)
   local signals = {}
+  local finish = async.once(function(...)
+    for _, s in ipairs(signals) do s:stop(); s:close() end
+    cb(...)
+  end)
   for i, name in ipairs({"sigint", "sigterm"}) do
     signals[i] = uv.new_signal()
-    signals[i]:start(name, async.safe(function(signame)
-      for _, s in ipairs(signals) do s:stop(); s:close() end
-      cb(signame)
-    end, "relay signal"))
+    signals[i]:start(name, async.safe(finish, "relay signal"))
   end
+  return finish
 end
 
 local function text_of(info)
@@ -100,16 +103,21 @@ return {relay = {
     return async.run(function()
       local ip, family_or_err, code = resolver.lookup(host)
       if not ip then return nil, ("%s: cannot resolve '%s'"):format(code, host), code end
+      local stop -- ends the wait when the allocation is lost for good
       local r, err, rcode = turn.relay{server_ip = ip, server_port = sport, family = family_or_err,
         relay = opts.proto, user = opts.user, password = password, realm = opts.realm, lifetime = opts.lifetime,
         timeout = opts.timeout, port = port, allow = allow,
-        on_event = function(name, fields) log.info("relay_" .. name, fields) end}
+        on_event = function(name, fields)
+          log.info("relay_" .. name, fields)
+          if fields.fatal and stop then stop(nil, fields.error, fields.code) end
+        end}
       if not r then return nil, err, rcode end
       ctx.out:write(opts.json and json.encode(r.info, {sorted = true}) or text_of(r.info), "\n")
       ctx.out:flush()
-      local signame = async.await(until_signal)
+      local signame, lerr, lcode = async.await(function(cb) stop = until_signal(cb) end)
       local ok, cerr = r:close()
       log.info("relay_closed", {signal = signame, deallocated = ok == true, error = cerr})
+      if not signame then return nil, lerr, lcode end
       return true
     end)
   end,
