@@ -349,3 +349,48 @@ describe("portman relay's command line", function()
     assert.falsy((out .. err):find(SECRET, 1, true))
   end)
 end)
+
+describe("a policy service's relay", function()
+  local function why(conf)
+    local ok, err = pcall(turn.check_service, "add_service", 1, conf)
+    assert.is_false(ok)
+    return tostring(err)
+  end
+  local GOOD = {server = "turn.example.net:3478", user = "u", password = "secret-pw", allow = {"192.0.2.1"}}
+  local function with(k, v)
+    local c = {}
+    for key, val in pairs(GOOD) do c[key] = val end
+    c[k] = v
+    return c
+  end
+
+  it("takes a server, a user, one password source and the peers to allow", function()
+    turn.check_service("add_service", 1, GOOD)
+    turn.check_service("add_service", 1,
+      {server = "192.0.2.9", user = "u", password_env = "X", allow = {"2001:db8::1"}, lifetime = 600})
+  end)
+
+  it("refuses a bad one naming the field, never showing the password", function()
+    assert.matches("unknown option 'relay.pasword'", why(with("pasword", "x")))
+    assert.matches("relay.server: \"host:port\" expected", why(with("server", "turn.example.net:0")))
+    assert.matches("relay.user: string expected", why(with("user", 7)))
+    assert.matches("one of password, password_file, password_env", why(with("password_file", "/f")))
+    assert.matches("one of password, password_file, password_env", why(with("password", nil)))
+    assert.matches("relay.allow: a list of peer IPs", why(with("allow", {})))
+    assert.matches("relay.allow%[1%]: IP address expected", why(with("allow", {"example.net"})))
+    assert.matches("relay.lifetime: positive integer", why(with("lifetime", 0)))
+    assert.matches("relay: table expected", why("turn.example.net"))
+    for _, conf in ipairs{with("pasword", "x"), with("allow", {})} do
+      assert.falsy(why(conf):find("secret-pw", 1, true))
+    end
+  end)
+
+  it("is refused by the manager before anything starts", function()
+    local manager = require "portman.manager"
+    local m = manager.new{}
+    local port = require("helpers").free_port("tcp", "127.0.0.1")
+    local ok, err = pcall(m.add_service, m, {name = "s", port = port, relay = with("allow", nil)})
+    assert.is_false(ok)
+    assert.matches("relay.allow", err)
+  end)
+end)

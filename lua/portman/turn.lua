@@ -13,6 +13,9 @@ local uv = require "luv"
 local core = require "portman.core"
 local async = require "portman.async"
 local errors = require "portman.errors"
+local check = require "portman.check"
+local netaddr = require "portman.netaddr"
+local resolver = require "portman.resolver"
 local stun = require "portman.stun"
 
 local M = {}
@@ -709,6 +712,90 @@ local function relay(opts, cb)
   end)
 end
 M.relay = async.adapt(relay)
+
+-- --- a policy service's relay (portman.manager) ---
+
+local SERVICE_KEYS = {server = true, user = true, password = true, password_file = true, password_env = true,
+                      realm = true, allow = true, lifetime = true, timeout = true}
+
+--- Checks a policy service's `relay` table: {server = "host:port", user,
+-- password | password_file | password_env (a variable's name), realm?,
+-- allow = {peer IP, ...}, lifetime?, timeout?}. Raises naming the field
+-- (as fname's argument n); the password is never in the message.
+function M.check_service(fname, n, conf)
+  if type(conf) ~= "table" then check.argerror(fname, n, "relay: table expected") end
+  check.known(fname, n, conf, SERVICE_KEYS, "relay.")
+  if not stun.parse_server(conf.server) then check.argerror(fname, n, "relay.server: \"host:port\" expected") end
+  if type(conf.user) ~= "string" or conf.user == "" then check.argerror(fname, n, "relay.user: string expected") end
+  local sources = 0
+  for _, k in ipairs({"password", "password_file", "password_env"}) do
+    if conf[k] ~= nil then
+      if type(conf[k]) ~= "string" then check.argerror(fname, n, "relay." .. k .. ": string expected") end
+      sources = sources + 1
+    end
+  end
+  if sources ~= 1 then
+    check.argerror(fname, n, "relay: one of password, password_file, password_env expected")
+  end
+  if type(conf.allow) ~= "table" or #conf.allow == 0 then
+    check.argerror(fname, n, "relay.allow: a list of peer IPs expected")
+  end
+  for i, ip in ipairs(conf.allow) do
+    if not netaddr.normalize(ip) then check.argerror(fname, n, ("relay.allow[%d]: IP address expected"):format(i)) end
+  end
+  for _, k in ipairs({"lifetime", "timeout"}) do
+    if conf[k] ~= nil and (math.type(conf[k]) ~= "integer" or conf[k] < 1) then
+      check.argerror(fname, n, "relay." .. k .. ": positive integer expected")
+    end
+  end
+end
+
+-- The password a service's relay names: nil, msg, code when there is none.
+local function service_password(conf)
+  if conf.password then return conf.password end
+  if conf.password_env then
+    local v = os.getenv(conf.password_env)
+    if not v or v == "" then return errors.fail("not_found", "relay.password_env: %s is not set", conf.password_env) end
+    return v
+  end
+  local f, err, errno = io.open(conf.password_file)
+  if not f then return errors.fail(errors.code(errors.name(errno)), "relay.password_file: %s", err) end
+  local text = f:read(1025) or ""
+  f:close()
+  local pass = text:match("^([^\r\n]+)")
+  if not pass or #text > 1024 then
+    return errors.fail("protocol", "relay.password_file: no password on its first line")
+  end
+  return pass
+end
+
+--- Relays a manager's service (its port on 127.0.0.1, its proto) as its
+-- checked `relay` table says: cb(relay) or cb(nil, msg, code).
+-- relay:entry() is its status entry (method "turn").
+function M.for_service(conf, svc, on_event, cb)
+  local password, perr, pcode = service_password(conf)
+  if not password then return cb(nil, perr, pcode) end
+  local host, port = stun.parse_server(conf.server)
+  resolver.lookup(host, nil, function(ip, family, code)
+    if not ip then return cb(errors.fail(code, "relay.server: cannot resolve '%s'", host)) end
+    local allow = {}
+    for i, a in ipairs(conf.allow) do allow[i] = netaddr.normalize(a) end
+    M.relay({server_ip = ip, server_port = port, family = family, relay = svc.proto == "udp" and "udp" or "tcp",
+             user = conf.user, password = password, realm = conf.realm, lifetime = conf.lifetime,
+             timeout = conf.timeout, port = svc.port, allow = allow, on_event = on_event,
+             -- a service on every address is reached on loopback
+             local_ip = (svc.address and svc.address ~= "0.0.0.0" and svc.address ~= "::") and svc.address
+               or "127.0.0.1"}, cb)
+  end)
+end
+
+--- The relay as a status entry: {method = "turn", external_ip,
+-- external_port, internal_port, proto, lifetime, server}.
+function Relay:entry()
+  local i = self.info
+  return {method = "turn", external_ip = i.relayed_ip, external_port = i.relayed_port, internal_port = self.port,
+          proto = i.proto, lifetime = i.lifetime, server = i.server}
+end
 
 local METHOD_NAMES = {[0x001] = "Binding", [0x003] = "Allocate", [0x004] = "Refresh", [0x006] = "Send",
   [0x007] = "Data", [0x008] = "CreatePermission", [0x009] = "ChannelBind", [0x00A] = "Connect",

@@ -202,6 +202,47 @@ describe("portman relay through coturn behind a symmetric NAT #lab", function()
     assert.falsy(out:find(PASSWORD, 1, true))
   end)
 
+  it("a daemon falls back to its service's relay when the router maps nothing", function()
+    local dir = lab.dir .. "/daemon"
+    lab:sh("lan", "mkdir -m 700 -p " .. dir)
+    local f = assert(io.open(dir .. "/policy.lua", "w"))
+    f:write(([[return {services = {{name = "echo", port = 42100, proto = "tcp", check = false,
+      map = {method = "natpmp", timeout = 500},
+      relay = {server = %q, user = %q, password_file = %q, allow = {%q}},
+      handler = function(c)
+        c:read_start(function(err, data)
+          if err or not data then return c:close() end
+          c:write("echo " .. data)
+        end)
+      end}}}]]):format(server, USER, pwfile, Lab.WAN.server2))
+    f:close()
+    local sock = dir .. "/admin.sock"
+    local pid = lab:portman_daemon("lan", "daemon", ("run %s/policy.lua --state-dir %s --admin-socket %s")
+      :format(dir, dir, sock))
+    lab:wait_for("relay_added", function() return lab:log("daemon"):find("relay_added", 1, true) ~= nil end, 30)
+    assert.matches("mapping_failed", lab:log("daemon"))
+    local ok, out, err = lab:portman("lan", "status --json --admin-socket " .. sock)
+    assert.is_true(ok, err)
+    local st = cjson.decode(out)
+    local m = st.services[1].mapping
+    assert.equal("turn", m.method)
+    assert.equal(Lab.WAN.server, m.external_ip)
+    assert.same({service = "echo", method = "turn", external_ip = m.external_ip, external_port = m.external_port},
+      {service = st.mappings[1].service, method = st.mappings[1].method, external_ip = st.mappings[1].external_ip,
+       external_port = st.mappings[1].external_port})
+    local reply
+    ok, reply = peer("tcp", {relayed_ip = m.external_ip, relayed_port = m.external_port}, "via policy")
+    assert.is_true(ok, reply .. lab:log("daemon"))
+    assert.equal("echo via policy\n", reply)
+    assert.falsy((out .. lab:log("daemon")):find(PASSWORD, 1, true))
+    lab:sh("lan", "kill -TERM " .. pid)
+    lab:wait_for("the daemon to exit", function() return not Lab.alive(pid) end, 30)
+    assert.falsy(lab:log("daemon"):find("relay_close_failed", 1, true))
+    -- deallocated: the relayed port takes no connection
+    ok = peer("tcp", {relayed_ip = m.external_ip, relayed_port = m.external_port}, "gone")
+    assert.is_false(ok)
+  end)
+
   it("refuses a server whose realm is not --realm", function()
     local ok, out = lab:portman("lan", ("relay %d --server %s --user %s --password-file %s --allow %s --realm other --json")
       :format(UDP_PORT, server, USER, pwfile, Lab.WAN.server2))
