@@ -394,3 +394,54 @@ describe("a policy service's relay", function()
     assert.matches("relay.allow", err)
   end)
 end)
+
+describe("TURN client's timers (an injected clock)", function()
+  local KEY = core.stun_long_term_key("u", "realm", "pw")
+
+  it("refreshes at half the lifetime, retries a stale nonce, and deallocates on close", function()
+    local timers = {}
+    local clock = {after = function(ms, fn)
+      local t = {ms = ms, fn = fn}
+      t.stop = function() t.stopped = true end
+      timers[#timers + 1] = t
+      return t
+    end}
+    local stale_sent = false
+    local s = server(function(msg)
+      if not msg.username then
+        return {class = "error", error_code = {code = 401, reason = "Unauthorized"}, realm = "realm", nonce = "n1"}
+      end
+      if msg.method == turn.REFRESH and msg.nonce == "n1" and not stale_sent then
+        stale_sent = true
+        return {class = "error", error_code = {code = 438, reason = "Stale Nonce"}, realm = "realm", nonce = "n2"}
+      end
+      return {class = "success", xor_relayed_address = {ip = "192.0.2.7", port = 50000}, lifetime = 600,
+              message_integrity = true}, KEY
+    end)
+    local events = {}
+    local on_refreshed
+    local c = turn.Client.new{ip = "127.0.0.1", port = s.port, family = "inet", user = "u", password = "pw",
+      clock = clock, on_event = function(name, f)
+        events[#events + 1] = name
+        if name == "refreshed" and on_refreshed then on_refreshed(f) end
+      end}
+    local refreshed, closed = portman.run(function()
+      assert(async.await(c.allocate, c))
+      local due
+      for _, t in ipairs(timers) do if t.ms == 300000 and not t.stopped then due = t end end
+      assert(due, "no refresh timer at half of 600 s")
+      local f = async.await(function(cb) on_refreshed = cb; due.fn() end)
+      local ok = async.await(c.close, c)
+      s.close()
+      return f, ok
+    end)
+    assert.same({lifetime = 600}, refreshed)
+    assert.is_true(closed)
+    local methods, last = {}, s.requests[#s.requests]
+    for i, r in ipairs(s.requests) do methods[i] = turn.method_name(r.method) .. "/" .. (r.nonce or "-") end
+    -- Allocate (401), Allocate, Refresh (438), Refresh with the new nonce, Refresh 0
+    assert.same({"Allocate/-", "Allocate/n1", "Refresh/n1", "Refresh/n2", "Refresh/n2"}, methods)
+    assert.equal(0, last.lifetime)
+    assert.same({"nonce", "nonce", "refreshed"}, events)
+  end)
+end)

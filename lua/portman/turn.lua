@@ -445,6 +445,7 @@ function Client:bind_channel(ip, port, cb)
   self:request({method = M.CHANNEL_BIND, channel_number = peer.number, xor_peer_address = {ip = ip, port = port}},
     function(resp, err, code)
       if not resp then return cb(nil, err, code) end
+      if not peer.bound then self:_event("channel", {peer = key, number = peer.number}) end
       peer.bound = true
       self:_timer("channel " .. peer.number, M.CHANNEL_REFRESH, function()
         self:bind_channel(ip, port, function() end)

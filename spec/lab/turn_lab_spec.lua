@@ -140,6 +140,8 @@ describe("portman relay through coturn behind a symmetric NAT #lab", function()
     local ok, out = peer("udp", doc, "hello")
     assert.is_true(ok, out .. lab:log(name))
     assert.equal("echo hello\n", out)
+    -- the peer got a channel: later datagrams go as ChannelData
+    lab:wait_for("the channel", function() return lab:log(name):find("relay_channel number=16384", 1, true) ~= nil end)
     -- two refreshes later the allocation still relays: refresh works
     lab:wait_for("two refreshes", function()
       local _, n = lab:log(name):gsub("relay_refreshed", "")
