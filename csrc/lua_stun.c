@@ -5,11 +5,18 @@
  *   core.stun_is_stun(bytes) -> boolean
  *   core.stun_long_term_key(username, realm, password) -> 16-byte key
  *   core.stun_transaction_id() -> 12 random bytes
+ *   core.turn_channel_encode(channel, data [, tcp]) -> bytes (raises on bad arguments)
+ *   core.turn_channel_decode(bytes [, tcp]) -> channel, data | nil, "protocol: ...", "protocol"
+ *   core.turn_frame_length(bytes) -> n (the first message's length) | false
+ *     (fewer than 4 bytes) | nil, "protocol: ...", "protocol"
  *
  * A message is a table: method (integer), class ("request" | "indication" |
  * "success" | "error"), transaction_id (12 bytes), one field per known
  * attribute named like the RFC in lower case with underscores
- * (xor_mapped_address = {family = 4, ip = "192.0.2.1", port = 32853}),
+ * (xor_mapped_address = {family = 4, ip = "192.0.2.1", port = 32853}; TURN's:
+ * lifetime, channel_number, connection_id, requested_transport and
+ * requested_address_family integers, data and reservation_token strings,
+ * even_port and dont_fragment booleans),
  * unknown = {[type] = raw bytes}, and attributes, the attribute types in
  * wire order (encode follows it, so a decoded message re-encodes as it was). */
 #include <arpa/inet.h>
@@ -20,6 +27,7 @@
 
 #include "lua_util.h"
 #include "stun.h"
+#include "turn.h"
 #include "visibility.h" /* last: see there */
 
 static const char *const classes[] = {"request", "indication", "success", "error", NULL};
@@ -35,6 +43,17 @@ static const struct {
     {PM_STUN_MESSAGE_INTEGRITY, "message_integrity"},
     {PM_STUN_ERROR_CODE, "error_code"},
     {PM_STUN_UNKNOWN_ATTRIBUTES, "unknown_attributes"},
+    {PM_TURN_CHANNEL_NUMBER, "channel_number"},
+    {PM_TURN_LIFETIME, "lifetime"},
+    {PM_TURN_XOR_PEER_ADDRESS, "xor_peer_address"},
+    {PM_TURN_DATA_ATTR, "data"},
+    {PM_TURN_XOR_RELAYED_ADDRESS, "xor_relayed_address"},
+    {PM_TURN_REQUESTED_ADDRESS_FAMILY, "requested_address_family"},
+    {PM_TURN_EVEN_PORT, "even_port"},
+    {PM_TURN_REQUESTED_TRANSPORT, "requested_transport"},
+    {PM_TURN_DONT_FRAGMENT, "dont_fragment"},
+    {PM_TURN_RESERVATION_TOKEN, "reservation_token"},
+    {PM_TURN_CONNECTION_ID, "connection_id"},
     {PM_STUN_REALM, "realm"},
     {PM_STUN_NONCE, "nonce"},
     {PM_STUN_MESSAGE_INTEGRITY_SHA256, "message_integrity_sha256"},
@@ -84,7 +103,28 @@ static void push_value(lua_State *L, const pm_stun_msg *m, const pm_stun_attr *a
     case PM_STUN_ALTERNATE_SERVER:
     case PM_STUN_RESPONSE_ORIGIN:
     case PM_STUN_OTHER_ADDRESS:
+    case PM_TURN_XOR_PEER_ADDRESS:
+    case PM_TURN_XOR_RELAYED_ADDRESS:
         push_addr(L, m, a);
+        break;
+    case PM_TURN_CHANNEL_NUMBER:
+        lua_pushinteger(L, pm_stun_u16(v));
+        break;
+    case PM_TURN_LIFETIME:
+    case PM_TURN_CONNECTION_ID:
+        lua_pushinteger(L, pm_stun_u32(v));
+        break;
+    case PM_TURN_REQUESTED_TRANSPORT:
+        lua_pushinteger(L, v[0]);
+        break;
+    case PM_TURN_REQUESTED_ADDRESS_FAMILY:
+        lua_pushinteger(L, v[0] == 1 ? 4 : 6);
+        break;
+    case PM_TURN_EVEN_PORT:
+        lua_pushboolean(L, v[0] & 0x80);
+        break;
+    case PM_TURN_DONT_FRAGMENT:
+        lua_pushboolean(L, 1);
         break;
     case PM_STUN_CHANGE_REQUEST:
         lua_createtable(L, 0, 2);
@@ -115,7 +155,7 @@ static void push_value(lua_State *L, const pm_stun_msg *m, const pm_stun_attr *a
     case PM_STUN_FINGERPRINT:
         lua_pushboolean(L, 1); /* present (and, for FINGERPRINT, checked) */
         break;
-    default: /* USERNAME, REALM, NONCE, SOFTWARE, PADDING */
+    default: /* USERNAME, REALM, NONCE, SOFTWARE, PADDING, DATA, RESERVATION-TOKEN */
         lua_pushlstring(L, (const char *)v, a->len);
         break;
     }
@@ -318,6 +358,50 @@ static void add_integrity(encoder *e, int sha256)
     pm_stun_add_integrity(&e->w, (const uint8_t *)e->key, e->keylen, sha256);
 }
 
+static lua_Integer int_field(encoder *e, const char *field, lua_Integer lo, lua_Integer hi)
+{
+    lua_getfield(e->L, 1, field);
+    lua_Integer v = int_in(e->L, -1, field, field, lo, hi);
+    lua_pop(e->L, 1);
+    return v;
+}
+
+/* TURN's attributes that are not addresses or text; 0 when type is none. */
+static int add_turn(encoder *e, uint16_t type, const char *field)
+{
+    lua_State *L = e->L;
+    uint8_t b;
+    switch (type) {
+    case PM_TURN_CHANNEL_NUMBER:
+        pm_stun_add_u32(&e->w, type, (uint32_t)int_field(e, field, 0x4000, 0x4FFF) << 16);
+        return 1;
+    case PM_TURN_LIFETIME:
+    case PM_TURN_CONNECTION_ID:
+        pm_stun_add_u32(&e->w, type, (uint32_t)int_field(e, field, 0, 0xFFFFFFFF));
+        return 1;
+    case PM_TURN_REQUESTED_TRANSPORT:
+        pm_stun_add_u32(&e->w, type, (uint32_t)int_field(e, field, 0, 255) << 24);
+        return 1;
+    case PM_TURN_REQUESTED_ADDRESS_FAMILY:
+        b = (uint8_t)int_field(e, field, 4, 6);
+        if (b == 5)
+            bad(L, field, "4 or 6 expected");
+        pm_stun_add_u32(&e->w, type, (uint32_t)(b == 4 ? 1 : 2) << 24);
+        return 1;
+    case PM_TURN_EVEN_PORT:
+        lua_getfield(L, 1, field);
+        b = lua_toboolean(L, -1) ? 0x80 : 0;
+        lua_pop(L, 1);
+        pm_stun_add(&e->w, type, &b, 1, e->pad);
+        return 1;
+    case PM_TURN_DONT_FRAGMENT:
+        pm_stun_add(&e->w, type, NULL, 0, e->pad);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static void add_one(encoder *e, uint16_t type)
 {
     lua_State *L = e->L;
@@ -334,6 +418,8 @@ static void add_one(encoder *e, uint16_t type)
     case PM_STUN_ALTERNATE_SERVER:
     case PM_STUN_RESPONSE_ORIGIN:
     case PM_STUN_OTHER_ADDRESS:
+    case PM_TURN_XOR_PEER_ADDRESS:
+    case PM_TURN_XOR_RELAYED_ADDRESS:
         add_addr(e, type, field);
         break;
     case PM_STUN_CHANGE_REQUEST:
@@ -357,7 +443,9 @@ static void add_one(encoder *e, uint16_t type)
     case PM_STUN_FINGERPRINT:
         pm_stun_add_fingerprint(&e->w);
         break;
-    default: /* text and PADDING */
+    default: /* text, PADDING, DATA, RESERVATION-TOKEN; TURN's numbers */
+        if (add_turn(e, type, field))
+            break;
         s = text_field(L, field, &len);
         pm_stun_add(&e->w, type, s, len, e->pad);
         break;
@@ -380,7 +468,9 @@ static void add_default_order(encoder *e)
         if (t == PM_STUN_MESSAGE_INTEGRITY || t == PM_STUN_MESSAGE_INTEGRITY_SHA256 ||
             t == PM_STUN_FINGERPRINT)
             continue;
-        int present = lua_getfield(L, 1, fields[i].field) != LUA_TNIL;
+        /* a flag set false (dont_fragment = false) is absent */
+        int kind = lua_getfield(L, 1, fields[i].field);
+        int present = kind != LUA_TNIL && (t != PM_TURN_DONT_FRAGMENT || lua_toboolean(L, -1));
         lua_pop(L, 1);
         if (present)
             add_one(e, t);
@@ -489,12 +579,62 @@ static int l_transaction_id(lua_State *L)
     return 1;
 }
 
+/* --- ChannelData (turn.c) --- */
+
+static int l_channel_encode(lua_State *L)
+{
+    static uint8_t buf[PM_TURN_CHANNEL_HEADER + 65535 + 3];
+    size_t len;
+    lua_Integer ch = luaL_checkinteger(L, 1);
+    const char *data = luaL_checklstring(L, 2, &len);
+    int tcp = lua_toboolean(L, 3);
+    luaL_argcheck(L, ch >= PM_TURN_CHANNEL_MIN && ch <= PM_TURN_CHANNEL_MAX, 1,
+                  "channel number out of range 0x4000-0x4FFF");
+    luaL_argcheck(L, len <= 0xFFFF, 2, "at most 65535 bytes");
+    size_t n = pm_turn_channel_write(buf, sizeof(buf), (uint16_t)ch, data, len, tcp);
+    lua_pushlstring(L, (const char *)buf, n);
+    return 1;
+}
+
+static int l_channel_decode(lua_State *L)
+{
+    size_t len, datalen;
+    const char *bytes = luaL_checklstring(L, 1, &len);
+    int tcp = lua_toboolean(L, 2);
+    uint16_t ch;
+    const uint8_t *data;
+    const char *why;
+    if (pm_turn_channel_parse((const uint8_t *)bytes, len, tcp, &ch, &data, &datalen, &why) < 0)
+        return pm_fail(L, "protocol", "%s", why);
+    lua_pushinteger(L, ch);
+    lua_pushlstring(L, (const char *)data, datalen);
+    return 2;
+}
+
+static int l_frame_length(lua_State *L)
+{
+    size_t len;
+    const char *bytes = luaL_checklstring(L, 1, &len);
+    const char *why;
+    long n = pm_turn_frame_length((const uint8_t *)bytes, len, &why);
+    if (n < 0)
+        return pm_fail(L, "protocol", "%s", why);
+    if (n == 0)
+        lua_pushboolean(L, 0);
+    else
+        lua_pushinteger(L, n);
+    return 1;
+}
+
 static const luaL_Reg funcs[] = {
     {"stun_decode", l_decode},
     {"stun_encode", l_encode},
     {"stun_is_stun", l_is_stun},
     {"stun_long_term_key", l_long_term_key},
     {"stun_transaction_id", l_transaction_id},
+    {"turn_channel_encode", l_channel_encode},
+    {"turn_channel_decode", l_channel_decode},
+    {"turn_frame_length", l_frame_length},
     {NULL, NULL},
 };
 

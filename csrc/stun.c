@@ -44,6 +44,17 @@ static const struct {
     {PM_STUN_MESSAGE_INTEGRITY, "MESSAGE-INTEGRITY"},
     {PM_STUN_ERROR_CODE, "ERROR-CODE"},
     {PM_STUN_UNKNOWN_ATTRIBUTES, "UNKNOWN-ATTRIBUTES"},
+    {PM_TURN_CHANNEL_NUMBER, "CHANNEL-NUMBER"},
+    {PM_TURN_LIFETIME, "LIFETIME"},
+    {PM_TURN_XOR_PEER_ADDRESS, "XOR-PEER-ADDRESS"},
+    {PM_TURN_DATA_ATTR, "DATA"},
+    {PM_TURN_XOR_RELAYED_ADDRESS, "XOR-RELAYED-ADDRESS"},
+    {PM_TURN_REQUESTED_ADDRESS_FAMILY, "REQUESTED-ADDRESS-FAMILY"},
+    {PM_TURN_EVEN_PORT, "EVEN-PORT"},
+    {PM_TURN_REQUESTED_TRANSPORT, "REQUESTED-TRANSPORT"},
+    {PM_TURN_DONT_FRAGMENT, "DONT-FRAGMENT"},
+    {PM_TURN_RESERVATION_TOKEN, "RESERVATION-TOKEN"},
+    {PM_TURN_CONNECTION_ID, "CONNECTION-ID"},
     {PM_STUN_REALM, "REALM"},
     {PM_STUN_NONCE, "NONCE"},
     {PM_STUN_MESSAGE_INTEGRITY_SHA256, "MESSAGE-INTEGRITY-SHA256"},
@@ -67,11 +78,47 @@ const char *pm_stun_attr_name(uint16_t type)
 
 int pm_stun_known(uint16_t type) { return pm_stun_attr_name(type) != NULL; }
 
+int pm_stun_is_xor(uint16_t type)
+{
+    return type == PM_STUN_XOR_MAPPED_ADDRESS || type == PM_TURN_XOR_PEER_ADDRESS ||
+           type == PM_TURN_XOR_RELAYED_ADDRESS;
+}
+
 static int is_address(uint16_t type)
 {
-    return type == PM_STUN_MAPPED_ADDRESS || type == PM_STUN_XOR_MAPPED_ADDRESS ||
+    return type == PM_STUN_MAPPED_ADDRESS || pm_stun_is_xor(type) ||
            type == PM_STUN_ALTERNATE_SERVER || type == PM_STUN_RESPONSE_ORIGIN ||
            type == PM_STUN_OTHER_ADDRESS;
+}
+
+/* TURN's fixed-size attributes (RFC 8656 section 18, RFC 6062 section 6.2):
+ * NULL when the value is good, else why not. */
+static const char *check_turn_value(uint16_t type, const uint8_t *v, uint16_t len)
+{
+    switch (type) {
+    case PM_TURN_CHANNEL_NUMBER:
+        if (len != 4)
+            return "CHANNEL-NUMBER has a bad length";
+        /* 0x4000-0x4FFF; the rest is reserved (RFC 8656 section 12) */
+        return pm_stun_u16(v) >= 0x4000 && pm_stun_u16(v) <= 0x4FFF ? NULL
+                                                                      : "CHANNEL-NUMBER out of range";
+    case PM_TURN_LIFETIME:
+    case PM_TURN_REQUESTED_TRANSPORT:
+    case PM_TURN_CONNECTION_ID:
+        return len == 4 ? NULL : "fixed-size attribute has a bad length";
+    case PM_TURN_REQUESTED_ADDRESS_FAMILY:
+        if (len != 4)
+            return "REQUESTED-ADDRESS-FAMILY has a bad length";
+        return v[0] == 1 || v[0] == 2 ? NULL : "REQUESTED-ADDRESS-FAMILY has an unknown family";
+    case PM_TURN_EVEN_PORT:
+        return len == 1 ? NULL : "EVEN-PORT has a bad length";
+    case PM_TURN_DONT_FRAGMENT:
+        return len == 0 ? NULL : "DONT-FRAGMENT has a value";
+    case PM_TURN_RESERVATION_TOKEN:
+        return len == 8 ? NULL : "RESERVATION-TOKEN has a bad length";
+    default:
+        return NULL; /* DATA: any bytes */
+    }
 }
 
 /* The format of a known attribute's value: NULL when good, else why not. */
@@ -111,7 +158,7 @@ static const char *check_value(uint16_t type, const uint8_t *v, uint16_t len)
     case PM_STUN_SOFTWARE:
         return len <= MAX_TEXT ? NULL : "text attribute too long";
     default:
-        return NULL; /* PADDING: any bytes */
+        return check_turn_value(type, v, len); /* and PADDING: any bytes */
     }
 }
 
@@ -223,7 +270,7 @@ void pm_stun_get_addr(const pm_stun_msg *m, const pm_stun_attr *a, pm_stun_addr 
     out->family = v[1] == 1 ? 4 : 6;
     out->port = pm_stun_u16(v + 2);
     memcpy(out->addr, v + 4, n);
-    if (a->type == PM_STUN_XOR_MAPPED_ADDRESS) {
+    if (pm_stun_is_xor(a->type)) {
         /* XOR with the cookie, then (IPv6) the transaction id: bytes 4..19 of
          * the header are exactly that sequence. */
         out->port ^= PM_STUN_MAGIC >> 16;
@@ -352,7 +399,7 @@ void pm_stun_add_addr(pm_stun_writer *w, uint16_t type, const pm_stun_addr *a)
     p[1] = a->family == 4 ? 1 : 2;
     put16(p + 2, a->port);
     memcpy(p + 4, a->addr, n);
-    if (type == PM_STUN_XOR_MAPPED_ADDRESS) {
+    if (pm_stun_is_xor(type)) {
         put16(p + 2, a->port ^ (PM_STUN_MAGIC >> 16));
         for (size_t i = 0; i < n; i++)
             p[4 + i] ^= w->buf[4 + i];

@@ -25,6 +25,16 @@ enum pm_stun_class {
 };
 
 #define PM_STUN_BINDING 0x001
+/* TURN's methods (RFC 8656 section 17, RFC 6062 section 6.1). */
+#define PM_TURN_ALLOCATE 0x003
+#define PM_TURN_REFRESH 0x004
+#define PM_TURN_SEND 0x006
+#define PM_TURN_DATA 0x007
+#define PM_TURN_CREATE_PERMISSION 0x008
+#define PM_TURN_CHANNEL_BIND 0x009
+#define PM_TURN_CONNECT 0x00A
+#define PM_TURN_CONNECTION_BIND 0x00B
+#define PM_TURN_CONNECTION_ATTEMPT 0x00C
 
 enum pm_stun_attr_type {
     PM_STUN_MAPPED_ADDRESS = 0x0001,
@@ -33,12 +43,23 @@ enum pm_stun_attr_type {
     PM_STUN_MESSAGE_INTEGRITY = 0x0008,
     PM_STUN_ERROR_CODE = 0x0009,
     PM_STUN_UNKNOWN_ATTRIBUTES = 0x000A,
+    PM_TURN_CHANNEL_NUMBER = 0x000C,
+    PM_TURN_LIFETIME = 0x000D,
+    PM_TURN_XOR_PEER_ADDRESS = 0x0012,
+    PM_TURN_DATA_ATTR = 0x0013,
     PM_STUN_REALM = 0x0014,
     PM_STUN_NONCE = 0x0015,
     PM_STUN_MESSAGE_INTEGRITY_SHA256 = 0x001C,
+    PM_TURN_XOR_RELAYED_ADDRESS = 0x0016,
+    PM_TURN_REQUESTED_ADDRESS_FAMILY = 0x0017,
+    PM_TURN_EVEN_PORT = 0x0018,
+    PM_TURN_REQUESTED_TRANSPORT = 0x0019,
+    PM_TURN_DONT_FRAGMENT = 0x001A,
     PM_STUN_XOR_MAPPED_ADDRESS = 0x0020,
+    PM_TURN_RESERVATION_TOKEN = 0x0022,
     PM_STUN_PADDING = 0x0026,
     PM_STUN_RESPONSE_PORT = 0x0027,
+    PM_TURN_CONNECTION_ID = 0x002A, /* RFC 6062 */
     PM_STUN_SOFTWARE = 0x8022,
     PM_STUN_ALTERNATE_SERVER = 0x8023,
     PM_STUN_FINGERPRINT = 0x8028,
@@ -97,8 +118,9 @@ int pm_stun_is_stun(const uint8_t *buf, size_t len);
  * message carries neither. */
 int pm_stun_check_integrity(const pm_stun_msg *m, const uint8_t *key, size_t keylen);
 
-/* The address in a MAPPED-, XOR-MAPPED-, ALTERNATE-, RESPONSE-ORIGIN or
- * OTHER-ADDRESS attribute that pm_stun_parse accepted. */
+/* The address in a MAPPED-, XOR-MAPPED-, ALTERNATE-, RESPONSE-ORIGIN,
+ * OTHER-ADDRESS, XOR-PEER- or XOR-RELAYED-ADDRESS attribute that
+ * pm_stun_parse accepted. */
 void pm_stun_get_addr(const pm_stun_msg *m, const pm_stun_attr *a, pm_stun_addr *out);
 /* The first attribute of that type, or NULL. */
 const pm_stun_attr *pm_stun_find(const pm_stun_msg *m, uint16_t type);
@@ -120,7 +142,7 @@ void pm_stun_begin(pm_stun_writer *w, uint8_t *buf, size_t cap, uint16_t method,
 /* An attribute of len raw bytes, padded to 4 with the byte pad (0 is usual;
  * RFC 5769's samples use 0x20 to show any value will do). */
 void pm_stun_add(pm_stun_writer *w, uint16_t type, const void *value, size_t len, uint8_t pad);
-/* An address attribute; XOR-MAPPED-ADDRESS is XORed with cookie and tid. */
+/* An address attribute; the XOR- ones are XORed with cookie and tid. */
 void pm_stun_add_addr(pm_stun_writer *w, uint16_t type, const pm_stun_addr *a);
 void pm_stun_add_u32(pm_stun_writer *w, uint16_t type, uint32_t value);
 void pm_stun_add_error(pm_stun_writer *w, unsigned code, const char *reason, size_t len, uint8_t pad);
@@ -130,6 +152,9 @@ void pm_stun_add_integrity(pm_stun_writer *w, const uint8_t *key, size_t keylen,
 void pm_stun_add_fingerprint(pm_stun_writer *w);
 /* The message length, or 0 when it did not fit or an argument was bad. */
 size_t pm_stun_finish(pm_stun_writer *w);
+
+/* Is the address attribute type one of the XOR-ed ones? */
+int pm_stun_is_xor(uint16_t type);
 
 /* The long-term credential key: MD5(username ":" realm ":" password), the
  * password already SASLprep'd. out holds 16 bytes. Returns 0 or -1. */

@@ -2,11 +2,11 @@
 _portman() {
   local cur=${COMP_WORDS[COMP_CWORD]} opts
   if [ "$COMP_CWORD" -eq 1 ]; then
-    COMPREPLY=($(compgen -W "alloc probe resolve stun nat-type map unmap mappings run check status events register deregister repl services help --version --help" -- "$cur"))
+    COMPREPLY=($(compgen -W "alloc probe resolve stun nat-type map unmap mappings relay run check status events register deregister repl services help --version --help" -- "$cur"))
     return
   fi
   case ${COMP_WORDS[1]} in
-    help) opts="alloc probe resolve stun nat-type map unmap mappings run check status events register deregister repl services" ;;
+    help) opts="alloc probe resolve stun nat-type map unmap mappings relay run check status events register deregister repl services" ;;
     alloc) opts="--range --strategy --node-id --count --allow-privileged --proto --no-host-check --ttl --hold --etcd --cluster --timeout --cacert --cert --key --user --json --help -h" ;;
     probe) opts="--timeout --concurrency --proto --retries --json --no-header -H --help -h" ;;
     resolve) opts="--type --server --timeout --json --no-header -H --help -h" ;;
@@ -15,6 +15,7 @@ _portman() {
     map) opts="--external --proto --lifetime --method --timeout --gateway-url --state-dir --json --help -h" ;;
     unmap) opts="--proto --method --internal --nonce --force --timeout --gateway-url --state-dir --json --help -h" ;;
     mappings) opts="--timeout --gateway-url --state-dir --json --no-header -H --help -h" ;;
+    relay) opts="--server --user --password-file --realm --proto --allow --lifetime --timeout --json --help -h" ;;
     run) opts="--state-dir --admin-socket --log-level --log-format --help -h" ;;
     check) opts="--no-host --json --help -h" ;;
     status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;

@@ -54,6 +54,7 @@ build = {
         "csrc/probe.c",
         "csrc/sockopt.c",
         "csrc/stun.c",
+        "csrc/turn.c",
         "csrc/upnp.c",
       },
       defines = {"_GNU_SOURCE"},
@@ -84,6 +85,7 @@ build = {
     ["portman.cmd.map"] = "lua/portman/cmd/map.lua",
     ["portman.cmd.probe"] = "lua/portman/cmd/probe.lua",
     ["portman.cmd.register"] = "lua/portman/cmd/register.lua",
+    ["portman.cmd.relay"] = "lua/portman/cmd/relay.lua",
     ["portman.cmd.resolve"] = "lua/portman/cmd/resolve.lua",
     ["portman.cmd.run"] = "lua/portman/cmd/run.lua",
     ["portman.cmd.services"] = "lua/portman/cmd/services.lua",
@@ -116,6 +118,7 @@ build = {
     ["portman.stun"] = "lua/portman/stun.lua",
     ["portman.supervisor"] = "lua/portman/supervisor.lua",
     ["portman.tunnel"] = "lua/portman/tunnel.lua",
+    ["portman.turn"] = "lua/portman/turn.lua",
     -- END Lua modules
   },
   install = {bin = {portman = "bin/portman"}},

@@ -15,6 +15,7 @@ local events = require "portman.events"
 local async = require "portman.async"
 local uv = require "luv"
 local nat = require "portman.nat"
+local turn = require "portman.turn"
 local supervisor = require "portman.supervisor"
 local backend = require "portman.backend"
 local netaddr = require "portman.netaddr"
@@ -31,6 +32,7 @@ local POOL_KEYS = {range = true, strategy = true, node_id = true, allow_privileg
                    warning = true, critical = true}
 local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, port = true, pool = true,
                       listen = true, handler = true, check = true, map = true, metadata = true,
+                      relay = true, -- a TURN relay when the router maps nothing (portman.turn)
                       -- a program that serves the port (portman.supervisor)
                       exec = true, env = true, cwd = true, user = true, group = true, activation = true,
                       restart = true, stop_signal = true, stop_timeout = true, start_timeout = true, output = true,
@@ -241,6 +243,7 @@ local function check_service(spec)
     end
   end
   if type(spec.map) == "table" then check.known("add_service", 1, spec.map, MAP_KEYS, "map.") end
+  if spec.relay ~= nil then turn.check_service("add_service", 1, spec.relay) end
   if spec.exec ~= nil then
     if type(spec.exec) ~= "table" or #spec.exec == 0 then
       check.argerror("add_service", 1, "exec: {program, args...} expected")
@@ -637,6 +640,8 @@ function Manager:activate(svc)
       self:_undo(svc)
       check.argerror("add_service", 1, "map: " .. reason_of(merr))
     end
+  elseif spec.relay then
+    self:_relay(svc, spec)
   end
   svc.since = os.time()
   self.services[svc.name] = svc
@@ -748,8 +753,9 @@ function Manager:_map(svc, spec)
     end
     if not m then
       svc.mapping_error = err
-      return self:_event({event = "mapping_failed", level = "warning", service = svc.name, error = err,
-                          code = code})
+      self:_event({event = "mapping_failed", level = "warning", service = svc.name, error = err, code = code})
+      if spec.relay then self:_relay(svc, spec) end -- the router maps nothing: a TURN relay
+      return
     end
     svc.mapping = m
     self:_event({event = "mapping_added", service = svc.name, method = m.method, external_ip = m.external_ip,
@@ -758,9 +764,43 @@ function Manager:_map(svc, spec)
   end)
 end
 
+-- Relays the service through its TURN server (portman.turn): the relayed
+-- address shows as its mapping, method "turn". It lasts until the service
+-- stops; it is not saved (a TURN allocation dies with its client).
+function Manager:_relay(svc, spec)
+  svc.relay_pending = true
+  turn.for_service(spec.relay, svc, function(name, fields)
+    if name ~= "refreshed" and name ~= "nonce" then
+      self:_event({event = "relay_" .. name, service = svc.name, error = fields.error, peer = fields.peer})
+    end
+  end, function(r, err, code)
+    svc.relay_pending = false
+    if svc.stopped then
+      if r then r:close(function() end) end
+      return
+    end
+    if not r then
+      svc.relay_error = err
+      return self:_event({event = "relay_failed", level = "warning", service = svc.name, error = err, code = code})
+    end
+    svc.relay, svc.mapping_error = r, nil
+    self:_event({event = "relay_added", service = svc.name, external_ip = r.info.relayed_ip,
+                 external_port = r.info.relayed_port, proto = r.info.proto, server = r.info.server})
+    self:_changed()
+  end)
+end
+
 -- Deletes the service's mapping (waiting for one still being made); cb().
 function Manager:_unmap(svc, cb)
   svc.stopped = true
+  if svc.relay then -- a relay is there only when no mapping is
+    local r = svc.relay
+    svc.relay = nil
+    return r:close(function(ok, err)
+      if not ok then log.warn("relay_close_failed", {service = svc.name, error = err}) end
+      cb()
+    end)
+  end
   if svc.mapping_pending then
     svc.on_unmapped = cb
     return
@@ -862,12 +902,13 @@ end
 
 -- The mapping part of a service's status entry.
 local function mapping_entry(svc)
+  if svc.relay then return svc.relay:entry() end
   if svc.mapping then
     local i = svc.mapping:info()
     return {method = i.method, external_ip = i.external_ip, external_port = i.external_port, proto = i.proto,
             lifetime = i.lifetime, expires = i.expires}
   end
-  if svc.mapping_error then return {error = svc.mapping_error} end
+  if svc.mapping_error or svc.relay_error then return {error = svc.relay_error or svc.mapping_error} end
   return nil
 end
 
@@ -1041,8 +1082,9 @@ function Manager:status()
     end
     services[i] = entry
     local svc = self.services[name]
-    if svc and svc.mapping then
-      local info = svc.mapping:info()
+    local m = svc and (svc.mapping or svc.relay)
+    if m then
+      local info = m.entry and m:entry() or m:info()
       info.service = name
       mappings[#mappings + 1] = info
     end

@@ -239,6 +239,50 @@ function M:stun_server()
   return W.server .. ":3478"
 end
 
+--- Starts coturn's turnserver in the WAN namespace as a TURN server with
+-- long-term credentials on WAN.server:3478, relaying from WAN.server's
+-- ports 49152-49407. Peers may only be on the WAN (the lab's one public
+-- network): no loopback, no LAN. Waits until it listens (UDP and TCP).
+-- @tparam table opts `user`, `password`, `realm`, `max_lifetime` (s; coturn's
+--   --max-allocate-lifetime), `extra` (more turnserver flags)
+-- @return "ip:port"
+function M:turn_server(opts)
+  local W = M.WAN
+  local wan_net = W.server:gsub("%d+$", "")
+  self:daemon("wan", "turnserver", ("turnserver -n --no-cli --no-tls --no-dtls -L %s --listening-port 3478 "
+    .. "--relay-ip %s --min-port 49152 --max-port 49407 --lt-cred-mech --user %s -r %s "
+    .. "--denied-peer-ip=0.0.0.0-255.255.255.255 --allowed-peer-ip=%s0-%s255 "
+    .. "--max-allocate-lifetime=%d --pidfile %s/turnserver.pid --userdb %s/turndb --log-file stdout "
+    .. "--simple-log %s"):format(W.server, W.server, q(opts.user .. ":" .. opts.password), q(opts.realm),
+    wan_net, wan_net, opts.max_lifetime or 3600, q(self.dir), q(self.dir), opts.extra or ""))
+  self:wait_for("turnserver to listen", function()
+    local _, out = self:try("wan", "ss -Hltn")
+    return self:udp_listening("wan", W.server, 3478) and out:find(W.server .. ":3478 ", 1, true) ~= nil
+  end)
+  return W.server .. ":3478"
+end
+
+--- Writes a Lua script into the lab's directory; returns its path.
+function M:script(name, text)
+  local path = ("%s/%s.lua"):format(self.dir, name)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+--- Starts a Lua script (the system's lua5.4 with luv) in namespace ns as
+-- a daemon; its arguments are args (a string). Returns its pid.
+function M:lua_daemon(ns, name, text, args)
+  return self:daemon(ns, name, ("lua5.4 %s %s"):format(q(self:script(name, text)), args or ""))
+end
+
+--- Is a TCP socket listening on ip:port in namespace ns?
+function M:tcp_listening(ns, ip, port)
+  local _, out = self:try(ns, "ss -Hltn")
+  return out:find(ip .. ":" .. port .. " ", 1, true) ~= nil
+end
+
 --- The IGD's own filter and NAT table in the layout miniupnpd-nftables
 -- expects: forward jumps to miniupnpd, the nat hooks to
 -- prerouting_miniupnpd / postrouting_miniupnpd, and LAN traffic leaving

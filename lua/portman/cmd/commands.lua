@@ -5,7 +5,7 @@ local M = {}
 
 M.ORDER = {
   {"alloc", "alloc"}, {"probe", "probe"}, {"resolve", "resolve"}, {"stun", "stun"},
-  {"nat-type", "stun"}, {"map", "map"}, {"unmap", "map"}, {"mappings", "map"},
+  {"nat-type", "stun"}, {"map", "map"}, {"unmap", "map"}, {"mappings", "map"}, {"relay", "relay"},
   {"run", "run"}, {"check", "check"}, {"status", "admin"}, {"events", "events"}, {"register", "register"},
   {"deregister", "register"}, {"repl", "admin"}, {"services", "services"},
 }

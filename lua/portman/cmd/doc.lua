@@ -114,6 +114,8 @@ function M.man()
   out[#out + 1] = ".SH ENVIRONMENT"
   out[#out + 1] = ".TP\n.B PORTMAN_STUN_SERVERS\n" .. roff("STUN servers for portman stun when no --server is given.")
   out[#out + 1] = ".TP\n.B PORTMAN_ETCD_PASSWORD\n" .. roff("the etcd password for --user.")
+  out[#out + 1] = ".TP\n.B PORTMAN_TURN_PASSWORD\n"
+    .. roff("the TURN password for portman relay without --password-file.")
   out[#out + 1] = ".TP\n.B XDG_RUNTIME_DIR\n" .. roff("holds the default admin socket, portman/admin.sock.")
   out[#out + 1] = ".SH SEE ALSO"
   out[#out + 1] = "upnpc(1), natpmpc(1), nmap(1), dig(1), etcdctl(1)"
