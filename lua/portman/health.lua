@@ -187,6 +187,7 @@ local function record(self, c, ok, status, msg, started, due)
   c.history[c.hist_next] = {ok = ok, status = ok and "healthy" or status, msg = msg,
                             at = t, ms = t - started, lag = due and math.max(0, started - due) or 0}
   c.hist_next = c.hist_next % M.HISTORY + 1
+  if self._observer then self._observer(c.name, ok, status, t - started) end
   if ok then
     c.successes, c.failures = c.successes + 1, 0
   else
@@ -225,6 +226,13 @@ function run(self, c)
     record(self, c, false, "unknown", tostring(err), started, due)
     if self._started then arm(self, c, c.unhealthy_interval) end
   end
+end
+
+--- Sets fn(name, ok, status, ms) to be called with each check result
+-- (one observer: the daemon's metrics, portman.metrics); nil removes it.
+-- Not an event: a result is too frequent to log or keep.
+function M:observe(fn)
+  self._observer = fn
 end
 
 --- Starts every check: the first runs after its initial delay plus a random
