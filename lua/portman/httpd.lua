@@ -117,7 +117,7 @@ function Conn:answer(req)
   if (req.content_length or 0) > 0 or req.chunked then
     return self:fail(400, "bad request: a " .. req.method .. " request has no body here")
   end
-  if not route then return self:fail(404, "not found: " .. path) end
+  if not route then return self:send(404, TEXT, "not found: " .. path .. "\n", close, nil, req.method == "HEAD") end
   local ok, status, ctype, body, extra = xpcall(route, debug.traceback, req)
   if not ok then
     log.error("http_handler_failed", {path = path, error = status})
