@@ -15,7 +15,7 @@ _portman() {
     map) opts="--external --proto --lifetime --method --timeout --json --help -h" ;;
     unmap) opts="--proto --method --internal --timeout --json --help -h" ;;
     mappings) opts="--timeout --json --no-header -H --help -h" ;;
-    run) opts="--state-dir --admin-socket --log-level --log-format --help -h" ;;
+    run) opts="--state-dir --admin-socket --http --log-level --log-format --help -h" ;;
     check) opts="--no-host --json --help -h" ;;
     status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;
     events) opts="--since --admin-socket --timeout --json --no-header -H --help -h" ;;
