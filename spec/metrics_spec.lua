@@ -112,6 +112,17 @@ describe("portman.metrics", function()
     assert.equal(0, promtool(text))
   end)
 
+  it("joins text in C: integers of any size, floats, and a part of another type refused by its index", function()
+    local core = require "portman.core"
+    assert.equal("a 0 -7 9223372036854775807 -9223372036854775808 0.25 1e+20\n",
+      core.text_join({"a ", 0, " ", -7, " ", math.maxinteger, " ", math.mininteger, " ", 0.25, " ", 1e20, "\n", "x"},
+        13))
+    assert.equal("", core.text_join({"x"}, 0))
+    assert.matches("parts%[2%] is a boolean", helpers.raises(core.text_join, {"a", true}, 2))
+    assert.equal('h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n',
+      core.histogram_text("h", "s", "v", {"1"}, {2, 3}, 1.5, 5))
+  end)
+
   it("escapes label values as the format asks", function()
     assert.equal('a\\"b\\\\c\\nd', metrics.escape('a"b\\c\nd'))
     assert.equal("plain", metrics.escape("plain"))

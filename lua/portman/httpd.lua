@@ -78,15 +78,30 @@ function Conn:linger()
   self:arm(M.LINGER_MS, function() self:close() end)
 end
 
---- Sends an answer; close: the connection ends after it.
+-- The length of a body: a string, or a list of strings written in order.
+local function length(body)
+  if type(body) == "string" then return #body end
+  local n = 0
+  for _, s in ipairs(body) do n = n + #s end
+  return n
+end
+
+--- Sends an answer (body: a string or a list of strings); close: the
+-- connection ends after it.
 function Conn:send(status, ctype, body, close, extra, head_only)
   local headers = {{"Content-Type", ctype or TEXT}}
   for _, h in ipairs(extra or {}) do headers[#headers + 1] = h end
   self.writing = true
   if self.server.on_status then self.server.on_status(status) end
   self:arm(self.server.idle_ms, function() self:close() end) -- a client that does not read
-  local head = head_of(status, headers, #body, close)
-  self.tcp:write(head_only and head or {head, body}, function(err)
+  local head = head_of(status, headers, length(body), close)
+  local out = {head}
+  if not head_only and type(body) == "string" then
+    out[2] = body
+  elseif not head_only then
+    table.move(body, 1, #body, 2, out)
+  end
+  self.tcp:write(out, function(err)
     self.writing = false
     if self.closed then return end
     if err then return self:close() end
@@ -174,7 +189,7 @@ end
 
 --- Serves routes on address ("host:port").
 -- @tparam table routes path -> fn(req) returning status, content type,
---   body (a string), and optionally a list of {name, value} headers; req
+--   body (a string, or a list of strings to write in order), and optionally a list of {name, value} headers; req
 --   is the parsed head ({method, target, minor, ...})
 -- @tparam[opt] table opts `max_head`, `idle_ms`, `max_connections`
 --   (defaults: MAX_HEAD, IDLE_MS, MAX_CONNECTIONS)

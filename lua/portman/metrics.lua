@@ -33,7 +33,7 @@ local escape = M.escape
 
 -- The bucket bounds as the le label writes them.
 local LE = {}
-for i, b in ipairs(M.BUCKETS) do LE[i] = ('",le="%g"} '):format(b) end
+for i, b in ipairs(M.BUCKETS) do LE[i] = ("%g"):format(b) end
 
 local Collector = {}
 Collector.__index = Collector
@@ -130,9 +130,23 @@ end
 
 -- ---- rendering ----
 
--- The pieces of the text, joined once at the end.
-local Buf = {}
-Buf.__index = Buf
+-- The pieces of the text go into one table; every SPILL pieces they are
+-- joined into a chunk of some KiB and the table is filled again from its
+-- start, so it stays small (a table of a million pieces costs more to
+-- grow than the joining does). The text is the list of chunks: the server
+-- writes it as it is (writev), never joined into one string of MiBs,
+-- whose fresh pages cost more than all the rest.
+local SPILL = 1024
+
+local function flush(b, n)
+  if n > 0 then b.chunks[#b.chunks + 1] = core.text_join(b, n) end
+  return 0
+end
+
+local function spill(b, n)
+  if n < SPILL then return n end
+  return flush(b, n)
+end
 
 local function family(b, name, kind, help)
   local n = b.n
@@ -218,7 +232,7 @@ local function render_services(self, b, doc)
   for _, s in ipairs(services) do
     b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5], b[n + 6], b[n + 7] =
       'portman_service_up{service="', self:label(s.name), '",proto="', s.proto, '"} ', UP[s.status] or 0, "\n"
-    n = n + 7
+    n = spill(b, n + 7)
   end
   b.n = n
   family(b, "portman_service_status", "gauge", "1 for the service's status: healthy (1 or 0), or another "
@@ -234,6 +248,7 @@ local function render_services(self, b, doc)
         escape(st), '"} 1\n'
       n = n + 5
     end
+    n = spill(b, n)
   end
   b.n = n
 end
@@ -242,30 +257,19 @@ end
 -- names at each scrape.
 local function render_health(self, b, doc)
   family(b, "portman_health_check_duration_seconds", "histogram", "Time a service's health check took.")
-  local nb, n, hist = #M.BUCKETS, b.n, self.hist
-  local BUCKET = 'portman_health_check_duration_seconds_bucket{service="'
+  -- each service's series is one block of text, a chunk of its own
+  local hist, text, chunks = self.hist, core.histogram_text, b.chunks
+  b.n = flush(b, b.n)
   for _, s in ipairs(doc.services) do
     local h = hist[s.name]
     if h then
-      local l, counts, cum = h.label, h.counts, 0
-      for i = 1, nb do
-        cum = cum + counts[i]
-        b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5] = BUCKET, l, LE[i], cum, "\n"
-        n = n + 5
-      end
-      b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5], b[n + 6], b[n + 7], b[n + 8], b[n + 9], b[n + 10], b[n + 11],
-        b[n + 12], b[n + 13], b[n + 14], b[n + 15] =
-        BUCKET, l, '",le="+Inf"} ', h.count, "\n",
-        'portman_health_check_duration_seconds_sum{service="', l, '"} ', h.sum, "\n",
-        'portman_health_check_duration_seconds_count{service="', l, '"} ', h.count, "\n"
-      n = n + 15
+      chunks[#chunks + 1] = text("portman_health_check_duration_seconds", "service", h.label, LE, h.counts, h.sum,
+        h.count)
     end
   end
-  b.n = n
   family(b, "portman_health_checks_total", "counter",
     "Health check results of a service, by result (healthy or the failure's status).")
-  local results = self.results
-  n = b.n
+  local results, n = self.results, b.n
   for _, s in ipairs(doc.services) do
     local row = results[s.name]
     if row then
@@ -276,6 +280,7 @@ local function render_health(self, b, doc)
         b[n + 7] = "\n"
         n = n + 7
       end
+      n = spill(b, n)
     end
   end
   b.n = n
@@ -384,11 +389,12 @@ local function render_process(b)
     p.start_time)
 end
 
---- The metrics text. doc: the status document (the manager's status()
+--- The metrics text as a list of strings (to be written in order) and
+-- its length in bytes. doc: the status document (the manager's status()
 -- now when nil); now: unix seconds (os.time()).
-function Collector:render(doc, now)
+function Collector:render_chunks(doc, now)
   doc = doc or self.manager:status()
-  local b = setmetatable({n = 0}, Buf)
+  local b = {n = 0, chunks = {}}
   render_pools(self, b, doc)
   render_services(self, b, doc)
   render_health(self, b, doc)
@@ -396,7 +402,15 @@ function Collector:render(doc, now)
   render_programs(self, b)
   render_daemon(self, b)
   render_process(b)
-  return core.text_join(b, b.n)
+  flush(b, b.n)
+  local len = 0
+  for _, c in ipairs(b.chunks) do len = len + #c end
+  return b.chunks, len
+end
+
+--- The metrics text as one string (render_chunks joined).
+function Collector:render(doc, now)
+  return table.concat((self:render_chunks(doc, now)))
 end
 
 return M
