@@ -11,6 +11,7 @@ local uv = require "luv"
 local manager = require "portman.manager"
 local metrics = require "portman.metrics"
 local cjson = require "cjson"
+local statuspage = require "portman.statuspage"
 local log = require "portman.log"
 
 log.setup{level = "error"} -- 10,000 status changes are not the point
@@ -89,6 +90,8 @@ local s_min, s_med, s_max = measure(function() return m:status() end)
 local r_min, r_med, r_max, chunks = measure(function() return (c:render_chunks(doc)) end)
 local a_min, a_med, a_max = measure(function() return (c:render_chunks()) end)
 local text = table.concat(chunks)
+local history = function(name) return m.health:history(name) end
+local p_min, p_med, p_max, page = measure(function() return statuspage.render(doc, history) end)
 local n_min, n_med, n_max, naive_text = measure(function() return naive(doc) end)
 local j_min, j_med, j_max, js = measure(function() return cjson.encode(doc) end)
 
@@ -102,6 +105,7 @@ row("portman.metrics render + manager:status()", a_min, a_med, a_max)
 row("baseline: string.format a line", n_min, n_med, n_max)
 row("baseline: cjson.encode(status doc)", j_min, j_med, j_max)
 row("manager:status() alone", s_min, s_med, s_max)
+row(("status page (%.1f MiB), a sparkline a service"):format(#page / 1048576), p_min, p_med, p_max)
 print(("render / string.format baseline (medians): %.2f; goal: render + status < 50 ms: %s")
   :format(r_med / n_med, a_med < 50 and "met" or "NOT met"))
 m:shutdown(0)

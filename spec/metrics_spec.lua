@@ -151,8 +151,19 @@ describe("portman.statuspage", function()
     assert.truthy(html:find("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;", 1, true))
     assert.truthy(html:find("p&amp;q", 1, true))
     assert.equal(2, select(2, html:gsub('<svg class="spark"', "")))
-    assert.equal(2, select(2, html:gsub("<rect x=", ""))) -- one bar per result
+    -- one bar per result: the first passed, the second failed
+    assert.equal(1, select(2, html:gsub('<path class="ok" fill="#2a2" d="M[^M"]+"/>', "")))
+    assert.equal(1, select(2, html:gsub('<path class="fail" fill="#d22" d="M[^M"]+"/>', "")))
+    assert.truthy(html:find("the last 2 checks, 1 failed", 1, true))
     assert.truthy(html:find('<meta http-equiv="refresh"', 1, true))
     assert.truthy(html:find("natpmp", 1, true))
+    assert.is_nil(html:find("Sparklines are drawn for the first", 1, true))
+    -- past MAX_SPARKLINES, the others get none and the page says so
+    local max = statuspage.MAX_SPARKLINES
+    statuspage.MAX_SPARKLINES = 1
+    local capped = statuspage.render(doc, function(name) return histories[name] end)
+    statuspage.MAX_SPARKLINES = max
+    assert.equal(1, select(2, capped:gsub('<svg class="spark"', "")))
+    assert.truthy(capped:find("Sparklines are drawn for the first 1 checked services", 1, true))
   end)
 end)

@@ -9,6 +9,9 @@ local M = {}
 
 M.REFRESH = 5 -- seconds
 M.SPARK_W, M.SPARK_H, M.SPARK_N = 200, 24, 100
+-- services past this many get no sparkline (the page says so): at 10,000
+-- checked services with 100 results each, the bars alone would be ~20 MiB
+M.MAX_SPARKLINES = 500
 
 local ESC = {["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;"}
 
@@ -48,23 +51,32 @@ end
 
 --- The sparkline of a check's history (health.history's list, oldest
 -- first): one bar per result, as tall as its latency against the slowest
--- shown, green for a success and red for a failure.
+-- shown, green for a success and a full red bar for a failure. The bars
+-- are two paths (one a color), not an element each: the page of 10,000
+-- services stays MiBs, not hundreds.
 function M.sparkline(name, history)
   local n, w, h = #history, M.SPARK_W, M.SPARK_H
   local first = math.max(1, n - M.SPARK_N + 1)
-  local slowest = 0
-  for i = first, n do slowest = math.max(slowest, history[i].ms or 0) end
+  local slowest, failed = 0, 0
+  for i = first, n do
+    slowest = math.max(slowest, history[i].ms or 0)
+    if not history[i].ok then failed = failed + 1 end
+  end
   local bw = w / M.SPARK_N
-  local out = {('<svg class="spark" width="%d" height="%d" viewBox="0 0 %d %d" role="img">'):format(w, h, w, h),
-               ("<title>%s: the last %d checks, slowest %.1f ms</title>"):format(esc(name), n - first + 1, slowest)}
+  local ok_bars, bad_bars = {}, {}
   for i = first, n do
     local r = history[i]
     local bh = slowest > 0 and math.max(2, (r.ms or 0) / slowest * (h - 2)) or 2
     if not r.ok then bh = h end -- a failure is a full red bar: seen at a glance
-    out[#out + 1] = ('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %.2f ms</title></rect>')
-      :format((i - first) * bw, h - bh, math.max(1, bw - 0.5), bh, r.ok and "#2a2" or "#d22",
-              esc(r.status), r.ms or 0)
+    local list = r.ok and ok_bars or bad_bars
+    list[#list + 1] = ("M%.1f %dv-%.1fh%.1fv%.1fz"):format((i - first) * bw, h, bh, math.max(1, bw - 0.5), bh)
   end
+  local last = history[n]
+  local out = {('<svg class="spark" width="%d" height="%d" viewBox="0 0 %d %d" role="img">'):format(w, h, w, h),
+               ("<title>%s: the last %d checks, %d failed, slowest %.1f ms%s</title>"):format(esc(name),
+                 n - first + 1, failed, slowest, last and (", last: " .. esc(last.status)) or "")}
+  if #ok_bars > 0 then out[#out + 1] = ('<path class="ok" fill="#2a2" d="%s"/>'):format(table.concat(ok_bars)) end
+  if #bad_bars > 0 then out[#out + 1] = ('<path class="fail" fill="#d22" d="%s"/>'):format(table.concat(bad_bars)) end
   out[#out + 1] = "</svg>"
   return table.concat(out)
 end
@@ -82,14 +94,24 @@ local function services_table(out, doc, history, now)
   out[#out + 1] = ("<h2>Services (%d)</h2>\n<table id=\"services\"><tr><th>service</th><th>port</th>"
     .. "<th>pool</th><th>status</th><th>reason</th><th>since</th><th>health (last %d checks)</th></tr>\n")
     :format(#doc.services, M.SPARK_N)
+  local drawn, skipped = 0, 0
   for _, s in ipairs(doc.services) do
-    local h = history and history(s.name)
+    local h = history and drawn < M.MAX_SPARKLINES and history(s.name)
+    if h then
+      drawn = drawn + 1
+    elseif history and drawn >= M.MAX_SPARKLINES then
+      skipped = skipped + 1
+    end
     out[#out + 1] = ('<tr class="service"><td>%s</td><td>%s/%s</td><td>%s</td><td class="%s">%s</td>'
       .. '<td class="reason">%s</td><td>%s</td><td>%s</td></tr>\n'):format(esc(s.name), esc(s.port), esc(s.proto),
       esc(s.pool or "-"), status_class(s.status), esc(s.status), esc(s.reason or ""), ago(s.since, now),
       h and M.sparkline(s.name, h) or "-")
   end
   out[#out + 1] = "</table>\n"
+  if skipped > 0 then
+    out[#out + 1] = ("<p>Sparklines are drawn for the first %d checked services; /metrics has every service's "
+      .. "check durations.</p>\n"):format(M.MAX_SPARKLINES)
+  end
 end
 
 local function pools_table(out, doc)
