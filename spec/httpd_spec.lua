@@ -135,6 +135,20 @@ describe("portman.httpd", function()
     c.close()
   end)
 
+  it("answers 1000 pipelined requests sent at once (more bytes than a head may have), in order", function()
+    start()
+    local c = open(server.port)
+    local one = "GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: pipelining spec\r\n\r\n"
+    c.send(one:rep(1000))
+    assert.is_true(#one * 1000 > httpd.MAX_HEAD * 4) -- past the point where reading pauses
+    local a = wait_answers(c, 1000, 20000)
+    assert.equal(1000, #a)
+    for i = 1, 1000 do assert.equal(200, a[i].status) end
+    assert.is_nil(c.closed)
+    assert.equal(1000, calls)
+    c.close()
+  end)
+
   it("answers HEAD with the head only, and HTTP/1.0 closes after the answer", function()
     start()
     local c = open(server.port)

@@ -107,6 +107,10 @@ function Conn:send(status, ctype, body, close, extra, head_only)
     if err then return self:close() end
     if close then return self:linger() end
     self:arm(self.server.idle_ms, function() self:timeout() end)
+    if self.paused then
+      self.paused = false
+      self.tcp:read_start(self.reader)
+    end
     self:process()
   end)
 end
@@ -167,8 +171,14 @@ function Conn:on_data(err, data)
     return
   end
   if self.failed then return end
-  -- the buffer never grows past a head: what is past is not looked at
-  if #self.buf <= self.server.max_head then self.buf = self.buf .. data end
+  self.buf = self.buf .. data
+  -- pipelined requests wait while an answer is written; past a few heads'
+  -- worth the client is not read until the answer is out (when nothing is
+  -- being written, process() refuses a head past max_head at once)
+  if self.writing and #self.buf > 4 * self.server.max_head then
+    self.tcp:read_stop()
+    self.paused = true
+  end
   self:process()
 end
 
@@ -184,7 +194,8 @@ local function accept(server)
     return c:send(503, TEXT, "too many connections\n", true)
   end
   c:arm(server.idle_ms, function() c:timeout() end)
-  tcp:read_start(async.safe(function(err, data) c:on_data(err, data) end, "http read"))
+  c.reader = async.safe(function(err, data) c:on_data(err, data) end, "http read")
+  tcp:read_start(c.reader)
 end
 
 --- Serves routes on address ("host:port").
