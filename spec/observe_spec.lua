@@ -191,6 +191,8 @@ scrape_configs:
     local daemon = require "portman.daemon"
     assert.matches("HOST:PORT", daemon.check_policy({http = "9207"})[1])
     assert.same({}, daemon.check_policy({http = "127.0.0.1:9207"}))
+    assert.matches("critical: boolean expected",
+      daemon.check_policy({services = {{name = "a", listen = false, critical = "yes"}}})[1])
     local other = dir .. "/other"
     os.execute("mkdir -p " .. q(other))
     local port = helpers.free_port()
