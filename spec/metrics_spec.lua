@@ -119,8 +119,11 @@ describe("portman.metrics", function()
         13))
     assert.equal("", core.text_join({"x"}, 0))
     assert.matches("parts%[2%] is a boolean", helpers.raises(core.text_join, {"a", true}, 2))
-    assert.equal('h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n',
-      core.histogram_text("h", "s", "v", {"1"}, {2, 3}, 1.5, 5))
+    local chunks = {"before"}
+    core.histograms_text(chunks, "h", "s", {"1"}, {{name = "a"}, {name = "none"}, {name = "b"}},
+      {a = {label = "v", counts = {2, 3}, sum = 1.5, count = 5}, b = {label = "w", counts = {0, 1}, sum = 2, count = 1}})
+    assert.same({"before", 'h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n'
+      .. 'h_bucket{s="w",le="1"} 0\nh_bucket{s="w",le="+Inf"} 1\nh_sum{s="w"} 2\nh_count{s="w"} 1\n'}, chunks)
   end)
 
   it("escapes label values as the format asks", function()

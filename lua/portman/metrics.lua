@@ -257,16 +257,10 @@ end
 -- names at each scrape.
 local function render_health(self, b, doc)
   family(b, "portman_health_check_duration_seconds", "histogram", "Time a service's health check took.")
-  -- each service's series is one block of text, a chunk of its own
-  local hist, text, chunks = self.hist, core.histogram_text, b.chunks
+  -- every series written by one walk in C, as chunks of its own
+  local hist = self.hist
   b.n = flush(b, b.n)
-  for _, s in ipairs(doc.services) do
-    local h = hist[s.name]
-    if h then
-      chunks[#chunks + 1] = text("portman_health_check_duration_seconds", "service", h.label, LE, h.counts, h.sum,
-        h.count)
-    end
-  end
+  core.histograms_text(b.chunks, "portman_health_check_duration_seconds", "service", LE, doc.services, hist)
   family(b, "portman_health_checks_total", "counter",
     "Health check results of a service, by result (healthy or the failure's status).")
   local results, n = self.results, b.n
