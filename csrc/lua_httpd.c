@@ -5,6 +5,7 @@
  * core.httpd_parse(bytes) -> head | false | nil, msg, "protocol"
  * core.text_join(parts, n) -> string
  * core.histograms_text(chunks, name, label, les, entries, hist)
+ * core.counters_text(chunks, prefix, mid, entries, rows, labels)
  *
  * head is {method, target, minor, head = its length in bytes,
  * content_length (absent when none), chunked, close, keep_alive}; false
@@ -237,8 +238,115 @@ static int l_histograms_text(lua_State *L)
     return 0;
 }
 
+/* Appends a label value escaped as the text format asks. */
+static void add_escaped(luaL_Buffer *b, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '\\' || s[i] == '"') {
+            luaL_addchar(b, '\\');
+            luaL_addchar(b, s[i]);
+        } else if (s[i] == '\n') {
+            luaL_addstring(b, "\\n");
+        } else {
+            luaL_addchar(b, s[i]);
+        }
+    }
+}
+
+#define ROW_MAX 32
+
+/* One entry's counters, read out of its row (the strings stay alive in
+ * the row and in labels while the lines are written). */
+typedef struct {
+    const char *label;
+    size_t label_len;
+    int n;
+    const char *keys[ROW_MAX];
+    size_t key_lens[ROW_MAX];
+    lua_Integer values[ROW_MAX];
+} counter_row;
+
+/* Reads rows[name] and labels[name] for the entry on top into *r; 0 when
+ * either is missing. Leaves the stack as it found it. */
+static int read_row(lua_State *L, int rows, int labels, counter_row *r)
+{
+    if (lua_getfield(L, -1, "name") != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushvalue(L, -1);
+    int has_label = lua_rawget(L, labels) == LUA_TSTRING; /* name, label */
+    r->label = lua_tolstring(L, -1, &r->label_len);
+    lua_pushvalue(L, -2);
+    int has_row = lua_rawget(L, rows) == LUA_TTABLE; /* name, label, row */
+    r->n = 0;
+    if (has_label && has_row) {
+        lua_pushnil(L);
+        while (r->n < ROW_MAX && lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_isinteger(L, -1)) {
+                r->keys[r->n] = lua_tolstring(L, -2, &r->key_lens[r->n]);
+                r->values[r->n++] = lua_tointeger(L, -1);
+            }
+            lua_pop(L, 1);
+        }
+        if (r->n == ROW_MAX)
+            lua_pop(L, 1); /* the key lua_next left */
+    }
+    lua_pop(L, 3);
+    return has_label && has_row;
+}
+
+/* counters_text(chunks, prefix, mid, entries, rows, labels): appends to
+ * chunks, for each entry (a table with `name`, in order) whose rows[name]
+ * is a table {key = count} and labels[name] a string, a line per key (at
+ * most 32 a row; string keys and integer counts only):
+ *   PREFIX labels[name] MID escaped(key) "} COUNT
+ * (prefix is `metric{label1="`, mid `",label2="`; labels[name] is the
+ * first label's value, escaped already). Strings of about 64 KiB, as
+ * histograms_text makes them. */
+static int l_counters_text(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    size_t pl, ml;
+    const char *prefix = luaL_checklstring(L, 2, &pl);
+    const char *mid = luaL_checklstring(L, 3, &ml);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    luaL_checktype(L, 5, LUA_TTABLE);
+    luaL_checktype(L, 6, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 4);
+    lua_Integer out = (lua_Integer)lua_rawlen(L, 1);
+    lua_Integer i = 1;
+    while (i <= n) {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (; i <= n && luaL_bufflen(&b) < CHUNK_BYTES; i++) {
+            counter_row r;
+            lua_rawgeti(L, 4, i);
+            int found = lua_type(L, -1) == LUA_TTABLE && read_row(L, 5, 6, &r);
+            lua_pop(L, 1);
+            for (int k = 0; found && k < r.n; k++) {
+                luaL_addlstring(&b, prefix, pl);
+                luaL_addlstring(&b, r.label, r.label_len);
+                luaL_addlstring(&b, mid, ml);
+                add_escaped(&b, r.keys[k], r.key_lens[k]);
+                luaL_addstring(&b, "\"} ");
+                add_integer(&b, r.values[k]);
+                luaL_addchar(&b, '\n');
+            }
+        }
+        luaL_pushresult(&b);
+        if (lua_rawlen(L, -1) > 0)
+            lua_rawseti(L, 1, ++out);
+        else
+            lua_pop(L, 1);
+    }
+    return 0;
+}
+
 int pm_open_httpd(lua_State *L)
 {
+    lua_pushcfunction(L, l_counters_text);
+    lua_setfield(L, -2, "counters_text");
     lua_pushcfunction(L, l_histograms_text);
     lua_setfield(L, -2, "histograms_text");
     lua_pushcfunction(L, l_text_join);

@@ -124,6 +124,10 @@ describe("portman.metrics", function()
       {a = {label = "v", counts = {2, 3}, sum = 1.5, count = 5}, b = {label = "w", counts = {0, 1}, sum = 2, count = 1}})
     assert.same({"before", 'h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n'
       .. 'h_bucket{s="w",le="1"} 0\nh_bucket{s="w",le="+Inf"} 1\nh_sum{s="w"} 2\nh_count{s="w"} 1\n'}, chunks)
+    chunks = {}
+    core.counters_text(chunks, 'c{s="', '",r="', {{name = "a"}, {name = "none"}, {name = "b"}, {}},
+      {a = {['x"\\\n'] = 3, skipped = "not a count"}, b = {ok = 1}, none = {ok = 9}}, {a = "A", b = "B"})
+    assert.same({'c{s="A",r="x\\"\\\\\\n"} 3\nc{s="B",r="ok"} 1\n'}, chunks)
   end)
 
   it("escapes label values as the format asks", function()

@@ -263,21 +263,10 @@ local function render_health(self, b, doc)
   core.histograms_text(b.chunks, "portman_health_check_duration_seconds", "service", LE, doc.services, hist)
   family(b, "portman_health_checks_total", "counter",
     "Health check results of a service, by result (healthy or the failure's status).")
-  local results, n = self.results, b.n
-  for _, s in ipairs(doc.services) do
-    local row = results[s.name]
-    if row then
-      local l = hist[s.name].label
-      for result, count in pairs(row) do
-        b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5], b[n + 6] =
-          'portman_health_checks_total{service="', l, '",result="', escape(result), '"} ', count
-        b[n + 7] = "\n"
-        n = n + 7
-      end
-      n = spill(b, n)
-    end
-  end
-  b.n = n
+  -- self.labels holds every service's label: render_services made them
+  b.n = flush(b, b.n)
+  core.counters_text(b.chunks, 'portman_health_checks_total{service="', '",result="', doc.services, self.results,
+    self.labels)
 end
 
 local function render_mappings(self, b, doc, now)
