@@ -16,7 +16,7 @@ _portman() {
     unmap) opts="--proto --method --internal --nonce --force --timeout --gateway-url --state-dir --json --help -h" ;;
     mappings) opts="--timeout --gateway-url --state-dir --json --no-header -H --help -h" ;;
     relay) opts="--server --user --password-file --realm --proto --allow --lifetime --timeout --json --help -h" ;;
-    run) opts="--state-dir --admin-socket --log-level --log-format --help -h" ;;
+    run) opts="--state-dir --admin-socket --http --log-level --log-format --help -h" ;;
     check) opts="--no-host --json --help -h" ;;
     status) opts="--admin-socket --timeout --json --no-header -H --help -h" ;;
     events) opts="--since --admin-socket --timeout --json --no-header -H --help -h" ;;

@@ -31,9 +31,11 @@ local notify = require "portman.notify"
 local listeners = require "portman.listeners"
 local supervisor = require "portman.supervisor"
 local core = require "portman.core"
+local endpoint = require "portman.endpoint"
+local httpd = require "portman.httpd"
 
 local M = {}
-local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true}
+local POLICY_KEYS = {pools = true, services = true, grace = true, cluster = true, http = true}
 local CLUSTER_KEYS = {etcd = true, name = true, node = true, ttl = true, timeout = true, user = true,
                       password = true, cacert = true, cert = true, key = true, insecure = true}
 
@@ -58,6 +60,10 @@ local function shape_problems(policy, path)
   end
   if policy.grace ~= nil and (math.type(policy.grace) ~= "integer" or policy.grace < 0) then
     problems[#problems + 1] = "grace must be an integer number of ms"
+  end
+  if policy.http ~= nil then
+    local ok, why = httpd.parse_address(policy.http)
+    if not ok then problems[#problems + 1] = why:gsub("^protocol: ", "") end
   end
   local seen = {}
   for i, s in ipairs(type(policy.services) == "table" and policy.services or {}) do
@@ -620,6 +626,7 @@ function M.run(policy_path, opts, out)
     d.notify:close()
     close_signals()
     if d.server then d.server.close() end
+    if d.http then d.http.close() end
     close_everything()
     uv.run()
     return nil, err, code
@@ -645,8 +652,15 @@ function M.run(policy_path, opts, out)
     if d.manager then return d.manager:status() end
     return {starting = true, services = json.array(), pools = json.array(), mappings = json.array()}
   end
+  local status_op = ops.status
+  ops = endpoint.counted(ops, d) -- the admin requests, for the metrics
   d.server, err, code = admin.serve(opts.admin_socket or admin.default_path(), {ops = ops, vars = vars})
   if not d.server then return fail(err, code) end
+  -- the HTTP endpoint (off unless asked): a port in use refuses the start
+  if opts.http or policy.http then
+    d.http, err, code = endpoint.start(opts.http or policy.http, d, status_op)
+    if not d.http then return fail(err, code) end
+  end
   -- what a killed run left on the router goes first, so that a service
   -- mapping the same port again is not deleted after it mapped
   local cleaned, reaped, orphans = false, false, nil
@@ -664,12 +678,14 @@ function M.run(policy_path, opts, out)
   if not m then return fail(err, code) end
   d.manager, vars.manager = m, m
   m:keep_orphans(orphans) -- not deleted: kept in the state file and tried again
+  if d.http then endpoint.attach(d) end
   function d.stop(signame)
     if stopping then return end
     stopping = true
     log.info("daemon_stopping", {signal = signame})
     d.notify:stopping("draining")
     d.server.close()
+    if d.http then d.http.close() end
     m:shutdown(d.policy.grace or 0, close_signals)
   end
   m:autosave(true)

@@ -249,6 +249,7 @@ local function record(self, c, ok, status, msg, started, due)
   h[at + 4], h[at + 5], h[at + 6] = t, t - started, due and math.max(0, started - due) or 0
   c.hist_next = i % size + 1
   if c.hist_count < size then c.hist_count = c.hist_count + 1 end
+  if self._observer then self._observer(c.name, ok, status, t - started) end
   if ok then
     c.successes, c.failures = c.successes + 1, 0
   else
@@ -313,6 +314,13 @@ function run(self, c)
   local ok, err = pcall(PROBES[c.kind], c)
   -- a probe that raised before finishing still gives back its slot
   if not ok then settle(c, false, "unknown", tostring(err)) end
+end
+
+--- Sets fn(name, ok, status, ms) to be called with each check result
+-- (one observer: the daemon's metrics, portman.metrics); nil removes it.
+-- Not an event: a result is too frequent to log or keep.
+function M:observe(fn)
+  self._observer = fn
 end
 
 --- Starts every check: the first runs after its initial delay plus a random

@@ -37,7 +37,9 @@ local SERVICE_KEYS = {name = true, type = true, proto = true, address = true, po
                       exec = true, env = true, cwd = true, user = true, group = true, activation = true,
                       restart = true, stop_signal = true, stop_timeout = true, start_timeout = true, output = true,
                       -- run once before exec when `creates` does not exist (initdb)
-                      setup = true, creates = true}
+                      setup = true, creates = true,
+                      -- /healthz of the HTTP endpoint answers 503 while it is down
+                      critical = true}
 local MAP_KEYS = {external_port = true, method = true, lifetime = true, description = true, timeout = true}
 
 --- Creates a manager.
@@ -274,6 +276,9 @@ local function check_service(spec)
     check.argerror("add_service", 1, "creates: non-empty string expected")
   end
   if spec.creates ~= nil and spec.setup == nil then check.argerror("add_service", 1, "creates: only with setup") end
+  if spec.critical ~= nil and type(spec.critical) ~= "boolean" then
+    check.argerror("add_service", 1, "critical: boolean expected")
+  end
   if spec.activation ~= nil and type(spec.activation) ~= "boolean" then
     check.argerror("add_service", 1, "activation: boolean expected")
   end
@@ -1188,6 +1193,8 @@ M.SAVE_RETRY = 2000 -- ms between tries while the state cannot be written
 function Manager:save(snap)
   if not self._state_file then return true end
   local ok, err, code = state.save(self._state_file, snap or self:snapshot())
+  self.state_saves = (self.state_saves or 0) + 1 -- counted for the metrics (portman.metrics)
+  if not ok then self.state_save_failures = (self.state_save_failures or 0) + 1 end
   if ok then
     if self._save_failing then
       self._save_failing = nil

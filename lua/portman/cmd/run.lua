@@ -26,11 +26,13 @@ end
 
 return {run = {
   summary = "run the daemon with a policy file until SIGINT or SIGTERM (SIGHUP reloads it)",
-  args = {{"POLICY", "a Lua file returning {pools = ..., services = ..., grace = ms, cluster = ...}"}},
+  args = {{"POLICY", "a Lua file returning {pools = ..., services = ..., grace = ms, cluster = ..., http = ADDR}"}},
   flags = {
     {"state-dir", "DIR", "keep ports, registrations and router mappings across restarts in DIR/state.json"},
     {"admin-socket", "PATH", "the admin socket (default: $XDG_RUNTIME_DIR/portman/admin.sock, "
       .. "/run/portman/admin.sock for root)"},
+    {"http", "ADDR", "serve /metrics (Prometheus), / (a status page), /status.json and /healthz over HTTP on "
+      .. "ADDR (HOST:PORT, e.g. 127.0.0.1:9207; overrides the policy's http); off by default"},
     {"log-level", "LEVEL", "the least that is logged on stderr: debug, info, warn or error", default = "info"},
     {"log-format", "FORMAT", "text (time level event key=value ...) or json (one object a line); what "
       .. "libraries and child processes write to stderr is logged as library_output events", default = "text"},

@@ -1,0 +1,176 @@
+-- portman.metrics and portman.statuspage on a real manager: its pools,
+-- services with Lua checks that pass and fail, a program that exits, a
+-- pool that fills up; the text checked by Prometheus' own promtool, the
+-- values read back; label values and page texts escaped.
+local helpers = require "helpers"
+local manager = require "portman.manager"
+local metrics = require "portman.metrics"
+local statuspage = require "portman.statuspage"
+local log = require "portman.log"
+
+-- Runs `promtool check metrics` on text; returns its exit status and output.
+local function promtool(text)
+  local path = os.tmpname()
+  helpers.write(path, text)
+  local p = io.popen(("promtool check metrics < %s 2>&1"):format(path))
+  local out = p:read("a")
+  local ok, _, status = p:close()
+  os.remove(path)
+  return ok and 0 or status, out
+end
+
+-- The value of the sample line that starts with prefix (nil when none).
+local function sample(text, prefix)
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, #prefix + 1) == prefix .. " " then return tonumber(line:sub(#prefix + 2)) end
+  end
+end
+
+local HOSTILE = 'we"b\\x\nnew <b>&</b>'
+
+describe("portman.metrics", function()
+  local m, c, dir
+  before_each(function()
+    log.setup{level = "error"}
+    dir = helpers.tmpdir()
+    local lo = helpers.free_range(4)
+    m = manager.new{state_file = dir .. "/state.json"}
+    m:add_pool("small", {range = {lo, lo + 3}, warning = 50, critical = 75})
+    c = metrics.new(m)
+    assert(m:add_service{name = "up", pool = "small", listen = false,
+      check = {kind = "lua", fn = function(done) done(true) end, interval = 20, rise = 1, jitter = 5}})
+    assert(m:add_service{name = HOSTILE, pool = "small", listen = false,
+      check = {kind = "lua", fn = function(done) done(false, "unreachable", "down") end, interval = 20, fall = 1,
+               jitter = 5}})
+    assert(m:add_service{name = "prog", pool = "small", exec = {"sh", "-c", "exit 3"}, restart = "no"})
+    assert(m:add_service{name = "quiet", pool = "small", listen = false, check = false})
+  end)
+  after_each(function()
+    local done = false
+    c:close()
+    m:shutdown(0, function() done = true end)
+    helpers.run_until(function() return done end)
+    log.setup{}
+    os.execute("rm -rf " .. dir)
+  end)
+
+  local function settle()
+    helpers.run_until(function()
+      local h = c.hist.up and c.hist[HOSTILE]
+      return h and c.hist.up.count >= 3 and h.count >= 3 and c.exits.prog ~= nil and c.exhaustion.small ~= nil
+    end, 5000, 20)
+  end
+
+  it("renders text that promtool accepts, with every family's HELP and TYPE", function()
+    settle()
+    local text = c:render()
+    local status, out = promtool(text)
+    assert.equal(0, status, out .. "\n" .. text)
+    for _, name in ipairs({"portman_pool_ports", "portman_service_up", "portman_service_status",
+                           "portman_health_check_duration_seconds", "portman_health_checks_total",
+                           "portman_pool_exhaustion_events_total", "portman_program_exits_total",
+                           "portman_state_saves_total", "process_cpu_seconds_total", "process_resident_memory_bytes",
+                           "process_open_fds", "process_max_fds", "process_start_time_seconds"}) do
+      assert.matches("\n# HELP " .. name .. " [^\n]+\n# TYPE " .. name .. " %a+\n", "\n" .. text)
+    end
+  end)
+
+  it("counts what happened: pools, services up and down, check results, exits, exhaustion", function()
+    settle()
+    local text = c:render()
+    assert.equal(4, sample(text, 'portman_pool_ports{pool="small",state="allocated"}'))
+    assert.equal(0, sample(text, 'portman_pool_ports{pool="small",state="free"}'))
+    assert.equal(4, sample(text, 'portman_pool_allocations_total{pool="small"}'))
+    assert.equal(1, sample(text, 'portman_service_up{service="up",proto="tcp"}'))
+    assert.equal(1, sample(text, 'portman_service_up{service="quiet",proto="tcp"}'))
+    local esc = 'we\\"b\\\\x\\nnew <b>&</b>'
+    assert.equal(0, sample(text, 'portman_service_up{service="' .. esc .. '",proto="tcp"}'))
+    assert.equal(1, sample(text, 'portman_service_status{service="' .. esc .. '",status="unreachable"}'))
+    assert.equal(0, sample(text, 'portman_service_status{service="' .. esc .. '",status="healthy"}'))
+    local ok_count = sample(text, 'portman_health_checks_total{service="up",result="healthy"}')
+    assert.is_true(ok_count >= 3)
+    assert.equal(ok_count, sample(text, 'portman_health_check_duration_seconds_count{service="up"}'))
+    assert.equal(ok_count, sample(text, 'portman_health_check_duration_seconds_bucket{service="up",le="+Inf"}'))
+    assert.is_true(sample(text, 'portman_health_checks_total{service="' .. esc .. '",result="unreachable"}') >= 3)
+    assert.equal(1, sample(text, 'portman_program_exits_total{service="prog",code="3"}'))
+    assert.is_true(sample(text, 'portman_pool_exhaustion_events_total{pool="small",level="critical"}') >= 1)
+    assert.is_true(sample(text, "portman_state_saves_total") >= 1)
+    assert.equal(0, sample(text, "portman_state_save_failures_total"))
+    assert.is_true(sample(text, "process_open_fds") > 0)
+    assert.is_true(sample(text, "process_resident_memory_bytes") > 1e6)
+    local start = sample(text, "process_start_time_seconds")
+    assert.is_true(start <= os.time() + 1 and start > os.time() - 86400 * 365)
+  end)
+
+  it("forgets a stopped service's series", function()
+    settle()
+    local done = false
+    m:stop_service("up", 0, function() done = true end)
+    helpers.run_until(function() return done end)
+    local text = c:render()
+    assert.is_nil(text:find('service="up"', 1, true))
+    assert.equal(0, promtool(text))
+  end)
+
+  it("joins text in C: integers of any size, floats, and a part of another type refused by its index", function()
+    local core = require "portman.core"
+    assert.equal("a 0 -7 9223372036854775807 -9223372036854775808 0.25 1e+20\n",
+      core.text_join({"a ", 0, " ", -7, " ", math.maxinteger, " ", math.mininteger, " ", 0.25, " ", 1e20, "\n", "x"},
+        13))
+    assert.equal("", core.text_join({"x"}, 0))
+    assert.matches("parts%[2%] is a boolean", helpers.raises(core.text_join, {"a", true}, 2))
+    local chunks = {"before"}
+    core.histograms_text(chunks, "h", "s", {"1"}, {{name = "a"}, {name = "none"}, {name = "b"}},
+      {a = {label = "v", counts = {2, 3}, sum = 1.5, count = 5}, b = {label = "w", counts = {0, 1}, sum = 2, count = 1}})
+    assert.same({"before", 'h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n'
+      .. 'h_bucket{s="w",le="1"} 0\nh_bucket{s="w",le="+Inf"} 1\nh_sum{s="w"} 2\nh_count{s="w"} 1\n'}, chunks)
+    chunks = {}
+    core.counters_text(chunks, 'c{s="', '",r="', {{name = "a"}, {name = "none"}, {name = "b"}, {}},
+      {a = {['x"\\\n'] = 3, skipped = "not a count"}, b = {ok = 1}, none = {ok = 9}}, {a = "A", b = "B"})
+    assert.same({'c{s="A",r="x\\"\\\\\\n"} 3\nc{s="B",r="ok"} 1\n'}, chunks)
+  end)
+
+  it("escapes label values as the format asks", function()
+    assert.equal('a\\"b\\\\c\\nd', metrics.escape('a"b\\c\nd'))
+    assert.equal("plain", metrics.escape("plain"))
+  end)
+end)
+
+describe("portman.statuspage", function()
+  it("escapes every text from services and shows one sparkline per checked service", function()
+    local doc = {services = {
+      {name = "<script>alert(1)</script>", proto = "tcp", port = 1, status = "healthy", since = os.time() - 90},
+      {name = "b", proto = "tcp", port = 2, status = "unreachable", reason = '"><img src=x onerror=alert(1)>',
+       since = os.time()},
+      {name = "c", proto = "udp", port = 3, status = "unchecked"},
+    }, pools = {{name = "p&q", range = {1, 10}, allocated = 3, size = 10, utilization = 30}},
+      mappings = {{service = "b", method = "natpmp", external_ip = "203.0.113.1", external_port = 2, proto = "tcp",
+                   expires = os.time() + 60}}}
+    local histories = {
+      ["<script>alert(1)</script>"] = {{ok = true, status = "healthy", ms = 0.5}, {ok = false, status = "<x>", ms = 2}},
+      b = {},
+    }
+    local html = statuspage.render(doc, function(name) return histories[name] end)
+    assert.is_nil(html:find("<script", 1, true))
+    assert.is_nil(html:find("<img", 1, true))
+    assert.is_nil(html:find("<x>", 1, true))
+    assert.truthy(html:find("&lt;script&gt;alert(1)&lt;/script&gt;", 1, true))
+    assert.truthy(html:find("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;", 1, true))
+    assert.truthy(html:find("p&amp;q", 1, true))
+    assert.equal(2, select(2, html:gsub('<svg class="spark"', "")))
+    -- one bar per result: the first passed, the second failed
+    assert.equal(1, select(2, html:gsub('<path class="ok" fill="#2a2" d="M[^M"]+"/>', "")))
+    assert.equal(1, select(2, html:gsub('<path class="fail" fill="#d22" d="M[^M"]+"/>', "")))
+    assert.truthy(html:find("the last 2 checks, 1 failed", 1, true))
+    assert.truthy(html:find('<meta http-equiv="refresh"', 1, true))
+    assert.truthy(html:find("natpmp", 1, true))
+    assert.is_nil(html:find("Sparklines are drawn for the first", 1, true))
+    -- past MAX_SPARKLINES, the others get none and the page says so
+    local max = statuspage.MAX_SPARKLINES
+    statuspage.MAX_SPARKLINES = 1
+    local capped = statuspage.render(doc, function(name) return histories[name] end)
+    statuspage.MAX_SPARKLINES = max
+    assert.equal(1, select(2, capped:gsub('<svg class="spark"', "")))
+    assert.truthy(capped:find("Sparklines are drawn for the first 1 checked services", 1, true))
+  end)
+end)
