@@ -69,48 +69,55 @@ local function upnp(op, args, cb)
   driver:arm()
 end
 
--- Runs NAT-PMP requests on one engine, one after another: reqs is a list of
--- {proto, internal, external, lifetime} (an empty one asks for the public
--- address). cb(answers, err, code), answers.gateway and .local_ip set.
--- libnatpmp retries on its own timer (250 ms, doubling); the whole call
--- has timeout ms.
-local function natpmp(reqs, timeout, cb)
+-- Runs requests on a port-control engine (NAT-PMP's or PCP's: one UDP
+-- socket to the gateway, polled on the loop), one after another. kind:
+-- {name, open (core.natpmp_open, core.pcp_open), send(e, req, local_ip,
+-- timeout) -> ok, err, code, heard(gateway, res, code)?, slack (ms the
+-- call's own timer waits past timeout)}. cb(answers, err, code),
+-- answers.gateway and .local_ip set.
+local function run_requests(kind, reqs, timeout, cb)
   timeout = timeout or M.DEFAULT_TIMEOUT
-  local e, gateway, local_ip = core.natpmp_open(M.gateway)
+  local e, gateway, local_ip = kind.open(M.gateway)
   if not e then return cb(nil, gateway, local_ip) end
   local answers = {gateway = gateway, local_ip = local_ip}
   local driver
-  local finish = async.with_timeout(timeout, function(...)
+  local finish = async.with_timeout(timeout + (kind.slack or 0), function(...)
     driver:close(function() e:close() end)
     cb(...)
-  end, "no NAT-PMP answer from " .. gateway)
+  end, ("no %s answer from %s"):format(kind.name, gateway))
   local i = 0
   local function send_next()
     i = i + 1
     if i > #reqs then return finish(answers) end
-    local r = reqs[i]
-    local ok, err, code = e:request(r[1], r[2], r[3], r[4])
+    local ok, err, code = kind.send(e, reqs[i], local_ip, timeout)
     if not ok then return finish(nil, err, code) end
   end
-  local function heard(ok)
-    if not (state.natpmp and state.natpmp.gateway == gateway and state.natpmp.supported == ok) then
-      state.natpmp, state.changed = {gateway = gateway, supported = ok}, true
-    end
-  end
-  driver = engine.drive(e, {name = "natpmp", busy = function() return true end,
+  driver = engine.drive(e, {name = kind.name, busy = function() return true end,
     on_batch = function(res, err, code)
-      if res == false then return end -- not answered yet: libnatpmp's timer retries
-      if not res then
-        if code == "not_found" then heard(false) end
-        return finish(nil, err, code)
-      end
-      heard(true)
+      if res == false then return end -- not answered yet: the engine resends
+      if kind.heard then kind.heard(gateway, res, code) end
+      if not res then return finish(nil, err, code) end
       answers[i] = res
       send_next()
     end})
   send_next()
   driver:arm()
 end
+
+-- NAT-PMP: reqs are {proto, internal, external, lifetime} (an empty one
+-- asks for the public address); libnatpmp retries on its own timer (250
+-- ms, doubling). Whether the gateway speaks it is remembered (nat.known).
+local NATPMP = {name = "NAT-PMP", open = core.natpmp_open,
+  send = function(e, r) return e:request(r[1], r[2], r[3], r[4]) end,
+  heard = function(gateway, res, code)
+    local ok
+    if res then ok = true elseif code == "not_found" then ok = false else return end
+    if not (state.natpmp and state.natpmp.gateway == gateway and state.natpmp.supported == ok) then
+      state.natpmp, state.changed = {gateway = gateway, supported = ok}, true
+    end
+  end}
+
+local function natpmp(reqs, timeout, cb) run_requests(NATPMP, reqs, timeout, cb) end
 
 -- The PCP nonce of a mapping (RFC 6887 11.1): the gateway lets only the
 -- holder of a mapping's nonce renew or delete it. Derived from the host's
@@ -127,42 +134,19 @@ local function pcp_nonce(local_ip, proto, internal_port)
   return (d:sub(1, 12):gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
--- Runs PCP requests on one engine, one after another: reqs is a list of
--- request tables (core.pcp_open's engine: {op, proto, internal_port,
--- external_port, external_ip, lifetime, nonce}; a MAP without a nonce gets
--- the mapping's). cb(answers, err, code), answers.gateway and .local_ip
--- set. The engine resends on its own schedule until timeout ms; the
--- call's own timer, a little later, is a backstop.
-local function pcp(reqs, timeout, cb)
-  timeout = timeout or M.DEFAULT_TIMEOUT
-  local e, gateway, local_ip = core.pcp_open(M.gateway)
-  if not e then return cb(nil, gateway, local_ip) end
-  local answers = {gateway = gateway, local_ip = local_ip}
-  local driver
-  local finish = async.with_timeout(timeout + 500, function(...)
-    driver:close(function() e:close() end)
-    cb(...)
-  end, "no PCP answer from " .. gateway)
-  local i = 0
-  local function send_next()
-    i = i + 1
-    if i > #reqs then return finish(answers) end
-    local r = reqs[i]
+-- PCP: reqs are request tables (core.pcp_open's engine: {op, proto,
+-- internal_port, external_port, external_ip, lifetime, nonce}; a MAP
+-- without a nonce gets the mapping's). The engine resends on its own
+-- schedule until timeout ms; the call's own timer, a little later, is a
+-- backstop.
+local PCP = {name = "PCP", open = core.pcp_open, slack = 500,
+  send = function(e, r, local_ip, timeout)
     if r.op == "map" and not r.nonce then r.nonce = pcp_nonce(local_ip, r.proto, r.internal_port) end
     r.timeout = timeout
-    local ok, err, code = e:request(r)
-    if not ok then return finish(nil, err, code) end
-  end
-  driver = engine.drive(e, {name = "pcp", busy = function() return true end,
-    on_batch = function(res, err, code)
-      if res == false then return end -- not answered yet: the engine resends
-      if not res then return finish(nil, err, code) end
-      answers[i] = res
-      send_next()
-    end})
-  send_next()
-  driver:arm()
-end
+    return e:request(r)
+  end}
+
+local function pcp(reqs, timeout, cb) run_requests(PCP, reqs, timeout, cb) end
 
 -- --- creating one mapping ---
 
