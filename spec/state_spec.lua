@@ -142,6 +142,23 @@ describe("portman.state", function()
     assert.same({}, state.load_checked(dir .. "/none.json")) -- nothing saved yet
   end)
 
+  it("takes what the router code saves: a mapping's internal address and description, the gateway", function()
+    local text = '{"version":1,"mappings":[{"service":"web","method":"pcp","external_ip":"11.22.33.1",'
+      .. '"external_port":8080,"internal_ip":"192.168.77.2","internal_port":8080,"proto":"tcp",'
+      .. '"description":"portman web","expires":1796000000}],"gateway":{"preferred":"upnp",'
+      .. '"upnp":{"control_url":"http://192.168.77.1:5000/ctl/IPConn","service_type":'
+      .. '"urn:schemas-upnp-org:service:WANIPConnection:2","lan_addr":"192.168.77.2"},'
+      .. '"natpmp":{"gateway":"192.168.77.1","supported":true}}}'
+    helpers.write(path, text)
+    local doc = assert(state.load_checked(path))
+    assert.equal("portman web", doc.mappings[1].description)
+    assert.equal("upnp", doc.gateway.preferred)
+    helpers.write(path, '{"gateway":{"preferred":"carrier-pigeon"}}')
+    local ok, err = state.load_checked(path)
+    assert.is_nil(ok)
+    assert.matches("gateway.preferred: 'carrier%-pigeon' is not one of upnp, natpmp, pcp", err)
+  end)
+
   -- each refused with the field named, the file left as it was
   local corrupt = {
     {"mappings that are a string", '{"version":1,"mappings":"x"}', "mappings: array expected, got 'x'"},
