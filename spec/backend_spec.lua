@@ -181,6 +181,17 @@ describe("portman.backend", function()
       end)
     end)
 
+    it("registers where a service is reached from outside (a mapping or a relay), checked", function()
+      async.run(function()
+        local a = file("a")
+        assert(a:register{name = "db", address = "192.168.1.5", port = 5432,
+                          external = {address = "11.22.33.1", port = 15432, method = "pcp"}})
+        assert.same({address = "11.22.33.1", port = 15432, method = "pcp"}, assert(a:lookup("db"))[1].external)
+        assert.matches("external.port", helpers.raises(a.register, a, {name = "x", port = 1,
+          external = {address = "11.22.33.1", port = 0, method = "upnp"}}))
+      end)
+    end)
+
     it("registers several services at once, replacing the ones the node has registered", function()
       async.run(function()
         local a = file("a")
@@ -421,6 +432,7 @@ describe("portman.backend", function()
       {"a name with a space", with("name", "a b"), "name"}, {"no node", with("node", nil), "node"},
       {"proto sctp", with("proto", "sctp"), "proto"}, {"an address table", with("address", {}), "address"},
       {"metadata a string", with("metadata", "m"), "metadata"},
+      {"an external port 0", with("external", {address = "1.2.3.4", port = 0, method = "upnp"}), "external"},
     }
     for _, case in ipairs(bad) do
       it("leaves out " .. case[1], function()

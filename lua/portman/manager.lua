@@ -75,6 +75,18 @@ end
 
 -- ---- the cluster: registrations shared through a backend (etcd) ----
 
+-- Where svc is reached from outside: its router mapping or TURN relay.
+local function external_of(svc)
+  if svc.relay then
+    local i = svc.relay.info
+    return {address = i.relayed_ip, port = i.relayed_port, method = "turn"}
+  end
+  if svc.mapping then
+    local i = svc.mapping:info()
+    return {address = i.external_ip, port = i.external_port, method = i.method}
+  end
+end
+
 local SYNC_MS = 2000
 
 -- Registers what is not registered yet. While the backend is unreachable
@@ -88,7 +100,7 @@ function Manager:_sync()
       svc.joining = true
       joining[name] = svc
       recs[#recs + 1] = {name = name, address = svc.address, port = svc.port, proto = svc.proto,
-                         metadata = svc.metadata}
+                         metadata = svc.metadata, external = external_of(svc)}
     end
   end
   if #recs > 0 then
@@ -98,7 +110,9 @@ function Manager:_sync()
       for name, svc in pairs(joining) do
         svc.joining = nil
         if ok[name] then
-          svc.in_cluster = true
+          -- its mapping came while this register was on its way: again
+          svc.in_cluster = not svc.rejoin or nil
+          svc.rejoin = nil
           self:_event({event = "cluster_registered", service = name})
         elseif not svc.cluster_warned then
           svc.cluster_warned = true
@@ -133,7 +147,8 @@ function Manager:where(name)
     for _, r in pairs(self.cluster_view.records) do
       local v = backend.service_of(r.value) -- another node's record: checked first
       if v and v.name == name then
-        out[#out + 1] = {name = v.name, node = v.node, address = v.address, proto = v.proto, port = v.port}
+        out[#out + 1] = {name = v.name, node = v.node, address = v.address, proto = v.proto, port = v.port,
+                         external = v.external}
       end
     end
     table.sort(out, function(a, b) return tostring(a.node) < tostring(b.node) end)
@@ -762,7 +777,8 @@ function Manager:_map(svc, spec)
       if spec.relay then self:_relay(svc, spec) end -- the router maps nothing: a TURN relay
       return
     end
-    svc.mapping = m
+    -- registered again, with where it is reached
+    svc.mapping, svc.in_cluster, svc.rejoin = m, nil, svc.joining
     self:_event({event = "mapping_added", service = svc.name, method = m.method, external_ip = m.external_ip,
                  external_port = m.external_port, proto = m.proto})
     self:save()
@@ -788,7 +804,8 @@ function Manager:_relay(svc, spec)
       svc.relay_error = err
       return self:_event({event = "relay_failed", level = "warning", service = svc.name, error = err, code = code})
     end
-    svc.relay, svc.mapping_error = r, nil
+    -- registered again, with the relay
+    svc.relay, svc.mapping_error, svc.in_cluster, svc.rejoin = r, nil, nil, svc.joining
     self:_event({event = "relay_added", service = svc.name, external_ip = r.info.relayed_ip,
                  external_port = r.info.relayed_port, proto = r.info.proto, server = r.info.server})
     self:_changed()

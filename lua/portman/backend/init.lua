@@ -107,7 +107,7 @@ end
 --- This backend's node id.
 function Base:node() return self._node end
 
-local REG_FIELDS = {name = true, address = true, port = true, proto = true, metadata = true}
+local REG_FIELDS = {name = true, address = true, port = true, proto = true, metadata = true, external = true}
 
 -- The key and value of registration rec (argument n of fname).
 local function registration(self, fname, n, rec)
@@ -117,14 +117,24 @@ local function registration(self, fname, n, rec)
     check.argerror(fname, n, "name: letters, digits, '.', '_' or '-' expected")
   end
   check.port(fname, n, rec.port, "port")
+  local ext = rec.external
+  if ext ~= nil then
+    check.table(fname, n, ext)
+    if type(ext.address) ~= "string" then check.argerror(fname, n, "external.address: string expected") end
+    check.port(fname, n, ext.port, "external.port")
+    if type(ext.method) ~= "string" then check.argerror(fname, n, "external.method: string expected") end
+    ext = {address = ext.address, port = ext.port, method = ext.method}
+  end
   local value = {name = rec.name, node = self._node, address = rec.address or "", port = rec.port,
-                 proto = rec.proto or "tcp", metadata = rec.metadata}
+                 proto = rec.proto or "tcp", metadata = rec.metadata, external = ext}
   check_value(fname, n, value)
   return rec.name .. "/" .. self._node, value
 end
 
 --- Registers a service of this node: `rec = {name, address, port, proto,
--- metadata}` (name and port required). A service registered again by the
+-- metadata, external}` (name and port required; `external = {address,
+-- port, method}`: where the service is reached from outside, through a
+-- router mapping or a TURN relay). A service registered again by the
 -- same node replaces its record.
 -- @return[1] true
 -- @return[2] nil, msg, code
@@ -207,6 +217,15 @@ function M.service_of(v)
   if not port or port < 1 or port > 65535 then return nil, "port" end
   if v.proto ~= "tcp" and v.proto ~= "udp" then return nil, "proto" end
   if v.metadata ~= nil and type(v.metadata) ~= "table" then return nil, "metadata" end
+  local ext = v.external
+  if ext ~= nil then
+    local eport = type(ext) == "table" and math.tointeger(ext.port)
+    if not eport or eport < 1 or eport > 65535 or type(ext.address) ~= "string" or #ext.address > 255
+      or type(ext.method) ~= "string" or #ext.method > 32 then
+      return nil, "external"
+    end
+    ext.port = eport
+  end
   v.port = port
   return v
 end
