@@ -227,6 +227,9 @@ static void addrinfo_done(void *arg, int status, int timeouts, struct ares_addri
     finish(q);
 }
 
+/* RFC 2181 section 8: a TTL with the top bit set counts as 0. */
+static uint32_t wire_ttl(uint32_t ttl) { return ttl > 0x7fffffffu ? 0 : ttl; }
+
 /* The TTLs of the answer section, read with libresolv: SRV records' own in
  * answer order (the order ares_parse_srv_reply keeps), and the smallest
  * CNAME TTL on the way. Returns the number of SRV TTLs stored, or -1. */
@@ -245,10 +248,11 @@ static int srv_ttls(const unsigned char *abuf, int alen, uint32_t *ttls, size_t 
             return -1;
         if (ns_rr_class(rr) != ns_c_in)
             continue;
-        if (ns_rr_type(rr) == ns_t_cname && ns_rr_ttl(rr) < *chain)
-            *chain = ns_rr_ttl(rr);
+        uint32_t ttl = wire_ttl(ns_rr_ttl(rr));
+        if (ns_rr_type(rr) == ns_t_cname && ttl < *chain)
+            *chain = ttl;
         else if (ns_rr_type(rr) == ns_t_srv && n < max)
-            ttls[n++] = ns_rr_ttl(rr);
+            ttls[n++] = ttl;
     }
     return (int)n;
 }
@@ -473,43 +477,48 @@ size_t pm_dns_format_addr(int family, const unsigned char *src, char *out)
     return (size_t)(p - out);
 }
 
-/* RFC 2181 section 8: a TTL with the top bit set counts as 0. */
-static uint32_t wire_ttl(uint32_t ttl) { return ttl > 0x7fffffffu ? 0 : ttl; }
+/* pm_dns_parse_addrs for a malformed answer: nothing of it counts, not
+ * even the addresses read before the fault. */
+static int bad_answer(size_t *n)
+{
+    *n = 0;
+    return ARES_EBADRESP;
+}
 
 int pm_dns_parse_addrs(const unsigned char *m, size_t len, int family, pm_dns_addr *out,
                        size_t max, size_t *n)
 {
     *n = 0;
     if (len < 12 || get16(m + 4) != 1)
-        return ARES_EBADRESP;
+        return bad_answer(n);
     unsigned count = get16(m + 6), want = family == AF_INET6 ? T_AAAA_ : T_A_;
     size_t size = family == AF_INET6 ? 16 : 4, off, owner = 12; /* the name asked for */
     if (name_end(m, len, 12, &off) < 0 || off + 4 > len)
-        return ARES_EBADRESP;
+        return bad_answer(n);
     off += 4;
     uint32_t chain = UINT32_MAX;
     for (unsigned i = 0; i < count; i++) {
         size_t rr = off;
         if (name_end(m, len, off, &off) < 0 || off + 10 > len)
-            return ARES_EBADRESP;
+            return bad_answer(n);
         unsigned type = get16(m + off), class = get16(m + off + 2), rdlen = get16(m + off + 8);
         uint32_t ttl = wire_ttl(get32(m + off + 4));
         size_t rdata = off + 10;
         off = rdata + rdlen;
         if (off > len)
-            return ARES_EBADRESP;
+            return bad_answer(n);
         if (class != C_IN_ || (type != want && type != T_CNAME_))
             continue;
         int same = name_equal(m, len, rr, owner);
         if (same < 0)
-            return ARES_EBADRESP;
+            return bad_answer(n);
         if (!same)
             continue;
         if (type == T_CNAME_) {
             /* the chain goes on from the target, which must be whole */
             size_t end;
             if (name_end(m, len, rdata, &end) < 0 || end > off || name_equal(m, len, rdata, rdata) < 0)
-                return ARES_EBADRESP;
+                return bad_answer(n);
             owner = rdata;
             if (ttl < chain)
                 chain = ttl;

@@ -84,8 +84,10 @@ void pm_dns_results_free(pm_dns_result *r);
 
 /* The addresses of family (AF_INET: A, AF_INET6: AAAA) that answer the
  * question, following the CNAME chain from the question's name in answer
- * order (as c-ares' getaddrinfo does); an address's TTL is the smallest of
- * its own and every CNAME's on the way. Records of another class or type,
+ * order; an address's TTL is the smallest of its own and every CNAME's on
+ * the way. A CNAME counts only when it owns the name the chain has reached
+ * (RFC 1034 section 3.6.2; c-ares 1.18's getaddrinfo follows any CNAME in
+ * the answer). Records of another class or type,
  * of another owner, or of the wrong length are skipped. Stores the first
  * max in out and the count of all in *n. Returns ARES_SUCCESS, ARES_ENODATA
  * (none) or ARES_EBADRESP (malformed: a name, record or count that does
