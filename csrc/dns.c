@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 #include "visibility.h" /* last: see there */
 
@@ -31,6 +32,12 @@ struct pm_dns {
     request *wait_head, **wait_tail; /* waiting for room on the wire */
     pm_dns_result *done, **done_tail; /* finished, not yet stepped out */
     int destroying; /* results that arrive now are dropped */
+    /* ares_timeout walks every query in flight, so pm_dns_timeout keeps
+     * its answer as a time (ms, CLOCK_MONOTONIC; -1: none kept) and bounds
+     * it by what was sent since: a query sent at t times out at t +
+     * base_ms at the earliest (c-ares doubles the timeout per round). */
+    int64_t deadline, send_bound;
+    int base_ms;
 };
 
 /* What a query carries into its c-ares callback: its result, allocated
@@ -69,6 +76,34 @@ static void sock_state(void *data, ares_socket_t fd, int readable, int writable)
     /* Should ADD fail (ENOMEM), the query still ends at its timeout. */
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The first try's timeout the channel settled on (ours, or resolv.conf's,
+ * or c-ares' default); 0 (always step early) when it will not say. */
+static int base_timeout(ares_channel channel)
+{
+    struct ares_options o;
+    int mask = 0, ms = 0;
+    if (ares_save_options(channel, &o, &mask) == ARES_SUCCESS) {
+        ms = o.timeout > 0 ? o.timeout : 0; /* milliseconds: saved with ARES_OPT_TIMEOUTMS */
+        ares_destroy_options(&o);
+    }
+    return ms;
+}
+
+/* A query may have been sent at `at`: the next step is due by at + base_ms. */
+static void note_send(pm_dns *d, int64_t at)
+{
+    int64_t bound = at + d->base_ms;
+    if (d->send_bound < 0 || bound < d->send_bound)
+        d->send_bound = bound;
+}
+
 pm_dns *pm_dns_new(const pm_dns_config *cfg, char *err, size_t errlen)
 {
     pthread_once(&library_once, library_init);
@@ -84,6 +119,7 @@ pm_dns *pm_dns_new(const pm_dns_config *cfg, char *err, size_t errlen)
     d->done_tail = &d->done;
     d->wait_tail = &d->wait_head;
     d->max_inflight = cfg->max_inflight > 0 ? (size_t)cfg->max_inflight : 0;
+    d->deadline = d->send_bound = -1;
     d->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (d->epfd < 0) {
         snprintf(err, errlen, "epoll_create1: %s", strerror(errno));
@@ -117,6 +153,7 @@ pm_dns *pm_dns_new(const pm_dns_config *cfg, char *err, size_t errlen)
         free(d);
         return NULL;
     }
+    d->base_ms = base_timeout(d->channel);
     /* Set once, before any query: c-ares 1.18.1 refuses while busy. */
     if (cfg->servers && (rc = ares_set_servers_ports_csv(d->channel, cfg->servers)) != ARES_SUCCESS) {
         snprintf(err, errlen, "servers '%s': %s", cfg->servers, ares_strerror(rc));
@@ -151,11 +188,25 @@ int pm_dns_timeout(pm_dns *d)
 {
     if (d->done || (d->waiting && !d->inflight))
         return 0;
-    struct timeval tv, *t = ares_timeout(d->channel, NULL, &tv);
-    if (!t)
+    if (!d->inflight) {
+        d->deadline = d->send_bound = -1;
         return -1;
-    long ms = (long)t->tv_sec * 1000 + (t->tv_usec + 999) / 1000;
-    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+    }
+    int64_t now = now_ms();
+    if (d->deadline < 0 || now >= d->deadline) {
+        struct timeval tv, *t = ares_timeout(d->channel, NULL, &tv);
+        d->send_bound = -1;
+        if (!t) {
+            d->deadline = -1;
+            return -1;
+        }
+        d->deadline = now + (int64_t)t->tv_sec * 1000 + (t->tv_usec + 999) / 1000;
+    }
+    int64_t due = d->deadline;
+    if (d->send_bound >= 0 && d->send_bound < due)
+        due = d->send_bound;
+    due -= now;
+    return due < 0 ? 0 : due > 0x7fffffff ? 0x7fffffff : (int)due;
 }
 
 /* Queues a finished query for the next step. */
@@ -585,6 +636,8 @@ static request *new_request(pm_dns *d, const char *name, int family, uint64_t id
 static void send_request(pm_dns *d, request *q)
 {
     d->inflight++;
+    if (d->send_bound < 0)
+        note_send(d, now_ms()); /* later sends are due later */
     if (q->r.kind == PM_DNS_SRV) {
         ares_query(d->channel, q->name, ns_c_in, ns_t_srv, srv_done, q);
     } else if (q->family == AF_UNSPEC) {
@@ -642,7 +695,10 @@ int pm_dns_srv(pm_dns *d, const char *name, uint64_t id)
 pm_dns_result *pm_dns_step(pm_dns *d)
 {
     struct epoll_event ev[64];
-    int n, rounds = 0;
+    int n, rounds = 0, processed = 0;
+    /* Anything c-ares sends in here (a retry, the next server, TCP after a
+     * truncated answer) times out after this at the earliest. */
+    note_send(d, now_ms());
     do {
         n = epoll_wait(d->epfd, ev, 64, 0);
         for (int i = 0; i < n; i++) {
@@ -651,10 +707,12 @@ pm_dns_result *pm_dns_step(pm_dns *d)
             int r = ev[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP);
             int w = ev[i].events & EPOLLOUT;
             ares_process_fd(d->channel, r ? fd : ARES_SOCKET_BAD, w ? fd : ARES_SOCKET_BAD);
+            processed = 1;
         }
     } while (n == 64 && ++rounds < 16);
     /* Timeouts and retries: c-ares checks them on every call. */
-    ares_process_fd(d->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    if (!processed)
+        ares_process_fd(d->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
     /* Before the caller settles this step's answers: the server works on
      * the next queries meanwhile. */
     fill_window(d);

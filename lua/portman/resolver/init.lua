@@ -228,11 +228,10 @@ local function store(self, kind, name, entry)
   by_name[name] = entry
 end
 
--- A query's result (records, or a code word and reason): into the cache,
--- then to every waiter of its flight (the first gets the copy made here,
--- the others copies of it).
-local function settle(self, flight, res, code, reason)
-  local now = self._clock()
+-- A query's result (records, or a code word and reason) at now (the
+-- clock's time): into the cache, then to every waiter of its flight (the
+-- first gets the copy made here, the others copies of it).
+local function settle(self, now, flight, res, code, reason)
   local kind, name = flight.kind, flight.name
   local records, err
   if res then
@@ -291,6 +290,7 @@ local release
 local function deliver(self, batch)
   if self._release_when_idle and self._engine:pending() == 0 then release(self) end
   local queries = self._queries
+  local now = self._clock() -- the loop's time stands still while a batch is settled
   for i = 1, #batch, 3 do
     if self._closed then return end -- a callback closed the resolver
     local id = batch[i]
@@ -299,11 +299,11 @@ local function deliver(self, batch)
       queries[id] = nil
       local res, reason = batch[i + 1], batch[i + 2]
       if reason then
-        settle(self, flight, nil, res, reason)
+        settle(self, now, flight, nil, res, reason)
       elseif flight.kind == "srv" then
-        settle(self, flight, without_root_targets(res))
+        settle(self, now, flight, without_root_targets(res))
       else
-        settle(self, flight, res)
+        settle(self, now, flight, res)
       end
     end
   end
@@ -358,7 +358,7 @@ end
 local function send(self, flight)
   local kind, name = flight.kind, flight.name
   if invalid_tld(name) then
-    return settle(self, flight, nil, "not_found", "no such name (.invalid, RFC 6761)")
+    return settle(self, self._clock(), flight, nil, "not_found", "no such name (.invalid, RFC 6761)")
   end
   local eng, err, code = engine_get(self)
   local ok
@@ -374,7 +374,7 @@ local function send(self, flight)
     end
   end
   -- The engine could not take it: answer the waiters now.
-  settle(self, flight, nil, code, (err or ""):gsub("^[^:]*: ", ""))
+  settle(self, self._clock(), flight, nil, code, (err or ""):gsub("^[^:]*: ", ""))
 end
 
 -- Makes entry e's view: its records as a hit hands them out with left
@@ -438,8 +438,13 @@ local function wire(self, kind, lname, cb)
   end
   flight = {cb, kind = kind, name = lname}
   by_name[lname] = flight
+  -- The driver is armed already while the engine has queries; it needs
+  -- arming when this is the first, or when the engine answered at once.
+  local eng = self._engine
+  local before = eng and eng:pending() or 0
   send(self, flight)
-  if self._driver then self._driver:arm() end
+  local driver = self._driver
+  if driver and (before == 0 or eng ~= self._engine or eng:pending() <= before) then driver:arm() end
 end
 
 -- Looks kind and lname up: the cache, else joins or starts its query.
