@@ -9,8 +9,8 @@
 -- * positive answers live for their TTL (the smallest over the records and
 --   the CNAMEs that led to them), clamped to `min_ttl`..`max_ttl` seconds;
 -- * "no such name" and "no data" live for `negative_ttl` seconds (RFC 2308
---   caches negative answers; the SOA is not exposed by c-ares 1.18.1's
---   getaddrinfo, so one fixed time stands in for its MINIMUM);
+--   caches negative answers; the engine reports them as a status, without
+--   the SOA, so one fixed time stands in for its MINIMUM);
 -- * concurrent lookups of one name share one query on the wire;
 -- * when a refresh fails (timeout, refused, ...) an expired answer is served
 --   for up to `stale_ttl` seconds after it expired (RFC 8767), with ttl 0;
