@@ -124,11 +124,16 @@ static void set_str(lua_State *L, const char *k, const char *v)
     lua_setfield(L, -2, k);
 }
 
-static void push_records(lua_State *L, const pm_dns_result *r)
+/* Pushes the records; returns their smallest TTL (0 when none). */
+static uint32_t push_records(lua_State *L, const pm_dns_result *r)
 {
+    uint32_t least = UINT32_MAX;
     lua_createtable(L, (int)r->n, 0);
     for (size_t i = 0; i < r->n; i++) {
-        lua_createtable(L, 0, 5);
+        uint32_t ttl = r->kind == PM_DNS_ADDR ? r->addrs[i].ttl : r->srvs[i].ttl;
+        if (ttl < least)
+            least = ttl;
+        lua_createtable(L, 0, r->kind == PM_DNS_ADDR ? 3 : 5);
         if (r->kind == PM_DNS_ADDR) {
             set_str(L, "address", r->addrs[i].address);
             set_str(L, "family", r->addrs[i].family == AF_INET6 ? "inet6" : "inet");
@@ -142,29 +147,35 @@ static void push_records(lua_State *L, const pm_dns_result *r)
         }
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
+    return r->n ? least : 0;
 }
 
-/* d:step() -> {id, records, false, id, code, reason, ...}: the finished
- * queries in the order they finished, three slots each (one flat table a
- * step, not one table a query): the id, then the records
+/* d:step() -> {id, records, ttl, false, id, false, code, reason, ...}: the
+ * finished queries in the order they finished, four slots each (one flat
+ * table a step, not one table a query): the id, then the records
  * ({{address, family, ttl}, ...} or {{target, port, priority, weight,
- * ttl}, ...}) and false, or a code word and the reason. */
+ * ttl}, ...}) and their smallest TTL, or false, a code word and the
+ * reason. */
 static int l_step(lua_State *L)
 {
     pm_dns_result *list = pm_dns_step(check_dns(L));
     int n = 0;
     for (pm_dns_result *r = list; r; r = r->next)
         n++;
-    lua_createtable(L, n > 0x7fffffff / 3 ? 0 : 3 * n, 0);
+    lua_createtable(L, n > 0x7fffffff / 4 ? 0 : 4 * n, 0);
     lua_Integer i = 0;
     for (pm_dns_result *r = list; r; r = r->next) {
         lua_pushinteger(L, (lua_Integer)r->id);
         lua_rawseti(L, -2, ++i);
         if (r->status == 0) {
-            push_records(L, r);
+            lua_Integer ttl = push_records(L, r);
+            lua_rawseti(L, -2, ++i);
+            lua_pushinteger(L, ttl);
             lua_rawseti(L, -2, ++i);
             lua_pushboolean(L, 0);
         } else {
+            lua_pushboolean(L, 0);
+            lua_rawseti(L, -2, ++i);
             lua_pushstring(L, pm_dns_status_code(r->status));
             lua_rawseti(L, -2, ++i);
             lua_pushstring(L, pm_dns_status_text(r->status));

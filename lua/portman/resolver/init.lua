@@ -153,7 +153,7 @@ function M.new(opts)
   check.optional("new", 1, opts, "registry", "function")
   self._registry = opts.registry
   self._cache, self._cache_count = new_cache(), 0 -- kind -> lower-case name -> entry
-  -- kind -> lower-case name -> flight {waiters..., kind =, name =}: one
+  -- kind -> lower-case name -> flight {kind, name, waiters...}: one
   -- query on the wire (or waiting in the engine for max_inflight) per flight
   self._inflight = new_cache()
   self._queries = {} -- engine id -> flight
@@ -228,19 +228,25 @@ local function store(self, kind, name, entry)
   by_name[name] = entry
 end
 
--- A query's result (records, or a code word and reason) at now (the
--- clock's time): into the cache, then to every waiter of its flight (the
--- first gets the copy made here, the others copies of it).
-local function settle(self, now, flight, res, code, reason)
-  local kind, name = flight.kind, flight.name
+-- The smallest TTL of records.
+local function least_ttl(records)
+  local ttl = math.huge
+  for i = 1, #records do
+    local t = records[i].ttl
+    if t < ttl then ttl = t end
+  end
+  return ttl
+end
+
+-- A query's result (records and their smallest TTL, or nil, a code word
+-- and reason) at now (the clock's time): into the cache, then to every
+-- waiter of its flight (the first gets the copy made here, the others
+-- copies of it).
+local function settle(self, now, flight, res, least, code, reason)
+  local kind, name = flight[1], flight[2]
   local records, err
   if res then
-    local ttl = math.huge
-    for i = 1, #res do
-      local t = res[i].ttl
-      if t < ttl then ttl = t end
-    end
-    ttl = math.tointeger(clamp(ttl, self._min_ttl, self._max_ttl) // 1) or 0
+    local ttl = math.tointeger(clamp(least, self._min_ttl, self._max_ttl) // 1) or 0
     store(self, kind, name, {records = res, ttl = ttl, fetched = now,
                       expires = now + ttl * 1000, stale_until = now + (ttl + self._stale_ttl) * 1000})
     records = fresh_copy(res, ttl)
@@ -259,29 +265,30 @@ local function settle(self, now, flight, res, code, reason)
   local by_name = self._inflight[kind]
   if by_name[name] ~= flight then return end -- closed meanwhile: its waiters were told
   by_name[name] = nil
-  for i, cb in ipairs(flight) do
+  for i = 3, #flight do
+    local cb = flight[i]
     if not records then call(cb, nil, err, code)
-    elseif i == 1 then call(cb, records)
+    elseif i == 3 then call(cb, records)
     else call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale)) end
   end
 end
 
 -- RFC 2782: a target of "." means the service is decidedly not available
 -- at this domain; such records are dropped, and an answer of only those is
--- "not found". Returns settle's res, code, reason.
+-- "not found". Returns settle's res, least, code, reason.
 local function without_root_targets(records)
   local kept = {}
   for _, rec in ipairs(records) do
     if rec.target ~= "" and rec.target ~= "." then kept[#kept + 1] = rec end
   end
-  if #kept == 0 then return nil, "not_found", "service not available (SRV target '.')" end
-  return kept
+  if #kept == 0 then return nil, nil, "not_found", "service not available (SRV target '.')" end
+  return kept, least_ttl(kept)
 end
 
 local release
 
 -- A step's finished queries, from the engine's driver: a flat batch of
--- id, records or code, false or reason (lua_dns.c). A resolver that
+-- id, records, least TTL, false or id, false, code, reason (lua_dns.c). A resolver that
 -- releases when idle does so before any callback runs, when this batch
 -- leaves nothing on the wire: a callback then sees it holding nothing.
 -- Queries waiting for max_inflight took the room the batch made before
@@ -291,19 +298,19 @@ local function deliver(self, batch)
   if self._release_when_idle and self._engine:pending() == 0 then release(self) end
   local queries = self._queries
   local now = self._clock() -- the loop's time stands still while a batch is settled
-  for i = 1, #batch, 3 do
+  for i = 1, #batch, 4 do
     if self._closed then return end -- a callback closed the resolver
     local id = batch[i]
     local flight = queries[id]
     if flight then
       queries[id] = nil
-      local res, reason = batch[i + 1], batch[i + 2]
-      if reason then
-        settle(self, now, flight, nil, res, reason)
-      elseif flight.kind == "srv" then
+      local res = batch[i + 1]
+      if not res then
+        settle(self, now, flight, nil, nil, batch[i + 2], batch[i + 3])
+      elseif flight[1] == "srv" then
         settle(self, now, flight, without_root_targets(res))
       else
-        settle(self, now, flight, res)
+        settle(self, now, flight, res, batch[i + 2])
       end
     end
   end
@@ -356,9 +363,9 @@ end
 -- Puts a flight's query (its kind and name) on the wire; the engine holds
 -- it back while max_inflight others are there.
 local function send(self, flight)
-  local kind, name = flight.kind, flight.name
+  local kind, name = flight[1], flight[2]
   if invalid_tld(name) then
-    return settle(self, self._clock(), flight, nil, "not_found", "no such name (.invalid, RFC 6761)")
+    return settle(self, self._clock(), flight, nil, nil, "not_found", "no such name (.invalid, RFC 6761)")
   end
   local eng, err, code = engine_get(self)
   local ok
@@ -374,7 +381,7 @@ local function send(self, flight)
     end
   end
   -- The engine could not take it: answer the waiters now.
-  settle(self, self._clock(), flight, nil, code, (err or ""):gsub("^[^:]*: ", ""))
+  settle(self, self._clock(), flight, nil, nil, code, (err or ""):gsub("^[^:]*: ", ""))
 end
 
 -- Makes entry e's view: its records as a hit hands them out with left
@@ -436,7 +443,7 @@ local function wire(self, kind, lname, cb)
     flight[#flight + 1] = cb
     return
   end
-  flight = {cb, kind = kind, name = lname}
+  flight = {kind, lname, cb}
   by_name[lname] = flight
   -- The driver is armed already while the engine has queries; it needs
   -- arming when this is the first, or when the engine answered at once.
@@ -702,7 +709,7 @@ function R:close()
   self._inflight, self._queries = new_cache(), {}
   for _, kind in ipairs(KINDS) do
     for name, waiters in pairs(flights[kind]) do
-      for _, cb in ipairs(waiters) do call(cb, nil, "closed: " .. name .. ": resolver closed", "closed") end
+      for i = 3, #waiters do call(waiters[i], nil, "closed: " .. name .. ": resolver closed", "closed") end
     end
   end
 end
