@@ -84,13 +84,15 @@ static int64_t now_ms(void)
 }
 
 /* The first try's timeout the channel settled on (ours, or resolv.conf's,
- * or c-ares' default); 0 (always step early) when it will not say. */
+ * or c-ares' default); when it will not say, 100 ms: steps come early
+ * (ares_timeout is asked again then), never late. */
 static int base_timeout(ares_channel channel)
 {
     struct ares_options o;
-    int mask = 0, ms = 0;
+    int mask = 0, ms = 100;
     if (ares_save_options(channel, &o, &mask) == ARES_SUCCESS) {
-        ms = o.timeout > 0 ? o.timeout : 0; /* milliseconds: saved with ARES_OPT_TIMEOUTMS */
+        if (o.timeout > 0) /* milliseconds: saved with ARES_OPT_TIMEOUTMS */
+            ms = o.timeout;
         ares_destroy_options(&o);
     }
     return ms;
