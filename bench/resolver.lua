@@ -20,20 +20,65 @@
 -- with all 10,000 lookups started at once. glibc reads /etc/hosts first and
 -- finds none of the names there; the portman resolver reads it too.
 -- Needs root (network namespaces); without it, says so and stops.
+--
+-- PM_BENCH_CALLGRIND=1: instead, user-space instructions per uncached name
+-- (load-independent, unlike the rates): the portman case alone runs under
+-- callgrind for 2,000 and for 10,000 names, each family, and the
+-- difference over the 8,000 names between them is reported (the start-up
+-- and the loading of modules cancel out). PM_BENCH_CALLGRIND_KEEP=DIR keeps
+-- the output files there.
 local uv = require "luv"
 
-local COUNT = 10000
+local COUNT = math.tointeger(tonumber(os.getenv("PM_BENCH_COUNT") or 10000)) or 10000
 local CACHED_ITERATIONS = 1000000
 local GLIBC_ITERATIONS = 500
 local REPS = math.tointeger(tonumber(os.getenv("PM_BENCH_REPS") or 5)) or 5
 local INFLIGHT = 100 -- portman's max_inflight default; dnsperf's -q
 
-local function name_of(i) return ("n%05d.bench.test"):format(i) end
-local function address_of(i) return ("10.%d.%d.%d"):format(i // 65536, i // 256 % 256, i % 256) end
+-- Names and addresses made once, before any timing: what is measured is
+-- the resolvers, not string.format.
+-- (Always 10,000 of them, so that runs of fewer names under callgrind
+-- make as many, and the making cancels out.)
+local NAMES, ADDRESSES = {}, {}
+for i = 1, math.max(COUNT, 10000) do
+  NAMES[i] = ("n%05d.bench.test"):format(i)
+  ADDRESSES[i] = ("10.%d.%d.%d"):format(i // 65536, i // 256 % 256, i % 256)
+end
+local function name_of(i) return NAMES[i] end
+local function address_of(i) return ADDRESSES[i] end
 
 local function sh(cmd)
   local ok = os.execute(cmd)
   return ok == true
+end
+
+-- Callgrind's total instructions in one output file.
+local function callgrind_total(path)
+  local f = assert(io.open(path))
+  local total
+  for line in f:lines() do total = tonumber(line:match("^totals:%s*(%d+)")) or total end
+  f:close()
+  return assert(total, "no totals in " .. path)
+end
+
+-- The inner run under callgrind for two counts of names, each family:
+-- instructions per name from the difference.
+local function callgrind(ns, dir)
+  local small, large = 2000, COUNT
+  print(("callgrind, user-space instructions per uncached name (runs of %d and %d names)"):format(small, large))
+  for _, family in ipairs{"inet", "any"} do
+    local totals = {}
+    for _, n in ipairs{small, large} do
+      local out = ("%s/cg-%s-%d"):format(dir, family, n)
+      assert(sh(("ip netns exec %s env PM_BENCH_NS=%s PM_BENCH_DIR=%s PM_BENCH_COUNT=%d PM_BENCH_ONLY=%s "
+        .. "valgrind --tool=callgrind --callgrind-out-file=%s %s %s 2>/dev/null")
+        :format(ns, ns, dir, n, family, out, arg[-1], arg[0])), "the callgrind run failed")
+      totals[#totals + 1] = callgrind_total(out)
+      local keep = os.getenv("PM_BENCH_CALLGRIND_KEEP") -- a directory for callgrind_annotate
+      if keep then sh(("cp %s %s/"):format(out, keep)) end
+    end
+    print(("  family %-4s  %8.0f instructions a name"):format(family, (totals[2] - totals[1]) / (large - small)))
+  end
 end
 
 -- The outer run: namespace, dnsmasq, inner run, teardown.
@@ -73,8 +118,12 @@ local function outer()
       .. "--port=53 --listen-address=127.0.0.1 --bind-interfaces --local=/bench.test/ "
       .. "--addn-hosts=%s/hosts --local-ttl=3600 --pid-file=%s/pid --user=root")
       :format(ns, dir, dir)), "dnsmasq did not start")
-    assert(sh(("ip netns exec %s env PM_BENCH_NS=%s PM_BENCH_DIR=%s %s %s"):format(ns, ns, dir, arg[-1], arg[0])),
-      "the inner run failed")
+    if os.getenv("PM_BENCH_CALLGRIND") then
+      callgrind(ns, dir)
+    else
+      assert(sh(("ip netns exec %s env PM_BENCH_NS=%s PM_BENCH_DIR=%s %s %s"):format(ns, ns, dir, arg[-1], arg[0])),
+        "the inner run failed")
+    end
   end)
   sh(("[ -f %s/pid ] && kill $(cat %s/pid) 2>/dev/null"):format(dir, dir))
   sh(("ip netns del %s 2>/dev/null; rm -rf %s %s"):format(ns, dir, etc))
@@ -157,10 +206,11 @@ end
 local function uncached_portman(resolver, family)
   local r = resolver.new{max_inflight = INFLIGHT}
   local failures, done = {}, 0
+  local opts = {family = family}
   local ru = uv.getrusage()
   local t0 = uv.hrtime()
   for i = 1, COUNT do
-    r:resolve(name_of(i), {family = family}, function(records)
+    r:resolve(name_of(i), opts, function(records)
       done = done + 1
       local a
       for _, rec in ipairs(records or {}) do if rec.family == "inet" then a = rec.address end end
@@ -180,9 +230,10 @@ end
 
 local function uncached_luv(family)
   local failures, done = {}, 0
+  local hints = {family = family, socktype = "stream"}
   local t0 = uv.hrtime()
   for i = 1, COUNT do
-    assert(uv.getaddrinfo(name_of(i), nil, {family = family, socktype = "stream"}, function(err, res)
+    assert(uv.getaddrinfo(name_of(i), nil, hints, function(err, res)
       done = done + 1
       local a
       for _, rec in ipairs(not err and res or {}) do if rec.family == "inet" then a = rec.addr end end
@@ -273,6 +324,12 @@ end
 
 local function inner()
   local resolver = require "portman.resolver"
+  local only = os.getenv("PM_BENCH_ONLY") -- a family: that uncached case once (callgrind)
+  if only then
+    local _, failures = uncached_portman(resolver, only)
+    assert(#failures == 0, #failures .. " names failed")
+    return
+  end
   print(("namespace %s, dnsmasq on 127.0.0.1:53; libuv thread pool: %s threads")
     :format(os.getenv("PM_BENCH_NS"), os.getenv("UV_THREADPOOL_SIZE") or "4 (default)"))
   cached(resolver)

@@ -45,6 +45,10 @@ typedef struct {
     const char *servers; /* "IP:PORT,[IPv6]:PORT,..."; NULL: /etc/resolv.conf */
     int timeout_ms; /* first try's timeout; 0: c-ares' default */
     int tries; /* 0: c-ares' default */
+    /* Queries on the wire at once; more wait in the engine, in order, and
+     * go out as answers come in (a burst of a few hundred from one UDP
+     * socket overflows the server's receive queue). 0: no limit. */
+    int max_inflight;
 } pm_dns_config;
 
 /* Creates an engine; on failure returns NULL with a message in err. */
@@ -58,11 +62,14 @@ int pm_dns_fd(const pm_dns *d);
 /* Milliseconds until pm_dns_step() must run even if the fd stays quiet;
  * 0 when results wait already, -1 when nothing is in flight. */
 int pm_dns_timeout(pm_dns *d);
-/* Queries started and not yet returned by pm_dns_step(). */
+/* Queries started and not yet finished: on the wire or waiting for room. */
 size_t pm_dns_pending(const pm_dns *d);
 
 /* Starts an A and/or AAAA lookup (family AF_INET, AF_INET6 or AF_UNSPEC)
- * over DNS only (no hosts file). Returns 0, or -1 (ENOMEM). */
+ * over DNS only (no hosts file), with resolv.conf's search domains and
+ * ndots as c-ares applies them. One family is one query (ares_search) whose
+ * answer pm_dns_parse_addrs reads; AF_UNSPEC goes through
+ * ares_getaddrinfo. Returns 0, or -1 (ENOMEM). */
 int pm_dns_resolve(pm_dns *d, const char *name, int family, uint64_t id);
 /* Starts an SRV query for name. Returns 0, or -1 (ENOMEM). */
 int pm_dns_srv(pm_dns *d, const char *name, uint64_t id);
@@ -71,6 +78,30 @@ int pm_dns_srv(pm_dns *d, const char *name, uint64_t id);
  * caller frees with pm_dns_results_free (NULL when none finished). */
 pm_dns_result *pm_dns_step(pm_dns *d);
 void pm_dns_results_free(pm_dns_result *r);
+
+/* Pure readers of a raw DNS answer (abuf, alen bytes), for the engine and
+ * for the fuzzer. */
+
+/* The addresses of family (AF_INET: A, AF_INET6: AAAA) that answer the
+ * question, following the CNAME chain from the question's name in answer
+ * order; an address's TTL is the smallest of its own and every CNAME's on
+ * the way. A CNAME counts only when it owns the name the chain has reached
+ * (RFC 1034 section 3.6.2; c-ares 1.18's getaddrinfo follows any CNAME in
+ * the answer). Records of another class or type,
+ * of another owner, or of the wrong length are skipped. Stores the first
+ * max in out and the count of all in *n. Returns ARES_SUCCESS, ARES_ENODATA
+ * (none) or ARES_EBADRESP (malformed: a name, record or count that does
+ * not fit in the message). */
+int pm_dns_parse_addrs(const unsigned char *abuf, size_t alen, int family, pm_dns_addr *out,
+                       size_t max, size_t *n);
+/* The SRV records of an answer with their TTLs (the smallest of the
+ * record's and the CNAMEs'), into r->srvs and r->n (r->srvs allocated:
+ * pm_dns_results_free frees it); sets r->status: ARES_SUCCESS,
+ * ARES_ENODATA, ARES_EBADRESP or ARES_ENOMEM. */
+void pm_dns_parse_srv(const unsigned char *abuf, int alen, pm_dns_result *r);
+/* Writes an address (4 or 16 bytes of family) as inet_ntop does, into out
+ * (46 bytes at least); returns its length. */
+size_t pm_dns_format_addr(int family, const unsigned char *src, char *out);
 
 /* portman's code word for a status: "not_found", "timeout", "refused",
  * "protocol", "closed", "ENOMEM" or "unreachable". */

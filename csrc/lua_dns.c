@@ -31,16 +31,20 @@ static pm_dns *check_dns(lua_State *L)
     return b->dns;
 }
 
-/* core.dns_new([servers_csv], [timeout_ms], [tries]) -> engine | nil, msg, code */
+/* core.dns_new([servers_csv], [timeout_ms], [tries], [max_inflight])
+ * -> engine | nil, msg, code */
 static int l_new(lua_State *L)
 {
+    lua_Integer inflight = luaL_optinteger(L, 4, 0);
     pm_dns_config cfg = {
         .servers = luaL_optstring(L, 1, NULL),
         .timeout_ms = (int)luaL_optinteger(L, 2, 0),
         .tries = (int)luaL_optinteger(L, 3, 0),
+        .max_inflight = inflight > 0x7fffffff ? 0x7fffffff : (int)inflight,
     };
     luaL_argcheck(L, cfg.timeout_ms >= 0, 2, "timeout must not be negative");
     luaL_argcheck(L, cfg.tries >= 0, 3, "tries must not be negative");
+    luaL_argcheck(L, inflight >= 0, 4, "max_inflight must not be negative");
     /* Created closed, so that a failure below leaves nothing to free. */
     dns_box *b = lua_newuserdatauv(L, sizeof(*b), 0);
     b->dns = NULL;
@@ -120,11 +124,16 @@ static void set_str(lua_State *L, const char *k, const char *v)
     lua_setfield(L, -2, k);
 }
 
-static void push_records(lua_State *L, const pm_dns_result *r)
+/* Pushes the records; returns their smallest TTL (0 when none). */
+static uint32_t push_records(lua_State *L, const pm_dns_result *r)
 {
+    uint32_t least = UINT32_MAX;
     lua_createtable(L, (int)r->n, 0);
     for (size_t i = 0; i < r->n; i++) {
-        lua_createtable(L, 0, 5);
+        uint32_t ttl = r->kind == PM_DNS_ADDR ? r->addrs[i].ttl : r->srvs[i].ttl;
+        if (ttl < least)
+            least = ttl;
+        lua_createtable(L, 0, r->kind == PM_DNS_ADDR ? 3 : 5);
         if (r->kind == PM_DNS_ADDR) {
             set_str(L, "address", r->addrs[i].address);
             set_str(L, "family", r->addrs[i].family == AF_INET6 ? "inet6" : "inet");
@@ -138,24 +147,38 @@ static void push_records(lua_State *L, const pm_dns_result *r)
         }
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
+    return r->n ? least : 0;
 }
 
-/* d:step() -> {{id = n, records = {...}} | {id = n, code = word, reason = text}, ...}
- * The finished queries, in the order they finished. */
+/* d:step() -> {id, records, ttl, false, id, false, code, reason, ...}: the
+ * finished queries in the order they finished, four slots each (one flat
+ * table a step, not one table a query): the id, then the records
+ * ({{address, family, ttl}, ...} or {{target, port, priority, weight,
+ * ttl}, ...}) and their smallest TTL, or false, a code word and the
+ * reason. */
 static int l_step(lua_State *L)
 {
     pm_dns_result *list = pm_dns_step(check_dns(L));
-    lua_newtable(L);
+    int n = 0;
+    for (pm_dns_result *r = list; r; r = r->next)
+        n++;
+    lua_createtable(L, n > 0x7fffffff / 4 ? 0 : 4 * n, 0);
     lua_Integer i = 0;
     for (pm_dns_result *r = list; r; r = r->next) {
-        lua_createtable(L, 0, 3);
-        set_int(L, "id", (lua_Integer)r->id);
+        lua_pushinteger(L, (lua_Integer)r->id);
+        lua_rawseti(L, -2, ++i);
         if (r->status == 0) {
-            push_records(L, r);
-            lua_setfield(L, -2, "records");
+            lua_Integer ttl = push_records(L, r);
+            lua_rawseti(L, -2, ++i);
+            lua_pushinteger(L, ttl);
+            lua_rawseti(L, -2, ++i);
+            lua_pushboolean(L, 0);
         } else {
-            set_str(L, "code", pm_dns_status_code(r->status));
-            set_str(L, "reason", pm_dns_status_text(r->status));
+            lua_pushboolean(L, 0);
+            lua_rawseti(L, -2, ++i);
+            lua_pushstring(L, pm_dns_status_code(r->status));
+            lua_rawseti(L, -2, ++i);
+            lua_pushstring(L, pm_dns_status_text(r->status));
         }
         lua_rawseti(L, -2, ++i);
     }
@@ -203,6 +226,60 @@ static int l_parse_ip(lua_State *L)
     return 0;
 }
 
+/* core.dns_name(name) -> name in lower case | nil: is name a DNS name in
+ * ASCII that is not a literal address (labels of 1-63 letters, digits, '-'
+ * and '_', 253 characters in all, a trailing dot allowed)? The Lua layer
+ * checks anything else, and words its errors, itself (resolver/names.lua);
+ * this is its fast path for a name it has not seen. */
+static int l_name(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    size_t bare = len && s[len - 1] == '.' ? len - 1 : len;
+    if (bare == 0 || bare > 253)
+        return 0;
+    char low[256];
+    size_t label = 0;
+    int upper = 0, numeric = 1;
+    for (size_t i = 0; i < bare; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '.') {
+            if (label == 0)
+                return 0;
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_') {
+            if (++label > 63)
+                return 0;
+            numeric &= c >= '0' && c <= '9';
+        } else if (c >= 'A' && c <= 'Z') {
+            if (++label > 63)
+                return 0;
+            c = (unsigned char)(c + 32);
+            upper = 1;
+            numeric = 0;
+        } else {
+            return 0;
+        }
+        low[i] = (char)c;
+    }
+    if (label == 0)
+        return 0;
+    unsigned char bin[4];
+    if (numeric) { /* digits and dots: maybe an IPv4 literal */
+        low[bare] = '\0';
+        if (inet_pton(AF_INET, low, bin) == 1)
+            return 0;
+    }
+    if (!upper) {
+        lua_pushvalue(L, 1);
+    } else {
+        if (bare < len)
+            low[bare] = '.';
+        lua_pushlstring(L, low, len);
+    }
+    return 1;
+}
+
 static const luaL_Reg methods[] = {
     {"fd", l_fd},
     {"timeout", l_timeout},
@@ -228,5 +305,7 @@ int pm_open_dns(lua_State *L)
     lua_setfield(L, -2, "dns_new");
     lua_pushcfunction(L, l_parse_ip);
     lua_setfield(L, -2, "dns_parse_ip");
+    lua_pushcfunction(L, l_name);
+    lua_setfield(L, -2, "dns_name");
     return 0;
 }

@@ -800,6 +800,69 @@ describe("portman.resolver", function()
       assert.truthy(err:find("servers 'not a server'", 1, true), err)
     end)
 
+    -- Drives engine d on the loop until it has nothing pending, giving each
+    -- result of its flat batches (four slots each) to on_result, then
+    -- calls on_done.
+    local function drive_engine(d, on_result, on_done)
+      local engine = require "portman.engine"
+      local driver
+      driver = engine.drive(d, {on_batch = function(batch)
+        assert.equal(0, #batch % 4)
+        for i = 1, #batch, 4 do on_result(batch[i], batch[i + 1], batch[i + 2], batch[i + 3]) end
+        if d:pending() == 0 then
+          driver:close()
+          if on_done then on_done() end
+        end
+      end})
+      driver:arm()
+      uv.run()
+    end
+
+    it("the engine keeps max_inflight queries on the wire and the rest waiting their turn", function()
+      local core = require "portman.core"
+      local sock = uv.new_udp() -- a server that never answers: each query ends in a timeout
+      assert(sock:bind("127.0.0.1", 0))
+      local received, finished, most = 0, {}, 0
+      sock:recv_start(function(err, data)
+        if err or not data then return end
+        received = received + 1
+        -- answers leave the engine in the step that sends the next queries
+        most = math.max(most, received - #finished)
+      end)
+      local d = assert(core.dns_new("127.0.0.1:" .. sock:getsockname().port, 100, 1, 2))
+      for i = 1, 5 do assert(d:resolve("m" .. i .. ".pm.test.", "inet", i)) end
+      assert.equal(5, d:pending())
+      drive_engine(d, function(id, records, code, reason) finished[#finished + 1] = {id, records, code, reason} end,
+        function() sock:close() end)
+      if not sock:is_closing() then sock:close() end
+      d:close()
+      assert.equal(5, received)
+      assert.equal(2, most)
+      table.sort(finished, function(a, b) return a[1] < b[1] end)
+      for i, f in ipairs(finished) do assert.same({i, false, "timeout", "no answer before the timeout"}, f) end
+    end)
+
+    it("the engine answers 'any' with both families, and one family with its records", function()
+      local core = require "portman.core"
+      local d = assert(core.dns_new(server.address, 1000, 2, 10))
+      assert(d:resolve("dual.pm.test", "any", 1))
+      assert(d:resolve("DUAL.pm.test", "inet6", 2))
+      assert(d:resolve("alias.pm.test", "inet", 3))
+      local got = {}
+      local least = {}
+      drive_engine(d, function(id, records, ttl, last)
+        assert.is_false(last)
+        table.sort(records, function(a, b) return a.address < b.address end)
+        got[id], least[id] = records, ttl
+      end)
+      d:close()
+      assert.same({{address = "10.0.0.2", family = "inet", ttl = 90}, {address = "fd00::2", family = "inet6", ttl = 90}},
+        got[1])
+      assert.same({{address = "fd00::2", family = "inet6", ttl = 90}}, got[2])
+      assert.same({{address = "10.0.0.7", family = "inet", ttl = 5}}, got[3])
+      assert.same({90, 90, 5}, least)
+    end)
+
     it("leaves no fd open", function()
       for _, r in ipairs(resolvers) do r:close() end
       collectgarbage()

@@ -9,8 +9,8 @@
 -- * positive answers live for their TTL (the smallest over the records and
 --   the CNAMEs that led to them), clamped to `min_ttl`..`max_ttl` seconds;
 -- * "no such name" and "no data" live for `negative_ttl` seconds (RFC 2308
---   caches negative answers; the SOA is not exposed by c-ares 1.18.1's
---   getaddrinfo, so one fixed time stands in for its MINIMUM);
+--   caches negative answers; the engine reports them as a status, without
+--   the SOA, so one fixed time stands in for its MINIMUM);
 -- * concurrent lookups of one name share one query on the wire;
 -- * when a refresh fails (timeout, refused, ...) an expired answer is served
 --   for up to `stale_ttl` seconds after it expired (RFC 8767), with ttl 0;
@@ -153,11 +153,10 @@ function M.new(opts)
   check.optional("new", 1, opts, "registry", "function")
   self._registry = opts.registry
   self._cache, self._cache_count = new_cache(), 0 -- kind -> lower-case name -> entry
-  self._inflight = {} -- key -> {waiters}, one query on the wire per key
-  self._queries = {} -- engine id -> key
-  -- keys waiting for max_inflight, from _queue_head to _queue_tail (not
-  -- #_queue: with the head's side emptied, # may name any border)
-  self._queue, self._queue_head, self._queue_tail = {}, 1, 0
+  -- kind -> lower-case name -> flight {kind, name, waiters...}: one
+  -- query on the wire (or waiting in the engine for max_inflight) per flight
+  self._inflight = new_cache()
+  self._queries = {} -- engine id -> flight
   self._next_id = 0
   self._stats = {queries = 0, hits = 0, misses = 0, coalesced = 0, stale = 0, negative_hits = 0}
   return self
@@ -229,25 +228,30 @@ local function store(self, kind, name, entry)
   by_name[name] = entry
 end
 
--- A query's result: into the cache, then to every waiter (the first gets
--- the copy made here, the others copies of it).
-local function settle(self, key, res)
-  local now = self._clock()
-  local flight = self._inflight[key]
-  local kind, name
-  if flight then kind, name = flight.kind, flight.name
-  else kind, name = key:match("^(%w+)|(.*)$") end
-  local records, err, code
-  if res.records then
-    local ttl = math.huge
-    for _, rec in ipairs(res.records) do if rec.ttl < ttl then ttl = rec.ttl end end
-    ttl = math.tointeger(clamp(ttl, self._min_ttl, self._max_ttl) // 1) or 0
-    store(self, kind, name, {records = res.records, ttl = ttl, fetched = now,
+-- The smallest TTL of records.
+local function least_ttl(records)
+  local ttl = math.huge
+  for i = 1, #records do
+    local t = records[i].ttl
+    if t < ttl then ttl = t end
+  end
+  return ttl
+end
+
+-- A query's result (records and their smallest TTL, or nil, a code word
+-- and reason) at now (the clock's time): into the cache, then to every
+-- waiter of its flight (the first gets the copy made here, the others
+-- copies of it).
+local function settle(self, now, flight, res, least, code, reason)
+  local kind, name = flight[1], flight[2]
+  local records, err
+  if res then
+    local ttl = math.tointeger(clamp(least, self._min_ttl, self._max_ttl) // 1) or 0
+    store(self, kind, name, {records = res, ttl = ttl, fetched = now,
                       expires = now + ttl * 1000, stale_until = now + (ttl + self._stale_ttl) * 1000})
-    records = fresh_copy(res.records, ttl)
+    records = fresh_copy(res, ttl)
   else
-    code = res.code
-    err = ("%s: %s: %s"):format(code, name, res.reason)
+    err = ("%s: %s: %s"):format(code, name, reason)
     local old = self._caching and self._cache[kind][name]
     if STALE_ON[code] and old and old.records and now < old.stale_until then
       self._stats.stale = self._stats.stale + 1
@@ -258,56 +262,58 @@ local function settle(self, key, res)
                         stale_until = now + ttl * 1000})
     end
   end
-  if not flight then return end -- closed meanwhile: its waiters were told
-  self._inflight[key] = nil
-  for i, cb in ipairs(flight) do
+  local by_name = self._inflight[kind]
+  if by_name[name] ~= flight then return end -- closed meanwhile: its waiters were told
+  by_name[name] = nil
+  for i = 3, #flight do
+    local cb = flight[i]
     if not records then call(cb, nil, err, code)
-    elseif i == 1 then call(cb, records)
+    elseif i == 3 then call(cb, records)
     else call(cb, fresh_copy(records, records[1] and records[1].ttl or 0, records.stale)) end
   end
 end
 
 -- RFC 2782: a target of "." means the service is decidedly not available
 -- at this domain; such records are dropped, and an answer of only those is
--- "not found".
-local function without_root_targets(res)
+-- "not found". Returns settle's res, least, code, reason.
+local function without_root_targets(records)
   local kept = {}
-  for _, rec in ipairs(res.records) do
+  for _, rec in ipairs(records) do
     if rec.target ~= "" and rec.target ~= "." then kept[#kept + 1] = rec end
   end
-  if #kept == 0 then
-    return {code = "not_found", reason = "service not available (SRV target '.')"}
-  end
-  res.records = kept
-  return res
+  if #kept == 0 then return nil, nil, "not_found", "service not available (SRV target '.')" end
+  return kept, least_ttl(kept)
 end
 
-local drain, release
+local release
 
--- A step's finished queries, from the engine's driver. A resolver that
+-- A step's finished queries, from the engine's driver: a flat batch of
+-- id, records, least TTL, false or id, false, code, reason (lua_dns.c). A resolver that
 -- releases when idle does so before any callback runs, when this batch
 -- leaves nothing on the wire: a callback then sees it holding nothing.
--- Queued queries take the room the batch made before its answers are
--- settled, so that the server works on them meanwhile (sent after, the
--- server would sit idle while the callbacks ran, and the client idle while
--- it answered: the two would take turns instead of overlapping).
+-- Queries waiting for max_inflight took the room the batch made before
+-- the step returned (in the engine), so the server works on them while
+-- these answers are settled.
 local function deliver(self, batch)
-  if self._release_when_idle and self._engine:pending() == 0 and not self._queue[self._queue_head] then
-    release(self)
-  end
-  drain(self)
-  for _, res in ipairs(batch) do
+  if self._release_when_idle and self._engine:pending() == 0 then release(self) end
+  local queries = self._queries
+  local now = self._clock() -- the loop's time stands still while a batch is settled
+  for i = 1, #batch, 4 do
     if self._closed then return end -- a callback closed the resolver
-    local key = self._queries[res.id]
-    self._queries[res.id] = nil
-    if key then
-      local flight = self._inflight[key]
-      if res.records and flight and flight.kind == "srv" then res = without_root_targets(res) end
-      settle(self, key, res)
+    local id = batch[i]
+    local flight = queries[id]
+    if flight then
+      queries[id] = nil
+      local res = batch[i + 1]
+      if not res then
+        settle(self, now, flight, nil, nil, batch[i + 2], batch[i + 3])
+      elseif flight[1] == "srv" then
+        settle(self, now, flight, without_root_targets(res))
+      else
+        settle(self, now, flight, res, batch[i + 2])
+      end
     end
   end
-  if self._closed then return end
-  drain(self)
 end
 
 -- Closes the engine and its driver (the resolver stays usable: the next
@@ -329,7 +335,9 @@ end
 local function engine_get(self)
   if self._closed then return nil, "closed: resolver closed", "closed" end
   if self._engine then return self._engine end
-  local eng, err, code = core.dns_new(self._servers, self._timeout, self._tries)
+  local inflight = self._max_inflight -- the engine's window: an integer, 0 for no limit
+  inflight = inflight >= 2 ^ 31 and 0 or math.floor(inflight)
+  local eng, err, code = core.dns_new(self._servers, self._timeout, self._tries, inflight)
   if not eng then return nil, err, code end
   local ok, driver = pcall(engine.drive, eng, {
     name = "resolver",
@@ -352,44 +360,28 @@ local function invalid_tld(name)
   return (tail == "" or tail == ".") and (at == 1 or name:byte(at - 1) == 46) -- 46: "."
 end
 
--- Puts the query for key (its flight: waiters, kind and name) on the wire.
-local function send(self, key, flight)
-  local kind, name = flight.kind, flight.name
+-- Puts a flight's query (its kind and name) on the wire; the engine holds
+-- it back while max_inflight others are there.
+local function send(self, flight)
+  local kind, name = flight[1], flight[2]
   if invalid_tld(name) then
-    return settle(self, key, {code = "not_found", reason = "no such name (.invalid, RFC 6761)"})
+    return settle(self, self._clock(), flight, nil, nil, "not_found", "no such name (.invalid, RFC 6761)")
   end
   local eng, err, code = engine_get(self)
   local ok
   if eng then
-    self._next_id = self._next_id + 1
-    local id = self._next_id
+    local id = self._next_id + 1
+    self._next_id = id
     if kind == "srv" then ok, err, code = eng:srv(name, id)
     else ok, err, code = eng:resolve(name, kind, id) end
     if ok then
-      self._queries[id] = key
+      self._queries[id] = flight
       self._stats.queries = self._stats.queries + 1
       return
     end
   end
   -- The engine could not take it: answer the waiters now.
-  settle(self, key, {code = code, reason = (err or ""):gsub("^[^:]*: ", "")})
-end
-
--- Sends queued queries while there is room on the wire.
-function drain(self)
-  local q = self._queue
-  if not q[self._queue_head] then return end
-  -- each send adds one at most: the room is counted once
-  local room = self._max_inflight - (self._engine and self._engine:pending() or 0)
-  while room > 0 and q[self._queue_head] do
-    local key = q[self._queue_head]
-    q[self._queue_head] = nil
-    self._queue_head = self._queue_head + 1
-    room = room - 1
-    local flight = self._inflight[key]
-    if flight then send(self, key, flight) end
-  end
-  if not q[self._queue_head] then self._queue, self._queue_head, self._queue_tail = {}, 1, 0 end
+  settle(self, self._clock(), flight, nil, nil, code, (err or ""):gsub("^[^:]*: ", ""))
 end
 
 -- Makes entry e's view: its records as a hit hands them out with left
@@ -442,23 +434,24 @@ end
 -- Joins or starts the query for kind and lname (not in the cache).
 local function wire(self, kind, lname, cb)
   if self._closed then return cb(nil, "closed: resolver closed", "closed") end
-  self._stats.misses = self._stats.misses + 1
-  local key = kind .. "|" .. lname
-  local flight = self._inflight[key]
+  local stats = self._stats
+  stats.misses = stats.misses + 1
+  local by_name = self._inflight[kind]
+  local flight = by_name[lname]
   if flight then
-    self._stats.coalesced = self._stats.coalesced + 1
+    stats.coalesced = stats.coalesced + 1
     flight[#flight + 1] = cb
     return
   end
-  flight = {cb, kind = kind, name = lname}
-  self._inflight[key] = flight
-  if self._engine and self._engine:pending() >= self._max_inflight then
-    self._queue_tail = self._queue_tail + 1
-    self._queue[self._queue_tail] = key
-    return
-  end
-  send(self, key, flight)
-  if self._driver then self._driver:arm() end
+  flight = {kind, lname, cb}
+  by_name[lname] = flight
+  -- The driver is armed already while the engine has queries; it needs
+  -- arming when this is the first, or when the engine answered at once.
+  local eng = self._engine
+  local before = eng and eng:pending() or 0
+  send(self, flight)
+  local driver = self._driver
+  if driver and (before == 0 or eng ~= self._engine or eng:pending() <= before) then driver:arm() end
 end
 
 -- Looks kind and lname up: the cache, else joins or starts its query.
@@ -713,11 +706,10 @@ function R:close()
   self._closed = true
   release(self)
   local flights = self._inflight
-  self._inflight, self._queries = {}, {}
-  self._queue, self._queue_head, self._queue_tail = {}, 1, 0
-  for key, waiters in pairs(flights) do
-    for _, cb in ipairs(waiters) do
-      call(cb, nil, "closed: " .. key:match("|(.*)$") .. ": resolver closed", "closed")
+  self._inflight, self._queries = new_cache(), {}
+  for _, kind in ipairs(KINDS) do
+    for name, waiters in pairs(flights[kind]) do
+      for i = 3, #waiters do call(waiters[i], nil, "closed: " .. name .. ": resolver closed", "closed") end
     end
   end
 end

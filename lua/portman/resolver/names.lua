@@ -71,6 +71,12 @@ end
 -- it is only a shortcut).
 local known, lowered, known_count = {}, {}, 0
 
+local function remember(name, ascii, lower)
+  if known_count >= 10000 then known, lowered, known_count = {}, {}, 0 end
+  known[name], lowered[name], known_count = ascii, lower, known_count + 1
+  return ascii, lower
+end
+
 --- A name for a query: its ASCII form (`to_ascii`, then `valid_name`), or
 -- false for a literal address, and that form in lower case (nil for a
 -- literal); the answer is remembered for name.
@@ -81,6 +87,8 @@ function M.query_name(name)
   local ascii = known[name]
   if ascii ~= nil then return ascii, lowered[name] end
   if type(name) ~= "string" then return nil, "string expected, got " .. type(name) end
+  local lower = core.dns_name(name) -- the common case in one C call: an ASCII name
+  if lower then return remember(name, name, lower) end
   local converted = name
   if name:find("[\128-\255]") then
     local why
@@ -95,10 +103,7 @@ function M.query_name(name)
     return nil, err
   end
   ascii = not core.dns_parse_ip(converted) and converted
-  local lower = ascii and ascii:lower() or nil
-  if known_count >= 10000 then known, lowered, known_count = {}, {}, 0 end
-  known[name], lowered[name], known_count = ascii, lower, known_count + 1
-  return ascii, lower
+  return remember(name, ascii, ascii and ascii:lower() or nil)
 end
 
 return M
