@@ -137,6 +137,22 @@ end
 --- Polls test() until it returns true, for at most `seconds`; raises
 -- "lab: timed out waiting for WHAT" after. Lab setup only: the specs
 -- themselves never wait on wall time.
+--- The entry of a router list (upnpc_list's) for external port and proto
+-- ("tcp"), or nil.
+function M.entry(list, port, proto)
+  for _, e in ipairs(list) do
+    if e.external_port == port and e.proto == (proto or "tcp") then return e end
+  end
+  return nil
+end
+
+--- Waits until daemon name has logged pattern; raises with its log if not.
+function M:wait_log(name, pattern)
+  local ok, err = pcall(self.wait_for, self, name .. " to log " .. pattern,
+    function() return self:log(name):find(pattern) ~= nil end, 30)
+  if not ok then error(err .. "\n" .. self:log(name), 2) end
+end
+
 function M:wait_for(what, test, seconds)
   for _ = 1, (seconds or 10) * 20 do
     if test() then return end

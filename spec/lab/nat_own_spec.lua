@@ -10,18 +10,8 @@ local write = helpers.write
 
 local LAN = Lab.LAN
 
-local function has(list, port, proto)
-  for _, e in ipairs(list) do
-    if e.external_port == port and e.proto == (proto or "tcp") then return e end
-  end
-  return nil
-end
-
-local function wait_log(lab, name, pattern)
-  local ok, err = pcall(lab.wait_for, lab, name .. " to log " .. pattern,
-    function() return lab:log(name):find(pattern) ~= nil end, 30)
-  if not ok then error(err .. "\n" .. lab:log(name), 2) end
-end
+local has = Lab.entry
+local function wait_log(lab, name, pattern) return lab:wait_log(name, pattern) end
 
 describe("portman's own router mappings against miniupnpd #lab", function()
   local lab, desc_url
