@@ -125,11 +125,16 @@ local function natpmp(reqs, timeout, cb) run_requests(NATPMP, reqs, timeout, cb)
 -- another portman process on this host (`portman unmap`, the next run
 -- deleting a killed run's orphans) can delete it; random where the host
 -- has no machine-id.
+local machine_id -- read once: false when the host has none
 local function pcp_nonce(local_ip, proto, internal_port)
-  local f = io.open("/etc/machine-id")
-  local id = f and f:read("l")
-  if f then f:close() end
-  if not id or #id < 16 then return nil end -- the engine draws a random one
+  if machine_id == nil then
+    local f = io.open("/etc/machine-id")
+    local id = f and f:read("l")
+    if f then f:close() end
+    machine_id = id and #id >= 16 and id or false
+  end
+  local id = machine_id
+  if not id then return nil end -- the engine draws a random one
   local d = core.sha1(table.concat({id, "portman pcp nonce", local_ip, proto, internal_port}, "\0"))
   return (d:sub(1, 12):gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
@@ -326,21 +331,29 @@ local function prefer(method)
   if state.preferred ~= method then state.preferred, state.changed = method, true end
 end
 
+-- A mapper that tries first, then second when first failed (and, with
+-- go_on, only when go_on(code) says so); cb gets the more telling of the
+-- two failures.
+local function either(first, second, go_on)
+  return function(o, cb)
+    first(o, function(m, err, code)
+      if m or (go_on and not go_on(code)) then return cb(m, err, code) end
+      second(o, function(m2, err2, code2)
+        if m2 then return cb(m2) end
+        if better(code2, code) then err, code = err2, code2 end
+        cb(nil, err, code)
+      end)
+    end)
+  end
+end
+
 -- PCP, and NAT-PMP when the gateway does not speak PCP (RFC 6887 9: a
 -- NAT-PMP gateway answers UNSUPP_VERSION) or garbles it. Not both at
 -- once: they reach the same server on port 5351, and miniupnpd gives the
 -- entry to the protocol that asked last, so the loser's answer would take
 -- the winner's mapping from it.
-local function map_port_control(o, cb)
-  map_pcp(o, function(m, err, code)
-    if m or (code ~= "unsupported" and code ~= "protocol") then return cb(m, err, code) end
-    map_natpmp(o, function(m2, err2, code2)
-      if m2 then return cb(m2) end
-      if better(code2, code) then err, code = err2, code2 end
-      cb(nil, err, code)
-    end)
-  end)
-end
+local map_port_control = either(map_pcp, map_natpmp,
+  function(code) return code == "unsupported" or code == "protocol" end)
 
 -- What auto races, as Tailscale's portmapper asks them: the router's port
 -- control (PCP, else NAT-PMP) and UPnP.
@@ -394,14 +407,8 @@ end
 local function map_auto(o, cb)
   local first = state.preferred and MAPPERS[state.preferred] and state.preferred
   if not first then return race(o, nil, cb) end
-  MAPPERS[first](o, function(m, err, code)
-    if m then return cb(m) end
-    race(o, first == "upnp" and "upnp" or nil, function(m2, err2, code2)
-      if m2 then return cb(m2) end
-      if better(code2, code) then err, code = err2, code2 end
-      cb(nil, err, code)
-    end)
-  end)
+  local except = first == "upnp" and "upnp" or nil
+  either(MAPPERS[first], function(o2, cb2) race(o2, except, cb2) end)(o, cb)
 end
 
 -- --- a mapping's life ---
