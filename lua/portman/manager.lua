@@ -244,6 +244,18 @@ function Manager:remove_pool(name)
   return true
 end
 
+-- A program's argv in a service's spec (exec, setup): {program, args...}.
+local function check_argv(argv, key)
+  if type(argv) ~= "table" or #argv == 0 then
+    check.argerror("add_service", 1, key .. ": {program, args...} expected")
+  end
+  for i, a in ipairs(argv) do
+    if type(a) ~= "string" and math.type(a) ~= "integer" then
+      check.argerror("add_service", 1, ("%s[%d]: string expected, got %s"):format(key, i, type(a)))
+    end
+  end
+end
+
 local function check_service(spec)
   check.table("add_service", 1, spec)
   check.known("add_service", 1, spec, SERVICE_KEYS)
@@ -262,14 +274,7 @@ local function check_service(spec)
   if type(spec.map) == "table" then check.known("add_service", 1, spec.map, MAP_KEYS, "map.") end
   if spec.relay ~= nil then turn.check_service("add_service", 1, spec.relay) end
   if spec.exec ~= nil then
-    if type(spec.exec) ~= "table" or #spec.exec == 0 then
-      check.argerror("add_service", 1, "exec: {program, args...} expected")
-    end
-    for i, a in ipairs(spec.exec) do
-      if type(a) ~= "string" and math.type(a) ~= "integer" then
-        check.argerror("add_service", 1, ("exec[%d]: string expected, got %s"):format(i, type(a)))
-      end
-    end
+    check_argv(spec.exec, "exec")
   else
     for _, k in ipairs({"env", "cwd", "user", "group", "activation", "restart", "stop_signal", "stop_timeout",
                         "start_timeout", "output", "setup", "creates"}) do
@@ -277,16 +282,7 @@ local function check_service(spec)
     end
   end
   if spec.env ~= nil and type(spec.env) ~= "table" then check.argerror("add_service", 1, "env: table expected") end
-  if spec.setup ~= nil then
-    if type(spec.setup) ~= "table" or #spec.setup == 0 then
-      check.argerror("add_service", 1, "setup: {program, args...} expected")
-    end
-    for i, a in ipairs(spec.setup) do
-      if type(a) ~= "string" and math.type(a) ~= "integer" then
-        check.argerror("add_service", 1, ("setup[%d]: string expected, got %s"):format(i, type(a)))
-      end
-    end
-  end
+  if spec.setup ~= nil then check_argv(spec.setup, "setup") end
   if spec.creates ~= nil and (type(spec.creates) ~= "string" or spec.creates == "") then
     check.argerror("add_service", 1, "creates: non-empty string expected")
   end
