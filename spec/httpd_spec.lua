@@ -83,19 +83,23 @@ local function open(port)
   return st
 end
 
--- The whole answers in text: a list of {status, headers, body}.
+-- The whole answers in text: a list of {status, headers, body}. It walks
+-- the text by position (no copies of the rest): wait_answers calls it on
+-- every loop turn while 1000 answers arrive.
 local function answers(text)
-  local out = {}
+  local out, pos = {}, 1
   while true do
-    local head, rest = text:match("^(.-\r\n)\r\n(.*)$")
-    if not head then return out end
+    local stop = text:find("\r\n\r\n", pos, true)
+    if not stop then return out end
+    local head = text:sub(pos, stop + 1)
     local status = tonumber(head:match("^HTTP/1%.1 (%d%d%d) "))
     local headers = {}
     for k, v in head:gmatch("\r\n([%w-]+): ([^\r]*)") do headers[k:lower()] = v end
     local len = tonumber(headers["content-length"]) or 0
-    if #rest < len and not headers.head_only then return out end
-    out[#out + 1] = {status = status, headers = headers, body = rest:sub(1, len)}
-    text = rest:sub(len + 1)
+    local body_at = stop + 4
+    if #text - body_at + 1 < len then return out end
+    out[#out + 1] = {status = status, headers = headers, body = text:sub(body_at, body_at + len - 1)}
+    pos = body_at + len
   end
 end
 
