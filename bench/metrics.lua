@@ -2,10 +2,13 @@
 -- 10,000 services (ports reserved in a pool, no listener) with Lua health
 -- checks that have run, and portman.metrics rendering the text, beside
 -- baselines measured in the same run on the same data:
---   * the same lines built by a plain string.format loop (one format call
---     a line, then one concat): what a naive exporter does;
+--   * the same lines built by a plain string.format loop from the status
+--     document (one format call a line, then one concat): what a naive
+--     exporter does; a scrape of it costs manager:status() plus the loop;
 --   * cjson encoding the status document (what /status.json costs);
---   * manager:status() alone (the document both start from).
+--   * manager:status() alone.
+-- portman.metrics reads the manager itself (manager:brief()), so its
+-- figure is a whole scrape.
 -- Each figure is the min/median/max of REPS renders, in CPU ms.
 local uv = require "luv"
 local manager = require "portman.manager"
@@ -87,8 +90,7 @@ end
 
 local doc = m:status()
 local s_min, s_med, s_max = measure(function() return m:status() end)
-local r_min, r_med, r_max, chunks = measure(function() return (c:render_chunks(doc)) end)
-local a_min, a_med, a_max = measure(function() return (c:render_chunks()) end)
+local r_min, r_med, r_max, chunks = measure(function() return (c:render_chunks()) end)
 local text = table.concat(chunks)
 local history = function(name) return m.health:history(name) end
 local p_min, p_med, p_max, page = measure(function() return statuspage.render(doc, history) end)
@@ -100,14 +102,12 @@ print(("/metrics at %d services: %d lines, %.1f MiB in %d chunks (naive baseline
   :format(N, lines, #text / 1048576, #chunks, #naive_text / 1048576, #js / 1048576))
 print(("%-44s %8s %8s %8s"):format("ms (min / median / max of " .. REPS .. ")", "min", "median", "max"))
 local function row(name, a, b, x) print(("  %-42s %8.1f %8.1f %8.1f"):format(name, a, b, x)) end
-row("portman.metrics render_chunks (status doc given)", r_min, r_med, r_max)
-row("portman.metrics render + manager:status()", a_min, a_med, a_max)
+row("portman.metrics: a scrape (render_chunks)", r_min, r_med, r_max)
 row("baseline: string.format a line", n_min, n_med, n_max)
 row("baseline: cjson.encode(status doc)", j_min, j_med, j_max)
 row("manager:status() alone", s_min, s_med, s_max)
 row(("status page (%.1f MiB), a sparkline a service"):format(#page / 1048576), p_min, p_med, p_max)
-print(("render / string.format baseline (medians): %.2f; goal < 50 ms: the render %s (%.1f), "
-  .. "the render with manager:status() %s (%.1f)"):format(r_med / n_med, r_med < 50 and "met" or "NOT met", r_med,
-  a_med < 50 and "met" or "NOT met", a_med))
+print(("scrape / (manager:status() + string.format baseline) (medians): %.2f; goal < 50 ms a scrape: %s (%.1f)")
+  :format(r_med / (s_med + n_med), r_med < 50 and "met" or "NOT met", r_med))
 m:shutdown(0)
 uv.run()

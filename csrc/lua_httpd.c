@@ -4,8 +4,8 @@
  *
  * core.httpd_parse(bytes) -> head | false | nil, msg, "protocol"
  * core.text_join(parts, n) -> string
- * core.histograms_text(chunks, name, label, les, entries, hist)
- * core.counters_text(chunks, prefix, mid, entries, rows, labels)
+ * core.histograms_text(chunks, name, label, les, names, hist)
+ * core.counters_text(chunks, prefix, mid, names, rows, labels)
  *
  * head is {method, target, minor, head = its length in bytes,
  * content_length (absent when none), chunked, close, keep_alive}; false
@@ -69,6 +69,38 @@ static void add_integer(luaL_Buffer *b, lua_Integer v)
     luaL_addlstring(b, tmp + i, sizeof(tmp) - i);
 }
 
+/* Appends x as the text format reads it: a non-negative x below 2^53 ns
+ * (104 days of check time) as its decimal with at most 9 fraction digits,
+ * trailing zeros dropped; any other value through %.15g. A histogram's sum
+ * is a float on every line of it, and snprintf's float path was a tenth
+ * of a /metrics render. */
+static void add_seconds(luaL_Buffer *b, double x)
+{
+    if (x >= 0 && x < 9007199.0) {
+        unsigned long long ns = (unsigned long long)(x * 1e9 + 0.5);
+        add_integer(b, (lua_Integer)(ns / 1000000000ULL));
+        unsigned long frac = (unsigned long)(ns % 1000000000ULL);
+        if (frac == 0)
+            return;
+        char tmp[10];
+        int n = 9;
+        while (frac % 10 == 0) {
+            frac /= 10;
+            n--;
+        }
+        tmp[0] = '.';
+        for (int i = n; i >= 1; i--) {
+            tmp[i] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
+        luaL_addlstring(b, tmp, (size_t)n + 1);
+        return;
+    }
+    char tmp[32];
+    int len = snprintf(tmp, sizeof(tmp), "%.15g", x);
+    luaL_addlstring(b, tmp, (size_t)len);
+}
+
 /* text_join(parts, n): parts[1..n] joined, as table.concat(parts, "", 1,
  * n), integers written in decimal and floats as %.15g (Prometheus reads
  * both); anything else raises, naming its index. */
@@ -103,6 +135,7 @@ static int l_text_join(lua_State *L)
 
 #define HIST_MAX_BUCKETS 32
 #define CHUNK_BYTES 65536
+#define CHUNK_SLACK 4096 /* a series or row past the chunk size */
 
 /* One series' values, read out of its Lua table. The label string stays
  * alive in that table while the lines are written. */
@@ -115,14 +148,11 @@ typedef struct {
     int sum_is_int;
 } hist_series;
 
-/* Reads hist[name] for the entry on top (a table with `name`) into *h;
+/* Reads hist[name] for the name on top into *h;
  * 0 when there is none. Leaves the stack as it found it. */
 static int read_series(lua_State *L, int hist, int nbuckets, hist_series *h)
 {
-    if (lua_getfield(L, -1, "name") != LUA_TSTRING) {
-        lua_pop(L, 1);
-        return 0;
-    }
+    lua_pushvalue(L, -1); /* the name */
     if (lua_rawget(L, hist) != LUA_TTABLE) {
         lua_pop(L, 1);
         return 0;
@@ -144,50 +174,56 @@ static int read_series(lua_State *L, int hist, int nbuckets, hist_series *h)
     return ok;
 }
 
-static void add_series(luaL_Buffer *b, const char *name, const char *label, const char *const *les, int nles,
-                       const hist_series *h)
+/* The fixed pieces of a histogram's lines, with their lengths. */
+typedef struct {
+    const char *name, *label;
+    size_t name_len, label_len;
+    int nles;
+    const char *les[HIST_MAX_BUCKETS + 1]; /* the last: "+Inf" */
+    size_t le_lens[HIST_MAX_BUCKETS + 1];
+} hist_text;
+
+/* NAME TAIL LABEL="VALUE (the start of each line of a series) */
+static void add_start(luaL_Buffer *b, const hist_text *t, const char *tail, size_t tail_len, const hist_series *h)
 {
-    lua_Integer cum = 0;
-    for (int i = 0; i <= nles; i++) {
-        if (i < nles)
-            cum += h->counts[i];
-        luaL_addstring(b, name);
-        luaL_addstring(b, "_bucket{");
-        luaL_addstring(b, label);
-        luaL_addstring(b, "=\"");
-        luaL_addlstring(b, h->label, h->label_len);
-        luaL_addstring(b, "\",le=\"");
-        luaL_addstring(b, i < nles ? les[i] : "+Inf");
-        luaL_addstring(b, "\"} ");
-        add_integer(b, i < nles ? cum : h->count);
-        luaL_addchar(b, '\n');
-    }
-    static const char *const tails[] = {"_sum{", "_count{"};
-    for (int t = 0; t < 2; t++) {
-        luaL_addstring(b, name);
-        luaL_addstring(b, tails[t]);
-        luaL_addstring(b, label);
-        luaL_addstring(b, "=\"");
-        luaL_addlstring(b, h->label, h->label_len);
-        luaL_addstring(b, "\"} ");
-        if (t == 1) {
-            add_integer(b, h->count);
-        } else if (h->sum_is_int) {
-            add_integer(b, (lua_Integer)h->sum);
-        } else {
-            char tmp[32];
-            int len = snprintf(tmp, sizeof(tmp), "%.15g", (double)h->sum);
-            luaL_addlstring(b, tmp, (size_t)len);
-        }
-        luaL_addchar(b, '\n');
-    }
+    luaL_addlstring(b, t->name, t->name_len);
+    luaL_addlstring(b, tail, tail_len);
+    luaL_addlstring(b, t->label, t->label_len);
+    luaL_addlstring(b, "=\"", 2);
+    luaL_addlstring(b, h->label, h->label_len);
 }
 
-/* histograms_text(chunks, name, label, les, entries, hist): appends to
+static void add_series(luaL_Buffer *b, const hist_text *t, const hist_series *h)
+{
+    lua_Integer cum = 0;
+    for (int i = 0; i <= t->nles; i++) {
+        if (i < t->nles)
+            cum += h->counts[i];
+        add_start(b, t, "_bucket{", 8, h);
+        luaL_addlstring(b, "\",le=\"", 6);
+        luaL_addlstring(b, t->les[i], t->le_lens[i]);
+        luaL_addlstring(b, "\"} ", 3);
+        add_integer(b, i < t->nles ? cum : h->count);
+        luaL_addchar(b, '\n');
+    }
+    add_start(b, t, "_sum{", 5, h);
+    luaL_addlstring(b, "\"} ", 3);
+    if (h->sum_is_int)
+        add_integer(b, (lua_Integer)h->sum);
+    else
+        add_seconds(b, (double)h->sum);
+    luaL_addchar(b, '\n');
+    add_start(b, t, "_count{", 7, h);
+    luaL_addlstring(b, "\"} ", 3);
+    add_integer(b, h->count);
+    luaL_addchar(b, '\n');
+}
+
+/* histograms_text(chunks, name, label, les, names, hist): appends to
  * chunks the text format's lines of every histogram series, in the order
- * of entries (a list of tables with `name`), hist[name] being {label =
+ * of names (a list of strings), hist[name] being {label =
  * the escaped label value, counts = non-cumulative bucket counts, sum,
- * count}; an entry without a series is skipped. Per series:
+ * count}; a name without a series is skipped. Per series:
  *   NAME_bucket{LABEL="VALUE",le="LE"} CUMULATIVE   (one for each les[i])
  *   NAME_bucket{LABEL="VALUE",le="+Inf"} COUNT
  *   NAME_sum{LABEL="VALUE"} SUM
@@ -198,36 +234,40 @@ static void add_series(luaL_Buffer *b, const char *name, const char *label, cons
 static int l_histograms_text(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    const char *name = luaL_checkstring(L, 2);
-    const char *label = luaL_checkstring(L, 3);
+    hist_text t;
+    t.name = luaL_checklstring(L, 2, &t.name_len);
+    t.label = luaL_checklstring(L, 3, &t.label_len);
     luaL_checktype(L, 4, LUA_TTABLE);
     luaL_checktype(L, 5, LUA_TTABLE);
     luaL_checktype(L, 6, LUA_TTABLE);
-    int nles = (int)lua_rawlen(L, 4);
-    if (nles > HIST_MAX_BUCKETS)
+    t.nles = (int)lua_rawlen(L, 4);
+    if (t.nles > HIST_MAX_BUCKETS)
         return luaL_argerror(L, 4, "too many buckets");
-    const char *les[HIST_MAX_BUCKETS];
-    for (int i = 0; i < nles; i++) {
+    for (int i = 0; i < t.nles; i++) {
         lua_rawgeti(L, 4, i + 1);
-        les[i] = lua_tostring(L, -1); /* anchored in the les table */
+        t.les[i] = lua_tolstring(L, -1, &t.le_lens[i]); /* anchored in the les table */
         lua_pop(L, 1);
-        if (!les[i])
+        if (!t.les[i])
             return luaL_argerror(L, 4, "strings expected");
     }
+    t.les[t.nles] = "+Inf";
+    t.le_lens[t.nles] = 4;
     lua_Integer n = (lua_Integer)lua_rawlen(L, 5);
     lua_Integer out = (lua_Integer)lua_rawlen(L, 1);
     lua_Integer i = 1;
     while (i <= n) {
         luaL_Buffer b;
-        luaL_buffinit(L, &b);
+        /* sized once: a buffer that doubles past 64 KiB is copied, then
+         * mmapped and faulted in afresh for every chunk */
+        luaL_buffinitsize(L, &b, CHUNK_BYTES + CHUNK_SLACK);
         /* the buffer's slots are above here: every read below is balanced */
         for (; i <= n && luaL_bufflen(&b) < CHUNK_BYTES; i++) {
             hist_series h;
             lua_rawgeti(L, 5, i);
-            int found = lua_type(L, -1) == LUA_TTABLE && read_series(L, 6, nles, &h);
+            int found = lua_type(L, -1) == LUA_TSTRING && read_series(L, 6, t.nles, &h);
             lua_pop(L, 1);
             if (found)
-                add_series(&b, name, label, les, nles, &h);
+                add_series(&b, &t, &h);
         }
         luaL_pushresult(&b);
         if (lua_rawlen(L, -1) > 0)
@@ -266,14 +306,11 @@ typedef struct {
     lua_Integer values[ROW_MAX];
 } counter_row;
 
-/* Reads rows[name] and labels[name] for the entry on top into *r; 0 when
+/* Reads rows[name] and labels[name] for the name on top into *r; 0 when
  * either is missing. Leaves the stack as it found it. */
 static int read_row(lua_State *L, int rows, int labels, counter_row *r)
 {
-    if (lua_getfield(L, -1, "name") != LUA_TSTRING) {
-        lua_pop(L, 1);
-        return 0;
-    }
+    lua_pushvalue(L, -1); /* the name */
     lua_pushvalue(L, -1);
     int has_label = lua_rawget(L, labels) == LUA_TSTRING; /* name, label */
     r->label = lua_tolstring(L, -1, &r->label_len);
@@ -296,8 +333,8 @@ static int read_row(lua_State *L, int rows, int labels, counter_row *r)
     return has_label && has_row;
 }
 
-/* counters_text(chunks, prefix, mid, entries, rows, labels): appends to
- * chunks, for each entry (a table with `name`, in order) whose rows[name]
+/* counters_text(chunks, prefix, mid, names, rows, labels): appends to
+ * chunks, for each of names (strings, in order) whose rows[name]
  * is a table {key = count} and labels[name] a string, a line per key (at
  * most 32 a row; string keys and integer counts only):
  *   PREFIX labels[name] MID escaped(key) "} COUNT
@@ -318,11 +355,11 @@ static int l_counters_text(lua_State *L)
     lua_Integer i = 1;
     while (i <= n) {
         luaL_Buffer b;
-        luaL_buffinit(L, &b);
+        luaL_buffinitsize(L, &b, CHUNK_BYTES + CHUNK_SLACK); /* as in histograms_text */
         for (; i <= n && luaL_bufflen(&b) < CHUNK_BYTES; i++) {
             counter_row r;
             lua_rawgeti(L, 4, i);
-            int found = lua_type(L, -1) == LUA_TTABLE && read_row(L, 5, 6, &r);
+            int found = lua_type(L, -1) == LUA_TSTRING && read_row(L, 5, 6, &r);
             lua_pop(L, 1);
             for (int k = 0; found && k < r.n; k++) {
                 luaL_addlstring(&b, prefix, pl);

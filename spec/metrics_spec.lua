@@ -120,12 +120,21 @@ describe("portman.metrics", function()
     assert.equal("", core.text_join({"x"}, 0))
     assert.matches("parts%[2%] is a boolean", helpers.raises(core.text_join, {"a", true}, 2))
     local chunks = {"before"}
-    core.histograms_text(chunks, "h", "s", {"1"}, {{name = "a"}, {name = "none"}, {name = "b"}},
+    core.histograms_text(chunks, "h", "s", {"1"}, {"a", "none", "b", 7},
       {a = {label = "v", counts = {2, 3}, sum = 1.5, count = 5}, b = {label = "w", counts = {0, 1}, sum = 2, count = 1}})
     assert.same({"before", 'h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n'
       .. 'h_bucket{s="w",le="1"} 0\nh_bucket{s="w",le="+Inf"} 1\nh_sum{s="w"} 2\nh_count{s="w"} 1\n'}, chunks)
+    -- sums in seconds: up to 9 fraction digits, trailing zeros dropped; past
+    -- 2^53 ns (and below 0) as %.15g
+    local sums = {0.000123, 12.25, 3.0, 0.1 + 0.2, 1e-10, 12345678.5, -0.5}
+    local want = {"0.000123", "12.25", "3", "0.3", "0", "12345678.5", "-0.5"}
+    for i, sum in ipairs(sums) do
+      chunks = {}
+      core.histograms_text(chunks, "h", "s", {}, {"a"}, {a = {label = "v", counts = {}, sum = sum, count = 1}})
+      assert.equal(want[i], chunks[1]:match('h_sum{s="v"} (%S+)'), "sum " .. sum)
+    end
     chunks = {}
-    core.counters_text(chunks, 'c{s="', '",r="', {{name = "a"}, {name = "none"}, {name = "b"}, {}},
+    core.counters_text(chunks, 'c{s="', '",r="', {"a", "none", "b", {}},
       {a = {['x"\\\n'] = 3, skipped = "not a count"}, b = {ok = 1}, none = {ok = 9}}, {a = "A", b = "B"})
     assert.same({'c{s="A",r="x\\"\\\\\\n"} 3\nc{s="B",r="ok"} 1\n'}, chunks)
   end)

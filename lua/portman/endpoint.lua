@@ -42,7 +42,7 @@ local function routes(d, status_op)
   return {
     ["/metrics"] = function()
       if not d.metrics then return 503, TEXT, "starting\n" end
-      return 200, metrics.CONTENT_TYPE, (d.metrics:render_chunks(status_op()))
+      return 200, metrics.CONTENT_TYPE, (d.metrics:render_chunks())
     end,
     ["/status.json"] = function()
       return 200, JSON, json.encode(status_op()) .. "\n"

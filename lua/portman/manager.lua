@@ -939,11 +939,12 @@ end
 function Manager:service(name)
   local svc = self.services[name]
   if not svc then return self:_pending_entry(name) end
-  local st = svc.check_name and self.health:status(svc.check_name)
+  local status, ago
+  if svc.check_name then status, ago = self.health:peek(svc.check_name) end
   local entry = {name = svc.name, type = svc.type, proto = svc.proto, address = svc.address, port = svc.port,
-          pool = svc.pool_name, status = st and st.status or "unchecked", reason = svc.reason,
+          pool = svc.pool_name, status = status or "unchecked", reason = svc.reason,
           since = svc.since, mapping = mapping_entry(svc),
-          last_check = st and st.last_ago_ms and os.time() - st.last_ago_ms // 1000 or nil}
+          last_check = ago and os.time() - ago // 1000 or nil}
   if svc.program then program_status(svc, entry) end
   return entry
 end
@@ -1075,13 +1076,10 @@ end
 
 local function round1(x) return math.floor(x * 10 + 0.5) / 10 end
 
---- The status document of `portman status`.
-function Manager:status()
-  -- the entries hold no json.array and no integer near 1e14: json.plain
-  -- lets json.encode skip looking through 10,000 of them
-  local doc = {services = json.plain(json.array()), pools = json.array(), mappings = json.array()}
-  -- the names sorted once (strings, compared in C), the entries read in
-  -- place: the cost of a status stays linear in the number of services
+-- The names of the services, registered and pending, sorted once
+-- (strings, compared in C; the registry keeps its sorted list): the cost
+-- of a status stays linear in the number of services.
+function Manager:_sorted_names()
   local sorted, more = self.registry:names(), false
   for name in pairs(self.pending) do
     if not self.registry:peek(name) then
@@ -1090,6 +1088,15 @@ function Manager:status()
     end
   end
   if more then table.sort(sorted) end
+  return sorted
+end
+
+--- The status document of `portman status`.
+function Manager:status()
+  -- the entries hold no json.array and no integer near 1e14: json.plain
+  -- lets json.encode skip looking through 10,000 of them
+  local doc = {services = json.plain(json.array()), pools = json.array(), mappings = json.array()}
+  local sorted = self:_sorted_names()
   local services, mappings = doc.services, doc.mappings
   for i, name in ipairs(sorted) do
     local entry = self:service(name)
@@ -1119,6 +1126,36 @@ function Manager:status()
   if self.reload_error then doc.reload = self.reload_error end
   if self._save_failing then doc.state = {error = self._save_failing} end
   return doc
+end
+
+--- The services in name order as parallel lists, for a metrics scrape:
+-- names, protos, statuses (as status() says them) and mappings (the
+-- mapping entry of status(), false for a service with none). It makes
+-- no table a service: at 10,000 services a scrape reads this, not the
+-- status document.
+function Manager:brief()
+  local names, protos, statuses, mappings = self:_sorted_names(), {}, {}, {}
+  local checks = self.health
+  for i, name in ipairs(names) do
+    local svc, p = self.services[name], self.pending[name]
+    if svc then
+      protos[i], statuses[i] = svc.proto, svc.check_name and checks:peek(svc.check_name) or "unchecked"
+      mappings[i] = (svc.mapping or svc.relay or svc.mapping_error or svc.relay_error) and mapping_entry(svc) or false
+    elseif p then
+      protos[i], statuses[i], mappings[i] = p.spec.proto or "tcp", p.code or "unknown", false
+    else
+      protos[i], statuses[i], mappings[i] = self.registry:peek(name).proto, "unchecked", false
+    end
+  end
+  return names, protos, statuses, mappings
+end
+
+--- The pools in name order: {name, size, allocated} each.
+function Manager:pool_counts()
+  local out = {}
+  for name, p in pairs(self.pools) do out[#out + 1] = {name = name, size = p:size(), allocated = p:allocated()} end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
 end
 
 --- The state to keep across a restart: pools, every service's port (the

@@ -3,8 +3,9 @@
 -- events (counters: allocations, exhaustion, renewals, program restarts
 -- and exits), observes each health check result (a duration histogram
 -- and a result counter per service), and at each scrape reads the gauges
--- from the status document (the one `portman status --json` prints), the
--- default resolver's counters and /proc/self.
+-- from the manager (manager:brief(), the services as parallel lists, and
+-- manager:pool_counts(); the status document's tables would cost as much
+-- as the whole render), the default resolver's counters and /proc/self.
 --
 -- A scrape of 10,000 services must stay cheap (bench/metrics.lua): the
 -- lines are put together as pieces in one buffer and joined once; the
@@ -202,15 +203,15 @@ local function counter1(self, b, t, name, help, l1)
   for _, a in ipairs(sorted_keys(t)) do one(b, prefix, self:label(a), t[a]) end
 end
 
-local function render_pools(self, b, doc)
+local function render_pools(self, b, v)
   family(b, "portman_pool_ports", "gauge", "Ports of a pool, by state (allocated or free).")
-  for _, p in ipairs(doc.pools) do
+  for _, p in ipairs(v.pools) do
     local l = self:label(p.name)
     two(b, 'portman_pool_ports{pool="', l, '",state="', "allocated", p.allocated)
     two(b, 'portman_pool_ports{pool="', l, '",state="', "free", p.size - p.allocated)
   end
   family(b, "portman_pool_size_ports", "gauge", "Ports in a pool's range.")
-  for _, p in ipairs(doc.pools) do one(b, 'portman_pool_size_ports{pool="', self:label(p.name), p.size) end
+  for _, p in ipairs(v.pools) do one(b, 'portman_pool_size_ports{pool="', self:label(p.name), p.size) end
   counter1(self, b, self.allocations, "portman_pool_allocations_total",
     "Services started on a port of the pool.", "pool")
   counter2(self, b, self.exhaustion, "portman_pool_exhaustion_events_total",
@@ -225,21 +226,21 @@ local UP = {healthy = 1, unchecked = 1}
 -- line for every status word of every service would be most of the text
 -- at 10,000 services; the line of a status left ends there, and
 -- Prometheus marks its series stale.
-local function render_services(self, b, doc)
-  local services = doc.services
+local function render_services(self, b, v)
+  local names, protos, statuses = v.names, v.protos, v.statuses
   family(b, "portman_service_up", "gauge", "1 when the service runs and its health check passes (or it has none).")
   local n = b.n
-  for _, s in ipairs(services) do
+  for i, name in ipairs(names) do
     b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5], b[n + 6], b[n + 7] =
-      'portman_service_up{service="', self:label(s.name), '",proto="', s.proto, '"} ', UP[s.status] or 0, "\n"
+      'portman_service_up{service="', self:label(name), '",proto="', protos[i], '"} ', UP[statuses[i]] or 0, "\n"
     n = spill(b, n + 7)
   end
   b.n = n
   family(b, "portman_service_status", "gauge", "1 for the service's status: healthy (1 or 0), or another "
     .. "(unknown, unreachable, starting, stopped, a pending service's code word, ...).")
   n = b.n
-  for _, s in ipairs(services) do
-    local l, st = self:label(s.name), s.status
+  for i, name in ipairs(names) do
+    local l, st = self:label(name), statuses[i]
     b[n + 1], b[n + 2], b[n + 3], b[n + 4] = 'portman_service_status{service="', l, '",status="healthy"} ',
       st == "healthy" and "1\n" or "0\n"
     n = n + 4
@@ -253,31 +254,30 @@ local function render_services(self, b, doc)
   b.n = n
 end
 
--- In the status document's order (sorted by name): no sort of 10,000
+-- In name order (manager:brief sorts once, the registry keeps it): no sort of 10,000
 -- names at each scrape.
-local function render_health(self, b, doc)
+local function render_health(self, b, v)
   family(b, "portman_health_check_duration_seconds", "histogram", "Time a service's health check took.")
   -- every series written by one walk in C, as chunks of its own
   local hist = self.hist
   b.n = flush(b, b.n)
-  core.histograms_text(b.chunks, "portman_health_check_duration_seconds", "service", LE, doc.services, hist)
+  core.histograms_text(b.chunks, "portman_health_check_duration_seconds", "service", LE, v.names, hist)
   family(b, "portman_health_checks_total", "counter",
     "Health check results of a service, by result (healthy or the failure's status).")
   -- self.labels holds every service's label: render_services made them
   b.n = flush(b, b.n)
-  core.counters_text(b.chunks, 'portman_health_checks_total{service="', '",result="', doc.services, self.results,
+  core.counters_text(b.chunks, 'portman_health_checks_total{service="', '",result="', v.names, self.results,
     self.labels)
 end
 
-local function render_mappings(self, b, doc, now)
+local function render_mappings(self, b, v, now)
   family(b, "portman_mapping_up", "gauge", "1 when the service's router mapping is in place, 0 when it failed.")
   local left = {}
-  for _, s in ipairs(doc.services) do
-    local mp = s.mapping
+  for i, mp in ipairs(v.mappings) do
     if mp then
-      local method = mp.method or "none"
-      two(b, 'portman_mapping_up{service="', self:label(s.name), '",method="', method, mp.error and 0 or 1)
-      if mp.expires then left[#left + 1] = {s.name, method, math.max(0, mp.expires - now)} end
+      local name, method = v.names[i], mp.method or "none"
+      two(b, 'portman_mapping_up{service="', self:label(name), '",method="', method, mp.error and 0 or 1)
+      if mp.expires then left[#left + 1] = {name, method, math.max(0, mp.expires - now)} end
     end
   end
   family(b, "portman_mapping_lifetime_remaining_seconds", "gauge", "Seconds until the router forgets the mapping "
@@ -373,15 +373,17 @@ local function render_process(b)
 end
 
 --- The metrics text as a list of strings (to be written in order) and
--- its length in bytes. doc: the status document (the manager's status()
--- now when nil); now: unix seconds (os.time()).
-function Collector:render_chunks(doc, now)
-  doc = doc or self.manager:status()
+-- its length in bytes, read from the manager now. now: unix seconds
+-- (os.time()).
+function Collector:render_chunks(now)
+  local m = self.manager
+  local v = {pools = m:pool_counts()}
+  v.names, v.protos, v.statuses, v.mappings = m:brief()
   local b = {n = 0, chunks = {}}
-  render_pools(self, b, doc)
-  render_services(self, b, doc)
-  render_health(self, b, doc)
-  render_mappings(self, b, doc, now or os.time())
+  render_pools(self, b, v)
+  render_services(self, b, v)
+  render_health(self, b, v)
+  render_mappings(self, b, v, now or os.time())
   render_programs(self, b)
   render_daemon(self, b)
   render_process(b)
@@ -392,8 +394,8 @@ function Collector:render_chunks(doc, now)
 end
 
 --- The metrics text as one string (render_chunks joined).
-function Collector:render(doc, now)
-  return table.concat((self:render_chunks(doc, now)))
+function Collector:render(now)
+  return table.concat((self:render_chunks(now)))
 end
 
 return M
