@@ -38,6 +38,7 @@ build = {
         "csrc/lua_crypto.c",
         "csrc/lua_dns.c",
         "csrc/lua_http.c",
+        "csrc/lua_history.c",
         "csrc/lua_httpd.c",
         "csrc/lua_idna.c",
         "csrc/lua_listener.c",

@@ -76,17 +76,20 @@ local function positive(fname, opts, key, default)
   return v
 end
 
--- A history of `size` results: one array of FIELDS slots a result, made
--- at its full size once (a table constructor of falses) and written in
--- place. One table, not a table a result: nothing to allocate a run, one
--- object for the collector to traverse and a result's slots side by side.
-local FIELDS = 6 -- ok, status, msg, at, ms, lag
-local ring_makers = {}
-local function history_ring(size)
-  local make = ring_makers[size]
+-- A check's history is a ring in C (core.history_new: success, end time,
+-- duration and lag of the last HISTORY results, 17 bytes each) written in
+-- place: nothing to allocate a run. The status word of a failure and a
+-- result's message live beside it in c.notes, a Lua array made at the
+-- first result that has one: notes[2 * slot - 1] the status word,
+-- notes[2 * slot] the message, false for none (an array made whole by a
+-- constructor: 16 bytes a value, where keys set one by one would land in
+-- the hash part at twice that). A check that always passes has no notes.
+local notes_makers = {}
+local function new_notes(size)
+  local make = notes_makers[size]
   if not make then
-    make = assert(load("return {" .. ("false,"):rep(size * FIELDS) .. "}"))
-    ring_makers[size] = make
+    make = assert(load("return {" .. ("false,"):rep(2 * size) .. "}"))
+    notes_makers[size] = make
   end
   return make()
 end
@@ -123,7 +126,7 @@ local function check_spec(opts)
     fall = math.max(1, positive("add", opts, "fall", 3)),
     initial_delay = positive("add", opts, "initial_delay", 0),
     jitter = positive("add", opts, "jitter", interval * 0.1),
-    status = "unknown", successes = 0, failures = 0, runs = 0, hist_next = 1, hist_count = 0,
+    status = "unknown", successes = 0, failures = 0, runs = 0,
   }
 end
 
@@ -149,8 +152,6 @@ end
 -- newer count, or another handle, and does nothing).
 local arm, enqueue, run, finished
 
-local NONE = {} -- a history slot's msg when the result had none
-
 --- Adds a check (started at once if the scheduler runs).
 -- @tparam table opts `name`, `kind`, `host` (an address or a name,
 --   "127.0.0.1"), `port`, `proto`
@@ -166,7 +167,7 @@ function M:add(opts)
   local c = check_spec(opts)
   if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
   self._checks[c.name] = c
-  c.hist, c.hist_size, c.ip = history_ring(M.HISTORY), M.HISTORY, literal(c.host)
+  c.hist, c.hist_size, c.ip = core.history_new(M.HISTORY), M.HISTORY, literal(c.host)
   c.fire = async.safe(function() enqueue(self, c) end, "health timer")
   c.finished = function(ok, status, msg) finished(self, c, ok, status, msg) end
   if self._started then arm(self, c, c.initial_delay + math.random() * c.jitter) end
@@ -241,14 +242,16 @@ end
 
 local function record(self, c, ok, status, msg, started, due)
   local t = self._clock()
-  local h, i, size = c.hist, c.hist_next, c.hist_size
-  local at = (i - 1) * FIELDS
-  h[at + 1], h[at + 2], h[at + 3] = ok, ok and "healthy" or status, msg == nil and NONE or msg
   -- lag: libuv fires timers on its cached millisecond clock, up to 1 ms
   -- before the precise due time; that counts as on time
-  h[at + 4], h[at + 5], h[at + 6] = t, t - started, due and math.max(0, started - due) or 0
-  c.hist_next, c.last_at = i % size + 1, t
-  if c.hist_count < size then c.hist_count = c.hist_count + 1 end
+  local slot = c.hist:push(ok, t, t - started, due and math.max(0, started - due) or 0)
+  local word = not ok and status or nil
+  if c.notes or word or msg ~= nil then
+    local notes = c.notes or new_notes(c.hist_size)
+    c.notes = notes
+    notes[2 * slot - 1], notes[2 * slot] = word or false, msg == nil and false or msg
+  end
+  c.last_at = t
   if self._observer then self._observer(c.name, ok, status, t - started) end
   if ok then
     c.successes, c.failures = c.successes + 1, 0
@@ -349,12 +352,12 @@ function M:close()
   self._pools = {}
 end
 
--- Result i of c's history ring as a table.
-local function result(c, i)
-  local h, at = c.hist, (i - 1) * FIELDS
-  local msg = h[at + 3]
-  if msg == NONE then msg = nil end
-  return {ok = h[at + 1], status = h[at + 2], msg = msg, at = h[at + 4], ms = h[at + 5], lag = h[at + 6]}
+-- The k-th oldest result of c's history as a table.
+local function result(c, k)
+  local slot, ok, at, ms, lag = c.hist:get(k)
+  local notes = c.notes
+  local status = ok and "healthy" or notes and notes[2 * slot - 1] or nil
+  return {ok = ok, status = status, msg = notes and notes[2 * slot] or nil, at = at, ms = ms, lag = lag}
 end
 
 --- {status, successes, failures, last, last_ago_ms, due} of a check, or
@@ -364,7 +367,8 @@ end
 function M:status(name)
   local c = self._checks[name]
   if not c then return nil end
-  local last = c.hist_count > 0 and result(c, (c.hist_next - 2) % c.hist_size + 1) or nil
+  local n = c.hist:count()
+  local last = n > 0 and result(c, n) or nil
   return {status = c.status, successes = c.successes, failures = c.failures, last = last,
           last_ago_ms = last and self._clock() - last.at or nil, due = c.due, local_errors = c.local_errors or 0}
 end
@@ -377,8 +381,7 @@ function M:peek(name)
   local c = self._checks[name]
   if not c then return nil end
   if not c.last_at then return c.status end
-  -- c.last_at, not the ring's slot: at 10,000 checks the rings are
-  -- megabytes, and a read in each was most of a status document's time
+  -- c.last_at, not the ring: one table read a check
   return c.status, self._clock() - c.last_at
 end
 
@@ -388,9 +391,8 @@ end
 function M:history(name)
   local c = self._checks[name]
   if not c then return nil end
-  local out, n, size = {}, c.hist_count, c.hist_size
-  local first = n < size and 1 or c.hist_next
-  for i = 0, n - 1 do out[i + 1] = result(c, (first - 1 + i) % size + 1) end
+  local out = {}
+  for k = 1, c.hist:count() do out[k] = result(c, k) end
   return out
 end
 
