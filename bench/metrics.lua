@@ -53,6 +53,7 @@ local function measure(fn)
 end
 
 -- The baseline exporter: the same samples, one string.format a line.
+local hists
 local function naive(doc)
   local lines = {}
   local function add(fmt, ...) lines[#lines + 1] = fmt:format(...) end
@@ -68,7 +69,7 @@ local function naive(doc)
     if s.status ~= "healthy" then add('portman_service_status{service="%s",status="%s"} 1\n', s.name, s.status) end
   end
   for _, s in ipairs(doc.services) do
-    local h = c.hist[s.name]
+    local h = hists[s.name]
     if h then
       local cum = 0
       for i, b in ipairs(metrics.BUCKETS) do
@@ -89,6 +90,9 @@ local function naive(doc)
 end
 
 local doc = m:status()
+-- the naive exporter's histograms: Lua tables, as such an exporter keeps them
+hists = {}
+for _, s in ipairs(doc.services) do hists[s.name] = c.hist:get(s.name) end
 local s_min, s_med, s_max = measure(function() return m:status() end)
 local r_min, r_med, r_max, chunks = measure(function() return (c:render_chunks()) end)
 local text = table.concat(chunks)

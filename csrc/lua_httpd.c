@@ -4,14 +4,17 @@
  *
  * core.httpd_parse(bytes) -> head | false | nil, msg, "protocol"
  * core.text_join(parts, n) -> string
- * core.histograms_text(chunks, name, label, les, names, hist)
+ * core.histograms_new(bounds) -> set (histograms of check durations)
  * core.counters_text(chunks, prefix, mid, names, rows, labels)
  *
  * head is {method, target, minor, head = its length in bytes,
  * content_length (absent when none), chunked, close, keep_alive}; false
  * means every line so far is good and more bytes are needed. The caller
  * caps the bytes it passes (the server's head limit). */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "httpd.h"
 #include "lua_util.h"
@@ -69,38 +72,6 @@ static void add_integer(luaL_Buffer *b, lua_Integer v)
     luaL_addlstring(b, tmp + i, sizeof(tmp) - i);
 }
 
-/* Appends x as the text format reads it: a non-negative x below 2^53 ns
- * (104 days of check time) as its decimal with at most 9 fraction digits,
- * trailing zeros dropped; any other value through %.15g. A histogram's sum
- * is a float on every line of it, and snprintf's float path was a tenth
- * of a /metrics render. */
-static void add_seconds(luaL_Buffer *b, double x)
-{
-    if (x >= 0 && x < 9007199.0) {
-        unsigned long long ns = (unsigned long long)(x * 1e9 + 0.5);
-        add_integer(b, (lua_Integer)(ns / 1000000000ULL));
-        unsigned long frac = (unsigned long)(ns % 1000000000ULL);
-        if (frac == 0)
-            return;
-        char tmp[10];
-        int n = 9;
-        while (frac % 10 == 0) {
-            frac /= 10;
-            n--;
-        }
-        tmp[0] = '.';
-        for (int i = n; i >= 1; i--) {
-            tmp[i] = (char)('0' + frac % 10);
-            frac /= 10;
-        }
-        luaL_addlstring(b, tmp, (size_t)n + 1);
-        return;
-    }
-    char tmp[32];
-    int len = snprintf(tmp, sizeof(tmp), "%.15g", x);
-    luaL_addlstring(b, tmp, (size_t)len);
-}
-
 /* text_join(parts, n): parts[1..n] joined, as table.concat(parts, "", 1,
  * n), integers written in decimal and floats as %.15g (Prometheus reads
  * both); anything else raises, naming its index. */
@@ -133,127 +104,299 @@ static int l_text_join(lua_State *L)
     return 1;
 }
 
-#define HIST_MAX_BUCKETS 32
 #define CHUNK_BYTES 65536
 #define CHUNK_SLACK 4096 /* a series or row past the chunk size */
 
-/* One series' values, read out of its Lua table. The label string stays
- * alive in that table while the lines are written. */
-typedef struct {
-    const char *label;
-    size_t label_len;
-    lua_Integer counts[HIST_MAX_BUCKETS + 1];
-    lua_Number sum;
-    lua_Integer count;
-    int sum_is_int;
-} hist_series;
+/* ---- histograms: core.histograms_new(bounds) -> set ----
+ *
+ * The per-service histograms of /metrics, kept in C: a scrape at 10,000
+ * services writes 80,000 histogram lines, and reading each series' counts
+ * out of Lua tables (a dozen API calls and as many cache misses a series)
+ * was most of it. Series live in arrays indexed by slot; the set's user
+ * value maps a name to its slot.
+ *
+ * set:observe(name, value)  counts value (the bucket: the first bound >= value)
+ * set:remove(name)          forgets name's series
+ * set:get(name) -> {counts = non-cumulative counts (#bounds + 1), sum, count} or nil
+ * set:text(chunks, metric, label, names): appends to chunks, for each of
+ *   names (in order) that has a series, in strings of about 64 KiB:
+ *     METRIC_bucket{LABEL="NAME",le="BOUND"} CUMULATIVE   (each bound, then "+Inf")
+ *     METRIC_sum{LABEL="NAME"} SUM
+ *     METRIC_count{LABEL="NAME"} COUNT
+ *   NAME escaped as the text format asks, bounds written as %g. */
+#define HISTOGRAMS "portman.histograms"
+#define HIST_MAX_BOUNDS 32
+#define HIST_MAX_LABEL 4096 /* a service name is far shorter */
 
-/* Reads hist[name] for the name on top into *h;
- * 0 when there is none. Leaves the stack as it found it. */
-static int read_series(lua_State *L, int hist, int nbuckets, hist_series *h)
+typedef struct {
+    int nb;                                  /* bounds */
+    double bounds[HIST_MAX_BOUNDS];
+    char les[HIST_MAX_BOUNDS + 1][32];       /* as the le label writes them; the last "+Inf" */
+    size_t le_lens[HIST_MAX_BOUNDS + 1];
+    size_t used, cap;                        /* slots handed out (high water), allocated */
+    uint64_t *counts;                        /* cap * (nb + 1) */
+    double *sum;
+    uint64_t *count;
+    char **label;                            /* escaped; NULL: a free slot */
+    size_t *label_len;
+    size_t *free_slots, nfree;
+} hset;
+
+static hset *check_hset(lua_State *L)
 {
-    lua_pushvalue(L, -1); /* the name */
-    if (lua_rawget(L, hist) != LUA_TTABLE) {
-        lua_pop(L, 1);
+    return luaL_checkudata(L, 1, HISTOGRAMS);
+}
+
+static int hset_gc(lua_State *L)
+{
+    hset *h = check_hset(L);
+    for (size_t i = 0; i < h->used; i++)
+        free(h->label[i]);
+    free(h->counts);
+    free(h->sum);
+    free(h->count);
+    free(h->label);
+    free(h->label_len);
+    free(h->free_slots);
+    memset(h, 0, sizeof(*h));
+    return 0;
+}
+
+/* An escaped copy of s (malloc'd), its length in *len; NULL when out of memory. */
+static char *escaped_copy(const char *s, size_t n, size_t *len)
+{
+    char *out = malloc(2 * n + 1);
+    if (!out)
+        return NULL;
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\\' || s[i] == '"') {
+            out[j++] = '\\';
+            out[j++] = s[i];
+        } else if (s[i] == '\n') {
+            out[j++] = '\\';
+            out[j++] = 'n';
+        } else {
+            out[j++] = s[i];
+        }
+    }
+    out[j] = '\0';
+    *len = j;
+    return out;
+}
+
+/* Grows every array to cap slots; 0 when out of memory (nothing lost). */
+static int hset_grow(hset *h, size_t cap)
+{
+    size_t row = (size_t)h->nb + 1;
+    uint64_t *counts = realloc(h->counts, cap * row * sizeof(uint64_t));
+    if (counts)
+        h->counts = counts;
+    double *sum = realloc(h->sum, cap * sizeof(double));
+    if (sum)
+        h->sum = sum;
+    uint64_t *count = realloc(h->count, cap * sizeof(uint64_t));
+    if (count)
+        h->count = count;
+    char **label = realloc(h->label, cap * sizeof(char *));
+    if (label)
+        h->label = label;
+    size_t *label_len = realloc(h->label_len, cap * sizeof(size_t));
+    if (label_len)
+        h->label_len = label_len;
+    size_t *free_slots = realloc(h->free_slots, cap * sizeof(size_t));
+    if (free_slots)
+        h->free_slots = free_slots;
+    if (!counts || !sum || !count || !label || !label_len || !free_slots)
         return 0;
-    }
-    int ok = lua_getfield(L, -1, "label") == LUA_TSTRING;
-    h->label = lua_tolstring(L, -1, &h->label_len);
-    ok = ok && lua_getfield(L, -2, "counts") == LUA_TTABLE;
-    for (int i = 0; ok && i < nbuckets; i++) {
-        lua_rawgeti(L, -1, i + 1);
-        h->counts[i] = lua_tointeger(L, -1);
+    h->cap = cap;
+    return 1;
+}
+
+/* The slot of the name at index 2 (made when make and absent), or -1. */
+static lua_Integer hset_slot(lua_State *L, hset *h, int make)
+{
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 2);
+    int found = lua_rawget(L, -2) == LUA_TNUMBER;
+    lua_Integer slot = found ? lua_tointeger(L, -1) : -1;
+    lua_pop(L, 1);
+    if (found || !make) {
         lua_pop(L, 1);
+        return slot;
     }
-    ok = ok && lua_getfield(L, -3, "sum") == LUA_TNUMBER;
-    h->sum_is_int = lua_isinteger(L, -1);
-    h->sum = lua_tonumber(L, -1);
-    ok = ok && lua_getfield(L, -4, "count") == LUA_TNUMBER;
-    h->count = lua_tointeger(L, -1);
-    lua_pop(L, 5); /* count, sum, counts, label, the series */
-    return ok;
+    size_t len;
+    const char *name = lua_tolstring(L, 2, &len);
+    luaL_argcheck(L, len <= HIST_MAX_LABEL, 2, "name too long");
+    if (h->nfree == 0 && h->used == h->cap && !hset_grow(h, h->cap ? 2 * h->cap : 64))
+        return luaL_error(L, "histograms: out of memory");
+    size_t elen;
+    char *label = escaped_copy(name, len, &elen);
+    if (!label)
+        return luaL_error(L, "histograms: out of memory");
+    size_t i = h->nfree ? h->free_slots[--h->nfree] : h->used++;
+    h->label[i] = label;
+    h->label_len[i] = elen;
+    memset(h->counts + i * ((size_t)h->nb + 1), 0, ((size_t)h->nb + 1) * sizeof(uint64_t));
+    h->sum[i] = 0;
+    h->count[i] = 0;
+    lua_pushvalue(L, 2);
+    lua_pushinteger(L, (lua_Integer)i);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return (lua_Integer)i;
 }
 
-/* The fixed pieces of a histogram's lines, with their lengths. */
-typedef struct {
-    const char *name, *label;
-    size_t name_len, label_len;
-    int nles;
-    const char *les[HIST_MAX_BUCKETS + 1]; /* the last: "+Inf" */
-    size_t le_lens[HIST_MAX_BUCKETS + 1];
-} hist_text;
-
-/* NAME TAIL LABEL="VALUE (the start of each line of a series) */
-static void add_start(luaL_Buffer *b, const hist_text *t, const char *tail, size_t tail_len, const hist_series *h)
+static int hset_observe(lua_State *L)
 {
-    luaL_addlstring(b, t->name, t->name_len);
-    luaL_addlstring(b, tail, tail_len);
-    luaL_addlstring(b, t->label, t->label_len);
-    luaL_addlstring(b, "=\"", 2);
-    luaL_addlstring(b, h->label, h->label_len);
+    hset *h = check_hset(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    double v = luaL_checknumber(L, 3);
+    size_t i = (size_t)hset_slot(L, h, 1);
+    int k = 0;
+    while (k < h->nb && v > h->bounds[k])
+        k++;
+    h->counts[i * ((size_t)h->nb + 1) + (size_t)k]++;
+    h->sum[i] += v;
+    h->count[i]++;
+    return 0;
 }
 
-static void add_series(luaL_Buffer *b, const hist_text *t, const hist_series *h)
+static int hset_remove(lua_State *L)
 {
-    lua_Integer cum = 0;
-    for (int i = 0; i <= t->nles; i++) {
-        if (i < t->nles)
-            cum += h->counts[i];
-        add_start(b, t, "_bucket{", 8, h);
-        luaL_addlstring(b, "\",le=\"", 6);
-        luaL_addlstring(b, t->les[i], t->le_lens[i]);
-        luaL_addlstring(b, "\"} ", 3);
-        add_integer(b, i < t->nles ? cum : h->count);
-        luaL_addchar(b, '\n');
+    hset *h = check_hset(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    lua_Integer slot = hset_slot(L, h, 0);
+    if (slot < 0)
+        return 0;
+    size_t i = (size_t)slot;
+    free(h->label[i]);
+    h->label[i] = NULL;
+    h->free_slots[h->nfree++] = i;
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 2);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+static int hset_get(lua_State *L)
+{
+    hset *h = check_hset(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    lua_Integer slot = hset_slot(L, h, 0);
+    if (slot < 0)
+        return 0;
+    size_t i = (size_t)slot, row = (size_t)h->nb + 1;
+    lua_createtable(L, 0, 3);
+    lua_createtable(L, (int)row, 0);
+    for (size_t k = 0; k < row; k++) {
+        lua_pushinteger(L, (lua_Integer)h->counts[i * row + k]);
+        lua_rawseti(L, -2, (lua_Integer)k + 1);
     }
-    add_start(b, t, "_sum{", 5, h);
-    luaL_addlstring(b, "\"} ", 3);
-    if (h->sum_is_int)
-        add_integer(b, (lua_Integer)h->sum);
-    else
-        add_seconds(b, (double)h->sum);
-    luaL_addchar(b, '\n');
-    add_start(b, t, "_count{", 7, h);
-    luaL_addlstring(b, "\"} ", 3);
-    add_integer(b, h->count);
-    luaL_addchar(b, '\n');
+    lua_setfield(L, -2, "counts");
+    lua_pushnumber(L, h->sum[i]);
+    lua_setfield(L, -2, "sum");
+    lua_pushinteger(L, (lua_Integer)h->count[i]);
+    lua_setfield(L, -2, "count");
+    return 1;
 }
 
-/* histograms_text(chunks, name, label, les, names, hist): appends to
- * chunks the text format's lines of every histogram series, in the order
- * of names (a list of strings), hist[name] being {label =
- * the escaped label value, counts = non-cumulative bucket counts, sum,
- * count}; a name without a series is skipped. Per series:
- *   NAME_bucket{LABEL="VALUE",le="LE"} CUMULATIVE   (one for each les[i])
- *   NAME_bucket{LABEL="VALUE",le="+Inf"} COUNT
- *   NAME_sum{LABEL="VALUE"} SUM
- *   NAME_count{LABEL="VALUE"} COUNT
- * The text comes as strings of about 64 KiB: at 10,000 services this is
- * most of a /metrics render, and one walk in C with no string a series
- * costs a fraction of the Lua loop. */
-static int l_histograms_text(lua_State *L)
+/* Copies n bytes at p and returns the end. */
+static char *put(char *p, const char *s, size_t n)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    hist_text t;
-    t.name = luaL_checklstring(L, 2, &t.name_len);
-    t.label = luaL_checklstring(L, 3, &t.label_len);
-    luaL_checktype(L, 4, LUA_TTABLE);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* Writes v in decimal at p; returns the end. */
+static char *put_uint(char *p, uint64_t v)
+{
+    char tmp[24];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return put(p, tmp + i, sizeof(tmp) - i);
+}
+
+/* Writes x as the text format reads it; returns the end (at most 32
+ * bytes): a non-negative x below 2^53 ns (104 days of check time) as its
+ * decimal with at most 9 fraction digits, trailing zeros dropped; any
+ * other value through %.15g. A sum is on every series, and snprintf's
+ * float path was a tenth of a /metrics render. */
+static char *put_seconds(char *p, double x)
+{
+    if (!(x >= 0 && x < 9007199.0))
+        return p + snprintf(p, 32, "%.15g", x);
+    uint64_t ns = (uint64_t)(x * 1e9 + 0.5);
+    p = put_uint(p, ns / 1000000000ULL);
+    uint32_t frac = (uint32_t)(ns % 1000000000ULL);
+    if (frac == 0)
+        return p;
+    int n = 9;
+    while (frac % 10 == 0) {
+        frac /= 10;
+        n--;
+    }
+    *p = '.';
+    for (int i = n; i >= 1; i--) {
+        p[i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    return p + n + 1;
+}
+
+/* The text of series i, written into b in one piece. */
+static void hset_series(luaL_Buffer *b, const hset *h, size_t i, const char *metric, size_t ml, const char *lname,
+                        size_t ll)
+{
+    size_t row = (size_t)h->nb + 1, vl = h->label_len[i];
+    /* each line: metric, a suffix (<= 8), "{", label, "=\"", value,
+     * "\",le=\"" and a bound (<= 38), "\"} " and a number (<= 35) */
+    size_t most = (row + 2) * (ml + ll + vl + 90);
+    char *start = luaL_prepbuffsize(b, most), *p = start;
+    uint64_t cum = 0;
+    for (size_t k = 0; k < row; k++) {
+        cum += h->counts[i * row + k];
+        p = put(p, metric, ml);
+        p = put(p, "_bucket{", 8);
+        p = put(p, lname, ll);
+        p = put(p, "=\"", 2);
+        p = put(p, h->label[i], vl);
+        p = put(p, "\",le=\"", 6);
+        p = put(p, h->les[k], h->le_lens[k]);
+        p = put(p, "\"} ", 3);
+        p = put_uint(p, k + 1 < row ? cum : h->count[i]);
+        *p++ = '\n';
+    }
+    static const char *const tails[] = {"_sum{", "_count{"};
+    for (int t = 0; t < 2; t++) {
+        p = put(p, metric, ml);
+        p = put(p, tails[t], (size_t)(5 + 2 * t));
+        p = put(p, lname, ll);
+        p = put(p, "=\"", 2);
+        p = put(p, h->label[i], vl);
+        p = put(p, "\"} ", 3);
+        p = t == 0 ? put_seconds(p, h->sum[i]) : put_uint(p, h->count[i]);
+        *p++ = '\n';
+    }
+    luaL_addsize(b, (size_t)(p - start));
+}
+
+static int hset_text(lua_State *L)
+{
+    hset *h = check_hset(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    size_t ml, ll;
+    const char *metric = luaL_checklstring(L, 3, &ml);
+    const char *lname = luaL_checklstring(L, 4, &ll);
     luaL_checktype(L, 5, LUA_TTABLE);
-    luaL_checktype(L, 6, LUA_TTABLE);
-    t.nles = (int)lua_rawlen(L, 4);
-    if (t.nles > HIST_MAX_BUCKETS)
-        return luaL_argerror(L, 4, "too many buckets");
-    for (int i = 0; i < t.nles; i++) {
-        lua_rawgeti(L, 4, i + 1);
-        t.les[i] = lua_tolstring(L, -1, &t.le_lens[i]); /* anchored in the les table */
-        lua_pop(L, 1);
-        if (!t.les[i])
-            return luaL_argerror(L, 4, "strings expected");
-    }
-    t.les[t.nles] = "+Inf";
-    t.le_lens[t.nles] = 4;
+    luaL_argcheck(L, ml <= HIST_MAX_LABEL && ll <= HIST_MAX_LABEL, 3, "name too long");
+    lua_getiuservalue(L, 1, 1); /* 6: name -> slot */
     lua_Integer n = (lua_Integer)lua_rawlen(L, 5);
-    lua_Integer out = (lua_Integer)lua_rawlen(L, 1);
+    lua_Integer out = (lua_Integer)lua_rawlen(L, 2);
     lua_Integer i = 1;
     while (i <= n) {
         luaL_Buffer b;
@@ -262,20 +405,44 @@ static int l_histograms_text(lua_State *L)
         luaL_buffinitsize(L, &b, CHUNK_BYTES + CHUNK_SLACK);
         /* the buffer's slots are above here: every read below is balanced */
         for (; i <= n && luaL_bufflen(&b) < CHUNK_BYTES; i++) {
-            hist_series h;
             lua_rawgeti(L, 5, i);
-            int found = lua_type(L, -1) == LUA_TSTRING && read_series(L, 6, t.nles, &h);
+            int found = lua_rawget(L, 6) == LUA_TNUMBER;
+            lua_Integer slot = found ? lua_tointeger(L, -1) : -1;
             lua_pop(L, 1);
-            if (found)
-                add_series(&b, &t, &h);
+            if (slot >= 0)
+                hset_series(&b, h, (size_t)slot, metric, ml, lname, ll);
         }
         luaL_pushresult(&b);
         if (lua_rawlen(L, -1) > 0)
-            lua_rawseti(L, 1, ++out);
+            lua_rawseti(L, 2, ++out);
         else
             lua_pop(L, 1);
     }
     return 0;
+}
+
+static int hset_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int nb = (int)lua_rawlen(L, 1);
+    luaL_argcheck(L, nb <= HIST_MAX_BOUNDS, 1, "too many bounds");
+    hset *h = lua_newuserdatauv(L, sizeof(hset), 1);
+    memset(h, 0, sizeof(*h));
+    h->nb = nb;
+    for (int k = 0; k < nb; k++) {
+        lua_rawgeti(L, 1, k + 1);
+        int isnum;
+        h->bounds[k] = lua_tonumberx(L, -1, &isnum);
+        lua_pop(L, 1);
+        luaL_argcheck(L, isnum && (k == 0 || h->bounds[k] > h->bounds[k - 1]), 1, "increasing numbers expected");
+        h->le_lens[k] = (size_t)snprintf(h->les[k], sizeof(h->les[k]), "%g", h->bounds[k]);
+    }
+    memcpy(h->les[nb], "+Inf", 5);
+    h->le_lens[nb] = 4;
+    luaL_setmetatable(L, HISTOGRAMS);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 1);
+    return 1;
 }
 
 /* Appends a label value escaped as the text format asks. */
@@ -340,7 +507,7 @@ static int read_row(lua_State *L, int rows, int labels, counter_row *r)
  *   PREFIX labels[name] MID escaped(key) "} COUNT
  * (prefix is `metric{label1="`, mid `",label2="`; labels[name] is the
  * first label's value, escaped already). Strings of about 64 KiB, as
- * histograms_text makes them. */
+ * a histogram set's text. */
 static int l_counters_text(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -355,7 +522,7 @@ static int l_counters_text(lua_State *L)
     lua_Integer i = 1;
     while (i <= n) {
         luaL_Buffer b;
-        luaL_buffinitsize(L, &b, CHUNK_BYTES + CHUNK_SLACK); /* as in histograms_text */
+        luaL_buffinitsize(L, &b, CHUNK_BYTES + CHUNK_SLACK); /* as in hset_text */
         for (; i <= n && luaL_bufflen(&b) < CHUNK_BYTES; i++) {
             counter_row r;
             lua_rawgeti(L, 4, i);
@@ -384,8 +551,12 @@ int pm_open_httpd(lua_State *L)
 {
     lua_pushcfunction(L, l_counters_text);
     lua_setfield(L, -2, "counters_text");
-    lua_pushcfunction(L, l_histograms_text);
-    lua_setfield(L, -2, "histograms_text");
+    static const luaL_Reg methods[] = {{"observe", hset_observe}, {"remove", hset_remove}, {"get", hset_get},
+                                       {"text", hset_text}, {NULL, NULL}};
+    static const luaL_Reg meta[] = {{"__gc", hset_gc}, {NULL, NULL}};
+    pm_newclass(L, HISTOGRAMS, methods, meta);
+    lua_pushcfunction(L, hset_new);
+    lua_setfield(L, -2, "histograms_new");
     lua_pushcfunction(L, l_text_join);
     lua_setfield(L, -2, "text_join");
     lua_pushcfunction(L, l_parse);

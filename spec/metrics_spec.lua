@@ -56,8 +56,8 @@ describe("portman.metrics", function()
 
   local function settle()
     helpers.run_until(function()
-      local h = c.hist.up and c.hist[HOSTILE]
-      return h and c.hist.up.count >= 3 and h.count >= 3 and c.exits.prog ~= nil and c.exhaustion.small ~= nil
+      local up, h = c.hist:get("up"), c.hist:get(HOSTILE)
+      return up and h and up.count >= 3 and h.count >= 3 and c.exits.prog ~= nil and c.exhaustion.small ~= nil
     end, 5000, 20)
   end
 
@@ -119,24 +119,44 @@ describe("portman.metrics", function()
         13))
     assert.equal("", core.text_join({"x"}, 0))
     assert.matches("parts%[2%] is a boolean", helpers.raises(core.text_join, {"a", true}, 2))
+    local chunks = {}
+    core.counters_text(chunks, 'c{s="', '",r="', {"a", "none", "b", {}},
+      {a = {['x"\\\n'] = 3, skipped = "not a count"}, b = {ok = 1}, none = {ok = 9}}, {a = "A", b = "B"})
+    assert.same({'c{s="A",r="x\\"\\\\\\n"} 3\nc{s="B",r="ok"} 1\n'}, chunks)
+  end)
+
+  it("keeps histograms in C: buckets by upper bound, removal, names escaped, the text in the names' order", function()
+    local core = require "portman.core"
+    local hs = core.histograms_new({0.5, 1})
+    for _, v in ipairs({0.5, 0.75, 2, 0.1}) do hs:observe("a", v) end -- a bound is its bucket's upper end
+    hs:observe('q"\\\n', 1)
+    hs:observe("gone", 1)
+    assert.same({counts = {2, 1, 1}, sum = 3.35, count = 4}, hs:get("a"))
+    assert.is_true(hs:remove("gone") == nil and hs:get("gone") == nil)
+    hs:observe("new", 0.25) -- takes the freed slot, from zero
+    assert.same({counts = {1, 0, 0}, sum = 0.25, count = 1}, hs:get("new"))
     local chunks = {"before"}
-    core.histograms_text(chunks, "h", "s", {"1"}, {"a", "none", "b", 7},
-      {a = {label = "v", counts = {2, 3}, sum = 1.5, count = 5}, b = {label = "w", counts = {0, 1}, sum = 2, count = 1}})
-    assert.same({"before", 'h_bucket{s="v",le="1"} 2\nh_bucket{s="v",le="+Inf"} 5\nh_sum{s="v"} 1.5\nh_count{s="v"} 5\n'
-      .. 'h_bucket{s="w",le="1"} 0\nh_bucket{s="w",le="+Inf"} 1\nh_sum{s="w"} 2\nh_count{s="w"} 1\n'}, chunks)
+    hs:text(chunks, "h", "s", {"new", "none", 'q"\\\n', "a", 7})
+    assert.same({"before", 'h_bucket{s="new",le="0.5"} 1\nh_bucket{s="new",le="1"} 1\nh_bucket{s="new",le="+Inf"} 1\n'
+      .. 'h_sum{s="new"} 0.25\nh_count{s="new"} 1\n'
+      .. 'h_bucket{s="q\\"\\\\\\n",le="0.5"} 0\nh_bucket{s="q\\"\\\\\\n",le="1"} 1\n'
+      .. 'h_bucket{s="q\\"\\\\\\n",le="+Inf"} 1\nh_sum{s="q\\"\\\\\\n"} 1\nh_count{s="q\\"\\\\\\n"} 1\n'
+      .. 'h_bucket{s="a",le="0.5"} 2\nh_bucket{s="a",le="1"} 3\nh_bucket{s="a",le="+Inf"} 4\n'
+      .. 'h_sum{s="a"} 3.35\nh_count{s="a"} 4\n'}, chunks)
     -- sums in seconds: up to 9 fraction digits, trailing zeros dropped; past
     -- 2^53 ns (and below 0) as %.15g
     local sums = {0.000123, 12.25, 3.0, 0.1 + 0.2, 1e-10, 12345678.5, -0.5}
     local want = {"0.000123", "12.25", "3", "0.3", "0", "12345678.5", "-0.5"}
     for i, sum in ipairs(sums) do
+      local one = core.histograms_new({})
+      one:observe("v", sum)
       chunks = {}
-      core.histograms_text(chunks, "h", "s", {}, {"a"}, {a = {label = "v", counts = {}, sum = sum, count = 1}})
+      one:text(chunks, "h", "s", {"v"})
       assert.equal(want[i], chunks[1]:match('h_sum{s="v"} (%S+)'), "sum " .. sum)
     end
-    chunks = {}
-    core.counters_text(chunks, 'c{s="', '",r="', {"a", "none", "b", {}},
-      {a = {['x"\\\n'] = 3, skipped = "not a count"}, b = {ok = 1}, none = {ok = 9}}, {a = "A", b = "B"})
-    assert.same({'c{s="A",r="x\\"\\\\\\n"} 3\nc{s="B",r="ok"} 1\n'}, chunks)
+    assert.matches("increasing numbers expected", helpers.raises(core.histograms_new, {1, 0.5}))
+    assert.matches("too many bounds", helpers.raises(core.histograms_new, {
+      1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}))
   end)
 
   it("escapes label values as the format asks", function()

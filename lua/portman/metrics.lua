@@ -32,10 +32,6 @@ end
 
 local escape = M.escape
 
--- The bucket bounds as the le label writes them.
-local LE = {}
-for i, b in ipairs(M.BUCKETS) do LE[i] = ("%g"):format(b) end
-
 local Collector = {}
 Collector.__index = Collector
 
@@ -49,25 +45,9 @@ local function bump(t, a, b)
   row[b] = (row[b] or 0) + 1
 end
 
--- The per-service histogram of check durations (non-cumulative counts).
-local function histogram(self, name)
-  local h = self.hist[name]
-  if not h then
-    h = {counts = {}, sum = 0, count = 0, label = escape(name)}
-    for i = 1, #M.BUCKETS + 1 do h.counts[i] = 0 end
-    self.hist[name] = h
-  end
-  return h
-end
-
 --- Records one health check result (the scheduler's observer).
 function Collector:observe(name, ok, status, ms)
-  local h = histogram(self, name)
-  local s = ms / 1000
-  local i = 1
-  while M.BUCKETS[i] and s > M.BUCKETS[i] do i = i + 1 end
-  h.counts[i] = h.counts[i] + 1
-  h.sum, h.count = h.sum + s, h.count + 1
+  self.hist:observe(name, ms / 1000)
   bump(self.results, name, ok and "healthy" or status or "unknown")
 end
 
@@ -92,7 +72,8 @@ function Collector:on_event(ev)
     bump(self.exits, ev.service, ev.signal and tostring(ev.signal) or tostring(ev.exit_code))
   elseif e == "service_stopped" then
     -- a service that left takes its series along (a new one starts at 0)
-    self.hist[ev.service], self.results[ev.service] = nil, nil
+    self.hist:remove(ev.service)
+    self.results[ev.service] = nil
     self.restarts[ev.service], self.exits[ev.service], self.labels[ev.service] = nil, nil, nil
   end
 end
@@ -110,8 +91,9 @@ end
 --- A collector for manager m: it listens to m's events and m's health
 -- checks from now on.
 function M.new(m)
-  local self = setmetatable({manager = m, hist = {}, results = {}, allocations = {}, exhaustion = {},
-                             renewals = {}, restarts = {}, exits = {}, admin = {}, http = {}, labels = {},
+  local self = setmetatable({manager = m, hist = core.histograms_new(M.BUCKETS), results = {}, allocations = {},
+                             exhaustion = {}, renewals = {}, restarts = {}, exits = {}, admin = {}, http = {},
+                             labels = {},
                              started = os.time()}, Collector)
   -- the services running now took their ports before the collector came
   for _, svc in pairs(m.services) do
@@ -259,9 +241,8 @@ end
 local function render_health(self, b, v)
   family(b, "portman_health_check_duration_seconds", "histogram", "Time a service's health check took.")
   -- every series written by one walk in C, as chunks of its own
-  local hist = self.hist
   b.n = flush(b, b.n)
-  core.histograms_text(b.chunks, "portman_health_check_duration_seconds", "service", LE, v.names, hist)
+  self.hist:text(b.chunks, "portman_health_check_duration_seconds", "service", v.names)
   family(b, "portman_health_checks_total", "counter",
     "Health check results of a service, by result (healthy or the failure's status).")
   -- self.labels holds every service's label: render_services made them
