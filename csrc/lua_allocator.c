@@ -25,20 +25,11 @@ enum { UV_NODE_ID = 1, UV_ALLOW_PRIVILEGED = 2, NUV = 2 };
 
 static pm_bitmap *bitmap_of(allocator *a) { return pm_pool_bitmap(a); }
 
-/* luaL_checkudata looks the metatable up in the registry by name; allocate
- * and release are hot enough (tens of ns) that the methods carry the
- * metatable as an upvalue instead. */
+/* allocate and release are hot (tens of ns): the methods carry the
+ * metatable as an upvalue (pm_checkself). */
 static allocator *check_allocator(lua_State *L)
 {
-    allocator *a = lua_touserdata(L, 1);
-    if (a && lua_getmetatable(L, 1)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-        lua_pop(L, 1);
-        if (same)
-            return a;
-    }
-    luaL_typeerror(L, 1, ALLOCATOR);
-    return NULL;
+    return pm_checkself(L, ALLOCATOR);
 }
 
 static void check_range(lua_State *L, lua_Integer lo, lua_Integer hi)

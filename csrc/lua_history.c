@@ -32,18 +32,11 @@ typedef struct {
     uint8_t *ok;
 } ring;
 
-/* The metatable is the methods' upvalue: push runs for every check result. */
+/* push runs for every check result: the metatable is the methods'
+ * upvalue (pm_checkself). */
 static ring *check_ring(lua_State *L)
 {
-    ring *r = lua_touserdata(L, 1);
-    if (r && lua_getmetatable(L, 1)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-        lua_pop(L, 1);
-        if (same)
-            return r;
-    }
-    luaL_typeerror(L, 1, HISTORY);
-    return NULL;
+    return pm_checkself(L, HISTORY);
 }
 
 /* One block: the header, then the arrays, the doubles first (aligned). */

@@ -135,10 +135,12 @@ typedef struct {
     size_t le_lens[HIST_MAX_BOUNDS + 1];
     size_t used, cap;                        /* slots handed out (high water), allocated */
     uint64_t *counts;                        /* cap * (nb + 1) */
-    double *sum;
-    uint64_t *count;
-    char **label;                            /* escaped; NULL: a free slot */
-    size_t *label_len;
+    struct series {
+        double sum;
+        uint64_t count;
+        char *label;                         /* escaped; NULL: a free slot */
+        size_t label_len;
+    } *s;
     size_t *free_slots, nfree;
 } hset;
 
@@ -151,12 +153,9 @@ static int hset_gc(lua_State *L)
 {
     hset *h = check_hset(L);
     for (size_t i = 0; i < h->used; i++)
-        free(h->label[i]);
+        free(h->s[i].label);
     free(h->counts);
-    free(h->sum);
-    free(h->count);
-    free(h->label);
-    free(h->label_len);
+    free(h->s);
     free(h->free_slots);
     memset(h, 0, sizeof(*h));
     return 0;
@@ -192,22 +191,13 @@ static int hset_grow(hset *h, size_t cap)
     uint64_t *counts = realloc(h->counts, cap * row * sizeof(uint64_t));
     if (counts)
         h->counts = counts;
-    double *sum = realloc(h->sum, cap * sizeof(double));
-    if (sum)
-        h->sum = sum;
-    uint64_t *count = realloc(h->count, cap * sizeof(uint64_t));
-    if (count)
-        h->count = count;
-    char **label = realloc(h->label, cap * sizeof(char *));
-    if (label)
-        h->label = label;
-    size_t *label_len = realloc(h->label_len, cap * sizeof(size_t));
-    if (label_len)
-        h->label_len = label_len;
+    struct series *series = realloc(h->s, cap * sizeof(*series));
+    if (series)
+        h->s = series;
     size_t *free_slots = realloc(h->free_slots, cap * sizeof(size_t));
     if (free_slots)
         h->free_slots = free_slots;
-    if (!counts || !sum || !count || !label || !label_len || !free_slots)
+    if (!counts || !series || !free_slots)
         return 0;
     h->cap = cap;
     return 1;
@@ -235,11 +225,8 @@ static lua_Integer hset_slot(lua_State *L, hset *h, int make)
     if (!label)
         return luaL_error(L, "histograms: out of memory");
     size_t i = h->nfree ? h->free_slots[--h->nfree] : h->used++;
-    h->label[i] = label;
-    h->label_len[i] = elen;
+    h->s[i] = (struct series){.label = label, .label_len = elen};
     memset(h->counts + i * ((size_t)h->nb + 1), 0, ((size_t)h->nb + 1) * sizeof(uint64_t));
-    h->sum[i] = 0;
-    h->count[i] = 0;
     lua_pushvalue(L, 2);
     lua_pushinteger(L, (lua_Integer)i);
     lua_rawset(L, -3);
@@ -257,21 +244,28 @@ static int hset_observe(lua_State *L)
     while (k < h->nb && v > h->bounds[k])
         k++;
     h->counts[i * ((size_t)h->nb + 1) + (size_t)k]++;
-    h->sum[i] += v;
-    h->count[i]++;
+    h->s[i].sum += v;
+    h->s[i].count++;
     return 0;
+}
+
+/* The set at 1 and the slot of the name at 2, or -1 when it has none. */
+static lua_Integer named_slot(lua_State *L, hset **h)
+{
+    *h = check_hset(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    return hset_slot(L, *h, 0);
 }
 
 static int hset_remove(lua_State *L)
 {
-    hset *h = check_hset(L);
-    luaL_checktype(L, 2, LUA_TSTRING);
-    lua_Integer slot = hset_slot(L, h, 0);
+    hset *h;
+    lua_Integer slot = named_slot(L, &h);
     if (slot < 0)
         return 0;
     size_t i = (size_t)slot;
-    free(h->label[i]);
-    h->label[i] = NULL;
+    free(h->s[i].label);
+    h->s[i].label = NULL;
     h->free_slots[h->nfree++] = i;
     lua_getiuservalue(L, 1, 1);
     lua_pushvalue(L, 2);
@@ -282,9 +276,8 @@ static int hset_remove(lua_State *L)
 
 static int hset_get(lua_State *L)
 {
-    hset *h = check_hset(L);
-    luaL_checktype(L, 2, LUA_TSTRING);
-    lua_Integer slot = hset_slot(L, h, 0);
+    hset *h;
+    lua_Integer slot = named_slot(L, &h);
     if (slot < 0)
         return 0;
     size_t i = (size_t)slot, row = (size_t)h->nb + 1;
@@ -295,9 +288,9 @@ static int hset_get(lua_State *L)
         lua_rawseti(L, -2, (lua_Integer)k + 1);
     }
     lua_setfield(L, -2, "counts");
-    lua_pushnumber(L, h->sum[i]);
+    lua_pushnumber(L, h->s[i].sum);
     lua_setfield(L, -2, "sum");
-    lua_pushinteger(L, (lua_Integer)h->count[i]);
+    lua_pushinteger(L, (lua_Integer)h->s[i].count);
     lua_setfield(L, -2, "count");
     return 1;
 }
@@ -352,7 +345,8 @@ static char *put_seconds(char *p, double x)
 static void hset_series(luaL_Buffer *b, const hset *h, size_t i, const char *metric, size_t ml, const char *lname,
                         size_t ll)
 {
-    size_t row = (size_t)h->nb + 1, vl = h->label_len[i];
+    const struct series *se = &h->s[i];
+    size_t row = (size_t)h->nb + 1, vl = se->label_len;
     /* each line: metric, a suffix (<= 8), "{", label, "=\"", value,
      * "\",le=\"" and a bound (<= 38), "\"} " and a number (<= 35) */
     size_t most = (row + 2) * (ml + ll + vl + 90);
@@ -364,11 +358,11 @@ static void hset_series(luaL_Buffer *b, const hset *h, size_t i, const char *met
         p = put(p, "_bucket{", 8);
         p = put(p, lname, ll);
         p = put(p, "=\"", 2);
-        p = put(p, h->label[i], vl);
+        p = put(p, se->label, vl);
         p = put(p, "\",le=\"", 6);
         p = put(p, h->les[k], h->le_lens[k]);
         p = put(p, "\"} ", 3);
-        p = put_uint(p, k + 1 < row ? cum : h->count[i]);
+        p = put_uint(p, k + 1 < row ? cum : se->count);
         *p++ = '\n';
     }
     static const char *const tails[] = {"_sum{", "_count{"};
@@ -377,9 +371,9 @@ static void hset_series(luaL_Buffer *b, const hset *h, size_t i, const char *met
         p = put(p, tails[t], (size_t)(5 + 2 * t));
         p = put(p, lname, ll);
         p = put(p, "=\"", 2);
-        p = put(p, h->label[i], vl);
+        p = put(p, se->label, vl);
         p = put(p, "\"} ", 3);
-        p = t == 0 ? put_seconds(p, h->sum[i]) : put_uint(p, h->count[i]);
+        p = t == 0 ? put_seconds(p, se->sum) : put_uint(p, se->count);
         *p++ = '\n';
     }
     luaL_addsize(b, (size_t)(p - start));

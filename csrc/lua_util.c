@@ -86,6 +86,19 @@ int pm_open_util(lua_State *L)
     return 0;
 }
 
+void *pm_checkself(lua_State *L, const char *tname)
+{
+    void *p = lua_touserdata(L, 1);
+    if (p && lua_getmetatable(L, 1)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same)
+            return p;
+    }
+    luaL_typeerror(L, 1, tname);
+    return NULL;
+}
+
 void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const luaL_Reg *meta)
 {
     luaL_newmetatable(L, tname);

@@ -21,6 +21,12 @@ const char *pm_errno_code(int err);
  * meta, which may be NULL); leaves nothing on the stack. */
 void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const luaL_Reg *meta);
 
+/* The userdata at index 1 when its metatable is the calling C closure's
+ * first upvalue, else raises a type error naming tname. luaL_checkudata
+ * looks the metatable up in the registry by name; a method called for
+ * every allocation or check result carries it as an upvalue instead. */
+void *pm_checkself(lua_State *L, const char *tname);
+
 /* Each part of the core adds its functions to the module table on top. */
 int pm_open_util(lua_State *L);
 int pm_open_allocator(lua_State *L);
