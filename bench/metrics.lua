@@ -82,7 +82,7 @@ local function naive(doc)
     end
   end
   for _, s in ipairs(doc.services) do
-    for result, n in pairs(c.results[s.name] or {}) do
+    for result, n in pairs(hists[s.name] and hists[s.name].results or {}) do
       add('portman_health_checks_total{service="%s",result="%s"} %d\n', s.name, result, n)
     end
   end

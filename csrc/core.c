@@ -21,6 +21,7 @@ static const opener parts[] = {
     pm_open_http,
     pm_open_httpd,
     pm_open_history,
+    pm_open_metrics,
     pm_open_nat,
     pm_open_pcp,
     pm_open_sandbox,

@@ -41,6 +41,7 @@ int pm_open_probe(lua_State *L);
 int pm_open_http(lua_State *L);
 int pm_open_httpd(lua_State *L);
 int pm_open_history(lua_State *L);
+int pm_open_metrics(lua_State *L);
 int pm_open_nat(lua_State *L);
 int pm_open_pcp(lua_State *L);
 int pm_open_sandbox(lua_State *L);

@@ -42,6 +42,7 @@ build = {
         "csrc/lua_httpd.c",
         "csrc/lua_idna.c",
         "csrc/lua_listener.c",
+        "csrc/lua_metrics.c",
         "csrc/lua_nat.c",
         "csrc/lua_pcp.c",
         "csrc/lua_probe.c",

@@ -119,22 +119,19 @@ describe("portman.metrics", function()
         13))
     assert.equal("", core.text_join({"x"}, 0))
     assert.matches("parts%[2%] is a boolean", helpers.raises(core.text_join, {"a", true}, 2))
-    local chunks = {}
-    core.counters_text(chunks, 'c{s="', '",r="', {"a", "none", "b", {}},
-      {a = {['x"\\\n'] = 3, skipped = "not a count"}, b = {ok = 1}, none = {ok = 9}}, {a = "A", b = "B"})
-    assert.same({'c{s="A",r="x\\"\\\\\\n"} 3\nc{s="B",r="ok"} 1\n'}, chunks)
   end)
 
   it("keeps histograms in C: buckets by upper bound, removal, names escaped, the text in the names' order", function()
     local core = require "portman.core"
     local hs = core.histograms_new({0.5, 1})
-    for _, v in ipairs({0.5, 0.75, 2, 0.1}) do hs:observe("a", v) end -- a bound is its bucket's upper end
-    hs:observe('q"\\\n', 1)
-    hs:observe("gone", 1)
-    assert.same({counts = {2, 1, 1}, sum = 3.35, count = 4}, hs:get("a"))
+    for _, v in ipairs({0.5, 0.75, 2, 0.1}) do hs:observe("a", v, v < 1 and "healthy" or "unreachable") end
+    hs:observe('q"\\\n', 1, 'odd"word')
+    hs:observe("gone", 1, "healthy")
+    -- a bound is its bucket's upper end
+    assert.same({counts = {2, 1, 1}, sum = 3.35, count = 4, results = {healthy = 3, unreachable = 1}}, hs:get("a"))
     assert.is_true(hs:remove("gone") == nil and hs:get("gone") == nil)
-    hs:observe("new", 0.25) -- takes the freed slot, from zero
-    assert.same({counts = {1, 0, 0}, sum = 0.25, count = 1}, hs:get("new"))
+    hs:observe("new", 0.25) -- takes the freed slot, from zero; no result word
+    assert.same({counts = {1, 0, 0}, sum = 0.25, count = 1, results = {}}, hs:get("new"))
     local chunks = {"before"}
     hs:text(chunks, "h", "s", {"new", "none", 'q"\\\n', "a", 7})
     assert.same({"before", 'h_bucket{s="new",le="0.5"} 1\nh_bucket{s="new",le="1"} 1\nh_bucket{s="new",le="+Inf"} 1\n'
@@ -143,6 +140,15 @@ describe("portman.metrics", function()
       .. 'h_bucket{s="q\\"\\\\\\n",le="+Inf"} 1\nh_sum{s="q\\"\\\\\\n"} 1\nh_count{s="q\\"\\\\\\n"} 1\n'
       .. 'h_bucket{s="a",le="0.5"} 2\nh_bucket{s="a",le="1"} 3\nh_bucket{s="a",le="+Inf"} 4\n'
       .. 'h_sum{s="a"} 3.35\nh_count{s="a"} 4\n'}, chunks)
+    chunks = {}
+    hs:results_text(chunks, "r", "s", "w", {"new", "a", 'q"\\\n', "none"})
+    assert.same({'r{s="a",w="healthy"} 3\nr{s="a",w="unreachable"} 1\nr{s="q\\"\\\\\\n",w="odd\\"word"} 1\n'}, chunks)
+    -- past 64 distinct words in the set (3 so far), the rest count as "other"
+    for i = 1, 70 do hs:observe("many", 0, "word" .. i) end
+    local words = hs:get("many").results
+    assert.equal(9, words.other)
+    assert.is_true(words.word1 == 1 and words.word61 == 1)
+    assert.is_nil(words.word62)
     -- sums in seconds: up to 9 fraction digits, trailing zeros dropped; past
     -- 2^53 ns (and below 0) as %.15g
     local sums = {0.000123, 12.25, 3.0, 0.1 + 0.2, 1e-10, 12345678.5, -0.5}
@@ -157,6 +163,35 @@ describe("portman.metrics", function()
     assert.matches("increasing numbers expected", helpers.raises(core.histograms_new, {1, 0.5}))
     assert.matches("too many bounds", helpers.raises(core.histograms_new, {
       1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}))
+  end)
+
+  it("writes a line or two per service in C, names and statuses escaped, in the names' order", function()
+    local core = require "portman.core"
+    local names, protos, statuses = {"a", 'b"\\', "c", "d"}, {"tcp", "udp", "tcp", "tcp"},
+      {"healthy", "unchecked", "unreachable", 'we"ird'}
+    local up = {healthy = 1, unchecked = 1}
+    local chunks = {"before"}
+    core.service_text(chunks, "u", "up", names, protos, statuses, up)
+    assert.same({"before", 'u{service="a",proto="tcp"} 1\nu{service="b\\"\\\\",proto="udp"} 1\n'
+      .. 'u{service="c",proto="tcp"} 0\nu{service="d",proto="tcp"} 0\n'}, chunks)
+    chunks = {}
+    core.service_text(chunks, "s", "status", names, protos, statuses, up)
+    assert.same({'s{service="a",status="healthy"} 1\n'
+      .. 's{service="b\\"\\\\",status="healthy"} 0\ns{service="b\\"\\\\",status="unchecked"} 1\n'
+      .. 's{service="c",status="healthy"} 0\ns{service="c",status="unreachable"} 1\n'
+      .. 's{service="d",status="healthy"} 0\ns{service="d",status="we\\"ird"} 1\n'}, chunks)
+    -- 10,000 services come as several chunks of about 64 KiB, in order
+    local many, mp, ms = {}, {}, {}
+    for i = 1, 10000 do many[i], mp[i], ms[i] = ("svc-%05d"):format(i), "tcp", "healthy" end
+    chunks = {}
+    core.service_text(chunks, "portman_service_up", "up", many, mp, ms, up)
+    assert.is_true(#chunks > 1)
+    local text = table.concat(chunks)
+    local _, lines = text:gsub("\n", "")
+    assert.equal(10000, lines)
+    assert.equal('portman_service_up{service="svc-00001",proto="tcp"} 1', text:match("^[^\n]*"))
+    assert.equal('portman_service_up{service="svc-10000",proto="tcp"} 1', text:match("([^\n]*)\n$"))
+    assert.matches("bad argument #3", helpers.raises(core.service_text, {}, "m", "sideways", {}, {}, {}, {}))
   end)
 
   it("escapes label values as the format asks", function()

@@ -47,8 +47,7 @@ end
 
 --- Records one health check result (the scheduler's observer).
 function Collector:observe(name, ok, status, ms)
-  self.hist:observe(name, ms / 1000)
-  bump(self.results, name, ok and "healthy" or status or "unknown")
+  self.hist:observe(name, ms / 1000, ok and "healthy" or status or "unknown")
 end
 
 local MAPPING_RESULTS = {mapping_renewed = "renewed", mapping_recreated = "recreated", mapping_moved = "moved",
@@ -73,7 +72,6 @@ function Collector:on_event(ev)
   elseif e == "service_stopped" then
     -- a service that left takes its series along (a new one starts at 0)
     self.hist:remove(ev.service)
-    self.results[ev.service] = nil
     self.restarts[ev.service], self.exits[ev.service], self.labels[ev.service] = nil, nil, nil
   end
 end
@@ -91,7 +89,7 @@ end
 --- A collector for manager m: it listens to m's events and m's health
 -- checks from now on.
 function M.new(m)
-  local self = setmetatable({manager = m, hist = core.histograms_new(M.BUCKETS), results = {}, allocations = {},
+  local self = setmetatable({manager = m, hist = core.histograms_new(M.BUCKETS), allocations = {},
                              exhaustion = {}, renewals = {}, restarts = {}, exits = {}, admin = {}, http = {},
                              labels = {},
                              started = os.time()}, Collector)
@@ -113,22 +111,15 @@ end
 
 -- ---- rendering ----
 
--- The pieces of the text go into one table; every SPILL pieces they are
--- joined into a chunk of some KiB and the table is filled again from its
--- start, so it stays small (a table of a million pieces costs more to
--- grow than the joining does). The text is the list of chunks: the server
--- writes it as it is (writev), never joined into one string of MiBs,
--- whose fresh pages cost more than all the rest.
-local SPILL = 1024
-
+-- The text is a list of chunks: the server writes it as it is (writev),
+-- never joined into one string of MiBs, whose fresh pages cost more than
+-- all the rest. The lines that grow with the number of services are
+-- written by C as chunks of about 64 KiB (csrc/lua_metrics.c); the few
+-- others are put together as pieces in one table and joined into a chunk
+-- (flush) before each C part.
 local function flush(b, n)
   if n > 0 then b.chunks[#b.chunks + 1] = core.text_join(b, n) end
   return 0
-end
-
-local function spill(b, n)
-  if n < SPILL then return n end
-  return flush(b, n)
 end
 
 local function family(b, name, kind, help)
@@ -208,32 +199,16 @@ local UP = {healthy = 1, unchecked = 1}
 -- line for every status word of every service would be most of the text
 -- at 10,000 services; the line of a status left ends there, and
 -- Prometheus marks its series stale.
-local function render_services(self, b, v)
-  local names, protos, statuses = v.names, v.protos, v.statuses
+-- The lines of every service are written by C (core.service_text), as
+-- chunks of their own.
+local function render_services(_, b, v)
   family(b, "portman_service_up", "gauge", "1 when the service runs and its health check passes (or it has none).")
-  local n = b.n
-  for i, name in ipairs(names) do
-    b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5], b[n + 6], b[n + 7] =
-      'portman_service_up{service="', self:label(name), '",proto="', protos[i], '"} ', UP[statuses[i]] or 0, "\n"
-    n = spill(b, n + 7)
-  end
-  b.n = n
+  b.n = flush(b, b.n)
+  core.service_text(b.chunks, "portman_service_up", "up", v.names, v.protos, v.statuses, UP)
   family(b, "portman_service_status", "gauge", "1 for the service's status: healthy (1 or 0), or another "
     .. "(unknown, unreachable, starting, stopped, a pending service's code word, ...).")
-  n = b.n
-  for i, name in ipairs(names) do
-    local l, st = self:label(name), statuses[i]
-    b[n + 1], b[n + 2], b[n + 3], b[n + 4] = 'portman_service_status{service="', l, '",status="healthy"} ',
-      st == "healthy" and "1\n" or "0\n"
-    n = n + 4
-    if st ~= "healthy" then
-      b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5] = 'portman_service_status{service="', l, '",status="',
-        escape(st), '"} 1\n'
-      n = n + 5
-    end
-    n = spill(b, n)
-  end
-  b.n = n
+  b.n = flush(b, b.n)
+  core.service_text(b.chunks, "portman_service_status", "status", v.names, v.protos, v.statuses, UP)
 end
 
 -- In name order (manager:brief sorts once, the registry keeps it): no sort of 10,000
@@ -245,10 +220,8 @@ local function render_health(self, b, v)
   self.hist:text(b.chunks, "portman_health_check_duration_seconds", "service", v.names)
   family(b, "portman_health_checks_total", "counter",
     "Health check results of a service, by result (healthy or the failure's status).")
-  -- self.labels holds every service's label: render_services made them
   b.n = flush(b, b.n)
-  core.counters_text(b.chunks, 'portman_health_checks_total{service="', '",result="', v.names, self.results,
-    self.labels)
+  self.hist:results_text(b.chunks, "portman_health_checks_total", "service", "result", v.names)
 end
 
 local function render_mappings(self, b, v, now)
