@@ -249,6 +249,11 @@ local function record(self, c, ok, status, msg, started, due)
   if c.notes or word or msg ~= nil then
     local notes = c.notes or new_notes(c.hist_size)
     c.notes = notes
+    -- a failing check says the same thing each run: the message of the
+    -- run before is kept in its stead (a long string is a new object each
+    -- time, and 100 copies were 9 KB a check)
+    local before = notes[2 * ((slot - 2) % c.hist_size) + 2]
+    if msg == before then msg = before end
     notes[2 * slot - 1], notes[2 * slot] = word or false, msg == nil and false or msg
   end
   c.last_at = t
