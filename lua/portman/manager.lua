@@ -633,14 +633,28 @@ local function check_opts(svc)
   return opts
 end
 
+-- What a service registers, filled in for each registration: the
+-- registry keeps none of it (with `shared`, only the spec's metadata).
+local to_register = {}
+local SHARED = {shared = true}
+local SHARED_CHECKED = {shared = true, check_host = false}
+
+function Manager:_register(svc, check_host)
+  local r = to_register
+  r.name, r.type, r.proto, r.address, r.port, r.metadata = svc.name, svc.type, svc.proto, svc.address, svc.port,
+    svc.spec.metadata
+  local entry, err, code = self.registry:register(r, check_host and SHARED or SHARED_CHECKED)
+  r.name, r.metadata = nil, nil
+  return entry, err, code
+end
+
 --- Registers, serves, health-checks and maps a prepared service: the
 -- second half of add_service. A failure undoes every step.
 -- @return[1] the service's entry
 -- @return[2] nil, msg, code
 function Manager:activate(svc)
   local spec, l = svc.spec, svc.listener
-  local entry, err, code = self.registry:register({name = svc.name, type = svc.type, proto = svc.proto,
-    address = svc.address, port = svc.port, metadata = spec.metadata}, {check_host = l == nil, shared = true})
+  local entry, err, code = self:_register(svc, l == nil)
   if not entry then
     self:_undo(svc)
     return nil, err, code

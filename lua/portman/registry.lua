@@ -35,6 +35,20 @@ end
 
 local PROTOS = {"tcp", "udp"}
 
+-- An entry holds its type, proto and address only where they are not the
+-- defaults (its metatable reads those): with its name, port and metadata
+-- it fits a table of 4 slots, not 8 (10,000 services: 1 MB less). What
+-- leaves the registry (get, list, snapshot) has every field written out.
+local DEFAULTS = {type = "custom", proto = "tcp", address = "0.0.0.0"}
+local entry_mt = {__index = DEFAULTS}
+
+-- e as a plain table; its metadata copied unless shared.
+local function full(e, shared)
+  if e == nil then return nil end
+  return {name = e.name, type = e.type, proto = e.proto, address = e.address, port = e.port,
+          metadata = shared and e.metadata or copy(e.metadata)}
+end
+
 -- Checks a service table and fills its defaults; raises naming the field.
 -- Its metadata is copied, unless shared (the caller never changes it).
 local function normalize(fname, s, shared)
@@ -58,7 +72,11 @@ local function normalize(fname, s, shared)
   end
   local metadata = s.metadata
   if not (shared and metadata) then metadata = copy(metadata or {}) end
-  return {name = s.name, type = stype, proto = proto, address = address, port = port, metadata = metadata}
+  local e = setmetatable({name = s.name, port = port, metadata = metadata}, entry_mt)
+  if stype ~= DEFAULTS.type then e.type = stype end
+  if proto ~= DEFAULTS.proto then e.proto = proto end
+  if address ~= DEFAULTS.address then e.address = address end
+  return e
 end
 
 -- The entries on one proto/port are indexed, so a registration checks the
@@ -155,7 +173,7 @@ function M:register(s, opts)
   if why then return nil, why, "conflict" end
   add(self, s)
   if shared then return s end
-  return copy(s)
+  return full(s)
 end
 
 --- Removes a service; true if it was registered.
@@ -166,11 +184,12 @@ end
 
 --- A copy of one entry, or nil.
 function M:get(name)
-  return copy(self._services[name])
+  return full(self._services[name])
 end
 
 --- The entry of name itself, not a copy (for a caller that only reads
--- it, such as a status of 10,000 services), or nil.
+-- it, such as a status of 10,000 services), or nil. Its default type,
+-- proto and address are read through its metatable: pairs does not see them.
 function M:peek(name)
   return self._services[name]
 end
@@ -196,7 +215,7 @@ end
 --- Copies of every entry, sorted by name.
 function M:list()
   local out = self:names()
-  for i, name in ipairs(out) do out[i] = copy(self._services[name]) end
+  for i, name in ipairs(out) do out[i] = full(self._services[name]) end
   return out
 end
 
@@ -206,11 +225,11 @@ function M:count()
 end
 
 --- The registry as a JSON-safe table (for the state file), sorted by
--- name. Its entries are the registry's own, not copies (a save of 10,000
--- services copies none of them): the caller only reads them, or encodes.
+-- name. Its entries share their metadata with the registry's (a save of
+-- 10,000 services copies none): the caller only reads them, or encodes.
 function M:snapshot()
   local out = self:names()
-  for i, name in ipairs(out) do out[i] = self._services[name] end
+  for i, name in ipairs(out) do out[i] = full(self._services[name], true) end
   return {version = 1, services = json.array(out)}
 end
 
