@@ -397,9 +397,9 @@ local function moved(m, step, staged, l, reserved, port)
       reserved = true
     end
   end
-  return {name = spec.name, type = spec.type or "custom", proto = spec.proto or "tcp",
-          address = spec.address or "0.0.0.0", pool = pool, pool_name = pool and pool_of(spec),
-          spec = spec, listener = l, port = port, reserved = reserved, serving = true}
+  local svc = manager.record(spec, pool, pool and pool_of(spec))
+  svc.listener, svc.port, svc.reserved, svc.serving = l, port, reserved, true
+  return svc
 end
 
 -- Stops the services named in stop, hands over the listeners of the moved

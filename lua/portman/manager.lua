@@ -591,6 +591,16 @@ local function set_field(svc, k, v)
   rawset(svc, k, v)
 end
 
+--- A new service record for spec, its port taken from pool (named
+-- pool_name): what prepare makes, and a reload's moved service.
+function M.record(spec, pool, pool_name)
+  local svc = setmetatable({name = spec.name, pool = pool, pool_name = pool_name, spec = spec}, service_mt)
+  set_field(svc, "type", spec.type)
+  set_field(svc, "proto", spec.proto)
+  set_field(svc, "address", spec.address)
+  return svc
+end
+
 --- Takes a service's port (binding its listener) without registering or
 -- announcing anything: the first half of add_service, so that a reload
 -- can bind every new port before it stops an old service.
@@ -604,10 +614,7 @@ function Manager:prepare(spec, pools)
   local pool_name = spec.pool or spec.type or "default"
   local pool = (pools or self.pools)[pool_name]
   if spec.pool and not pool then check.argerror("add_service", 1, "pool: no pool '" .. spec.pool .. "'") end
-  local svc = setmetatable({name = spec.name, pool = pool, pool_name = pool and pool_name, spec = spec}, service_mt)
-  set_field(svc, "type", spec.type)
-  set_field(svc, "proto", spec.proto)
-  set_field(svc, "address", spec.address)
+  local svc = M.record(spec, pool, pool and pool_name)
   local l, port, reserved, code = self:_take_port(svc, spec, pool)
   if not port then return nil, reserved, code end
   svc.listener, svc.port, svc.reserved = l, port, reserved
