@@ -19,7 +19,10 @@
 --   in daemon   through the REPL, CPU in the daemon: manager:status(),
 --               the document's json.encode, and cjson.encode of the same
 --               document alone (the baseline)
---   RSS         before any status, after one, after five
+--   RSS         before any status, after one, after five; what a service
+--               adds to it (beside the daemon with no service), and the
+--               daemon's live Lua heap after a full collection (through
+--               its REPL), its anonymous memory and malloc's free bytes
 -- The machine's load shows in wall-clock times: compare CPU times, and
 -- each figure with its baseline in the same run.
 --
@@ -189,6 +192,22 @@ local function in_daemon(d)
   return tonumber(a), tonumber(b), tonumber(c)
 end
 
+-- In the daemon, through its REPL: the live Lua heap (KiB, after a full
+-- collection) and its anonymous RSS (KiB, /proc/self/smaps_rollup).
+local HEAP_LINE = 'collectgarbage(); collectgarbage(); local f = io.open("/proc/self/smaps_rollup"); '
+  .. 'local t = f and f:read("a") or ""; if f then f:close() end; '
+  .. 'return collectgarbage("count"), tonumber(t:match("Anonymous:%s+(%d+)")) or 0'
+local function heap_kib(d)
+  local conn = assert(admin.connect(d.sock, {timeout = 60000}))
+  assert(conn:request({op = "repl"}))
+  local reply = assert(conn:request({["in"] = HEAP_LINE}))
+  conn:close()
+  uv.run("nowait")
+  local heap, anon = reply.out:match("^([%d.e+-]+)\t(%d+)$")
+  assert(heap, "REPL: " .. tostring(reply.out))
+  return tonumber(heap), tonumber(anon)
+end
+
 -- /proc/net opens per service in one start, from strace.
 local function proc_reads(n)
   local dir = tmpdir()
@@ -249,6 +268,9 @@ local function one_run(n)
   for _ = 1, 3 do ask(d, {op = "status"}) end
   sleep(300)
   note(n, "rss5", rss_kib(d.pid))
+  local heap, anon = heap_kib(d)
+  note(n, "heap", heap)
+  note(n, "anon", anon)
   local st, enc, cj = in_daemon(d)
   note(n, "repl_status", st)
   note(n, "repl_encode", enc)
@@ -302,6 +324,8 @@ local function report()
   row("portman status --json (process)", 0, "status_e2e", "ms")
   row("  its CPU (user + sys)", 0, "status_e2e_cpu", "ms")
   row("RSS", 0, "rss0", "MiB", 1 / 1024)
+  row("  anonymous (after statuses)", 0, "anon", "MiB", 1 / 1024)
+  row("  live Lua heap", 0, "heap", "MiB", 1 / 1024)
   local base_reads = reads[ROOT][0]
   print(("  %-34s %9d"):format("/proc/net opens", base_reads))
   local last, prev = nil, 0
@@ -333,6 +357,13 @@ local function report()
     row("RSS before status", n, "rss0", "MiB", 1 / 1024)
     row("RSS after 1 status", n, "rss1", "MiB", 1 / 1024)
     row("RSS after 5 statuses", n, "rss5", "MiB", 1 / 1024)
+    row("  anonymous", n, "anon", "MiB", 1 / 1024)
+    row("  live Lua heap", n, "heap", "MiB", 1 / 1024)
+    -- what a service adds, beside the daemon with no service
+    for _, r in ipairs({{"RSS a service", "rss5"}, {"live Lua heap a service", "heap"}}) do
+      local a, b = median(n, r[2]), median(0, r[2])
+      if a and b then print(("  %-34s %9.0f B   (%.2f MiB with no service)"):format(r[1], (a - b) * 1024 / n, b / 1024)) end
+    end
   end
 end
 

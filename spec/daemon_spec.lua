@@ -113,6 +113,24 @@ describe("portman run", function()
     assert.equal(0, d.wait_exit())
   end)
 
+  it("reloads a changed service that keeps its socket, its record whole", function()
+    write(policy, [[return {pools = {p = {range = {21200, 21299}}},
+      services = {{name = "web", pool = "p", metadata = {v = 1}}}}]])
+    local d = start(dir, policy, 1)
+    local before = ports(d.out)
+    write(policy, [[return {pools = {p = {range = {21200, 21299}}},
+      services = {{name = "web", pool = "p", metadata = {v = 2}}}}]])
+    d.proc:kill("sighup")
+    assert.is_true(helpers.run_until(function() return d.err:find("info reloaded") ~= nil end))
+    -- the same listener, handed to the new spec's service: its entry has every field
+    local s = status(d).services[1]
+    assert.same({"web", "custom", "tcp", "0.0.0.0", before.web, "p"},
+      {s.name, s.type, s.proto, s.address, s.port, s.pool})
+    assert.is_true(accepts(d, before.web))
+    d.proc:kill("sigterm")
+    assert.equal(0, d.wait_exit())
+  end)
+
   it("keeps running when a reloaded policy is broken", function()
     write(policy, [[return {services = {{name = "a", port = 21201}}}]])
     local d = start(dir, policy, 1)

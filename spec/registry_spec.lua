@@ -47,6 +47,43 @@ describe("portman.registry", function()
     assert.is_nil(reg:get("a"))
   end)
 
+  it("writes every field out of get, list, snapshot and export, the defaults too", function()
+    local reg = registry.new{check_host = false}
+    reg:register{name = "d", port = 20001}
+    reg:register{name = "u", port = 20002, type = "api", proto = "udp", address = "::1", metadata = {x = 1}}
+    local d = {name = "d", type = "custom", proto = "tcp", address = "0.0.0.0", port = 20001, metadata = {}}
+    local u = {name = "u", type = "api", proto = "udp", address = "::1", port = 20002, metadata = {x = 1}}
+    assert.same(d, reg:get("d"))
+    assert.same(u, reg:get("u"))
+    assert.same({d, u}, reg:list())
+    assert.same({d, u}, reg:snapshot().services)
+    -- what the state file holds: plain JSON, every field written
+    local doc = cjson.decode(reg:export())
+    assert.same({"0.0.0.0", "custom", "tcp"}, {doc.services[1].address, doc.services[1].type, doc.services[1].proto})
+    assert.equal("udp", doc.services[2].proto)
+    -- peek reads the defaults too
+    assert.equal("tcp", reg:peek("d").proto)
+    assert.equal("0.0.0.0", reg:peek("d").address)
+  end)
+
+  it("keeps a shared registration's metadata itself and returns its own entry", function()
+    local reg = registry.new{check_host = false}
+    local meta = {role = "primary"}
+    local e = assert(reg:register({name = "s", port = 20001, metadata = meta}, {shared = true}))
+    assert.equal(reg:peek("s"), e)
+    assert.equal(meta, reg:peek("s").metadata)
+    -- get and list still copy it
+    local got = reg:get("s")
+    assert.not_equal(meta, got.metadata)
+    got.metadata.role = "changed by the caller"
+    assert.equal("primary", meta.role)
+    -- an ordinary registration copies it
+    local other = {role = "replica"}
+    reg:register{name = "o", port = 20002, metadata = other}
+    assert.not_equal(other, reg:peek("o").metadata)
+    assert.same(other, reg:peek("o").metadata)
+  end)
+
   describe("conflicts", function()
     local reg
     before_each(function() reg = registry.new{check_host = false} end)

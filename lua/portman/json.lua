@@ -243,6 +243,13 @@ function M.encode(v, opts)
   return write(prepared, copies)
 end
 
+--- Whether the encoder keeps its buffer between calls (cjson's default:
+-- yes, as large as the largest text so far). A daemon turns it off, so
+-- that one large text does not keep its buffer allocated for good.
+function M.keep_buffer(on)
+  cjson.encode_keep_buffer(on and true or false)
+end
+
 --- The JSON null (decoded nulls are this value too).
 M.null = cjson.null
 
