@@ -3,7 +3,8 @@
 --   probe:      probes args.host (opts as given), sampling this process's
 --               sockets during the run; cancels after args.cancel_after ms
 --   range:      opens listeners on loopback and probes 1-65535 of
---               127.0.0.1 and ::1; reports what /proc/net/tcp{,6} list
+--               127.0.0.1 and ::1 (with args.method); reports what
+--               /proc/net/tcp{,6} list
 --   selfconnect: probes 127.0.0.1:args.port, then shows that a plain
 --               connect there "succeeds" (a socket connected to itself)
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
@@ -26,7 +27,7 @@ local function lists(r)
   return {scanned = r.scanned, counts = r.counts, open = r.open, filtered = r.filtered,
           unreachable = r.unreachable, error = r.error, open_filtered = r.open_filtered,
           closed = #r.closed, errors = errors, cancelled = r.cancelled, elapsed_ms = r.elapsed_ms,
-          address = r.address}
+          address = r.address, method = r.method}
 end
 
 -- The ports listening on addresses reachable as host, per /proc/net.
@@ -107,8 +108,8 @@ function modes.range()
   listen("0.0.0.0", 30)
   listen("::", 30, false) -- dual-stack: reachable as 127.0.0.1 too
   local r4, r6 = portman.run(function()
-    return probe.probe("127.0.0.1", "1-65535", {timeout = 2000}),
-           probe.probe("::1", "1-65535", {timeout = 2000})
+    return probe.probe("127.0.0.1", "1-65535", {timeout = 2000, method = args.method}),
+           probe.probe("::1", "1-65535", {timeout = 2000, method = args.method})
   end)
   local doc = {
     v4 = lists(r4), v6 = lists(r6), listeners = #handles,
