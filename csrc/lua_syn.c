@@ -461,10 +461,9 @@ static int engine_timeout(const syn_engine *e)
     if (e->waiting.head >= 0) {
         const syn_slot *sl = &e->slots[e->waiting.head];
         uint64_t t = sl->first + e->timeout_ms;
-        if (e->retry_ms && sl->sent + e->retry_ms < t)
+        /* blocked, a retransmission waits for EPOLLOUT, not for the timer */
+        if (e->retry_ms && !e->blocked && sl->sent + e->retry_ms < t)
             t = sl->sent + e->retry_ms;
-        if (e->blocked && t < now + 10)
-            t = now + 10; /* a retransmission waits for EPOLLOUT, not for the timer */
         if (t < due)
             due = t;
     }

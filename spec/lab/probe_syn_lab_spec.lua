@@ -180,6 +180,36 @@ describe("the SYN scan in a lab namespace #lab", function()
     assert.equals(0, r.sockets_after)
   end)
 
+  it("closes its sockets and epoll fd, run to the end, cancelled or collected", function()
+    local counts = helpers.in_netns([[
+      local helpers = require "helpers"
+      local core = require "portman.core"
+      local uv = require "luv"
+      local kinds = {kinds = {"socket", "eventpoll"}}
+      local base = helpers.fd_count(kinds)
+      local s = assert(core.syn_new("127.0.0.1", {1, 2, 3}, 100, 0))
+      local open = helpers.fd_count(kinds)
+      while not s:done() do
+        s:step()
+        local t = s:timeout()
+        if t and t > 0 then uv.sleep(t) end
+      end
+      s:close()
+      local after_run = helpers.fd_count(kinds)
+      s = assert(core.syn_new("127.0.0.1", {1, 2, 3}, 5000, 0))
+      s:step()
+      s:cancel()
+      s:close()
+      local after_cancel = helpers.fd_count(kinds)
+      s = assert(core.syn_new("127.0.0.1", {1, 2, 3}, 5000, 0))
+      s = nil
+      local after_gc = helpers.fd_count(kinds)
+      return {open - base, after_run - base, after_cancel - base, after_gc - base}
+    ]])
+    -- raw TCP, raw ICMP, the port-holding TCP socket, the epoll instance
+    assert.same({4, 0, 0, 0}, counts)
+  end)
+
   it("is denied without CAP_NET_RAW; auto then probes with connects", function()
     local drop = "setpriv --inh-caps=-all --bounding-set=-net_raw"
     local r = probe("syn", nil, drop)
