@@ -7,6 +7,10 @@
 --               /proc/net/tcp{,6} list
 --   selfconnect: probes 127.0.0.1:args.port, then shows that a plain
 --               connect there "succeeds" (a socket connected to itself)
+--   spoofed:    a SYN scan of args.host's args.ports, during which
+--               args.spoofer (a command, SPORT in it the scan's source
+--               port) sends it forged replies; reports the states and the
+--               replies the scan ignored
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = (os.getenv("PORTMAN_BUILD") or "build") .. "/?.so;" .. package.cpath
 local uv = require "luv"
@@ -135,6 +139,27 @@ function modes.selfconnect()
   end)
   uv.run()
   return {state = r.ports[args.port], error = r.errors[args.port], naive = naive}
+end
+
+function modes.spoofed()
+  local scan, sent
+  local t = uv.new_timer()
+  local r = portman.run(function()
+    local co = coroutine.running()
+    scan = probe.start(args.host, args.ports, {method = "syn", timeout = args.timeout}, function(...)
+      coroutine.resume(co, ...)
+    end)
+    -- the scan's SYNs are out: forge its replies now (the loop waits)
+    t:start(args.after, 0, function()
+      t:close()
+      sent = os.execute((args.spoofer:gsub("SPORT", tostring(scan:stats().source_port))))
+    end)
+    return coroutine.yield()
+  end)
+  local st = scan:stats()
+  local states = {}
+  for port, state in pairs(r.ports) do states[tostring(port)] = state end
+  return {method = r.method, ports = states, ignored = st.ignored, sent = st.sent, spoofer_ok = sent == true}
 end
 
 io.write(cjson.encode(modes[mode]()), "\n")

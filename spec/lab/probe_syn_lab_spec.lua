@@ -180,6 +180,19 @@ describe("the SYN scan in a lab namespace #lab", function()
     assert.equals(0, r.sockets_after)
   end)
 
+  it("ignores forged replies: a SYN+ACK and a RST whose ack is not its SYN's", function()
+    -- nping (nmap's packet crafter) in the target sends them to the scan's
+    -- source port while the scan waits on two dropped ports
+    local nping = "env -u LD_PRELOAD ip netns exec " .. TARGET .. " nping -N -q --tcp -c 1 -g %d --flags %s "
+      .. "--ack 12345 -p SPORT 10.78.0.1 >/dev/null 2>&1"
+    local spoofer = nping:format(1000, "SYN,ACK") .. " && " .. nping:format(1001, "RST,ACK")
+    local r = child("spoofed", {host = V4, ports = "1000,1001", timeout = 1500, after = 200, spoofer = spoofer})
+    assert.is_true(r.spoofer_ok)
+    assert.equals("syn", r.method)
+    assert.same({["1000"] = "filtered", ["1001"] = "filtered"}, r.ports)
+    assert.is_true(r.ignored >= 2, "the forged replies reached the scan: " .. tostring(r.ignored))
+  end)
+
   it("closes its sockets and epoll fd, run to the end, cancelled or collected", function()
     local counts = helpers.in_netns([[
       local helpers = require "helpers"
