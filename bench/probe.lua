@@ -221,16 +221,12 @@ else
       expected, over, over <= 10 and "within 10%" or "NOT within 10%", median(cpus),
       filtered and "all 10000 filtered" or "NOT ALL FILTERED"))
   end
+  -- one round only: nmap slows down on drops (its congestion control) and
+  -- takes minutes here
   if nmap_have then
-    local walls, nfiltered = {}, 0
-    for i = 1, 3 do
-      local out, wall = timed("nmap -sS -T5 -n -Pn -p 20000-29999 127.0.0.1 -oG - 2>&1")
-      walls[i] = math.floor(wall * 1000 + 0.5)
-      nfiltered = tonumber(out:match("Ignored State: filtered %((%d+)%)") or 0)
-    end
-    table.sort(walls)
-    print(("  nmap -sS -T5 (baseline)     %5d / %5d / %5d ms  %d reported filtered"):format(walls[1], walls[2],
-      walls[3], nfiltered))
+    local out, wall = timed("nmap -sS -T5 -n -Pn -p 20000-29999 127.0.0.1 -oG - 2>&1")
+    print(("  nmap -sS -T5 (baseline, 1 round)  %d ms  %s reported filtered"):format(math.floor(wall * 1000 + 0.5),
+      out:match("Ignored State: filtered %((%d+)%)") or "?"))
   end
 end
 

@@ -202,13 +202,15 @@ local function deliver(scan, batch)
 end
 
 -- The engine for the scan: the SYN scan's when its method asks for it and
--- the address is IPv4 (auto falls back on connects without CAP_NET_RAW),
--- else the connect engine; and the method it uses.
+-- the address is IPv4, else the connect engine; and the method it uses.
+-- auto falls back on connects when the SYN scan cannot start (no
+-- CAP_NET_RAW: denied; no route to the host: the connects then say so per
+-- port); syn fails then.
 local function new_engine(scan, address, family)
   local method = scan._method
   if scan._proto == "tcp" and method ~= "connect" and family == "inet" then
     local syn, err, code = core.syn_new(address, scan._ports, scan._timeout, scan._concurrency)
-    if syn or method == "syn" or code ~= "denied" then return syn, err, code, "syn" end
+    if syn or method == "syn" then return syn, err, code, "syn" end
   end
   local probe, err, code = core.probe_new(scan._proto, {address}, scan._ports, scan._timeout,
                                           scan._concurrency, scan._payload, scan._retries)
