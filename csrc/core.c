@@ -18,6 +18,7 @@ static const opener parts[] = {
     pm_open_dns,
     pm_open_idna,
     pm_open_probe,
+    pm_open_syn,
     pm_open_http,
     pm_open_httpd,
     pm_open_history,

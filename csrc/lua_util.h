@@ -38,6 +38,7 @@ int pm_open_stun(lua_State *L);
 int pm_open_dns(lua_State *L);
 int pm_open_idna(lua_State *L);
 int pm_open_probe(lua_State *L);
+int pm_open_syn(lua_State *L);
 int pm_open_http(lua_State *L);
 int pm_open_httpd(lua_State *L);
 int pm_open_history(lua_State *L);

@@ -8,7 +8,7 @@ _portman() {
   case ${COMP_WORDS[1]} in
     help) opts="alloc probe resolve stun nat-type map unmap mappings relay run check status events register deregister repl services" ;;
     alloc) opts="--range --strategy --node-id --count --allow-privileged --proto --no-host-check --ttl --hold --etcd --cluster --timeout --cacert --cert --key --user --json --help -h" ;;
-    probe) opts="--timeout --concurrency --proto --retries --json --no-header -H --help -h" ;;
+    probe) opts="--timeout --concurrency --proto --method --retries --json --no-header -H --help -h" ;;
     resolve) opts="--type --server --timeout --json --no-header -H --help -h" ;;
     stun) opts="--server --timeout --json --help -h" ;;
     nat-type) opts="--server --timeout --json --help -h" ;;

@@ -683,7 +683,8 @@ describe("portman.probe", function()
       local keys = {}
       for k in pairs(doc) do keys[#keys + 1] = k end
       table.sort(keys)
-      assert.same({"counts", "elapsed_ms", "filtered", "host", "open", "scanned", "unreachable"}, keys)
+      assert.same({"counts", "elapsed_ms", "filtered", "host", "method", "open", "scanned", "unreachable"}, keys)
+      assert.equals("connect", doc.method) -- the default
       table.sort(open)
       assert.same(open, doc.open)
       assert.equals("127.0.0.1", doc.host)
@@ -738,6 +739,8 @@ describe("portman.probe", function()
         {"probe 127.0.0.1 80 --proto sctp", "--proto: tcp, udp expected, got 'sctp'"},
         {"probe 127.0.0.1 80 --proto udp --retries -1", "--retries: at least 0"},
         {"probe 127.0.0.1 80 --proto udp --retries 51", "--retries: at most 50"},
+        {"probe 127.0.0.1 80 --method fin", "--method: connect, syn, auto expected, got 'fin'"},
+        {"probe 127.0.0.1 80 --proto udp --method syn", "--method syn: TCP only"},
       }
       for _, c in ipairs(cases) do
         local status, out, err = helpers.portman(c[1])

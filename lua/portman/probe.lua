@@ -7,6 +7,11 @@
 -- filtered (no answer before the timeout), unreachable (ICMP host, net or
 -- admin unreachable), error (anything else; its errno name is kept), and
 -- for UDP open|filtered (no answer at all).
+--
+-- TCP probes have two methods: "connect" (a non-blocking connect() per
+-- port, the default) and "syn" (nmap -sS: crafted SYNs from one raw socket,
+-- core.syn_new, which needs CAP_NET_RAW and IPv4; an IPv6 target is probed
+-- with connects). "auto" takes syn where it can and connect elsewhere.
 local uv = require "luv"
 local core = require "portman.core"
 local check = require "portman.check"
@@ -24,7 +29,8 @@ local DEFAULT_TIMEOUT = 1000
 M.DEFAULT_RETRIES = 6 -- the C engine's PM_PROBE_DEFAULT_RETRIES
 local MAX_RETRIES = 50
 local PROBE_OPTIONS = {timeout = true, concurrency = true, proto = true, payload = true,
-                       on_batch = true, family = true, retries = true}
+                       on_batch = true, family = true, retries = true, method = true}
+M.METHODS = {"connect", "syn", "auto"}
 
 -- Ports ---------------------------------------------------------------------
 
@@ -132,7 +138,9 @@ local function check_probe_opts(fname, opts)
   if math.type(retries) ~= "integer" or retries < 0 or retries > MAX_RETRIES then
     check.argerror(fname, 3, ("retries: integer in 0-%d expected"):format(MAX_RETRIES))
   end
-  return timeout, conc, proto, retries
+  local method = check.oneof(fname, 3, opts.method or "connect", M.METHODS, "method")
+  if proto == "udp" and method == "syn" then check.argerror(fname, 3, "method: syn probes TCP only") end
+  return timeout, conc, proto, retries, method
 end
 
 local function new_result(host, proto, total)
@@ -193,11 +201,27 @@ local function deliver(scan, batch)
   end
 end
 
+-- The engine for the scan: the SYN scan's when its method asks for it and
+-- the address is IPv4, else the connect engine; and the method it uses.
+-- auto falls back on connects when the SYN scan cannot start (no
+-- CAP_NET_RAW: denied; no route to the host: the connects then say so per
+-- port); syn fails then.
+local function new_engine(scan, address, family)
+  local method = scan._method
+  if scan._proto == "tcp" and method ~= "connect" and family == "inet" then
+    local syn, err, code = core.syn_new(address, scan._ports, scan._timeout, scan._concurrency)
+    if syn or method == "syn" then return syn, err, code, "syn" end
+  end
+  local probe, err, code = core.probe_new(scan._proto, {address}, scan._ports, scan._timeout,
+                                          scan._concurrency, scan._payload, scan._retries)
+  return probe, err, code, scan._proto == "tcp" and "connect" or nil
+end
+
 -- The host's address is known: the engine starts.
 local function start_engine(scan, address, family)
   scan._result.address, scan._result.family = address, family
-  local probe, err, code = core.probe_new(scan._proto, {address}, scan._ports, scan._timeout,
-                                          scan._concurrency, scan._payload, scan._retries)
+  local probe, err, code, method = new_engine(scan, address, family)
+  scan._result.method = method
   if not probe then
     scan._done = true
     return scan._cb(nil, err, code)
@@ -227,6 +251,9 @@ end
 --- The sockets in flight, the peak so far and the concurrency in force;
 -- for UDP also the probes `sent` (every try), the `retransmits` among them,
 -- and `pace_ms`, the least time between two probes the host's answers led to.
+-- A SYN scan also counts every SYN in `sent`, its second SYNs in
+-- `retransmits`, the replies it `ignored` (not matching a SYN in flight) and
+-- gives its `source_port`.
 function Scan:stats()
   return self._probe and self._probe:stats() or self._stats
 end
@@ -248,10 +275,10 @@ function M.start(host, ports, opts, cb)
   end
   ports = M.parse_ports(ports, "probe", 2)
   opts = opts or {}
-  local timeout, conc, proto, retries = check_probe_opts("probe", opts)
+  local timeout, conc, proto, retries, method = check_probe_opts("probe", opts)
   if type(cb) ~= "function" then check.argerror("probe", 4, "callback expected") end
   local scan = setmetatable({_ports = ports, _timeout = timeout, _concurrency = conc, _proto = proto,
-                             _retries = retries,
+                             _retries = retries, _method = method,
                              _payload = opts.payload, _on_batch = opts.on_batch, _cb = cb,
                              _result = new_result(host, proto, #ports)}, Scan)
   lookup(host, opts.family, function(address, family, code)
@@ -264,7 +291,7 @@ function M.start(host, ports, opts, cb)
   return scan
 end
 
---- Probes ports of host (TCP connects by default).
+--- Probes ports of host (TCP connects by default; SYNs with method "syn").
 -- @param host a name (resolved first, the first address is probed) or an
 --   IPv4/IPv6 address
 -- @param ports "1-65535", "22,80,8000-8100", or a table of ports
@@ -275,18 +302,23 @@ end
 --   again before its port counts as open|filtered, 6; fewer when no port of
 --   the host ever needed a retry to answer; the probes to a host are paced
 --   down to one a second when retries get answers, as an ICMP rate limit
---   makes them), `family` ("inet" or "inet6" when resolving),
+--   makes them), `family` ("inet" or "inet6" when resolving), `method`
+--   (TCP: "connect", the default; "syn", a raw SYN scan as nmap -sS, which
+--   needs CAP_NET_RAW, and probes an IPv6 address with connects; "auto",
+--   syn when it can, else connect; with syn, `concurrency` counts SYNs
+--   awaiting an answer, not sockets, and is not bound by RLIMIT_NOFILE),
 --   `on_batch(batch, scan)` (progress: each batch as it comes, in columns:
 --   `{n, port = {...}, state = {...}, error = {[i] = errno name}}`;
 --   `scan:cancel()` stops the run, `scan:result()` is the result so far)
 -- @param[opt] cb called with the result; without it, inside a portman task,
 --   probe returns the result
--- @return[1] `{host, address, family, proto, total, scanned, elapsed_ms,
+-- @return[1] `{host, address, family, proto, method (TCP: the one used),
+--   total, scanned, elapsed_ms,
 --   cancelled, counts = {state = n}, ports = {[port] = state},
 --   errors = {[port] = errno name}, open = {...}, closed, filtered,
 --   unreachable, error, open_filtered}` (port lists sorted)
 -- @return[2] nil, msg, code (`not_found` for a name that does not resolve,
---   `EMFILE` when no fd is left)
+--   `EMFILE` when no fd is left, `denied` for method syn without CAP_NET_RAW)
 -- @raise on a bad argument or option, naming it
 M.probe = async.adapt(function(host, ports, opts, cb)
   M.start(host, ports, opts, cb)

@@ -3,9 +3,14 @@
 --   probe:      probes args.host (opts as given), sampling this process's
 --               sockets during the run; cancels after args.cancel_after ms
 --   range:      opens listeners on loopback and probes 1-65535 of
---               127.0.0.1 and ::1; reports what /proc/net/tcp{,6} list
+--               127.0.0.1 and ::1 (with args.method); reports what
+--               /proc/net/tcp{,6} list
 --   selfconnect: probes 127.0.0.1:args.port, then shows that a plain
 --               connect there "succeeds" (a socket connected to itself)
+--   spoofed:    a SYN scan of args.host's args.ports, during which
+--               args.spoofer (a command, SPORT in it the scan's source
+--               port) sends it forged replies; reports the states and the
+--               replies the scan ignored
 package.path = "lua/?.lua;lua/?/init.lua;spec/?.lua;" .. package.path
 package.cpath = (os.getenv("PORTMAN_BUILD") or "build") .. "/?.so;" .. package.cpath
 local uv = require "luv"
@@ -26,7 +31,7 @@ local function lists(r)
   return {scanned = r.scanned, counts = r.counts, open = r.open, filtered = r.filtered,
           unreachable = r.unreachable, error = r.error, open_filtered = r.open_filtered,
           closed = #r.closed, errors = errors, cancelled = r.cancelled, elapsed_ms = r.elapsed_ms,
-          address = r.address}
+          address = r.address, method = r.method}
 end
 
 -- The ports listening on addresses reachable as host, per /proc/net.
@@ -107,8 +112,8 @@ function modes.range()
   listen("0.0.0.0", 30)
   listen("::", 30, false) -- dual-stack: reachable as 127.0.0.1 too
   local r4, r6 = portman.run(function()
-    return probe.probe("127.0.0.1", "1-65535", {timeout = 2000}),
-           probe.probe("::1", "1-65535", {timeout = 2000})
+    return probe.probe("127.0.0.1", "1-65535", {timeout = 2000, method = args.method}),
+           probe.probe("::1", "1-65535", {timeout = 2000, method = args.method})
   end)
   local doc = {
     v4 = lists(r4), v6 = lists(r6), listeners = #handles,
@@ -134,6 +139,27 @@ function modes.selfconnect()
   end)
   uv.run()
   return {state = r.ports[args.port], error = r.errors[args.port], naive = naive}
+end
+
+function modes.spoofed()
+  local scan, sent
+  local t = uv.new_timer()
+  local r = portman.run(function()
+    local co = coroutine.running()
+    scan = probe.start(args.host, args.ports, {method = "syn", timeout = args.timeout}, function(...)
+      coroutine.resume(co, ...)
+    end)
+    -- the scan's SYNs are out: forge its replies now (the loop waits)
+    t:start(args.after, 0, function()
+      t:close()
+      sent = os.execute((args.spoofer:gsub("SPORT", tostring(scan:stats().source_port))))
+    end)
+    return coroutine.yield()
+  end)
+  local st = scan:stats()
+  local states = {}
+  for port, state in pairs(r.ports) do states[tostring(port)] = state end
+  return {method = r.method, ports = states, ignored = st.ignored, sent = st.sent, spoofer_ok = sent == true}
 end
 
 io.write(cjson.encode(modes[mode]()), "\n")

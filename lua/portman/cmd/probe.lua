@@ -50,7 +50,7 @@ local function document(r)
   local udp = r.proto == "udp"
   local counts = {}
   for _, s in ipairs(udp and COUNTED_UDP or COUNTED) do counts[s] = r.counts[s] end
-  return {host = r.host, scanned = r.scanned, elapsed_ms = r.elapsed_ms, counts = counts,
+  return {host = r.host, method = r.method, scanned = r.scanned, elapsed_ms = r.elapsed_ms, counts = counts,
           open = json.array(r.open), filtered = json.array(r.filtered),
           unreachable = json.array(r.unreachable), open_filtered = udp and json.array(r.open_filtered) or nil}
 end
@@ -79,6 +79,8 @@ return {probe = {
     {"concurrency", "N", "sockets in flight at once (default: from RLIMIT_NOFILE)", kind = "int"},
     {"proto", "P", "tcp (a connect to each port) or udp (an empty datagram to each, as nmap -sU)",
       default = "tcp"},
+    {"method", "M", "TCP: connect (a connect() per port), syn (raw SYNs as nmap -sS: needs CAP_NET_RAW; "
+      .. "IPv6 is probed with connects) or auto (syn when it can)", default = "connect"},
     {"retries", "N", "UDP: times an unanswered probe is sent again before its port counts as open|filtered "
       .. "(0-50)", kind = "int", default = probe.DEFAULT_RETRIES},
   },
@@ -89,13 +91,18 @@ return {probe = {
     .. "to any try. Hosts rate-limit those ICMP errors (Linux: a burst of 6, then one a second), so UDP "
     .. "probes are retransmitted, and paced down to one a second per host once retransmissions get "
     .. "answers, as nmap does: a UDP probe of many closed ports takes about a second each. "
-    .. "The table lists open ports, and the others when there are few.",
+    .. "The table lists open ports, and the others when there are few. "
+    .. "With --method syn the concurrency counts SYNs awaiting an answer (no socket each): "
+    .. "a SYN unanswered after half the timeout is sent once more; states read as with connects "
+    .. "(nmap -sS calls an ICMP unreachable filtered, portman unreachable, as for a connect).",
   run = function(opts, ctx)
     if opts.host == "" then cmd.usage_error("HOST: a name or an address expected") end
     cmd.at_least(opts, "timeout", 1)
     cmd.at_least(opts, "concurrency", 1)
     cmd.oneof("proto", opts.proto, {"tcp", "udp"})
     cmd.at_least(opts, "retries", 0)
+    cmd.oneof("method", opts.method, probe.METHODS)
+    if opts.proto == "udp" and opts.method == "syn" then cmd.usage_error("--method syn: TCP only") end
     if opts.retries > MAX_RETRIES then cmd.usage_error(("--retries: at most %d"):format(MAX_RETRIES)) end
     local ports, perr = probe.ports(opts.ports)
     if not ports then cmd.usage_error("PORTS: " .. perr) end
@@ -103,7 +110,7 @@ return {probe = {
     if not opts.json and uv.guess_handle(2) == "tty" then draw, clear = progress_bar(ctx.errout) end
     local result, err, code = async.run(function()
       return probe.probe(opts.host, ports, {timeout = opts.timeout, concurrency = opts.concurrency,
-        proto = opts.proto, retries = opts.retries,
+        proto = opts.proto, retries = opts.retries, method = opts.proto == "tcp" and opts.method or nil,
         on_batch = draw and function(_, scan) draw(scan:result()) end})
     end)
     if clear then clear() end
