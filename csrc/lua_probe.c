@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua_probe.h"
 #include "lua_util.h"
 #include "probe.h"
 #include "visibility.h" /* last: see there */
@@ -144,26 +145,22 @@ static int l_fd(lua_State *L)
     return 1;
 }
 
-/* p:step([max]): does the ready work; returns the results it produced as
- * one batch in columns (a table per result would cost more than the probe):
- * {n = count, port = {...}, state = {...}, error = {[i] = errno name}, and
- * address = {...} when probing more than one address}. error names the
- * errno behind an unreachable or error state. */
-static int l_step(lua_State *L)
+size_t pm_probe_step_buffer(lua_State *L, pm_probe_result **buf, size_t *cap)
 {
-    probe_ud *u = check_open(L);
     lua_Integer max = luaL_optinteger(L, 2, DEFAULT_BATCH);
     luaL_argcheck(L, max >= 1 && max <= MAX_BATCH, 2, "batch size out of range 1-65536");
-    if (u->bufcap < (size_t)max) {
-        pm_probe_result *b = realloc(u->buf, (size_t)max * sizeof(*b));
+    if (*cap < (size_t)max) {
+        pm_probe_result *b = realloc(*buf, (size_t)max * sizeof(*b));
         if (!b)
-            return luaL_error(L, "not enough memory");
-        u->buf = b;
-        u->bufcap = (size_t)max;
+            luaL_error(L, "not enough memory");
+        *buf = b;
+        *cap = (size_t)max;
     }
-    size_t n = pm_probe_step(u->p, u->buf, (size_t)max);
-    lua_getiuservalue(L, 1, 1);
-    int addrs = lua_gettop(L);
+    return (size_t)max;
+}
+
+void pm_probe_push_batch(lua_State *L, const pm_probe_result *r, size_t n, int addrs)
+{
     lua_createtable(L, 0, 5);
     int batch = lua_gettop(L);
     lua_pushinteger(L, (lua_Integer)n);
@@ -171,29 +168,45 @@ static int l_step(lua_State *L)
     lua_createtable(L, (int)n, 0); /* port */
     lua_createtable(L, (int)n, 0); /* state */
     lua_newtable(L); /* error */
-    if (u->naddrs > 1)
+    if (addrs)
         lua_createtable(L, (int)n, 0); /* address */
     for (size_t i = 0; i < n; i++) {
-        const pm_probe_result *r = &u->buf[i];
         lua_Integer k = (lua_Integer)i + 1;
-        lua_pushinteger(L, r->port);
+        lua_pushinteger(L, r[i].port);
         lua_rawseti(L, batch + 1, k);
-        lua_pushstring(L, pm_probe_state_name(r->state));
+        lua_pushstring(L, pm_probe_state_name(r[i].state));
         lua_rawseti(L, batch + 2, k);
-        if (r->err) {
-            lua_pushstring(L, pm_errno_name(r->err));
+        if (r[i].err) {
+            lua_pushstring(L, pm_errno_name(r[i].err));
             lua_rawseti(L, batch + 3, k);
         }
-        if (u->naddrs > 1) {
-            lua_geti(L, addrs, (lua_Integer)r->address + 1);
+        if (addrs) {
+            lua_geti(L, addrs, (lua_Integer)r[i].address + 1);
             lua_rawseti(L, batch + 4, k);
         }
     }
-    if (u->naddrs > 1)
+    if (addrs)
         lua_setfield(L, batch, "address");
     lua_setfield(L, batch, "error");
     lua_setfield(L, batch, "state");
     lua_setfield(L, batch, "port");
+}
+
+/* p:step([max]): does the ready work; returns the results it produced as
+ * one batch (pm_probe_push_batch). error names the errno behind an
+ * unreachable or error state; address is there when probing more than
+ * one address. */
+static int l_step(lua_State *L)
+{
+    probe_ud *u = check_open(L);
+    size_t max = pm_probe_step_buffer(L, &u->buf, &u->bufcap);
+    size_t n = pm_probe_step(u->p, u->buf, max);
+    int addrs = 0;
+    if (u->naddrs > 1) {
+        lua_getiuservalue(L, 1, 1);
+        addrs = lua_gettop(L);
+    }
+    pm_probe_push_batch(L, u->buf, n, addrs);
     return 1;
 }
 

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lua_probe.h"
 #include "lua_util.h"
 #include "probe.h"
 #include "syn.h"
@@ -40,8 +41,6 @@
 #define SYN "portman.syn"
 #define DEFAULT_CONCURRENCY 4096
 #define MAX_CONCURRENCY 65536
-#define DEFAULT_BATCH 4096
-#define MAX_BATCH 65536
 #define RCVBUF (8 << 20) /* replies to a burst of sends wait here until read */
 #define READ_EVERY 256 /* sends between two reads of the replies */
 #define SEND_BATCH 64 /* SYNs per sendmmsg() */
@@ -572,36 +571,8 @@ static int l_fd(lua_State *L)
 static int l_step(lua_State *L)
 {
     syn_engine *e = check_open(L);
-    lua_Integer max = luaL_optinteger(L, 2, DEFAULT_BATCH);
-    luaL_argcheck(L, max >= 1 && max <= MAX_BATCH, 2, "batch size out of range 1-65536");
-    if (e->bufcap < (size_t)max) {
-        pm_probe_result *b = realloc(e->buf, (size_t)max * sizeof(*b));
-        if (!b)
-            return luaL_error(L, "not enough memory");
-        e->buf = b;
-        e->bufcap = (size_t)max;
-    }
-    size_t n = engine_step(e, e->buf, (size_t)max);
-    lua_createtable(L, 0, 4);
-    lua_pushinteger(L, (lua_Integer)n);
-    lua_setfield(L, -2, "n");
-    lua_createtable(L, (int)n, 0);
-    lua_createtable(L, (int)n, 0);
-    lua_newtable(L);
-    for (size_t i = 0; i < n; i++) {
-        lua_Integer k = (lua_Integer)i + 1;
-        lua_pushinteger(L, e->buf[i].port);
-        lua_rawseti(L, -4, k);
-        lua_pushstring(L, pm_probe_state_name(e->buf[i].state));
-        lua_rawseti(L, -3, k);
-        if (e->buf[i].err) {
-            lua_pushstring(L, pm_errno_name(e->buf[i].err));
-            lua_rawseti(L, -2, k);
-        }
-    }
-    lua_setfield(L, -4, "error");
-    lua_setfield(L, -3, "state");
-    lua_setfield(L, -2, "port");
+    size_t max = pm_probe_step_buffer(L, &e->buf, &e->bufcap);
+    pm_probe_push_batch(L, e->buf, engine_step(e, e->buf, max), 0);
     return 1;
 }
 
