@@ -108,17 +108,23 @@ print(("full scan of 127.0.0.1:1-65535, %d ports listening (kernel's list), %d r
   :format(#expect, ROUNDS))
 
 local nmap_have = sh("command -v nmap") ~= ""
+
+-- One timed nmap run (scan type -sT or -sS) over 127.0.0.1:1-65535: its
+-- open ports, read from the grepable output, checked against expect.
+local function nmap_row(scan, expect_open)
+  local out, wall, u, s = timed("nmap " .. scan .. " -p- -T5 -n -Pn 127.0.0.1 -oG - 2>&1")
+  local open = {}
+  for port in (out:match("Ports: ([^\t\n]*)") or ""):gmatch("(%d+)/open/") do
+    open[#open + 1] = tonumber(port)
+  end
+  table.sort(open)
+  return {wall = wall, user = u, sys = s, ok = same(open, expect_open), n = #open}
+end
 local env = ("LUA_PATH=%q LUA_CPATH=%q"):format(package.path, package.cpath)
 local rows = {nmap = {}, cli = {}, lib = {}, nmap_syn = {}, syn = {}}
 for _ = 1, ROUNDS do
   if nmap_have then
-    local out, wall, u, s = timed("nmap -sT -p- -T5 -n -Pn 127.0.0.1 -oG - 2>&1")
-    local open = {}
-    for port in (out:match("Ports: ([^\t\n]*)") or ""):gmatch("(%d+)/open/") do
-      open[#open + 1] = tonumber(port)
-    end
-    table.sort(open)
-    rows.nmap[#rows.nmap + 1] = {wall = wall, user = u, sys = s, ok = same(open, expect), n = #open}
+    rows.nmap[#rows.nmap + 1] = nmap_row("-sT", expect)
   end
   local out, wall, u, s = timed(("%s %s bin/portman probe 127.0.0.1 1-65535 --json")
     :format(env, arg[-1] or "lua5.4"))
@@ -133,13 +139,7 @@ for _ = 1, ROUNDS do
   rows.lib[#rows.lib + 1] = {wall = lwall, user = u1 - u0, sys = s1 - s0, ok = same(r.open, expect),
                              n = #r.open}
   if nmap_have then
-    local sout, swall, su, ss = timed("nmap -sS -p- -T5 -n -Pn 127.0.0.1 -oG - 2>&1")
-    local sopen = {}
-    for port in (sout:match("Ports: ([^\t\n]*)") or ""):gmatch("(%d+)/open/") do
-      sopen[#sopen + 1] = tonumber(port)
-    end
-    table.sort(sopen)
-    rows.nmap_syn[#rows.nmap_syn + 1] = {wall = swall, user = su, sys = ss, ok = same(sopen, expect), n = #sopen}
+    rows.nmap_syn[#rows.nmap_syn + 1] = nmap_row("-sS", expect)
   end
   u0, s0 = cpu(false)
   t0 = uv.hrtime()
