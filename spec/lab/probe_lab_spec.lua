@@ -4,133 +4,35 @@
 -- unreachable or admin prohibited (unreachable); a luv process in it listens
 -- on a few. The probes run in the client namespace (spec/lab/probe_child.lua)
 -- and print what they found. Everything is deleted in teardown, whatever
--- happened.
-local helpers = require "helpers"
+-- happened (spec/lab/probe_pair.lua).
 local cjson = require "cjson"
+local probe_pair = require "lab.probe_pair"
 
-local tag = ("%d-%d"):format(helpers.pid(), math.random(1000000))
-local CLIENT, TARGET = "pm-probe-c-" .. tag, "pm-probe-t-" .. tag
 local V4, V6 = "10.77.0.2", "fd77::2"
 local OPEN = {5000, 5001, 5002, 5003, 5004}
 
--- A command without the sanitizer preload (ip, nft and sysctl are not ours).
-local function sh(cmd)
-  local ok, _, code = os.execute("env -u LD_PRELOAD " .. cmd .. " >/dev/null 2>&1")
-  return ok, code
-end
-
-local function must(cmd)
-  local ok, code = sh(cmd)
-  assert(ok, ("lab set-up failed (%s): %s"):format(tostring(code), cmd))
-end
-
-local function lua_cmd()
-  local pre = os.getenv("LD_PRELOAD")
-  return (pre and ("env LD_PRELOAD='%s' "):format(pre) or "") .. (os.getenv("PORTMAN_LUA") or "lua5.4")
-end
-
--- Runs the child in ns (the client by default); returns its document.
-local function child(mode, args, ns)
-  local cmd = ("cd %s && env -u LD_PRELOAD ip netns exec %s %s spec/lab/probe_child.lua %s '%s' 2>&1")
-    :format(helpers.root, ns or CLIENT, lua_cmd(), mode, cjson.encode(args or {}))
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  local ok, doc = pcall(cjson.decode, out:match("[^\n]*\n?$") or "")
-  assert(ok and type(doc) == "table", "the lab child failed: " .. out)
-  return doc
-end
-
-local NFT = [[
-table inet pmprobe {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    tcp dport 1000-1199 drop
-    tcp dport 2000-2019 reject with icmpx type host-unreachable
-    tcp dport 2020-2039 reject with icmpx type admin-prohibited
-    udp dport 3000 drop
-  }
+-- the target's input chain (nftables)
+local RULES = {
+  "tcp dport 1000-1199 drop",
+  "tcp dport 2000-2019 reject with icmpx type host-unreachable",
+  "tcp dport 2020-2039 reject with icmpx type admin-prohibited",
+  "udp dport 3000 drop",
 }
-]]
-
--- The target's listeners: TCP on OPEN and a UDP echo on 5000, dual-stack.
-local LISTENER = [[
-local uv = require "luv"
-local keep = {}
-for _, port in ipairs({%s}) do
-  local t = uv.new_tcp()
-  assert(t:bind("::", port, {ipv6only = false}))
-  assert(t:listen(64, function() local c = uv.new_tcp() t:accept(c) c:close() end))
-  keep[#keep + 1] = t
-end
-local u = uv.new_udp()
-assert(u:bind("::", 5000))
-u:recv_start(function(err, data, addr) if data and not err then u:send(data, addr.ip, addr.port) end end)
-io.write("ready\n")
-io.flush()
-uv.run()
-]]
 
 describe("probes in a lab namespace #lab", function()
-  local listener -- {pid, pipe} of the target's listener process
+  local pair
 
+  -- the target's listeners: TCP on OPEN and a UDP echo on 5000, dual-stack
   setup(function()
-    must("ip netns add " .. CLIENT)
-    must("ip netns add " .. TARGET)
-    for _, ns in ipairs({CLIENT, TARGET}) do
-      must("ip -n " .. ns .. " link set lo up")
-      -- no duplicate address detection: addresses (link-local ones too,
-      -- which neighbour discovery needs) are usable at once
-      must("ip netns exec " .. ns .. " sysctl -w net.ipv6.conf.default.accept_dad=0")
-    end
-    must(("ip -n %s link add veth0 address 02:77:00:00:00:01 type veth peer name veth1 "
-          .. "address 02:77:00:00:00:02 netns %s"):format(CLIENT, TARGET))
-    -- fixed IPv6 neighbours: the first neighbour solicitation on a fresh
-    -- veth can go unanswered for a second, longer than a probe waits
-    must("ip -n " .. CLIENT .. " -6 neigh add fd77::2 lladdr 02:77:00:00:00:02 dev veth0 nud permanent")
-    must("ip -n " .. TARGET .. " -6 neigh add fd77::1 lladdr 02:77:00:00:00:01 dev veth1 nud permanent")
-    must("ip -n " .. CLIENT .. " addr add 10.77.0.1/24 dev veth0")
-    must("ip -n " .. TARGET .. " addr add 10.77.0.2/24 dev veth1")
-    must("ip -n " .. CLIENT .. " -6 addr add fd77::1/64 dev veth0 nodad")
-    must("ip -n " .. TARGET .. " -6 addr add fd77::2/64 dev veth1 nodad")
-    must("ip -n " .. CLIENT .. " link set veth0 up")
-    must("ip -n " .. TARGET .. " link set veth1 up")
-    -- the kernel rate-limits the ICMP errors it sends; the lab wants them all
-    sh("ip netns exec " .. TARGET .. " sysctl -w net.ipv4.icmp_ratelimit=0 net.ipv6.icmp.ratelimit=0")
-    sh("ip netns exec " .. TARGET .. " sysctl -w net.ipv4.icmp_msgs_per_sec=100000 net.ipv4.icmp_msgs_burst=100000")
-    local rules = os.tmpname()
-    local f = assert(io.open(rules, "w"))
-    f:write(NFT)
-    f:close()
-    local ok = sh(("ip netns exec %s nft -f %s"):format(TARGET, rules))
-    os.remove(rules)
-    assert(ok, "nft rules failed to load")
-    local script = os.tmpname()
-    f = assert(io.open(script, "w"))
-    f:write(LISTENER:format(table.concat(OPEN, ", ")))
-    f:close()
-    local p = io.popen(("exec env -u LD_PRELOAD ip netns exec %s sh -c 'echo $$; exec lua5.4 %s'")
-      :format(TARGET, script))
-    -- p stays open: it is closed (and waited for) in teardown
-    listener = {pid = math.tointeger(tonumber(p:read("l"))), pipe = p}
-    local ready = p:read("l")
-    os.remove(script)
-    assert(ready == "ready", "the target's listener did not start")
+    pair = probe_pair.new{name = "pm-probe", v4 = {"10.77.0.1", V4}, v6 = {"fd77::1", V6}, icmp_unlimited = true,
+                          input = RULES, listen = {tcp = OPEN, udp_echo = {5000}}}
   end)
-
-  teardown(function()
-    if listener then
-      if listener.pid then os.execute("kill " .. listener.pid .. " 2>/dev/null") end
-      listener.pipe:close()
-    end
-    sh("ip netns del " .. CLIENT)
-    sh("ip netns del " .. TARGET)
-  end)
+  teardown(function() if pair then pair:close() end end)
 
   local function probe(host, ports, opts, extra)
     local args = {host = host, ports = ports, opts = opts}
     for k, v in pairs(extra or {}) do args[k] = v end
-    return child("probe", args)
+    return pair:child("probe", args)
   end
 
   local function set(list)
@@ -162,12 +64,8 @@ describe("probes in a lab namespace #lab", function()
   end
 
   it("prints the same through `portman probe --json`", function()
-    local cmd = ("cd %s && env -u LD_PRELOAD ip netns exec %s %s bin/portman probe %s "
-                 .. "1000-1004,2000-2004,5000 --json --timeout 300")
-      :format(helpers.root, CLIENT, lua_cmd(), V4)
-    local p = io.popen(cmd)
-    local doc = cjson.decode(p:read("a"))
-    p:close()
+    local doc = cjson.decode(pair:lua("client", "bin/portman probe " .. V4
+                                      .. " 1000-1004,2000-2004,5000 --json --timeout 300"))
     assert.same({1000, 1001, 1002, 1003, 1004}, doc.filtered)
     assert.same({2000, 2001, 2002, 2003, 2004}, doc.unreachable)
     assert.same({5000}, doc.open)
@@ -199,7 +97,7 @@ describe("probes in a lab namespace #lab", function()
   end)
 
   it("finds exactly the listening ports over 1-65535 of 127.0.0.1 and ::1", function()
-    local r = child("range")
+    local r = pair:child("range")
     assert.equals(310, r.listeners)
     assert.equals(65535, r.v4.scanned)
     assert.equals(65535, r.v6.scanned)
@@ -213,8 +111,8 @@ describe("probes in a lab namespace #lab", function()
 
   it("counts a socket connected to itself as closed", function()
     -- one ephemeral port: a connect to 127.0.0.1:40000 from 40000 meets itself
-    must(("ip netns exec %s sysctl -w net.ipv4.ip_local_port_range='40000 40000'"):format(CLIENT))
-    local r = child("selfconnect", {port = 40000})
+    pair:must("client", "sysctl -w net.ipv4.ip_local_port_range='40000 40000'")
+    local r = pair:child("selfconnect", {port = 40000})
     assert.equals("connected from port 40000", r.naive) -- what a plain connect() believes
     assert.equals("closed", r.state)
     assert.is_nil(r.error)

@@ -5,75 +5,25 @@
 -- the rest are closed. The SYN scan must find what the connect scan finds
 -- and what `nmap -sS` finds; without CAP_NET_RAW it is denied. The probes
 -- run in the client namespace (spec/lab/probe_child.lua). Everything is
--- deleted in teardown.
+-- deleted in teardown (spec/lab/probe_pair.lua).
 local helpers = require "helpers"
 local cjson = require "cjson"
 local lab = require "lab.lab"
+local probe_pair = require "lab.probe_pair"
 
-local tag = ("%d-%d"):format(helpers.pid(), math.random(1000000))
-local CLIENT, TARGET = "pm-syn-c-" .. tag, "pm-syn-t-" .. tag
 local V4 = "10.78.0.2"
 local OPEN = {5000, 5001, 5002, 5003, 5004}
 local PORTS = "1000-1019,2000-2009,4990-5010" -- 20 dropped, 10 rejected, 5 open, 16 closed
-
--- A command without the sanitizer preload (ip, nft, nmap are not ours).
-local function sh(cmd)
-  local ok, _, code = os.execute("env -u LD_PRELOAD " .. cmd .. " >/dev/null 2>&1")
-  return ok, code
-end
-
-local function must(cmd)
-  local ok, code = sh(cmd)
-  assert(ok, ("lab set-up failed (%s): %s"):format(tostring(code), cmd))
-end
-
-local function lua_cmd()
-  local pre = os.getenv("LD_PRELOAD")
-  return (pre and ("env LD_PRELOAD='%s' "):format(pre) or "") .. (os.getenv("PORTMAN_LUA") or "lua5.4")
-end
-
--- Runs the lab child in the client namespace (after the shell words in
--- prefix, if any); returns its document.
-local function child(mode, args, prefix)
-  local cmd = ("cd %s && env -u LD_PRELOAD ip netns exec %s %s %s spec/lab/probe_child.lua %s '%s' 2>&1")
-    :format(helpers.root, CLIENT, prefix or "", lua_cmd(), mode, cjson.encode(args or {}))
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  local ok, doc = pcall(cjson.decode, out:match("[^\n]*\n?$") or "")
-  assert(ok and type(doc) == "table", "the lab child failed: " .. out)
-  return doc
-end
+local pair -- the client and target namespaces (spec/lab/probe_pair.lua), made in setup
 
 local function probe(method, opts, prefix)
   opts = opts or {}
   opts.method, opts.timeout = method, opts.timeout or 1500
-  return child("probe", {host = V4, ports = PORTS, opts = opts}, prefix)
+  return pair:child("probe", {host = V4, ports = PORTS, opts = opts}, prefix)
 end
 
-local NFT = [[
-table inet pmsyn {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    tcp dport 1000-1019 drop
-    tcp dport 2000-2009 reject with icmpx type host-unreachable
-  }
-}
-]]
-
-local LISTENER = [[
-local uv = require "luv"
-local keep = {}
-for _, port in ipairs({%s}) do
-  local t = uv.new_tcp()
-  assert(t:bind("0.0.0.0", port))
-  assert(t:listen(64, function() local c = uv.new_tcp() t:accept(c) c:close() end))
-  keep[#keep + 1] = t
-end
-io.write("ready\n")
-io.flush()
-uv.run()
-]]
+-- the target's input chain (nftables)
+local RULES = {"tcp dport 1000-1019 drop", "tcp dport 2000-2009 reject with icmpx type host-unreachable"}
 
 local function range(a, b)
   local t = {}
@@ -84,42 +34,12 @@ end
 describe("the SYN scan in a lab namespace #lab", function()
   -- not skipped without root: it fails, saying why
   assert(lab.is_root(), "this spec needs root: it makes network namespaces and raw sockets")
-  local listener
 
   setup(function()
-    must("ip netns add " .. CLIENT)
-    must("ip netns add " .. TARGET)
-    for _, ns in ipairs({CLIENT, TARGET}) do must("ip -n " .. ns .. " link set lo up") end
-    must(("ip -n %s link add veth0 type veth peer name veth1 netns %s"):format(CLIENT, TARGET))
-    must("ip -n " .. CLIENT .. " addr add 10.78.0.1/24 dev veth0")
-    must("ip -n " .. TARGET .. " addr add 10.78.0.2/24 dev veth1")
-    must("ip -n " .. CLIENT .. " link set veth0 up")
-    must("ip -n " .. TARGET .. " link set veth1 up")
-    -- the lab wants every ICMP error the target sends
-    sh("ip netns exec " .. TARGET .. " sysctl -w net.ipv4.icmp_ratelimit=0")
-    local rules = os.tmpname()
-    helpers.write(rules, NFT)
-    local ok = sh(("ip netns exec %s nft -f %s"):format(TARGET, rules))
-    os.remove(rules)
-    assert(ok, "nft rules failed to load")
-    local script = os.tmpname()
-    helpers.write(script, LISTENER:format(table.concat(OPEN, ", ")))
-    local p = io.popen(("exec env -u LD_PRELOAD ip netns exec %s sh -c 'echo $$; exec lua5.4 %s'")
-      :format(TARGET, script))
-    listener = {pid = math.tointeger(tonumber(p:read("l"))), pipe = p}
-    local ready = p:read("l")
-    os.remove(script)
-    assert(ready == "ready", "the target's listener did not start")
+    pair = probe_pair.new{name = "pm-syn", v4 = {"10.78.0.1", V4}, icmp_unlimited = true, input = RULES,
+                          listen = {tcp = OPEN}}
   end)
-
-  teardown(function()
-    if listener then
-      if listener.pid then os.execute("kill " .. listener.pid .. " 2>/dev/null") end
-      listener.pipe:close()
-    end
-    sh("ip netns del " .. CLIENT)
-    sh("ip netns del " .. TARGET)
-  end)
+  teardown(function() if pair then pair:close() end end)
 
   local syn -- the SYN scan's document, kept for the comparisons below
 
@@ -146,10 +66,7 @@ describe("the SYN scan in a lab namespace #lab", function()
   end)
 
   it("finds the open, closed and filtered ports nmap -sS finds", function()
-    local p = io.popen(("env -u LD_PRELOAD ip netns exec %s nmap -sS -n -Pn -T4 -p 1000-1019,4990-5010 %s -oG - 2>&1")
-      :format(CLIENT, V4))
-    local out = p:read("a")
-    p:close()
+    local out = pair:read("client", "nmap -sS -n -Pn -T4 -p 1000-1019,4990-5010 " .. V4 .. " -oG - 2>&1")
     local states = {}
     for port, state in (out:match("Ports: ([^\t\n]*)") or ""):gmatch("(%d+)/([%a|]+)/tcp") do
       states[state] = states[state] or {}
@@ -162,7 +79,7 @@ describe("the SYN scan in a lab namespace #lab", function()
   end)
 
   it("finds exactly the listening ports over 1-65535 of 127.0.0.1 (::1 with connects)", function()
-    local r = child("range", {method = "syn"})
+    local r = pair:child("range", {method = "syn"})
     assert.equals("syn", r.v4.method)
     assert.equals("connect", r.v6.method)
     assert.equals(65535, r.v4.scanned)
@@ -173,8 +90,8 @@ describe("the SYN scan in a lab namespace #lab", function()
   end)
 
   it("cancels with SYNs in flight and leaves no socket behind", function()
-    local r = child("probe", {host = V4, ports = "1000-1019", opts = {method = "syn", timeout = 5000},
-                              cancel_after = 100})
+    local r = pair:child("probe", {host = V4, ports = "1000-1019", opts = {method = "syn", timeout = 5000},
+                                   cancel_after = 100})
     assert.is_true(r.cancelled)
     assert.equals(0, r.scanned)
     assert.equals(0, r.sockets_after)
@@ -183,10 +100,10 @@ describe("the SYN scan in a lab namespace #lab", function()
   it("ignores forged replies: a SYN+ACK and a RST whose ack is not its SYN's", function()
     -- nping (nmap's packet crafter) in the target sends them to the scan's
     -- source port while the scan waits on two dropped ports
-    local nping = "env -u LD_PRELOAD ip netns exec " .. TARGET .. " nping -N -q --tcp -c 1 -g %d --flags %s "
-      .. "--ack 12345 -p SPORT 10.78.0.1 >/dev/null 2>&1"
+    local nping = "env -u LD_PRELOAD " .. pair:netns("target") .. " nping -N -q --tcp -c 1 -g %d --flags %s "
+      .. "--ack 12345 -p SPORT " .. pair.v4[1] .. " >/dev/null 2>&1"
     local spoofer = nping:format(1000, "SYN,ACK") .. " && " .. nping:format(1001, "RST,ACK")
-    local r = child("spoofed", {host = V4, ports = "1000,1001", timeout = 1500, after = 200, spoofer = spoofer})
+    local r = pair:child("spoofed", {host = V4, ports = "1000,1001", timeout = 1500, after = 200, spoofer = spoofer})
     assert.is_true(r.spoofer_ok)
     assert.equals("syn", r.method)
     assert.same({["1000"] = "filtered", ["1001"] = "filtered"}, r.ports)
@@ -238,12 +155,8 @@ describe("the SYN scan in a lab namespace #lab", function()
   end)
 
   it("prints the method through `portman probe --method syn --json`", function()
-    local cmd = ("cd %s && env -u LD_PRELOAD ip netns exec %s %s bin/portman probe %s "
-                 .. "1000-1004,2000-2004,5000 --json --timeout 300 --method syn")
-      :format(helpers.root, CLIENT, lua_cmd(), V4)
-    local p = io.popen(cmd)
-    local doc = cjson.decode(p:read("a"))
-    p:close()
+    local doc = cjson.decode(pair:lua("client", "bin/portman probe " .. V4
+                                      .. " 1000-1004,2000-2004,5000 --json --timeout 300 --method syn"))
     assert.equals("syn", doc.method)
     assert.same(range(1000, 1004), doc.filtered)
     assert.same(range(2000, 2004), doc.unreachable)
