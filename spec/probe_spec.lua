@@ -6,6 +6,7 @@ local helpers = require "helpers"
 local uv = require "luv"
 local cjson = require "cjson"
 local engine = require "portman.engine"
+local probe_pair = require "lab.probe_pair"
 
 -- This process's fds of the kinds the probes, servers and clients here
 -- open (sockets and epoll instances; only sockets with kind "socket"),
@@ -519,22 +520,11 @@ describe("portman.probe", function()
   -- namespace, in a child (this run's interpreter, the sanitizers' under
   -- asan). Needs root; both namespaces are deleted in teardown.
   describe("UDP against a host with the kernel's default ICMP rate limit", function()
-    local tag = ("%d-%d"):format(helpers.pid(), math.random(1000000))
-    local CLIENT, TARGET = "pm-udp-c-" .. tag, "pm-udp-t-" .. tag
     local HOST, OPEN, SILENT = "10.89.0.2", 4010, "4100-4109"
-    local target -- {pid, pipe} of the target's UDP sockets
+    local pair -- the client and target namespaces (spec/lab/probe_pair.lua)
 
-    local function sh(cmd)
-      return os.execute("env -u LD_PRELOAD " .. cmd .. " >/dev/null 2>&1")
-    end
-    local function must(cmd)
-      assert(sh(cmd), "set-up failed: " .. cmd)
-    end
     local function read_sysctl(name)
-      local p = io.popen(("env -u LD_PRELOAD ip netns exec %s sysctl -n %s"):format(TARGET, name))
-      local v = p:read("l")
-      p:close()
-      return v
+      return pair:read("target", "sysctl -n " .. name):match("[^\n]*")
     end
 
     -- Runs probe.probe in the client namespace; returns the result's port
@@ -549,52 +539,19 @@ describe("portman.probe", function()
         io.write("\n", cjson.encode({counts = r.counts, open = r.open, closed = r.closed,
           open_filtered = r.open_filtered, stats = scan:stats()}), "\n")
       ]]):format(cjson.encode(opts), HOST, ports)
-      local out, ok = helpers.lua_child(chunk, "ip netns exec " .. CLIENT)
+      local out, ok = helpers.lua_child(chunk, pair:netns("client"))
       assert(ok, out)
       return cjson.decode(out:match("([^\n]*)\n?$"))
     end
 
     setup(function()
-      must("ip netns add " .. CLIENT)
-      must("ip netns add " .. TARGET)
-      must(("ip -n %s link add veth0 type veth peer name veth1 netns %s"):format(CLIENT, TARGET))
-      must("ip -n " .. CLIENT .. " addr add 10.89.0.1/24 dev veth0")
-      must("ip -n " .. TARGET .. " addr add " .. HOST .. "/24 dev veth1")
-      for _, ns in ipairs({CLIENT, TARGET}) do
-        must("ip -n " .. ns .. " link set lo up")
-        must(("ip -n %s link set %s up"):format(ns, ns == CLIENT and "veth0" or "veth1"))
-      end
-      -- an echo on OPEN; SILENT bound but never answering
-      local script = ([[
-        local uv = require "luv"
-        local keep = {}
-        local echo = uv.new_udp()
-        assert(echo:bind("0.0.0.0", %d))
-        echo:recv_start(function(err, data, addr) if data and not err then echo:send(data, addr.ip, addr.port) end end)
-        for port = 4100, 4109 do
-          local u = uv.new_udp()
-          assert(u:bind("0.0.0.0", port))
-          u:recv_start(function() end)
-          keep[#keep + 1] = u
-        end
-        io.write("ready\n")
-        io.flush()
-        uv.run()
-      ]]):format(OPEN)
-      local p = io.popen(("exec env -u LD_PRELOAD ip netns exec %s sh -c 'echo $$; exec lua5.4 -e %s'")
-        :format(TARGET, helpers.shell_quote(script):gsub("'", "'\\''")))
-      target = {pid = math.tointeger(tonumber(p:read("l"))), pipe = p}
-      assert(p:read("l") == "ready", "the target's sockets did not start")
+      -- the kernel's ICMP rate limits left as they are; an echo on OPEN,
+      -- SILENT bound but never answering
+      local silent = {}
+      for port = 4100, 4109 do silent[#silent + 1] = port end
+      pair = probe_pair.new{name = "pm-udp", v4 = {"10.89.0.1", HOST}, listen = {udp_echo = {OPEN}, udp_silent = silent}}
     end)
-
-    teardown(function()
-      if target then
-        os.execute("kill " .. target.pid .. " 2>/dev/null")
-        target.pipe:close()
-      end
-      sh("ip netns del " .. CLIENT)
-      sh("ip netns del " .. TARGET)
-    end)
+    teardown(function() if pair then pair:close() end end)
 
     it("finds 20 closed ports closed and the open one open, as nmap -sU does", function()
       -- the kernel's defaults, untouched: the limit is what this is about
