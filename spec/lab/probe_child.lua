@@ -1,5 +1,6 @@
--- The part of spec/lab/probe_lab_spec.lua that runs inside the lab's client
--- namespace: `probe_child.lua MODE JSON` prints one JSON document.
+-- The part of the probe lab specs (spec/lab/probe_lab_spec.lua,
+-- probe_syn_lab_spec.lua) that runs inside the client namespace of their
+-- pair (spec/lab/probe_pair.lua): `probe_child.lua MODE JSON` prints one JSON document.
 --   probe:      probes args.host (opts as given), sampling this process's
 --               sockets during the run; cancels after args.cancel_after ms
 --   range:      opens listeners on loopback and probes 1-65535 of
