@@ -291,16 +291,9 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg meta[] = {
-    {"__gc", l_close},
-    {"__close", l_close},
-    {"__tostring", l_tostring},
-    {NULL, NULL},
-};
-
 int pm_open_dns(lua_State *L)
 {
-    pm_newclass(L, DNS, methods, meta);
+    pm_newclosable(L, DNS, methods, l_close, l_tostring);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "dns_new");
     lua_pushcfunction(L, l_parse_ip);

@@ -230,8 +230,7 @@ int pm_open_pcp(lua_State *L)
 {
     static const luaL_Reg methods[] = {{"fd", l_fd}, {"request", l_request}, {"timeout", l_timeout},
         {"step", l_step}, {"close", l_close}, {NULL, NULL}};
-    static const luaL_Reg meta[] = {{"__gc", l_close}, {"__close", l_close}, {NULL, NULL}};
-    pm_newclass(L, PCP, methods, meta);
+    pm_newclosable(L, PCP, methods, l_close, NULL);
     static const luaL_Reg fns[] = {{"pcp_open", l_open}, {"pcp_encode", l_encode}, {"pcp_decode", l_decode},
         {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);

@@ -297,16 +297,9 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg meta[] = {
-    {"__gc", probe_close},
-    {"__close", probe_close},
-    {"__tostring", l_tostring},
-    {NULL, NULL},
-};
-
 int pm_open_probe(lua_State *L)
 {
-    pm_newclass(L, PROBE, methods, meta);
+    pm_newclosable(L, PROBE, methods, probe_close, l_tostring);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "probe_new");
     lua_pushcfunction(L, l_max_concurrency);

@@ -343,8 +343,7 @@ int pm_open_stderr(lua_State *L)
     static const luaL_Reg methods[] = {
         {"fd", l_fd}, {"step", l_step}, {"stream", l_stream}, {"restore", l_restore}, {"close", l_close},
         {NULL, NULL}};
-    static const luaL_Reg meta[] = {{"__gc", l_close}, {"__close", l_close}, {NULL, NULL}};
-    pm_newclass(L, CAPTURE, methods, meta);
+    pm_newclosable(L, CAPTURE, methods, l_close, NULL);
     lua_pushcfunction(L, l_capture);
     lua_setfield(L, -2, "stderr_capture");
     return 0;

@@ -717,16 +717,9 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-static const luaL_Reg meta[] = {
-    {"__gc", l_close},
-    {"__close", l_close},
-    {"__tostring", l_tostring},
-    {NULL, NULL},
-};
-
 int pm_open_syn(lua_State *L)
 {
-    pm_newclass(L, SYN, methods, meta);
+    pm_newclosable(L, SYN, methods, l_close, l_tostring);
     lua_pushcfunction(L, l_new);
     lua_setfield(L, -2, "syn_new");
     lua_pushcfunction(L, l_packet);

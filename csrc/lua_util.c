@@ -109,3 +109,13 @@ void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
 }
+
+void pm_newclosable(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction close,
+                    lua_CFunction tostring)
+{
+    /* a NULL function in a luaL_Reg sets the field to false, and a false
+     * __tostring would be called: the entry is left out instead */
+    const luaL_Reg meta[] = {{"__gc", close}, {"__close", close}, {tostring ? "__tostring" : NULL, tostring},
+                             {NULL, NULL}};
+    pm_newclass(L, tname, methods, meta);
+}

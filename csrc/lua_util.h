@@ -20,6 +20,11 @@ const char *pm_errno_code(int err);
 /* Creates metatable tname with methods in __index (and meta entries from
  * meta, which may be NULL); leaves nothing on the stack. */
 void pm_newclass(lua_State *L, const char *tname, const luaL_Reg *methods, const luaL_Reg *meta);
+/* pm_newclass for an object that holds a resource: __gc and __close call
+ * close (which must be safe to call twice), __tostring is tostring when
+ * not NULL. */
+void pm_newclosable(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction close,
+                    lua_CFunction tostring);
 
 /* The userdata at index 1 when its metatable is the calling C closure's
  * first upvalue, else raises a type error naming tname. luaL_checkudata
