@@ -54,6 +54,25 @@ describe("portman.json", function()
       assert.equal(s, json.decode(json.encode({s = s, e = json.array()})).s)
     end)
 
+    it("gives the same text as pieces (encode_pieces), never one joined string for a large document", function()
+      local services = json.plain(json.array())
+      for i = 1, 2000 do services[i] = {name = ("svc-%04d"):format(i), port = 20000 + i} end
+      local docs = {
+        {services = services, pools = json.array({{name = "p", range = {1, 2}}}), mappings = json.array()},
+        {a = {b = {c = json.array(), d = {json.array(), 1}}}, big = 123456789012345678}, -- past 1e14: a placeholder
+        {1, json.array(), "x"}, json.array(), {plain = "no placeholder"}, "a string", 5,
+      }
+      for i, doc in ipairs(docs) do
+        local pieces = json.encode_pieces(doc)
+        assert.equal(json.encode(doc), table.concat(pieces), "doc " .. i)
+        for _, p in ipairs(pieces) do assert.equal("string", type(p)) end
+      end
+      local pieces = json.encode_pieces(docs[1])
+      assert.is_true(#pieces > 3)
+      assert.same({services = services, pools = {{name = "p", range = {1, 2}}}, mappings = {}},
+        json.decode(table.concat(pieces)))
+    end)
+
     it("raises on what JSON cannot hold: a cycle, a function, NaN", function()
       local t = {}
       t.self = t

@@ -355,8 +355,8 @@ end
 M.LARGE_REPLY = 64 * 1024 -- bytes: after a reply this large is sent, the garbage is collected
 
 -- Writes doc as one line; after(), if given, runs once the write has gone
--- out (a close then never cuts a large reply short). The text and its
--- newline go out as two buffers (no copy of a large text). A large reply
+-- out (a close then never cuts a large reply short). The text's pieces
+-- and its newline go out as they are (no copy of a large text). A large reply
 -- (a status of a thousand services or more) leaves megabytes of garbage: it is
 -- collected once the reply is out, so that the daemon's memory does not
 -- grow by it for good. timing ({op, t0 = uv.hrtime(), cpu0 = os.clock()
@@ -365,13 +365,16 @@ M.LARGE_REPLY = 64 * 1024 -- bytes: after a reply this large is sent, the garbag
 -- reply, `sent_ms` until the client had it all.
 local function send(client, doc, after, timing)
   if client:is_closing() then return end
-  local text = json.encode(doc)
+  local text = json.encode_pieces(doc) -- written as they are: a large text is never joined
   local encoded, cpu = timing and uv.hrtime(), timing and os.clock()
-  local large = #text >= M.LARGE_REPLY
-  if not (after or large or timing) then return client:write({text, "\n"}) end
-  client:write({text, "\n"}, function()
+  local bytes = 1
+  for _, piece in ipairs(text) do bytes = bytes + #piece end
+  text[#text + 1] = "\n"
+  local large = bytes > M.LARGE_REPLY
+  if not (after or large or timing) then return client:write(text) end
+  client:write(text, function()
     if timing then
-      log.debug("admin_request", {op = timing.op, bytes = #text + 1,
+      log.debug("admin_request", {op = timing.op, bytes = bytes,
         ms = ("%.2f"):format((encoded - timing.t0) / 1e6), cpu_ms = ("%.2f"):format((cpu - timing.cpu0) * 1e3),
         sent_ms = ("%.2f"):format((uv.hrtime() - timing.t0) / 1e6)})
     end

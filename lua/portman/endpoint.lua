@@ -45,7 +45,9 @@ local function routes(d, status_op)
       return 200, metrics.CONTENT_TYPE, (d.metrics:render_chunks())
     end,
     ["/status.json"] = function()
-      return 200, JSON, json.encode(status_op()) .. "\n"
+      local body = json.encode_pieces(status_op()) -- written as they are (writev)
+      body[#body + 1] = "\n"
+      return 200, JSON, body
     end,
     ["/"] = function()
       local m = d.manager
