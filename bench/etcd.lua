@@ -44,26 +44,36 @@ local function report(what, rates, ratios)
   print(line)
 end
 
--- Raw puts through the gateway: N keys, CONC in flight; returns puts/s.
-local function raw_puts(url, tag)
-  local client = assert(http.new())
+-- Runs N operations with CONC in flight: start(i, done) begins the i-th
+-- and calls done() when it has ended. Returns operations/s.
+local function pump(start)
   local sent, finished = 0, 0
-  local function put_next()
+  local function next_one()
     if sent >= N then return end
     sent = sent + 1
-    local body = ('{"key":"%s","value":"eA=="}'):format(etcd.b64encode("/raw/" .. tag .. "/" .. sent))
-    client:request({url = url, body = body, timeout = 5000}, function(res, perr)
-      assert(res and res.status == 200, perr)
+    start(sent, function()
       finished = finished + 1
-      put_next()
+      next_one()
     end)
   end
   local t0 = uv.hrtime()
-  for _ = 1, CONC do put_next() end
+  for _ = 1, CONC do next_one() end
   while finished < N do async.sleep(2) end
-  local secs = seconds(t0)
+  return N / seconds(t0)
+end
+
+-- Raw puts through the gateway: N keys, CONC in flight; returns puts/s.
+local function raw_puts(url, tag)
+  local client = assert(http.new())
+  local rate = pump(function(i, done)
+    local body = ('{"key":"%s","value":"eA=="}'):format(etcd.b64encode("/raw/" .. tag .. "/" .. i))
+    client:request({url = url, body = body, timeout = 5000}, function(res, perr)
+      assert(res and res.status == 200, perr)
+      done()
+    end)
+  end)
   client:close()
-  return N / secs
+  return rate
 end
 
 -- One-key create txns on a lease through portman.etcd, without the
@@ -72,23 +82,15 @@ end
 local function raw_txns(eps, tag)
   local c = assert(etcd.new{endpoints = eps})
   local lease = assert(c:grant(60)).id
-  local sent, finished = 0, 0
   local value = '{"node":"a","value":{"port":10000}}'
-  local function create_next()
-    if sent >= N then return end
-    sent = sent + 1
-    c:create("/txn/" .. tag .. "/" .. sent, value, lease, function(created, cerr)
+  local rate = pump(function(i, done)
+    c:create("/txn/" .. tag .. "/" .. i, value, lease, function(created, cerr)
       assert(created, cerr)
-      finished = finished + 1
-      create_next()
+      done()
     end)
-  end
-  local t0 = uv.hrtime()
-  for _ = 1, CONC do create_next() end
-  while finished < N do async.sleep(2) end
-  local secs = seconds(t0)
+  end)
   c:close()
-  return N / secs
+  return rate
 end
 
 local cluster = etcd_cluster.start{n = 3, fsync = true}
