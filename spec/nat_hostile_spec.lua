@@ -197,30 +197,11 @@ describe("hostile routers", function()
     local async = require "portman.async"
     local core = require "portman.core"
     local http_server = require "support.http_server"
+    local soap = require "support.soap"
     local ST = "urn:schemas-upnp-org:service:WANIPConnection:2"
-
-    local function envelope(body)
-      return '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
-        .. 's:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>' .. body
-        .. "</s:Body></s:Envelope>"
-    end
-
-    local function http(status, body)
-      return ("HTTP/1.1 %d X\r\nContent-Type: text/xml\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
-        :format(status, #body, body)
-    end
-
-    local function answer(action, fields)
-      local parts = {}
-      for _, kv in ipairs(fields) do parts[#parts + 1] = ("<%s>%s</%s>"):format(kv[1], kv[2], kv[1]) end
-      return http(200, envelope(("<u:%sResponse xmlns:u=\"%s\">%s</u:%sResponse>"):format(action, ST,
-        table.concat(parts), action)))
-    end
-
-    local FAULT_713 = http(500, envelope('<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError'
-      .. '</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>713'
-      .. "</errorCode><errorDescription>SpecifiedArrayIndexInvalid</errorDescription></UPnPError>"
-      .. "</detail></s:Fault>"))
+    local http = soap.http
+    local function answer(action, fields) return soap.answer(ST, action, fields) end
+    local FAULT_713 = soap.fault(713, "SpecifiedArrayIndexInvalid")
 
     -- An IGD whose answers are the fields of `entry` (a generic entry, the
     -- specific entry, the reserved port, the external address).

@@ -9,18 +9,9 @@ describe("nat: the router's list, entry by entry", function()
   local uv = require "luv"
   local nat = require "portman.nat"
   local http_server = require "support.http_server"
+  local soap = require "support.soap"
   local ST = "urn:schemas-upnp-org:service:WANIPConnection:1"
-
-  local function http(status, body)
-    return ("HTTP/1.1 %d X\r\nContent-Type: text/xml\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
-      :format(status, #body, body)
-  end
-
-  local function envelope(body)
-    return '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
-      .. 's:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>' .. body
-      .. "</s:Body></s:Envelope>"
-  end
+  local http = soap.http
 
   local DESC = '<?xml version="1.0"?><root xmlns="urn:schemas-upnp-org:device-1-0"><device>'
     .. "<deviceType>urn:schemas-upnp-org:device:InternetGatewayDevice:1</deviceType><deviceList><device>"
@@ -30,19 +21,13 @@ describe("nat: the router's list, entry by entry", function()
     .. "<controlURL>/ctl</controlURL><eventSubURL>/evt</eventSubURL><SCPDURL>/scpd.xml</SCPDURL>"
     .. "</service></serviceList></device></deviceList></device></deviceList></device></root>"
 
-  local FAULT_713 = http(500, envelope('<s:Fault><faultcode>s:Client</faultcode><faultstring>UPnPError'
-    .. '</faultstring><detail><UPnPError xmlns="urn:schemas-upnp-org:control-1-0"><errorCode>713'
-    .. "</errorCode><errorDescription>SpecifiedArrayIndexInvalid</errorDescription></UPnPError>"
-    .. "</detail></s:Fault>"))
+  local FAULT_713 = soap.fault(713, "SpecifiedArrayIndexInvalid")
 
   local function entry(i)
     local fields = {{"NewRemoteHost", ""}, {"NewExternalPort", 30000 + i}, {"NewProtocol", "TCP"},
       {"NewInternalPort", 8000 + i}, {"NewInternalClient", "192.168.1.10"}, {"NewEnabled", "1"},
       {"NewPortMappingDescription", "app " .. i}, {"NewLeaseDuration", "600"}}
-    local parts = {}
-    for _, kv in ipairs(fields) do parts[#parts + 1] = ("<%s>%s</%s>"):format(kv[1], kv[2], kv[1]) end
-    return http(200, envelope(('<u:GetGenericPortMappingEntryResponse xmlns:u="%s">%s'
-      .. "</u:GetGenericPortMappingEntryResponse>"):format(ST, table.concat(parts))))
+    return soap.answer(ST, "GetGenericPortMappingEntry", fields)
   end
 
   -- An IGD with `n` entries whose entry `stall` (if any) is never answered.
@@ -83,27 +68,26 @@ describe("nat: the router's list, entry by entry", function()
     assert.equal(72, n) -- the description, 70 entries, the end
   end)
 
-  it("returns what it read when a later entry gets no answer, with the failure", function()
-    local list, err, code = helpers.loop(function()
-      local s = igd(5, 3)
+  -- nat.mappings against igd(n, stall), 300 ms a request
+  local function list_stalled(n, stall)
+    return helpers.loop(function()
+      local s = igd(n, stall)
       nat.gateway_url = ("http://127.0.0.1:%d/desc.xml"):format(s.port)
       local list, err, code = nat.mappings{timeout = 300}
       s.close()
       return list, err, code
     end)
+  end
+
+  it("returns what it read when a later entry gets no answer, with the failure", function()
+    local list, err, code = list_stalled(5, 3)
     assert.same(expected(3), list)
     assert.equal("timeout", code)
     assert.matches("^timeout: ", err)
   end)
 
   it("fails when not even the first entry is read", function()
-    local list, err, code = helpers.loop(function()
-      local s = igd(5, 0)
-      nat.gateway_url = ("http://127.0.0.1:%d/desc.xml"):format(s.port)
-      local list, err, code = nat.mappings{timeout = 300}
-      s.close()
-      return list, err, code
-    end)
+    local list, err, code = list_stalled(5, 0)
     assert.is_nil(list)
     assert.equal("timeout", code, err)
   end)
@@ -142,13 +126,8 @@ describe("nat: the router's list, entry by entry", function()
     local manager = require "portman.manager"
     local json = require "portman.json"
     local async = require "portman.async"
-    local function answer(action, fields)
-      local parts = {}
-      for _, kv in ipairs(fields) do parts[#parts + 1] = ("<%s>%s</%s>"):format(kv[1], kv[2], kv[1]) end
-      return http(200, envelope(("<u:%sResponse xmlns:u=\"%s\">%s</u:%sResponse>"):format(action, ST,
-        table.concat(parts), action)))
-    end
-    local FAULT_714 = FAULT_713:gsub("713", "714"):gsub("SpecifiedArrayIndexInvalid", "NoSuchEntryInArray")
+    local function answer(action, fields) return soap.answer(ST, action, fields) end
+    local FAULT_714 = soap.fault(714, "NoSuchEntryInArray")
     local dir = helpers.tmpdir()
     local file = dir .. "/state.json"
     local function saved() return #json.decode(assert(helpers.read(file))).mappings end
