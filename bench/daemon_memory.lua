@@ -2,14 +2,11 @@
 -- 1,000 registered services (ports reserved in a pool, no listener), and
 -- with 1,000 listening services with health checks, beside the same
 -- daemon with no service at all (the baseline), all in this run.
+package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
+local helpers = require "helpers"
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = helpers.tmpdir
 
 local function policy(dir, n, listen)
   local lines = {"return {pools = {p = {range = {40000, 41999}}}, services = {"}

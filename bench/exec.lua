@@ -3,7 +3,9 @@
 -- its own port), and portman's RSS and CPU with 200 idle supervised
 -- programs (`sleep`). Runs the daemon in a network namespace of its own
 -- (unshare -n: needs root). From the repo root: lua5.4 bench/exec.lua
+package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
+local helpers = require "helpers"
 local json = require "cjson"
 
 local LUA = os.getenv("PORTMAN_LUA") or "lua5.4"
@@ -11,12 +13,7 @@ local SERVER = [[local uv = require "luv"; local s = uv.new_tcp()
 assert(s:bind("127.0.0.1", tonumber(os.getenv("PORTMAN_PORT")))); assert(s:listen(64, function()
 local c = uv.new_tcp(); s:accept(c); c:close() end)); uv.run()]]
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = helpers.tmpdir
 
 local function policy(dir, n, idle)
   local lines = {"return {pools = {p = {range = {40000, 41999}}}, services = {"}

@@ -15,13 +15,9 @@ local ROUNDS = tonumber(os.getenv("PORTMAN_NAT_ROUNDS") or "") or 15
 
 package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
+local helpers = require "helpers"
 
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = helpers.output
 
 local function stats(t)
   table.sort(t)

@@ -29,17 +29,14 @@ if not os.getenv("PORTMAN_BENCH_NETNS") then
   os.exit(ok and 0 or 1)
 end
 
+package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
+local helpers = require "helpers"
 local portman = require "portman"
 local probe = require "portman.probe"
 local core = require "portman.core"
 
-local function sh(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = helpers.output
 
 -- CPU seconds (user, system) of this process (self) or of its waited-for
 -- children (children), from /proc/self/stat.

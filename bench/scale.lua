@@ -29,7 +29,9 @@
 --   SCALE_N="100 1000 10000" SCALE_RUNS=3 lua5.4 bench/scale.lua
 -- SCALE_ROOTS="/path/to/main ." compares checkouts (their bin/portman),
 -- one run of each in turn, so that both meet the same load.
+package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
+local helpers = require "helpers"
 local admin = require "portman.admin"
 
 local ROOTS = {}
@@ -39,12 +41,7 @@ local SIZES = {}
 for n in (os.getenv("SCALE_N") or "100 1000 10000"):gmatch("%d+") do SIZES[#SIZES + 1] = math.tointeger(n) end
 local RUNS = math.tointeger(tonumber(os.getenv("SCALE_RUNS") or "3"))
 
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("l")
-  p:close()
-  return d
-end
+local tmpdir = helpers.tmpdir
 
 local function policy(dir, n)
   local lines = {"return {pools = {p = {range = {20000, 32000}}}, services = {"}

@@ -271,6 +271,14 @@ function M.repl(d, lines)
   return out
 end
 
+--- What the shell command cmd writes on stdout (its exit status ignored).
+function M.output(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
 --- A new temporary folder (the caller removes it).
 function M.tmpdir()
   local p = io.popen("mktemp -d")
