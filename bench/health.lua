@@ -20,7 +20,9 @@
 -- Environment: REPS (5), SECONDS per run (4), GC ("inc" as Lua starts,
 -- "gen" for generational mode, "stop" to run without collecting: for
 -- telling the collector's share of the lag from the rest), STALLS (below).
+package.path = "spec/?.lua;" .. package.path
 local uv = require "luv"
+local helpers = require "helpers"
 local health = require "portman.health"
 
 local CHECKS, LISTENERS = 5000, 50
@@ -33,14 +35,8 @@ if GC == "gen" then collectgarbage("generational") elseif GC == "stop" then coll
 local function listeners()
   local ports, handles = {}, {}
   for i = 1, LISTENERS do
-    local s = uv.new_tcp()
-    assert(s:bind("127.0.0.1", 0))
-    assert(s:listen(1024, function()
-      local c = uv.new_tcp()
-      s:accept(c)
-      c:close()
-    end))
-    ports[i], handles[i] = s:getsockname().port, s
+    local s, port = helpers.tcp_acceptor(1024)
+    ports[i], handles[i] = port, s
   end
   return ports, handles
 end

@@ -136,15 +136,9 @@ describe("the admin socket", function()
 
   it("turns away admin clients past its cap, so that idle ones cannot starve the health checks", function()
     -- 64 fds: the cap is 16 clients; 40 idle ones come, the check goes on
-    local server = uv.new_tcp()
-    assert(server:bind("127.0.0.1", 0))
-    assert(server:listen(128, function()
-      local c = uv.new_tcp()
-      server:accept(c)
-      c:close()
-    end))
+    local server, port = helpers.tcp_acceptor()
     helpers.write(policy, ("return {services = {{name = 'a', listen = false, port = %d, "
-      .. "check = {kind = 'tcp', port = %d, interval = 50}}}}"):format(helpers.free_port(), server:getsockname().port))
+      .. "check = {kind = 'tcp', port = %d, interval = 50}}}}"):format(helpers.free_port(), port))
     local d = helpers.start_daemon(dir, policy, 1, {wrap = {"prlimit", "--nofile=64", "--"}})
     local function status_of_a()
       local code, out = helpers.portman("status --json --admin-socket " .. d.sock)

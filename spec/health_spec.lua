@@ -22,23 +22,12 @@ describe("portman.health", function()
     uv.run("nowait")
   end)
 
-  local function tcp_server()
-    local s = uv.new_tcp()
-    assert(s:bind("127.0.0.1", 0))
-    assert(s:listen(16, function()
-      local c = uv.new_tcp()
-      s:accept(c)
-      c:close()
-    end))
-    return s, s:getsockname().port
-  end
-
   local free_port = helpers.free_port
 
   local function runs(name) return #(h:history(name) or {}) end
 
   it("marks a listening TCP target healthy after rise successes", function()
-    local server, port = tcp_server()
+    local server, port = helpers.tcp_acceptor(16)
     h:add{name = "web", kind = "tcp", port = port, interval = 5, jitter = 0, rise = 2}
     h:start()
     assert.is_true(helpers.run_until(function() return h:status("web").status == "healthy" end))
@@ -185,7 +174,7 @@ describe("portman.health", function()
   end)
 
   it("reports in_use for a bound port and healthy for a free one", function()
-    local server, port = tcp_server()
+    local server, port = helpers.tcp_acceptor(16)
     h:add{name = "taken", kind = "bind", port = port, interval = 5, jitter = 0, fall = 1}
     h:add{name = "free", kind = "bind", port = free_port(), interval = 5, jitter = 0, rise = 1}
     local u = uv.new_udp()
@@ -220,7 +209,7 @@ describe("portman.health", function()
     end)
 
     it("resolves it for tcp, udp and bind checks", function()
-      local server, port = tcp_server()
+      local server, port = helpers.tcp_acceptor(16)
       local echo = uv.new_udp()
       echo:bind("127.0.0.1", 0)
       echo:recv_start(function(_, data, addr) if data then echo:send(data, addr.ip, addr.port) end end)

@@ -271,6 +271,21 @@ function M.repl(d, lines)
   return out
 end
 
+--- A TCP server on 127.0.0.1 (a port the kernel picks) that accepts each
+-- connection and closes it: a target a connect check finds up.
+-- @return the luv handle (the caller closes it), its port
+function M.tcp_acceptor(backlog)
+  local uv = require "luv"
+  local s = uv.new_tcp()
+  assert(s:bind("127.0.0.1", 0))
+  assert(s:listen(backlog or 128, function()
+    local c = uv.new_tcp()
+    s:accept(c)
+    c:close()
+  end))
+  return s, s:getsockname().port
+end
+
 --- What the shell command cmd writes on stdout (its exit status ignored).
 function M.output(cmd)
   local p = assert(io.popen(cmd))

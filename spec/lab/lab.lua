@@ -12,6 +12,7 @@
 -- Later parts add their daemons with lab:daemon and their rules with
 -- lab:nft; `Lab.new{nat = false}` leaves the IGD without NAT rules for a
 -- caller that writes its own (miniupnpd wants its own inet filter table).
+local cjson = require "cjson"
 local helpers = require "helpers"
 
 local M = {}
@@ -159,6 +160,26 @@ function M:wait_for(what, test, seconds)
     run("sleep 0.05")
   end
   error(("lab %s: timed out waiting for %s"):format(self.id, what), 2)
+end
+
+--- The router mappings the state file in dir (in namespace ns) lists,
+-- or nil while it is missing or half written.
+function M:saved_mappings(ns, dir)
+  local _, s = self:try(ns, "cat " .. dir .. "/state.json")
+  local ok, doc = pcall(cjson.decode, s)
+  return ok and type(doc) == "table" and doc.mappings or nil
+end
+
+--- Waits until a daemon run with --state-dir dir in namespace ns has saved
+-- n router mappings, then kills it (SIGKILL) and waits until it is gone:
+-- a crash that leaves its mappings on the router.
+function M:crash_after_saving(ns, dir, n, pid)
+  self:wait_for(("the state file to list %d mappings"):format(n), function()
+    local mappings = self:saved_mappings(ns, dir)
+    return mappings ~= nil and #mappings == n
+  end)
+  self:sh(ns, "kill -9 " .. pid)
+  self:wait_for("the daemon to die", function() return not M.alive(pid) end)
 end
 
 --- Is a UDP socket bound to ip:port in namespace ns?

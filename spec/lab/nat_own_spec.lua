@@ -163,20 +163,13 @@ table inet pm_ssdp {
       {name = "a", port = 42130, check = false, map = {method = "upnp", lifetime = 600}}}}]])
     local args = ("run %s --state-dir %s --admin-socket %s/a.sock"):format(policy, dir, dir)
     local function saved_ports()
-      local doc = cjson.decode(lab:sh("lan", "cat " .. dir .. "/state.json"))
       local ports = {}
-      for _, r in ipairs(doc.mappings) do ports[#ports + 1] = r.external_port end
+      for _, r in ipairs(assert(lab:saved_mappings("lan", dir))) do ports[#ports + 1] = r.external_port end
       return ports
     end
     local pid = lab:portman_daemon("lan", "orphan1", args)
     wait_log(lab, "orphan1", "mapping_added")
-    lab:wait_for("the state file to list it", function()
-      local _, s = lab:try("lan", "cat " .. dir .. "/state.json")
-      local ok, doc = pcall(cjson.decode, s)
-      return ok and #doc.mappings == 1
-    end)
-    lab:sh("lan", "kill -9 " .. pid)
-    lab:wait_for("the daemon to die", function() return not Lab.alive(pid) end)
+    lab:crash_after_saving("lan", dir, 1, pid)
     -- the router does not answer the LAN while the next run starts
     lab:nft("igd", [[
 table inet pm_block {
