@@ -414,12 +414,7 @@ describe("portman.backend", function()
 
   describe("records from the cluster", function()
     local good = {name = "db", node = "n1", address = "10.0.0.5", port = 5432, proto = "tcp"}
-    local function with(k, v)
-      local r = {}
-      for kk, vv in pairs(good) do r[kk] = vv end
-      r[k] = v
-      return r
-    end
+    local function with(k, v) return helpers.with(good, k, v) end
 
     it("takes a registration of the shape register writes", function()
       assert.same(good, backend.service_of(with("metadata", nil)))

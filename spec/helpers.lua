@@ -286,6 +286,21 @@ function M.tcp_acceptor(backlog)
   return s, s:getsockname().port
 end
 
+--- A shallow copy of t with the fields of changes (if any) over it.
+function M.merged(t, changes)
+  local r = {}
+  for k, v in pairs(t) do r[k] = v end
+  for k, v in pairs(changes or {}) do r[k] = v end
+  return r
+end
+
+--- A shallow copy of t with field k set to v (nil removes it).
+function M.with(t, k, v)
+  local r = M.merged(t)
+  r[k] = v
+  return r
+end
+
 --- What the shell command cmd writes on stdout (its exit status ignored).
 function M.output(cmd)
   local p = assert(io.popen(cmd))

@@ -250,12 +250,7 @@ describe("hostile routers", function()
     local GOOD = {ext = "45300", proto = "TCP", int = "45300", client = "192.168.1.10", enabled = "1",
                   lease = "3600", ip = "203.0.113.9"}
 
-    local function with(changes)
-      local e = {}
-      for k, v in pairs(GOOD) do e[k] = v end
-      for k, v in pairs(changes) do e[k] = v end
-      return e
-    end
+    local function with(changes) return helpers.merged(GOOD, changes) end
 
     it("a good IGD's values come through", function()
       local got = helpers.loop(function()

@@ -27,12 +27,7 @@ end
 local REQ = {op = "map", proto = "tcp", internal_port = 45000, external_port = 45000, lifetime = 3600,
              nonce = NONCE, client = "192.168.1.10", gateway = "192.168.1.1"}
 
-local function with(t, changes)
-  local r = {}
-  for k, v in pairs(t) do r[k] = v end
-  for k, v in pairs(changes or {}) do r[k] = v end
-  return r
-end
+local with = helpers.merged
 
 describe("PCP", function()
   describe("the codec", function()

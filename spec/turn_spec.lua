@@ -3,6 +3,7 @@
 -- misbehaviour coturn never shows: forged integrity, missing attributes,
 -- a wrong password, a stale nonce). The client against coturn itself is
 -- spec/lab/turn_lab_spec.lua.
+local helpers = require "helpers"
 local uv = require "luv"
 local core = require "portman.core"
 local async = require "portman.async"
@@ -295,7 +296,6 @@ describe("TURN client's checks of the server's answers", function()
 end)
 
 describe("portman relay's command line", function()
-  local helpers = require "helpers"
   local cjson = require "cjson"
   local SECRET = "do-not-print-me-7"
   local dir, pwfile
@@ -357,12 +357,7 @@ describe("a policy service's relay", function()
     return tostring(err)
   end
   local GOOD = {server = "turn.example.net:3478", user = "u", password = "secret-pw", allow = {"192.0.2.1"}}
-  local function with(k, v)
-    local c = {}
-    for key, val in pairs(GOOD) do c[key] = val end
-    c[k] = v
-    return c
-  end
+  local function with(k, v) return helpers.with(GOOD, k, v) end
 
   it("takes a server, a user, one password source and the peers to allow", function()
     turn.check_service("add_service", 1, GOOD)
