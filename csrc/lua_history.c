@@ -9,6 +9,7 @@
  * ring:get(k) -> slot, ok, at, ms, lag of the k-th oldest result (k in
  *   1..count), or nothing
  * ring:count() -> results kept (at most size)
+ * ring:size() -> size
  *
  * Why C: 10,000 checks keep a million results. As Lua arrays (six values
  * of 16 bytes a result) they took 96 MB, and a status document or a
@@ -99,9 +100,16 @@ static int l_count(lua_State *L)
     return 1;
 }
 
+static int l_size(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_ring(L)->size);
+    return 1;
+}
+
 int pm_open_history(lua_State *L)
 {
-    static const luaL_Reg methods[] = {{"push", l_push}, {"get", l_get}, {"count", l_count}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"push", l_push}, {"get", l_get}, {"count", l_count},
+                                       {"size", l_size}, {NULL, NULL}};
     luaL_newmetatable(L, HISTORY); /* [core, mt] */
     lua_newtable(L);
     lua_pushvalue(L, -2);

@@ -167,7 +167,7 @@ function M:add(opts)
   local c = check_spec(opts)
   if self._checks[c.name] then check.argerror("add", 1, "name: check '" .. c.name .. "' exists") end
   self._checks[c.name] = c
-  c.hist, c.hist_size, c.ip = core.history_new(M.HISTORY), M.HISTORY, literal(c.host)
+  c.hist, c.ip = core.history_new(M.HISTORY), literal(c.host)
   c.fire = async.safe(function() enqueue(self, c) end, "health timer")
   c.finished = function(ok, status, msg) finished(self, c, ok, status, msg) end
   if self._started then arm(self, c, c.initial_delay + math.random() * c.jitter) end
@@ -247,12 +247,13 @@ local function record(self, c, ok, status, msg, started, due)
   local slot = c.hist:push(ok, t, t - started, due and math.max(0, started - due) or 0)
   local word = not ok and status or nil
   if c.notes or word or msg ~= nil then
-    local notes = c.notes or new_notes(c.hist_size)
+    local size = c.hist:size()
+    local notes = c.notes or new_notes(size)
     c.notes = notes
     -- a failing check says the same thing each run: the message of the
     -- run before is kept in its stead (a long string is a new object each
     -- time, and 100 copies were 9 KB a check)
-    local before = notes[2 * ((slot - 2) % c.hist_size) + 2]
+    local before = notes[2 * ((slot - 2) % size) + 2]
     if msg == before then msg = before end
     notes[2 * slot - 1], notes[2 * slot] = word or false, msg == nil and false or msg
   end

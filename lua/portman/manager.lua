@@ -1182,7 +1182,7 @@ function Manager:brief()
     local svc, p = self.services[name], self.pending[name]
     if svc then
       protos[i], statuses[i] = svc.proto, svc.check_name and checks:peek(svc.check_name) or "unchecked"
-      mappings[i] = (svc.mapping or svc.relay or svc.mapping_error or svc.relay_error) and mapping_entry(svc) or false
+      mappings[i] = mapping_entry(svc) or false
     elseif p then
       protos[i], statuses[i], mappings[i] = p.spec.proto or "tcp", p.code or "unknown", false
     else
